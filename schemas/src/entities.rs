@@ -1,0 +1,618 @@
+//! Input entities of CONTRACT §2 as serde types. Field names are exactly the CEB element
+//! names; JSON and CEB XML decode into these same types, then [`crate::validate`] checks
+//! every field rule.
+
+use crate::de::{code, opt_text, u32_lenient};
+use crate::decimal::Dec;
+use crate::time::{CebDate, EventTime, ceb_format, rfc3339_format};
+use serde::{Deserialize, Serialize};
+
+/// `appType`: 1 new, 2 change, 3 delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum AppType {
+    /// 1: new.
+    #[default]
+    #[serde(rename = "1")]
+    New,
+    /// 2: change.
+    #[serde(rename = "2")]
+    Change,
+    /// 3: delete.
+    #[serde(rename = "3")]
+    Delete,
+}
+
+/// `appStatus`: 1 temporarily stored, 2 declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum AppStatus {
+    /// 1: temporarily stored (暂存).
+    #[default]
+    #[serde(rename = "1")]
+    Stored,
+    /// 2: declared (申报).
+    #[serde(rename = "2")]
+    Declared,
+}
+
+/// `statisticsFlag`: A simplified declaration, B summary declaration (汇总申报).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum StatisticsFlag {
+    /// A: simplified declaration; not summarized.
+    #[default]
+    A,
+    /// B: summarized monthly into a declaration form.
+    B,
+}
+
+/// X-ray on-screen comparison result of a sorting-line scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Xray {
+    /// Image matches the declared goods.
+    Clear,
+    /// Image does not match: unpack.
+    Suspect,
+}
+
+/// Goods registration (商品备案) on `cbec.goods`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GoodsRegistration {
+    /// E-commerce company code.
+    #[serde(default)]
+    pub ebc_code: String,
+    /// Enterprise item number.
+    #[serde(default)]
+    pub item_no: String,
+    /// Item name.
+    #[serde(default)]
+    pub item_name: String,
+    /// 10-digit HS code.
+    #[serde(default, deserialize_with = "code")]
+    pub gcode: String,
+    /// Customs goods name.
+    #[serde(default)]
+    pub gname: String,
+    /// Specification / model.
+    #[serde(default)]
+    pub gmodel: String,
+    /// Declared unit code.
+    #[serde(default, deserialize_with = "code")]
+    pub unit: String,
+    /// 1 new, 2 change, 3 delete.
+    pub app_type: AppType,
+    /// Application time.
+    #[serde(with = "ceb_format")]
+    pub app_time: EventTime,
+}
+
+/// One row of an order (CEB303 `OrderList`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderItem {
+    /// Row number from 1.
+    #[serde(deserialize_with = "u32_lenient")]
+    pub gnum: u32,
+    /// Enterprise item number.
+    #[serde(default)]
+    pub item_no: String,
+    /// Item name.
+    #[serde(default)]
+    pub item_name: String,
+    /// Unit code.
+    #[serde(default, deserialize_with = "code")]
+    pub unit: String,
+    /// Currency code.
+    #[serde(default, deserialize_with = "code")]
+    pub currency: String,
+    /// Quantity.
+    pub qty: Dec,
+    /// Unit price.
+    pub price: Dec,
+    /// Row total.
+    pub total_price: Dec,
+}
+
+/// CEB303 `Order` on `cbec.orders`: the completed online transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    /// 1 new, 2 change, 3 delete.
+    #[serde(default)]
+    pub app_type: AppType,
+    /// Application time.
+    #[serde(with = "ceb_format")]
+    pub app_time: EventTime,
+    /// Always `E` (export) here.
+    #[serde(default)]
+    pub order_type: String,
+    /// Order number (key).
+    #[serde(default)]
+    pub order_no: String,
+    /// E-commerce platform code.
+    #[serde(default)]
+    pub ebp_code: String,
+    /// E-commerce company code.
+    #[serde(default)]
+    pub ebc_code: String,
+    /// Goods value.
+    pub goods_value: Dec,
+    /// Freight.
+    pub freight: Dec,
+    /// Currency code.
+    #[serde(default, deserialize_with = "code")]
+    pub currency: String,
+    /// Rows.
+    #[serde(default)]
+    pub items: Vec<OrderItem>,
+}
+
+/// One row of a list (CEB603 `InventoryList`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryItem {
+    /// Row number from 1.
+    #[serde(deserialize_with = "u32_lenient")]
+    pub gnum: u32,
+    /// Enterprise item number (must be registered).
+    #[serde(default)]
+    pub item_no: String,
+    /// 10-digit HS code.
+    #[serde(default, deserialize_with = "code")]
+    pub gcode: String,
+    /// Customs goods name.
+    #[serde(default)]
+    pub gname: String,
+    /// Specification / model.
+    #[serde(default)]
+    pub gmodel: String,
+    /// Destination country code.
+    #[serde(default, deserialize_with = "code")]
+    pub country: String,
+    /// Currency code.
+    #[serde(default, deserialize_with = "code")]
+    pub currency: String,
+    /// Declared quantity.
+    pub qty: Dec,
+    /// First legal quantity.
+    pub qty1: Dec,
+    /// Declared unit.
+    #[serde(default, deserialize_with = "code")]
+    pub unit: String,
+    /// First legal unit.
+    #[serde(default, deserialize_with = "code")]
+    pub unit1: String,
+    /// Unit price.
+    pub price: Dec,
+    /// Row total.
+    pub total_price: Dec,
+}
+
+/// CEB603 `Inventory` on `cbec.lists`: the temporarily stored list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Inventory {
+    /// 1 new, 2 change, 3 delete.
+    #[serde(default)]
+    pub app_type: AppType,
+    /// Application time.
+    #[serde(with = "ceb_format")]
+    pub app_time: EventTime,
+    /// 1 stored, 2 declared.
+    #[serde(default)]
+    pub app_status: AppStatus,
+    /// Declaring customs (4 digits).
+    #[serde(default, deserialize_with = "code")]
+    pub customs_code: String,
+    /// Platform code.
+    #[serde(default)]
+    pub ebp_code: String,
+    /// Order number.
+    #[serde(default)]
+    pub order_no: String,
+    /// Logistics firm code.
+    #[serde(default)]
+    pub logistics_code: String,
+    /// Waybill number (key of the clear stage).
+    #[serde(default)]
+    pub logistics_no: String,
+    /// Enterprise internal number.
+    #[serde(default)]
+    pub cop_no: String,
+    /// Exit port customs (4 digits).
+    #[serde(default, deserialize_with = "code")]
+    pub port_code: String,
+    /// Export date.
+    pub ie_date: CebDate,
+    /// A simplified, B summary declaration.
+    #[serde(default)]
+    pub statistics_flag: StatisticsFlag,
+    /// Declaring agent code.
+    #[serde(default)]
+    pub agent_code: String,
+    /// E-commerce company code.
+    #[serde(default)]
+    pub ebc_code: String,
+    /// Producer/seller code.
+    #[serde(default)]
+    pub owner_code: String,
+    /// Trade mode (9610).
+    #[serde(default, deserialize_with = "code")]
+    pub trade_mode: String,
+    /// Transport mode.
+    #[serde(default, deserialize_with = "code")]
+    pub traf_mode: String,
+    /// Destination country.
+    #[serde(default, deserialize_with = "code")]
+    pub country: String,
+    /// Port of destination.
+    #[serde(rename = "POD", default, deserialize_with = "code")]
+    pub pod: String,
+    /// Freight.
+    pub freight: Dec,
+    /// Insurance.
+    pub insured_fee: Dec,
+    /// Packages.
+    #[serde(deserialize_with = "u32_lenient")]
+    pub pack_no: u32,
+    /// Gross weight (kg).
+    pub gross_weight: Dec,
+    /// Net weight (kg).
+    pub net_weight: Dec,
+    /// Master bill / total package number, when known.
+    #[serde(default, deserialize_with = "opt_text", skip_serializing_if = "Option::is_none")]
+    pub total_package_no: Option<String>,
+    /// Rows.
+    #[serde(default)]
+    pub items: Vec<InventoryItem>,
+}
+
+/// CEB505 `Logistics` on `cbec.waybills`: parcel collection; activates the stored list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Waybill {
+    /// Waybill number (key).
+    #[serde(default)]
+    pub logistics_no: String,
+    /// Logistics firm code.
+    #[serde(default)]
+    pub logistics_code: String,
+    /// Freight.
+    pub freight: Dec,
+    /// Insurance.
+    pub insured_fee: Dec,
+    /// Currency code.
+    #[serde(default, deserialize_with = "code")]
+    pub currency: String,
+    /// Gross weight.
+    pub gross_weight: Dec,
+    /// Packages.
+    #[serde(deserialize_with = "u32_lenient")]
+    pub pack_no: u32,
+    /// Goods description.
+    #[serde(default)]
+    pub goods_info: String,
+    /// Collection time.
+    #[serde(with = "ceb_format")]
+    pub app_time: EventTime,
+}
+
+/// CEB403 `Receipts` on `cbec.payments`: the payment firm's receipt of payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Payment {
+    /// Order number (key).
+    #[serde(default)]
+    pub order_no: String,
+    /// Platform code.
+    #[serde(default)]
+    pub ebp_code: String,
+    /// E-commerce company code.
+    #[serde(default)]
+    pub ebc_code: String,
+    /// Payment firm code.
+    #[serde(default)]
+    pub pay_code: String,
+    /// Payment firm name.
+    #[serde(default)]
+    pub pay_name: String,
+    /// Payment transaction number.
+    #[serde(default)]
+    pub pay_no: String,
+    /// Amount received.
+    pub charge: Dec,
+    /// Currency code.
+    #[serde(default, deserialize_with = "code")]
+    pub currency: String,
+    /// Accounting time.
+    #[serde(with = "ceb_format")]
+    pub accounting_date: EventTime,
+}
+
+/// A row of an arrival / departure / bill message: one parcel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ParcelRef {
+    /// Waybill number.
+    #[serde(default)]
+    pub logistics_no: String,
+    /// Master bill / total package number.
+    #[serde(default, deserialize_with = "opt_text", skip_serializing_if = "Option::is_none")]
+    pub total_package_no: Option<String>,
+}
+
+/// CEB507 `Arrival` on `cbec.arrivals`: parcels arrived at the supervised site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Arrival {
+    /// Site customs code.
+    #[serde(default, deserialize_with = "code")]
+    pub customs_code: String,
+    /// Site operator code.
+    #[serde(default)]
+    pub operator_code: String,
+    /// Supervised location number.
+    #[serde(default, deserialize_with = "opt_text", skip_serializing_if = "Option::is_none")]
+    pub loct_no: Option<String>,
+    /// Domestic transport number.
+    #[serde(default)]
+    pub domestic_traf_no: String,
+    /// Arrival time.
+    #[serde(with = "ceb_format")]
+    pub app_time: EventTime,
+    /// Parcels.
+    #[serde(default)]
+    pub items: Vec<ParcelRef>,
+}
+
+/// CEB509 `Departure` on `cbec.departures`: exit information.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Departure {
+    /// Exit customs code.
+    #[serde(default, deserialize_with = "code")]
+    pub customs_code: String,
+    /// Logistics firm code.
+    #[serde(default)]
+    pub logistics_code: String,
+    /// Transport mode.
+    #[serde(default, deserialize_with = "code")]
+    pub traf_mode: String,
+    /// Conveyance name.
+    #[serde(default, deserialize_with = "opt_text", skip_serializing_if = "Option::is_none")]
+    pub traf_name: Option<String>,
+    /// Voyage number.
+    #[serde(default, deserialize_with = "opt_text", skip_serializing_if = "Option::is_none")]
+    pub voyage_no: Option<String>,
+    /// Bill of lading.
+    #[serde(default, deserialize_with = "opt_text", skip_serializing_if = "Option::is_none")]
+    pub bill_no: Option<String>,
+    /// Departure time.
+    #[serde(with = "ceb_format")]
+    pub leave_time: EventTime,
+    /// Parcels.
+    #[serde(default)]
+    pub items: Vec<ParcelRef>,
+}
+
+/// CEB607 `WayBill` (list total/sub bill). Decoded and validated by `cbec check`; not an
+/// input of any topic in the contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WayBill {
+    /// Customs code.
+    #[serde(default, deserialize_with = "code")]
+    pub customs_code: String,
+    /// Enterprise internal number.
+    #[serde(default)]
+    pub cop_no: String,
+    /// Bill of lading.
+    #[serde(default)]
+    pub bill_no: String,
+    /// Application time.
+    #[serde(with = "ceb_format")]
+    pub app_time: EventTime,
+    /// Parcels.
+    #[serde(default)]
+    pub items: Vec<ParcelRef>,
+}
+
+/// A sorting-line barcode scan on `cbec.scans`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Scan {
+    /// Barcode = waybill number.
+    #[serde(default)]
+    pub logistics_no: String,
+    /// Sorting line.
+    #[serde(default)]
+    pub line_id: String,
+    /// Scan identity (unique per line).
+    #[serde(default)]
+    pub scan_id: String,
+    /// Scan time.
+    #[serde(with = "rfc3339_format")]
+    pub scan_time: EventTime,
+    /// X-ray comparison, when the scan carries one.
+    #[serde(default)]
+    pub xray: Option<Xray>,
+}
+
+/// A seal event on `cbec.seals`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum SealEvent {
+    /// Customs sealed a vehicle after release at the site.
+    #[serde(rename_all = "camelCase")]
+    Sealed {
+        /// Seal number (key).
+        seal_no: String,
+        /// Supervision vehicle.
+        vehicle_no: String,
+        /// Master bills under the seal.
+        #[serde(default)]
+        total_package_nos: Vec<String>,
+        /// Parcels under the seal.
+        #[serde(default)]
+        logistics_nos: Vec<String>,
+        /// When.
+        #[serde(with = "rfc3339_format")]
+        time: EventTime,
+    },
+    /// Port customs checked the seal.
+    #[serde(rename_all = "camelCase")]
+    Verified {
+        /// Seal number (key).
+        seal_no: String,
+        /// Vehicle.
+        vehicle_no: String,
+        /// Exit port customs.
+        #[serde(deserialize_with = "code")]
+        port_code: String,
+        /// Seal intact.
+        intact: bool,
+        /// When.
+        #[serde(with = "rfc3339_format")]
+        time: EventTime,
+    },
+}
+
+impl SealEvent {
+    /// The seal number.
+    pub fn seal_no(&self) -> &str {
+        match self {
+            SealEvent::Sealed { seal_no, .. } | SealEvent::Verified { seal_no, .. } => seal_no,
+        }
+    }
+    /// The event time.
+    pub fn time(&self) -> EventTime {
+        match self {
+            SealEvent::Sealed { time, .. } | SealEvent::Verified { time, .. } => *time,
+        }
+    }
+}
+
+/// Kind of an officer control (CONTRACT §4.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlKind {
+    /// Manual control: force red.
+    Control,
+    /// Monitoring post moves a green list to on-site review.
+    Review,
+    /// On-site customs verified documents / inspection: may be released.
+    Verified,
+    /// Sampling rate from `time` on.
+    InspectionRate,
+    /// A supervision vehicle filed with customs.
+    Vehicle,
+    /// Cancel an earlier control.
+    Lift,
+}
+
+/// What a control applies to: exactly one of these fields.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ControlTarget {
+    /// One declared list.
+    InvtNo(String),
+    /// One order.
+    OrderNo(String),
+    /// One parcel.
+    LogisticsNo(String),
+    /// A company.
+    EbcCode(String),
+    /// A commodity group.
+    GcodePrefix(String),
+    /// A vehicle.
+    VehicleNo(String),
+    /// A sampling rate in [0, 1].
+    Rate(Dec),
+    /// Another control.
+    ControlId(String),
+}
+
+/// An officer action on `cbec.controls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Control {
+    /// Control identity.
+    pub id: String,
+    /// What it does.
+    pub kind: ControlKind,
+    /// What it applies to.
+    pub target: ControlTarget,
+    /// Officer identity.
+    #[serde(default)]
+    pub officer: String,
+    /// Free-text reason.
+    #[serde(default)]
+    pub reason: String,
+    /// Effective time.
+    #[serde(with = "rfc3339_format")]
+    pub time: EventTime,
+}
+
+/// Any decoded input entity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "entity", rename_all = "camelCase")]
+pub enum Entity {
+    /// Goods registration.
+    Goods(GoodsRegistration),
+    /// CEB303 order.
+    Order(Order),
+    /// CEB603 stored list.
+    List(Inventory),
+    /// CEB505 waybill.
+    Waybill(Waybill),
+    /// CEB403 payment.
+    Payment(Payment),
+    /// CEB507 arrival.
+    Arrival(Arrival),
+    /// Sorting-line scan.
+    Scan(Scan),
+    /// Seal event.
+    Seal(SealEvent),
+    /// CEB509 departure.
+    Departure(Departure),
+    /// Officer control.
+    Control(Control),
+    /// CEB607 bill (check only).
+    WayBill(WayBill),
+}
+
+impl Entity {
+    /// CEB message number or entity name, for reports (`CEB303`, `scan`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entity::Goods(_) => "goods",
+            Entity::Order(_) => "CEB303",
+            Entity::List(_) => "CEB603",
+            Entity::Waybill(_) => "CEB505",
+            Entity::Payment(_) => "CEB403",
+            Entity::Arrival(_) => "CEB507",
+            Entity::Scan(_) => "scan",
+            Entity::Seal(_) => "seal",
+            Entity::Departure(_) => "CEB509",
+            Entity::Control(_) => "control",
+            Entity::WayBill(_) => "CEB607",
+        }
+    }
+
+    /// `name=value` of the entity's business key, for reports.
+    pub fn key_field(&self) -> (&'static str, String) {
+        match self {
+            Entity::Goods(g) => ("itemNo", format!("{}/{}", g.ebc_code, g.item_no)),
+            Entity::Order(o) => ("orderNo", o.order_no.clone()),
+            Entity::List(l) => ("orderNo", l.order_no.clone()),
+            Entity::Waybill(w) => ("logisticsNo", w.logistics_no.clone()),
+            Entity::Payment(p) => ("orderNo", p.order_no.clone()),
+            Entity::Arrival(a) => ("items", a.items.len().to_string()),
+            Entity::Scan(s) => ("logisticsNo", s.logistics_no.clone()),
+            Entity::Seal(s) => ("sealNo", s.seal_no().to_string()),
+            Entity::Departure(d) => ("items", d.items.len().to_string()),
+            Entity::Control(c) => ("id", c.id.clone()),
+            Entity::WayBill(w) => ("billNo", w.bill_no.clone()),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Event time: CEB timestamps (`YYYYMMDDhhmmss`, China Standard Time), CEB dates
+//! (`YYYYMMDD`) and RFC 3339 timestamps, all as milliseconds since the Unix epoch (UTC).
+
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+/// China Standard Time offset in seconds (UTC+8).
+const CST: i32 = 8 * 3600;
+
+fn cst() -> FixedOffset {
+    FixedOffset::east_opt(CST).expect("valid offset")
+}
+
+/// An instant in event time: milliseconds since 1970-01-01T00:00:00Z.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EventTime(pub i64);
+
+impl EventTime {
+    /// The smallest instant (before any input).
+    pub const MIN: EventTime = EventTime(i64::MIN);
+    /// The end of time: a watermark that fires every timer.
+    pub const MAX: EventTime = EventTime(i64::MAX);
+
+    /// Parses a CEB `YYYYMMDDhhmmss` timestamp in China Standard Time.
+    pub fn parse_ceb(s: &str) -> Option<EventTime> {
+        if s.len() != 14 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n = NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S").ok()?;
+        let t = cst().from_local_datetime(&n).single()?;
+        Some(EventTime(t.timestamp_millis()))
+    }
+
+    /// Parses an RFC 3339 timestamp (`2026-11-11T00:00:01+08:00`, `...Z`).
+    pub fn parse_rfc3339(s: &str) -> Option<EventTime> {
+        DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| EventTime(t.timestamp_millis()))
+    }
+
+    /// CEB form in China Standard Time.
+    pub fn to_ceb(self) -> String {
+        match cst().timestamp_millis_opt(self.0).single() {
+            Some(t) => t.format("%Y%m%d%H%M%S").to_string(),
+            None => String::new(),
+        }
+    }
+
+    /// RFC 3339 form with the China Standard Time offset and milliseconds.
+    pub fn to_rfc3339(self) -> String {
+        match cst().timestamp_millis_opt(self.0).single() {
+            Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string(),
+            None if self == EventTime::MAX => "end-of-time".to_string(),
+            None => String::new(),
+        }
+    }
+
+    /// Adds milliseconds, saturating.
+    #[must_use]
+    pub const fn plus_ms(self, ms: i64) -> EventTime {
+        EventTime(self.0.saturating_add(ms))
+    }
+}
+
+impl fmt::Debug for EventTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_rfc3339())
+    }
+}
+
+/// A CEB date `YYYYMMDD` (e.g. `ieDate`), stored as that number.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct CebDate(pub u32);
+
+impl CebDate {
+    /// Parses and checks a real calendar date.
+    pub fn parse(s: &str) -> Option<CebDate> {
+        if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        NaiveDate::parse_from_str(s, "%Y%m%d").ok()?;
+        s.parse().ok().map(CebDate)
+    }
+
+    /// Calendar month as `YYYYMM`.
+    pub const fn period(self) -> u32 {
+        self.0 / 100
+    }
+
+    /// The first instant after the end of this date's month, in China Standard Time.
+    pub fn month_end(self) -> EventTime {
+        period_end(self.period())
+    }
+}
+
+/// The first instant after the calendar month `YYYYMM` ends (China Standard Time).
+pub fn period_end(period: u32) -> EventTime {
+    let (y, m) = ((period / 100) as i32, period % 100);
+    let (ny, nm) = if m >= 12 { (y + 1, 1) } else { (y, m + 1) };
+    let d = NaiveDate::from_ymd_opt(ny, nm, 1).unwrap_or(NaiveDate::MAX);
+    let n = d.and_hms_opt(0, 0, 0).unwrap_or_default();
+    cst()
+        .from_local_datetime(&n)
+        .single()
+        .map_or(EventTime::MAX, |t| EventTime(t.timestamp_millis()))
+}
+
+/// The calendar month (`YYYYMM`, China Standard Time) of an instant.
+pub fn period_of(t: EventTime) -> u32 {
+    match cst().timestamp_millis_opt(t.0).single() {
+        Some(d) => d.year() as u32 * 100 + d.month(),
+        None => 0,
+    }
+}
+
+/// Current wall-clock time (runtime use only; operators never call it).
+pub fn wall_clock() -> EventTime {
+    EventTime(Utc::now().timestamp_millis())
+}
+
+impl fmt::Display for CebDate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08}", self.0)
+    }
+}
+
+impl fmt::Debug for CebDate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for CebDate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CebDate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<CebDate, D::Error> {
+        let s = crate::de::StrOrNum::deserialize(d)?;
+        CebDate::parse(s.as_str()).ok_or_else(|| {
+            serde::de::Error::custom(format!("[bad_date] '{}' is not a YYYYMMDD date", s.as_str()))
+        })
+    }
+}
+
+/// Serde for CEB `YYYYMMDDhhmmss` timestamps.
+pub mod ceb_format {
+    use super::EventTime;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the CEB form.
+    pub fn serialize<S: Serializer>(t: &EventTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_ceb())
+    }
+
+    /// Reads the CEB form (string or number).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<EventTime, D::Error> {
+        let s = crate::de::StrOrNum::deserialize(d)?;
+        EventTime::parse_ceb(s.as_str()).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "[bad_timestamp] '{}' is not a CEB YYYYMMDDhhmmss time",
+                s.as_str()
+            ))
+        })
+    }
+}
+
+/// Serde for RFC 3339 timestamps.
+pub mod rfc3339_format {
+    use super::EventTime;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes RFC 3339.
+    pub fn serialize<S: Serializer>(t: &EventTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339())
+    }
+
+    /// Reads RFC 3339.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<EventTime, D::Error> {
+        let s = std::borrow::Cow::<str>::deserialize(d)?;
+        EventTime::parse_rfc3339(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("[bad_timestamp] '{s}' is not an RFC 3339 time"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceb_time_is_china_standard_time() {
+        let t = EventTime::parse_ceb("20180507153001").unwrap();
+        assert_eq!(t, EventTime::parse_rfc3339("2018-05-07T07:30:01Z").unwrap());
+        assert_eq!(t.to_ceb(), "20180507153001");
+        assert!(EventTime::parse_ceb("20181307153001").is_none());
+        assert!(EventTime::parse_ceb("2018050715300").is_none());
+    }
+
+    #[test]
+    fn periods() {
+        let d = CebDate::parse("20181231").unwrap();
+        assert_eq!(d.period(), 201812);
+        assert_eq!(d.month_end(), EventTime::parse_rfc3339("2019-01-01T00:00:00+08:00").unwrap());
+        assert_eq!(period_of(EventTime::parse_rfc3339("2018-12-31T16:30:00Z").unwrap()), 201901);
+        assert!(CebDate::parse("20180230").is_none());
+    }
+}
