@@ -12,8 +12,10 @@ fn cst() -> FixedOffset {
     FixedOffset::east_opt(CST).expect("valid offset")
 }
 
-/// An instant in event time: milliseconds since 1970-01-01T00:00:00Z.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+/// An instant in event time: milliseconds since 1970-01-01T00:00:00Z (serialized as that
+/// number in state snapshots; records use the CEB or RFC 3339 forms).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct EventTime(pub i64);
 
 impl EventTime {

@@ -1,0 +1,238 @@
+//! The operator graph of one pipeline: declare partitions (keyed by `orderNo`), clear
+//! partitions (keyed by `logisticsNo`), the seal operator, and the broadcast tables (goods
+//! registrations, controls). Single-threaded and deterministic: fed in canonical event-time
+//! order, it produces the same records in the same order at any partition count.
+//! Summarize runs downstream of [`Out::Exited`] (the runtime may put it on its own thread).
+
+use crate::clear::{Clear, ClearIn, Shared};
+use crate::declare::{Declare, DeclareIn, DeclareOut};
+use crate::rules::Rules;
+use crate::seal::SealOp;
+use crate::{Operator, partition_of};
+use cbec_schemas::hs::{HsCheck, Nomenclature};
+use cbec_schemas::{
+    AppType, ChannelDecision, DeclaredList, Entity, EventTime, Inventory, Receipt, Return, SealVerdict, SortingDecision,
+    status,
+};
+use serde::{Deserialize, Serialize};
+
+/// An exited list on its way to summarize.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exited {
+    /// Declared list number.
+    pub invt_no: String,
+    /// Consistent, non-tax-related, `statisticsFlag` B: goes into a summary declaration.
+    pub summarizable: bool,
+    /// The list.
+    pub list: Inventory,
+}
+
+/// Every record the engine emits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Out {
+    /// `cbec.declared`.
+    Declared(DeclaredList),
+    /// `cbec.receipts`.
+    Receipt(Receipt),
+    /// `cbec.returns`.
+    Return(Return),
+    /// `cbec.channels`.
+    Channel(ChannelDecision),
+    /// `cbec.sorting`.
+    Sorting(SortingDecision),
+    /// `cbec.releases`.
+    Release(SealVerdict),
+    /// To summarize.
+    Exited(Exited),
+}
+
+/// The engine state (checkpointed whole).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Engine {
+    shared: Shared,
+    declare: Vec<Declare>,
+    clear: Vec<Clear>,
+    seals: SealOp,
+    watermark: EventTime,
+}
+
+impl Engine {
+    /// A new engine with `partitions` declare and clear partitions.
+    pub fn new(rules: Rules, hs: Nomenclature, partitions: usize) -> Engine {
+        let n = partitions.max(1);
+        Engine {
+            shared: Shared { rules, hs, ..Shared::default() },
+            declare: (0..n).map(|_| Declare::default()).collect(),
+            clear: (0..n).map(|_| Clear::default()).collect(),
+            seals: SealOp::default(),
+            watermark: EventTime::MIN,
+        }
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &Rules {
+        &self.shared.rules
+    }
+
+    /// The event-time watermark reached.
+    pub fn watermark(&self) -> EventTime {
+        self.watermark
+    }
+
+    fn declare(&mut self, key: &str, input: DeclareIn, out: &mut Vec<Out>) {
+        let p = partition_of(key, self.declare.len());
+        let mut d = Vec::new();
+        self.declare[p].process(&mut self.shared.rules, input, &mut d);
+        self.route_declare(d, out);
+    }
+
+    fn route_declare(&mut self, d: Vec<DeclareOut>, out: &mut Vec<Out>) {
+        for o in d {
+            match o {
+                DeclareOut::Return(r) => out.push(Out::Return(r)),
+                DeclareOut::List(l) => {
+                    if let Some(t) = &l.total_package_no {
+                        self.seals.bill(t, &l.logistics_no);
+                    }
+                    let key = l.logistics_no.clone();
+                    self.clear(&key, ClearIn::List(l), out);
+                }
+                DeclareOut::Status(s) => {
+                    let key = s.logistics_no.clone();
+                    self.clear(&key, ClearIn::Status(s), out);
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self, key: &str, input: ClearIn, out: &mut Vec<Out>) {
+        let p = partition_of(key, self.clear.len());
+        self.clear[p].process(&mut self.shared, input, out);
+    }
+
+    fn goods(&mut self, g: cbec_schemas::GoodsRegistration, out: &mut Vec<Out>) {
+        let key = format!("{}/{}", g.ebc_code, g.item_no);
+        let (st, info) = if g.app_type == AppType::Delete {
+            self.shared.goods.remove(&key);
+            (status::ACCEPTED, "registration deleted".to_string())
+        } else {
+            match self.shared.hs.check(&g.gcode) {
+                HsCheck::Malformed => (status::ERR_GCODE_MALFORMED, format!("gcode '{}' is not a 10-digit HS code", g.gcode)),
+                HsCheck::UnknownSubheading => (
+                    status::ERR_GCODE_UNKNOWN,
+                    format!("gcode '{}': {} is not a subheading of the HS nomenclature", g.gcode, &g.gcode[..6]),
+                ),
+                HsCheck::Known | HsCheck::Unverified => {
+                    self.shared.goods.insert(key.clone(), g.gcode.clone());
+                    (status::ACCEPTED, "goods registered".to_string())
+                }
+            }
+        };
+        out.push(Out::Receipt(Receipt {
+            id: format!("goods/{key}/{}/{}", g.app_time.0, st),
+            invt_no: None,
+            order_no: None,
+            logistics_no: None,
+            return_status: st,
+            return_info: format!("{key}: {info}"),
+            return_time: g.app_time,
+            control_ids: Vec::new(),
+        }));
+    }
+
+    /// Processes one input entity.
+    pub fn process(&mut self, e: Entity, out: &mut Vec<Out>) {
+        match e {
+            Entity::Goods(g) => self.goods(g, out),
+            Entity::Order(o) => {
+                let k = o.order_no.clone();
+                self.declare(&k, DeclareIn::Order(o), out)
+            }
+            Entity::Payment(p) => {
+                let k = p.order_no.clone();
+                self.declare(&k, DeclareIn::Payment(p), out)
+            }
+            Entity::List(l) => {
+                let k = l.order_no.clone();
+                self.declare(&k, DeclareIn::List(l), out)
+            }
+            Entity::Waybill(w) => {
+                let k = w.logistics_no.clone();
+                self.clear(&k, ClearIn::Waybill(w), out)
+            }
+            Entity::Scan(s) => {
+                let k = s.logistics_no.clone();
+                self.clear(&k, ClearIn::Scan(s), out)
+            }
+            Entity::Arrival(a) => {
+                for it in a.items {
+                    if let Some(t) = &it.total_package_no {
+                        self.seals.bill(t, &it.logistics_no);
+                    }
+                    let k = it.logistics_no.clone();
+                    self.clear(&k, ClearIn::Arrived { logistics_no: it.logistics_no, time: a.app_time }, out);
+                }
+            }
+            Entity::Departure(d) => {
+                for it in d.items {
+                    let k = it.logistics_no.clone();
+                    self.clear(&k, ClearIn::Departed { logistics_no: it.logistics_no, time: d.leave_time }, out);
+                }
+            }
+            Entity::Seal(s) => {
+                let releases = self.seals.process(s, &self.clear, &self.shared.controls, out);
+                for r in releases {
+                    let k = r.logistics_no.clone();
+                    self.clear(&k, ClearIn::PortRelease { logistics_no: r.logistics_no, seal_no: r.seal_no, time: r.time }, out);
+                }
+            }
+            Entity::Control(c) => {
+                self.shared.controls.apply(c);
+            }
+            Entity::WayBill(_) => {}
+        }
+    }
+
+    /// Advances event time: the payment waits due fire.
+    pub fn advance(&mut self, wm: EventTime, out: &mut Vec<Out>) {
+        if wm <= self.watermark {
+            return;
+        }
+        self.watermark = wm;
+        // Timers fire in global (time, orderNo) order, whatever the partitioning.
+        loop {
+            let next = (0..self.declare.len())
+                .filter_map(|p| self.declare[p].next_timer().map(|t| (t.clone(), p)))
+                .min();
+            let Some(((t, _), p)) = next else { break };
+            if t > wm.0 {
+                break;
+            }
+            let mut d = Vec::new();
+            self.declare[p].fire_next(&self.shared.rules, wm, &mut d);
+            self.route_declare(d, out);
+        }
+    }
+
+    /// Serializes the whole state (checkpoint).
+    pub fn snapshot(&self) -> Vec<u8> {
+        crate::snapshot(self)
+    }
+
+    /// Restores a [`Engine::snapshot`]; the nomenclature is not part of it.
+    pub fn restore(bytes: &[u8], hs: Nomenclature) -> Result<Engine, serde_json::Error> {
+        let mut e: Engine = crate::restore(bytes)?;
+        e.shared.hs = hs;
+        Ok(e)
+    }
+
+    /// Bytes of keyed state per operator: (declare, clear).
+    pub fn state_size(&self) -> (usize, usize) {
+        (self.declare.iter().map(Operator::state_size).sum(), self.clear.iter().map(Operator::state_size).sum())
+    }
+
+    /// Parcels and orders with state: (orders, parcels).
+    pub fn keys(&self) -> (usize, usize) {
+        (self.declare.iter().map(Declare::len).sum(), self.clear.iter().map(Clear::len).sum())
+    }
+}

@@ -1,0 +1,134 @@
+//! Seals, supervision vehicles and port release (CONTRACT §4.5). A seal may only cover
+//! parcels released at the site and be carried by a vehicle filed with customs; otherwise it
+//! is held. At the port an intact `verified` seal releases every parcel under it; a broken or
+//! unknown seal holds them all. A seal spans parcels of every clear partition, so the
+//! engine hands this operator a view of all of them.
+
+use crate::clear::Clear;
+use crate::controls::ControlTable;
+use crate::engine::Out;
+use crate::partition_of;
+use crate::Collector;
+use cbec_schemas::{EventTime, SealEvent, SealVerdict};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SealState {
+    vehicle_no: String,
+    parcels: Vec<String>,
+    accepted: bool,
+    verdict_at_port: bool,
+}
+
+/// Seal state: seals by number and the parcels of each master bill (`totalPackageNo`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SealOp {
+    seals: HashMap<String, SealState>,
+    bills: HashMap<String, BTreeSet<String>>,
+}
+
+/// A port release the engine must route to the parcel's clear partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRelease {
+    /// Parcel.
+    pub logistics_no: String,
+    /// Seal.
+    pub seal_no: String,
+    /// When.
+    pub time: EventTime,
+}
+
+impl SealOp {
+    /// Records that a parcel belongs to a master bill (from lists and arrivals).
+    pub fn bill(&mut self, total_package_no: &str, logistics_no: &str) {
+        self.bills.entry(total_package_no.to_string()).or_default().insert(logistics_no.to_string());
+    }
+
+    /// Processes a seal event; returns the port releases to apply.
+    pub fn process(&mut self, ev: SealEvent, clear: &[Clear], controls: &ControlTable, out: &mut dyn Collector<Out>) -> Vec<PortRelease> {
+        match ev {
+            SealEvent::Sealed { seal_no, vehicle_no, total_package_nos, logistics_nos, time } => {
+                let mut parcels: BTreeSet<String> = logistics_nos.into_iter().collect();
+                for b in &total_package_nos {
+                    if let Some(ls) = self.bills.get(b) {
+                        parcels.extend(ls.iter().cloned());
+                    }
+                }
+                let parcels: Vec<String> = parcels.into_iter().collect();
+                let mut reasons = Vec::new();
+                let vehicle = controls.vehicle(&vehicle_no);
+                if vehicle.is_none() {
+                    reasons.push(format!("vehicle {vehicle_no} is not filed with customs"));
+                }
+                let unreleased: Vec<&String> = parcels.iter().filter(|l| !clear[partition_of(l, clear.len())].site_released(l)).collect();
+                if !unreleased.is_empty() {
+                    reasons.push(format!("{} parcel(s) not released at the site: {}", unreleased.len(), unreleased.iter().take(10).map(|s| s.as_str()).collect::<Vec<_>>().join(",")));
+                }
+                if parcels.is_empty() {
+                    reasons.push("no known parcel under the seal".to_string());
+                }
+                let accepted = reasons.is_empty();
+                if accepted {
+                    reasons.push("all parcels released at the site; vehicle filed".to_string());
+                }
+                out.collect(Out::Release(SealVerdict {
+                    id: format!("{seal_no}/sealed"),
+                    seal_no: seal_no.clone(),
+                    vehicle_no: vehicle_no.clone(),
+                    stage: "sealed".into(),
+                    verdict: if accepted { "released" } else { "held" }.into(),
+                    reasons,
+                    logistics_nos: parcels.clone(),
+                    port_code: None,
+                    control_ids: vehicle.map(|c| vec![c.id.clone()]).unwrap_or_default(),
+                    time,
+                }));
+                self.seals.insert(seal_no, SealState { vehicle_no, parcels, accepted, verdict_at_port: false });
+                Vec::new()
+            }
+            SealEvent::Verified { seal_no, vehicle_no, port_code, intact, time } => {
+                let (verdict, reasons, parcels) = match self.seals.get_mut(&seal_no) {
+                    None => ("held", vec!["unknown seal".to_string()], Vec::new()),
+                    Some(s) if s.verdict_at_port => return Vec::new(),
+                    Some(s) => {
+                        s.verdict_at_port = true;
+                        let mut r = Vec::new();
+                        if !intact {
+                            r.push("seal broken".to_string());
+                        }
+                        if !s.accepted {
+                            r.push("seal was held at the site".to_string());
+                        }
+                        if s.vehicle_no != vehicle_no {
+                            r.push(format!("vehicle {vehicle_no} differs from sealed vehicle {}", s.vehicle_no));
+                        }
+                        if r.is_empty() {
+                            r.push("seal intact".to_string());
+                            ("released", r, s.parcels.clone())
+                        } else {
+                            ("held", r, s.parcels.clone())
+                        }
+                    }
+                };
+                out.collect(Out::Release(SealVerdict {
+                    id: format!("{seal_no}/port"),
+                    seal_no: seal_no.clone(),
+                    vehicle_no,
+                    stage: "port".into(),
+                    verdict: verdict.into(),
+                    reasons,
+                    logistics_nos: parcels.clone(),
+                    port_code: Some(port_code),
+                    control_ids: Vec::new(),
+                    time,
+                }));
+                if verdict == "released" {
+                    parcels.into_iter().map(|l| PortRelease { logistics_no: l, seal_no: seal_no.clone(), time }).collect()
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! **summarize**: exited lists → Arrow record batches → monthly summary declarations
+//! (CONTRACT §4.6). A period (calendar month of `ieDate`) closes when event time passes the
+//! month end plus the grace; its exited, consistent, non-tax-related `statisticsFlag` B
+//! lists are grouped with Arrow kernels (lexicographic sort, then partition into runs of
+//! equal keys, then `sum` per run): one declaration per (`ebcCode`, `ownerCode` when
+//! `summaryFlag` is 2, `country`, `portCode`, `trafMode`), one item row per (`gcode`, `unit`,
+//! item `currency`, item `country`). Each list is in exactly one declaration. A list exiting
+//! after its period closed goes into a supplementary declaration (`…/2`, `…/3`).
+
+use crate::engine::Exited;
+use crate::rules::Rules;
+use crate::{Collector, Operator};
+use arrow::array::{Array, ArrayRef, Decimal128Array, StringArray};
+use arrow::compute::{SortColumn, lexsort_to_indices, take};
+use arrow::compute::kernels::partition::partition;
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use cbec_schemas::time::period_end;
+use cbec_schemas::{Dec, EventTime, Summary, SummaryItem};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const KEYS: [&str; 9] = ["ebcCode", "ownerCode", "country", "portCode", "trafMode", "gcode", "unit", "currency", "itemCountry"];
+const HEAD_KEYS: usize = 5;
+
+/// The summarize operator: exited lists per open period.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Summarize {
+    open: BTreeMap<u32, BTreeMap<String, Exited>>,
+    revisions: BTreeMap<u32, u32>,
+}
+
+/// Builds the item-row batch of a period's lists (one row per list item).
+pub fn rows_batch(lists: &[&Exited], summary_flag: u8) -> RecordBatch {
+    let mut cols: Vec<Vec<&str>> = vec![Vec::new(); KEYS.len() + 1];
+    let mut qty = Vec::new();
+    let mut qty1 = Vec::new();
+    let mut total = Vec::new();
+    for e in lists {
+        let l = &e.list;
+        for it in &l.items {
+            let owner = if summary_flag == 2 { l.owner_code.as_str() } else { "" };
+            let vals = [l.ebc_code.as_str(), owner, &l.country, &l.port_code, &l.traf_mode, &it.gcode, &it.unit, &it.currency, &it.country, &e.invt_no];
+            for (c, v) in cols.iter_mut().zip(vals) {
+                c.push(v);
+            }
+            qty.push(it.qty.scaled());
+            qty1.push(it.qty1.scaled());
+            total.push(it.total_price.scaled());
+        }
+    }
+    let mut fields: Vec<Field> = KEYS.iter().chain(["invtNo"].iter()).map(|k| Field::new(*k, DataType::Utf8, false)).collect();
+    let mut arrays: Vec<ArrayRef> = cols.into_iter().map(|c| Arc::new(StringArray::from(c)) as ArrayRef).collect();
+    for (name, v) in [("qty", qty), ("qty1", qty1), ("totalPrice", total)] {
+        fields.push(Field::new(name, DataType::Decimal128(38, 5), false));
+        arrays.push(Arc::new(Decimal128Array::from(v).with_precision_and_scale(38, 5).expect("precision")));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).expect("consistent columns")
+}
+
+fn sum_dec(a: &ArrayRef, start: usize, len: usize) -> Dec {
+    let d = a.as_any().downcast_ref::<Decimal128Array>().expect("decimal column");
+    Dec::from_scaled(arrow::compute::sum(&d.slice(start, len)).unwrap_or(0))
+}
+
+fn str_at(a: &ArrayRef, i: usize) -> &str {
+    a.as_any().downcast_ref::<StringArray>().expect("utf8 column").value(i)
+}
+
+/// Groups a rows batch into summary declarations with Arrow kernels.
+pub fn summarize_batch(batch: &RecordBatch, period: u32, revision: u32) -> Vec<Summary> {
+    if batch.num_rows() == 0 {
+        return Vec::new();
+    }
+    let sort: Vec<SortColumn> = (0..KEYS.len()).map(|i| SortColumn { values: batch.column(i).clone(), options: None }).collect();
+    let idx = lexsort_to_indices(&sort, None).expect("sortable");
+    let sorted: Vec<ArrayRef> = batch.columns().iter().map(|c| take(c, &idx, None).expect("take")).collect();
+    let heads = partition(&sorted[..HEAD_KEYS]).expect("partition heads");
+    let mut out = Vec::new();
+    for head in heads.ranges() {
+        let rows = partition(&sorted[..KEYS.len()].iter().map(|c| c.slice(head.start, head.end - head.start)).collect::<Vec<_>>()).expect("partition rows");
+        let mut items = Vec::new();
+        let mut invt_all: Vec<String> = Vec::new();
+        for (g, r) in rows.ranges().into_iter().enumerate() {
+            let (s, n) = (head.start + r.start, r.end - r.start);
+            let mut invts: Vec<&str> = (s..s + n).map(|i| str_at(&sorted[KEYS.len()], i)).collect();
+            invts.sort_unstable();
+            invts.dedup();
+            invt_all.extend(invts.iter().map(|x| x.to_string()));
+            items.push(SummaryItem {
+                gnum: g as u32 + 1,
+                gcode: str_at(&sorted[5], s).to_string(),
+                unit: str_at(&sorted[6], s).to_string(),
+                currency: str_at(&sorted[7], s).to_string(),
+                country: str_at(&sorted[8], s).to_string(),
+                qty: sum_dec(&sorted[KEYS.len() + 1], s, n),
+                qty1: sum_dec(&sorted[KEYS.len() + 2], s, n),
+                total_price: sum_dec(&sorted[KEYS.len() + 3], s, n),
+                list_count: invts.len() as u64,
+            });
+        }
+        invt_all.sort_unstable();
+        invt_all.dedup();
+        let h = head.start;
+        let key: Vec<&str> = (0..HEAD_KEYS).map(|k| str_at(&sorted[k], h)).collect();
+        let suffix = if revision > 1 { format!("/{revision}") } else { String::new() };
+        out.push(Summary {
+            summary_id: format!("{period}-{}{suffix}", key.join("-")),
+            period,
+            ebc_code: key[0].to_string(),
+            owner_code: key[1].to_string(),
+            country: key[2].to_string(),
+            port_code: key[3].to_string(),
+            traf_mode: key[4].to_string(),
+            list_count: invt_all.len() as u64,
+            total_price: items.iter().map(|i| i.total_price).sum(),
+            items,
+            invt_nos: invt_all,
+        });
+    }
+    out
+}
+
+impl Summarize {
+    /// Lists waiting in open periods.
+    pub fn pending(&self) -> usize {
+        self.open.values().map(BTreeMap::len).sum()
+    }
+}
+
+impl Operator for Summarize {
+    type In = Exited;
+    type Out = Summary;
+    type Ctx = Rules;
+
+    fn process(&mut self, _rules: &mut Rules, e: Exited, _out: &mut dyn Collector<Summary>) {
+        let period = e.list.ie_date.period();
+        let open = self.open.entry(period).or_default();
+        if e.summarizable {
+            open.insert(e.invt_no.clone(), e);
+        } else {
+            open.remove(&e.invt_no);
+        }
+    }
+
+    fn on_watermark(&mut self, rules: &mut Rules, wm: EventTime, out: &mut dyn Collector<Summary>) {
+        let due: Vec<u32> = self.open.keys().copied().filter(|p| period_end(*p).plus_ms(rules.summary_grace_ms()) <= wm).collect();
+        for p in due {
+            let lists = self.open.remove(&p).unwrap_or_default();
+            if lists.is_empty() {
+                continue;
+            }
+            let rev = self.revisions.entry(p).or_insert(0);
+            *rev += 1;
+            let refs: Vec<&Exited> = lists.values().collect();
+            for s in summarize_batch(&rows_batch(&refs, rules.summary_flag), p, *rev) {
+                out.collect(s);
+            }
+        }
+    }
+
+    fn state_size(&self) -> usize {
+        self.open.values().flat_map(|m| m.values()).map(|e| crate::clear::inventory_bytes(&e.list) + e.invt_no.len()).sum()
+    }
+}
