@@ -1,1 +1,26 @@
-//! placeholder
+//! The cbec runtime: embedded and Kafka modes over the same operators, checkpoints, metrics,
+//! the load generator, `cbec check`, and DataFusion SQL over the Parquet output.
+#![forbid(missing_docs)]
+
+pub mod check;
+pub mod checkpoint;
+pub mod config;
+pub mod embedded;
+pub mod generator;
+pub mod kafka;
+pub mod metrics;
+pub mod parquet_out;
+pub mod record;
+pub mod report;
+pub mod runner;
+pub mod sequencer;
+pub mod sink;
+pub mod sql;
+
+use cbec_schemas::hs::Nomenclature;
+
+/// Loads the nomenclature named by the configuration (or `$CBEC_HS_FILE`, or the default
+/// path), falling back to structural checks with a warning.
+pub fn load_hs(cfg: &config::Config) -> Nomenclature {
+    Nomenclature::load_or_structural(cfg.hs_file.as_deref().map(std::path::Path::new))
+}

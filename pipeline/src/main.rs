@@ -1,1 +1,226 @@
-fn main() {}
+//! The `cbec` command line.
+
+use anyhow::Context;
+use cbec_pipeline::config::Config;
+use cbec_pipeline::generator::{self, GenConfig};
+use cbec_pipeline::{check, embedded, kafka, load_hs, report, sink, sql};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// cbec: China Customs 9610 cross-border e-commerce export supervision, as a stream.
+#[derive(Parser)]
+#[command(name = "cbec", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the pipeline: embedded (default: a generated workload, or --input DIR), or
+    /// against Kafka with --brokers.
+    ///
+    /// Configuration: --config FILE (TOML; see README) with every value overridable by
+    /// CBEC_<FIELD> environment variables (CBEC_BROKERS, CBEC_PARTITIONS, CBEC_OUTPUT_DIR,
+    /// CBEC_METRICS_ADDR, CBEC_CHECKPOINT_DIR, CBEC_HS_FILE, …) and CBEC_RULES__<FIELD> for
+    /// the rules (CBEC_RULES__INSPECTION_RATE, CBEC_RULES__SAMPLING_KEY, …).
+    Run(RunArgs),
+    /// Decode and validate message files (JSON lines or CEB XML).
+    Check {
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Generate a consistent, seeded story across all input topics.
+    Gen(GenArgs),
+    /// SQL over the pipeline's Parquet output (DataFusion). No query: interactive prompt.
+    Sql {
+        /// Output directory of a run (holds tables/).
+        #[arg(long, default_value = "cbec-out")]
+        data: PathBuf,
+        /// Output format.
+        #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+        format: String,
+        /// The query.
+        query: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Rules and settings (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Input folder: one file or folder per topic (orders.jsonl, cbec.lists.xml, scans/ …).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Output folder (JSON lines per output topic, Parquet under tables/).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Kafka bootstrap servers: run as a member of the consumer group.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Orders of the generated workload (embedded default).
+    #[arg(long, default_value_t = 20_000)]
+    orders: usize,
+    /// Seed of the generated workload.
+    #[arg(long, default_value_t = 1111)]
+    seed: u64,
+    /// Keyed state partitions.
+    #[arg(long)]
+    partitions: Option<usize>,
+    /// Prometheus endpoint (empty: none).
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Do not write Parquet.
+    #[arg(long)]
+    no_parquet: bool,
+    /// Kafka mode: stop when every partition is at its end, after advancing event time to
+    /// the end of time (a complete, comparable run over a finite topic content).
+    #[arg(long)]
+    exit_when_idle: bool,
+    /// Kafka mode: checkpoint directory.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    /// Write JSON lines per topic (and expected.json) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Or produce to Kafka.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Target rate in messages/second when producing (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Orders (parcels) in the story.
+    #[arg(long, default_value_t = 20_000)]
+    orders: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 1111)]
+    seed: u64,
+    /// Generator settings (TOML with the fields of the generator; see README).
+    #[arg(long)]
+    gen_config: Option<PathBuf>,
+    /// Pipeline config (its rules drive certificate/tax goods and expected outcomes).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Check { files } => {
+            let paths: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
+            let mut out = std::io::stdout().lock();
+            let rep = check::check_files(&paths, &mut out)?;
+            std::process::exit(if rep.all_valid() { 0 } else { 1 });
+        }
+        Cmd::Gen(a) => generate_cmd(a),
+        Cmd::Run(a) => run(a),
+        Cmd::Sql { data, format, query } => match sql::main(&data, &format, query.as_deref()) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(2);
+            }
+        },
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(path, &Config::env()).map_err(anyhow::Error::msg)?;
+    cfg.resolve_rules().map_err(anyhow::Error::msg)?;
+    Ok(cfg)
+}
+
+fn generate_cmd(a: GenArgs) -> anyhow::Result<()> {
+    let cfg = load_config(a.config.as_deref())?;
+    let hs = load_hs(&cfg);
+    let mut g: GenConfig = match &a.gen_config {
+        Some(p) => toml::from_str(&std::fs::read_to_string(p)?)?,
+        None => GenConfig::default(),
+    };
+    g.orders = a.orders;
+    g.seed = a.seed;
+    let story = generator::generate(&g, &cfg.rules, &hs);
+    let n: u64 = story.expected.messages.values().sum();
+    if let Some(dir) = &a.out {
+        generator::write_dir(&story, dir)?;
+        eprintln!("cbec gen: {n} messages for {} orders written to {}", g.orders, dir.display());
+    }
+    if let Some(b) = &a.brokers {
+        let sent = kafka::produce_story(b, &cfg, &story, a.rate)?;
+        eprintln!("cbec gen: {sent} messages produced to {b}");
+    }
+    if a.out.is_none() && a.brokers.is_none() {
+        anyhow::bail!("say where the story goes: --out DIR and/or --brokers HOST:PORT");
+    }
+    Ok(())
+}
+
+fn run(a: RunArgs) -> anyhow::Result<()> {
+    let mut cfg = load_config(a.config.as_deref())?;
+    if let Some(p) = a.partitions {
+        cfg.partitions = p;
+    }
+    if let Some(m) = a.metrics_addr {
+        cfg.metrics_addr = m;
+    }
+    if let Some(o) = &a.output {
+        cfg.output_dir = o.display().to_string();
+    }
+    if let Some(b) = a.brokers {
+        cfg.brokers = b;
+    }
+    if let Some(c) = &a.checkpoint_dir {
+        cfg.checkpoint_dir = c.display().to_string();
+    }
+    if !cfg.metrics_addr.is_empty() {
+        if let Err(e) = cbec_pipeline::metrics::install(&cfg.metrics_addr) {
+            eprintln!("warning: metrics endpoint {} not started: {e}", cfg.metrics_addr);
+        }
+    }
+    let hs = load_hs(&cfg);
+    let tty = std::io::stderr().is_terminal();
+    let progress: Option<Box<dyn FnMut(&cbec_pipeline::runner::RunStats) + Send>> = Some(Box::new(move |s| {
+        if tty {
+            eprint!("\r{}   ", report::progress_line(s));
+        } else {
+            eprintln!("{}", report::progress_line(s));
+        }
+    }));
+    let stats = if !cfg.brokers.is_empty() {
+        kafka::run(&cfg, hs, a.exit_when_idle, progress)?
+    } else {
+        let out = PathBuf::from(&cfg.output_dir);
+        let inputs = match &a.input {
+            Some(dir) => embedded::discover(dir).with_context(|| format!("input {}", dir.display()))?,
+            None => {
+                let g = GenConfig { orders: a.orders, seed: a.seed, ..GenConfig::default() };
+                eprintln!("cbec: no --input: generating a workload of {} orders (seed {})", g.orders, g.seed);
+                let story = generator::generate(&g, &cfg.rules, &hs);
+                std::fs::create_dir_all(&out)?;
+                std::fs::write(out.join("expected.json"), serde_json::to_vec_pretty(&story.expected)?)?;
+                story
+                    .topics
+                    .into_iter()
+                    .map(|(t, v)| (t, embedded::TopicInput::Messages(v.into_iter().map(|(_, p)| p).collect())))
+                    .collect()
+            }
+        };
+        let file_sink = sink::FileSink::new(&out, &cfg.output_prefix, (!a.no_parquet).then_some(cfg.parquet_rows))?;
+        let s = embedded::run(&cfg, hs, inputs, Box::new(file_sink), progress)?;
+        eprintln!();
+        eprintln!("outputs in {}", out.display());
+        s
+    };
+    if tty {
+        eprintln!();
+    }
+    print!("{}", report::render(&stats));
+    Ok(())
+}

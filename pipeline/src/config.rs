@@ -1,0 +1,185 @@
+//! Configuration (CONTRACT §5): one TOML file with defaults built in; every value can be
+//! overridden by an environment variable `CBEC_<FIELD>` (top level) or
+//! `CBEC_RULES__<FIELD>` (rules table), e.g. `CBEC_BROKERS`, `CBEC_RULES__INSPECTION_RATE`.
+//! Nothing is required for the embedded default.
+
+use cbec_operators::rules::Rules;
+use cbec_schemas::Topic;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Kafka bootstrap servers; empty = embedded mode.
+    pub brokers: String,
+    /// Consumer group id.
+    pub group_id: String,
+    /// Input topic names by short name (`orders = "cbec.orders"`); missing ones default to
+    /// `cbec.<short>`.
+    pub input_topics: BTreeMap<String, String>,
+    /// Output topic prefix: outputs are `<prefix>declared`, `<prefix>receipts`, …
+    pub output_prefix: String,
+    /// Keyed state partitions of declare and clear.
+    pub partitions: usize,
+    /// HS nomenclature CSV (default `../shared/data/hs/harmonized-system.csv`, or
+    /// `$CBEC_HS_FILE`).
+    pub hs_file: Option<String>,
+    /// Output directory of the embedded mode and of Parquet files.
+    pub output_dir: String,
+    /// Prometheus endpoint address; empty disables it.
+    pub metrics_addr: String,
+    /// Checkpoint directory (Kafka mode).
+    pub checkpoint_dir: String,
+    /// Checkpoint interval in milliseconds.
+    pub checkpoint_interval_ms: u64,
+    /// Allowed out-of-orderness across sources, in event-time milliseconds.
+    pub lateness_ms: i64,
+    /// Capacity of every bounded queue (messages).
+    pub queue_capacity: usize,
+    /// Rows per Parquet file before it is closed (files appear atomically).
+    pub parquet_rows: usize,
+    /// Supervision rules.
+    pub rules: Rules,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            brokers: String::new(),
+            group_id: "cbec".into(),
+            input_topics: BTreeMap::new(),
+            output_prefix: "cbec.".into(),
+            partitions: 4,
+            hs_file: None,
+            output_dir: "cbec-out".into(),
+            metrics_addr: "127.0.0.1:9898".into(),
+            checkpoint_dir: "cbec-checkpoints".into(),
+            checkpoint_interval_ms: 5_000,
+            lateness_ms: 0,
+            queue_capacity: 8192,
+            parquet_rows: 200_000,
+            rules: Rules::default(),
+        }
+    }
+}
+
+fn env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+impl Config {
+    /// Loads `path` (if any) over the defaults, then applies `CBEC_*` overrides from `env`.
+    pub fn load(path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config, String> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+            None => String::new(),
+        };
+        let mut table: toml::Table = text.parse().map_err(|e| format!("config: {e}"))?;
+        let defaults = toml::Table::try_from(Config::default()).map_err(|e| e.to_string())?;
+        for (k, v) in &defaults {
+            if k == "rules" {
+                let rules = table.entry("rules").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let (toml::Value::Table(dr), Some(rt)) = (v, rules.as_table_mut()) {
+                    for rk in dr.keys() {
+                        if let Some(raw) = env.get(&format!("CBEC_RULES__{}", rk.to_uppercase())) {
+                            rt.insert(rk.clone(), env_value(raw));
+                        }
+                    }
+                }
+            } else if let Some(raw) = env.get(&format!("CBEC_{}", k.to_uppercase())) {
+                let val = if matches!(v, toml::Value::String(_)) { toml::Value::String(raw.clone()) } else { env_value(raw) };
+                table.insert(k.clone(), val);
+            }
+        }
+        if let Some(raw) = env.get("CBEC_HS_FILE") {
+            table.entry("hs_file").or_insert(toml::Value::String(raw.clone()));
+        }
+        let cfg: Config = table.try_into().map_err(|e: toml::de::Error| format!("config: {e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The process environment's `CBEC_*` variables.
+    pub fn env() -> BTreeMap<String, String> {
+        std::env::vars().filter(|(k, _)| k.starts_with("CBEC_")).collect()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.partitions == 0 || self.partitions > 1024 {
+            return Err("partitions must be 1..=1024".into());
+        }
+        if self.queue_capacity == 0 {
+            return Err("queue_capacity must be positive".into());
+        }
+        for k in self.input_topics.keys() {
+            if Topic::from_name(k).is_none() {
+                return Err(format!("input_topics: unknown topic '{k}'"));
+            }
+        }
+        let r = &self.rules;
+        if r.inspection_rate.is_negative() || r.inspection_rate > cbec_schemas::Dec::from_int(1) {
+            return Err("rules.inspection_rate must be in [0, 1]".into());
+        }
+        if !(1..=2).contains(&r.summary_flag) {
+            return Err("rules.summary_flag must be 1 or 2".into());
+        }
+        Ok(())
+    }
+
+    /// Kafka topic name of an input.
+    pub fn input_topic(&self, t: Topic) -> String {
+        self.input_topics.get(t.short()).cloned().unwrap_or_else(|| t.default_name())
+    }
+
+    /// Kafka topic name of an output (`declared` → `cbec.declared`).
+    pub fn output_topic(&self, short: &str) -> String {
+        format!("{}{short}", self.output_prefix)
+    }
+
+    /// Loads the rules' tariff CSV, if configured, into the rules.
+    pub fn resolve_rules(&mut self) -> Result<(), String> {
+        if let Some(p) = self.rules.tariff_csv.clone() {
+            let text = std::fs::read_to_string(&p).map_err(|e| format!("tariff_csv {p}: {e}"))?;
+            self.rules.merge_tariff(&text)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_file_and_env_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cbec.toml");
+        std::fs::write(&p, "partitions = 2\n[rules]\nsummary_flag = 2\n").unwrap();
+        let env: BTreeMap<String, String> = [
+            ("CBEC_BROKERS", "127.0.0.1:9092"),
+            ("CBEC_RULES__INSPECTION_RATE", "\"0.2\""),
+            ("CBEC_PARTITIONS", "3"),
+            ("CBEC_TEST_BROKERS", "ignored"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let c = Config::load(Some(&p), &env).unwrap();
+        assert_eq!(c.brokers, "127.0.0.1:9092");
+        assert_eq!(c.partitions, 3, "environment beats the file");
+        assert_eq!(c.rules.summary_flag, 2);
+        assert_eq!(c.rules.inspection_rate, cbec_schemas::Dec::parse("0.2").unwrap());
+        assert_eq!(c.rules.payment_wait_hours, 24, "defaults fill the rest");
+        std::fs::write(&p, "bogus = 1\n").unwrap();
+        assert!(Config::load(Some(&p), &BTreeMap::new()).is_err());
+        std::fs::write(&p, "[rules]\ninspection_rate = \"1.5\"\n").unwrap();
+        assert!(Config::load(Some(&p), &BTreeMap::new()).is_err());
+    }
+}

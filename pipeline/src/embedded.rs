@@ -1,0 +1,130 @@
+//! The embedded mode: no Kafka. Input comes from files (`--input DIR`: one file or folder
+//! per input topic, named after the topic with or without `cbec.`, JSON lines or CEB XML)
+//! or from the generator, and runs through the same decoder, sequencer, engine and sinks as
+//! the Kafka mode. One reader/decoder thread per topic, each behind its own bounded queue.
+
+use crate::config::Config;
+use crate::runner::{EngineMsg, EngineRun, RunStats, decode_message, run_engine, spawn_sink};
+use crate::sink::Sink;
+use cbec_schemas::hs::Nomenclature;
+use cbec_schemas::{Decoder, Topic};
+use crossbeam_channel::{Sender, bounded};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+/// Input of one topic.
+pub enum TopicInput {
+    /// Files, read in order (JSON lines, or one CEB XML document per file).
+    Files(Vec<PathBuf>),
+    /// Messages already in memory (generator).
+    Messages(Vec<Vec<u8>>),
+}
+
+/// Finds the input files of each topic in `dir`.
+pub fn discover(dir: &Path) -> anyhow::Result<Vec<(Topic, TopicInput)>> {
+    let mut by_topic: HashMap<Topic, Vec<PathBuf>> = HashMap::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    entries.sort();
+    for p in entries {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') || name == "expected.json" {
+            continue;
+        }
+        let Some(t) = Topic::from_name(name) else {
+            eprintln!("warning: {} is not named after an input topic; ignored", p.display());
+            continue;
+        };
+        let files = by_topic.entry(t).or_default();
+        if p.is_dir() {
+            let mut inner: Vec<PathBuf> = std::fs::read_dir(&p)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+            inner.sort();
+            files.extend(inner.into_iter().filter(|f| f.is_file()));
+        } else {
+            files.push(p);
+        }
+    }
+    anyhow::ensure!(!by_topic.is_empty(), "no input files named after a topic in {}", dir.display());
+    let mut v: Vec<(Topic, TopicInput)> = by_topic.into_iter().map(|(t, f)| (t, TopicInput::Files(f))).collect();
+    v.sort_by_key(|(t, _)| *t);
+    Ok(v)
+}
+
+/// Splits a file's bytes into messages: a CEB XML document is one message; otherwise one
+/// message per non-blank line.
+pub fn split_messages(bytes: &[u8]) -> Vec<&[u8]> {
+    if cbec_schemas::detect(bytes) == Some(cbec_schemas::Format::Xml) {
+        return vec![bytes];
+    }
+    bytes.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)).collect()
+}
+
+fn source_thread(topic: Topic, topic_name: String, input: TopicInput, tx: Sender<EngineMsg>) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    std::thread::Builder::new()
+        .name(format!("cbec-src-{}", topic.short()))
+        .spawn(move || {
+            let mut dec = Decoder::new();
+            let src = (topic, 0);
+            let mut offset = 0i64;
+            let mut send = |m: EngineMsg| {
+                let _ = tx.send(m);
+            };
+            match input {
+                TopicInput::Files(files) => {
+                    for f in files {
+                        let bytes = std::fs::read(&f)?;
+                        for msg in split_messages(&bytes) {
+                            decode_message(&mut dec, topic, &topic_name, src, offset, None, msg, Instant::now(), &mut send);
+                            offset += 1;
+                        }
+                    }
+                }
+                TopicInput::Messages(msgs) => {
+                    for msg in msgs {
+                        decode_message(&mut dec, topic, &topic_name, src, offset, None, &msg, Instant::now(), &mut send);
+                        offset += 1;
+                    }
+                }
+            }
+            send(EngineMsg::Done(src));
+            Ok(())
+        })
+        .expect("spawn source thread")
+}
+
+/// Runs the embedded pipeline over `inputs` into `sink`; a finite input ends with event
+/// time advanced to the end of time (every timer fires, every period closes).
+pub fn run(cfg: &Config, hs: Nomenclature, inputs: Vec<(Topic, TopicInput)>, sink: Box<dyn Sink>, progress: Option<Box<dyn FnMut(&RunStats) + Send>>) -> anyhow::Result<RunStats> {
+    let (sink_tx, sink_h) = spawn_sink(sink, cfg.queue_capacity);
+    let mut groups = Vec::new();
+    let mut handles = Vec::new();
+    let present: Vec<Topic> = inputs.iter().map(|(t, _)| *t).collect();
+    for (t, input) in inputs {
+        let (tx, rx) = bounded(cfg.queue_capacity);
+        handles.push(source_thread(t, cfg.input_topic(t), input, tx));
+        groups.push((vec![(t, 0)], rx));
+    }
+    let run = EngineRun {
+        rules: cfg.rules.clone(),
+        hs,
+        partitions: cfg.partitions,
+        lateness_ms: cfg.lateness_ms,
+        max_buffered: cfg.queue_capacity * 8,
+        inputs: groups,
+        sink: sink_tx,
+        end_of_time_when_done: true,
+        checkpoint: None,
+        commits: None,
+        stop: Arc::new(AtomicBool::new(false)),
+        progress,
+        topic_names: present.iter().map(|t| (*t, cfg.input_topic(*t))).collect(),
+    };
+    let stats = run_engine(run, None)?;
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("source thread panicked"))??;
+    }
+    sink_h.join().map_err(|_| anyhow::anyhow!("sink thread panicked"))??;
+    Ok(stats)
+}

@@ -1,0 +1,341 @@
+//! Kafka mode: rdkafka consumers for the input topics and idempotent producers for the
+//! outputs, around the same engine as the embedded mode.
+//!
+//! * Offsets are owned by the pipeline: partitions are assigned explicitly and consumption
+//!   starts from the last checkpoint's offsets (else the beginning); consumer-group commits
+//!   follow each checkpoint (for lag monitoring).
+//! * A checkpoint first flushes the producers (every output of what was processed is
+//!   acknowledged by the broker), then saves offsets + state atomically. After a crash the
+//!   replay from those offsets reproduces the same records with the same identities.
+//! * Sorting decisions go through their own producer with `linger.ms=0`; other outputs are
+//!   batched (`linger.ms=5`). A full producer queue blocks the sink (backpressure).
+//! * SIGINT/SIGTERM: stop consuming, checkpoint, exit 0.
+//!
+//! Limitation: one process consumes every partition (explicit assignment); running several
+//! processes of one group needs partition-aware state movement (see `checkpoint`).
+
+use crate::checkpoint::{CheckpointStore, LocalDirStore};
+use crate::config::Config;
+use crate::generator::Generated;
+use crate::record::{OUTPUTS, Record};
+use crate::runner::{EngineMsg, EngineRun, RunStats, decode_message, run_engine, spawn_sink};
+use crate::sequencer::SourceId;
+use crate::sink::Sink;
+use anyhow::Context;
+use cbec_schemas::hs::Nomenclature;
+use cbec_schemas::{Decoder, Topic};
+use crossbeam_channel::{Receiver, Sender, bounded};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Counts delivery failures so a flush can report them (nothing lost silently).
+#[derive(Default, Clone)]
+pub struct Deliveries {
+    failed: Arc<AtomicU64>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = r {
+            eprintln!("error: delivery failed: {e}");
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn producer(brokers: &str, linger_ms: u32, ctx: Deliveries) -> anyhow::Result<ThreadedProducer<Deliveries>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", linger_ms.to_string())
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "200000")
+        .create_with_context(ctx)?)
+}
+
+fn send_blocking(p: &ThreadedProducer<Deliveries>, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
+    let mut rec = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                rec = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Output records to Kafka topics, keyed per CONTRACT §3.
+pub struct KafkaSink {
+    batched: ThreadedProducer<Deliveries>,
+    fast: ThreadedProducer<Deliveries>,
+    ctx: Deliveries,
+    topics: HashMap<&'static str, String>,
+}
+
+impl KafkaSink {
+    /// Producers for `cfg`'s output topics.
+    pub fn new(cfg: &Config) -> anyhow::Result<KafkaSink> {
+        let ctx = Deliveries::default();
+        Ok(KafkaSink {
+            batched: producer(&cfg.brokers, 5, ctx.clone())?,
+            fast: producer(&cfg.brokers, 0, ctx.clone())?,
+            ctx,
+            topics: OUTPUTS.iter().map(|t| (*t, cfg.output_topic(t))).collect(),
+        })
+    }
+}
+
+impl Sink for KafkaSink {
+    fn write(&mut self, r: &Record) -> anyhow::Result<()> {
+        let p = if matches!(r, Record::Sorting(_)) { &self.fast } else { &self.batched };
+        send_blocking(p, &self.topics[r.topic()], r.key(), &r.to_json())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.fast.flush(Duration::from_secs(60))?;
+        self.batched.flush(Duration::from_secs(60))?;
+        let failed = self.ctx.failed.load(Ordering::Relaxed);
+        anyhow::ensure!(failed == 0, "{failed} output records were not delivered");
+        Ok(())
+    }
+}
+
+/// Creates the input and output topics if missing.
+pub fn ensure_topics(cfg: &Config) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &cfg.brokers).create()?;
+    let mut names: Vec<String> = Topic::ALL.iter().map(|t| cfg.input_topic(*t)).collect();
+    names.extend(OUTPUTS.iter().map(|t| cfg.output_topic(t)));
+    let parts = cfg.partitions.min(64) as i32;
+    let new: Vec<NewTopic<'_>> = names.iter().map(|n| NewTopic::new(n, parts, TopicReplication::Fixed(1))).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let res = rt.block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))))?;
+    for r in res {
+        if let Err((t, e)) = r {
+            if e != RDKafkaErrorCode::TopicAlreadyExists {
+                anyhow::bail!("creating topic {t}: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Produces a generated story to the input topics (`rate` messages/s, 0 = unthrottled).
+pub fn produce_story(brokers: &str, cfg: &Config, story: &Generated, rate: u64) -> anyhow::Result<u64> {
+    let mut c = cfg.clone();
+    c.brokers = brokers.to_string();
+    ensure_topics(&c)?;
+    let ctx = Deliveries::default();
+    let p = producer(brokers, 5, ctx.clone())?;
+    // Interleave topics in story order so consumers see a realistic mix.
+    let mut cursors: Vec<(Topic, usize)> = story.topics.keys().map(|t| (*t, 0)).collect();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    loop {
+        let mut any = false;
+        for (t, i) in cursors.iter_mut() {
+            let msgs = &story.topics[t];
+            for _ in 0..64 {
+                let Some((key, payload)) = msgs.get(*i) else { break };
+                send_blocking(&p, &c.input_topic(*t), key, payload)?;
+                *i += 1;
+                sent += 1;
+                any = true;
+                if rate > 0 {
+                    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+        }
+        if !any {
+            break;
+        }
+    }
+    p.flush(Duration::from_secs(60))?;
+    anyhow::ensure!(ctx.failed.load(Ordering::Relaxed) == 0, "some messages were not delivered");
+    Ok(sent)
+}
+
+struct ConsumerLoop {
+    consumer: BaseConsumer,
+    topics: HashMap<String, Topic>,
+    next: HashMap<(String, i32), i64>,
+    idle: HashMap<(String, i32), bool>,
+}
+
+fn consumer_thread(
+    mut cl: ConsumerLoop,
+    tx: Sender<EngineMsg>,
+    commits: Receiver<BTreeMap<String, BTreeMap<i32, i64>>>,
+    stop: Arc<AtomicBool>,
+    exit_when_idle: bool,
+) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    std::thread::Builder::new()
+        .name("cbec-consumer".into())
+        .spawn(move || {
+            let mut dec = Decoder::new();
+            let mut last_check = Instant::now();
+            let mut idle_since: Option<Instant> = None;
+            let mut send = |m: EngineMsg| {
+                let _ = tx.send(m);
+            };
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                while let Ok(offsets) = commits.try_recv() {
+                    let mut tpl = TopicPartitionList::new();
+                    for (t, ps) in offsets {
+                        for (p, o) in ps {
+                            tpl.add_partition_offset(&t, p, Offset::Offset(o))?;
+                        }
+                    }
+                    if let Err(e) = cl.consumer.commit(&tpl, CommitMode::Async) {
+                        eprintln!("warning: consumer-group commit failed: {e}");
+                    }
+                }
+                match cl.consumer.poll(Duration::from_millis(50)) {
+                    Some(Ok(m)) => {
+                        let topic_name = m.topic().to_string();
+                        let Some(topic) = cl.topics.get(&topic_name).copied() else { continue };
+                        let src: SourceId = (topic, m.partition());
+                        let k = (topic_name.clone(), m.partition());
+                        cl.next.insert(k.clone(), m.offset() + 1);
+                        if cl.idle.insert(k, false) == Some(true) {
+                            send(EngineMsg::Idle(src, false));
+                        }
+                        idle_since = None;
+                        decode_message(&mut dec, topic, &topic_name, src, m.offset(), m.key(), m.payload().unwrap_or(&[]), Instant::now(), &mut send);
+                    }
+                    Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+                    Some(Err(e)) => eprintln!("warning: consumer: {e}"),
+                }
+                if last_check.elapsed() >= Duration::from_millis(200) {
+                    last_check = Instant::now();
+                    let mut all_idle = true;
+                    for ((t, p), next) in cl.next.clone() {
+                        let (_, high) = cl.consumer.fetch_watermarks(&t, p, Duration::from_secs(5))?;
+                        crate::metrics::ConsumerLag { topic: &t, partition: p, lag: (high - next).max(0) }.emit();
+                        let now_idle = next >= high;
+                        all_idle &= now_idle;
+                        let k = (t.clone(), p);
+                        if cl.idle.get(&k).copied() != Some(now_idle) {
+                            cl.idle.insert(k, now_idle);
+                            send(EngineMsg::Idle((cl.topics[&t], p), now_idle));
+                        }
+                    }
+                    if exit_when_idle && all_idle {
+                        let since = *idle_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= Duration::from_secs(2) {
+                            break;
+                        }
+                    }
+                }
+            }
+            for (t, p) in cl.next.keys() {
+                send(EngineMsg::Done((cl.topics[t], *p)));
+            }
+            Ok(())
+        })
+        .expect("spawn consumer")
+}
+
+fn stop_on_signals(stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else { return };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("cbec: signal received: draining, checkpointing, exiting");
+            stop.store(true, Ordering::Relaxed);
+        });
+    });
+}
+
+/// Runs the pipeline against Kafka.
+pub fn run(cfg: &Config, hs: Nomenclature, exit_when_idle: bool, progress: Option<Box<dyn FnMut(&RunStats) + Send>>) -> anyhow::Result<RunStats> {
+    ensure_topics(cfg).context("creating topics")?;
+    let store = LocalDirStore::new(&cfg.checkpoint_dir)?;
+    let restored = store.load()?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("queued.max.messages.kbytes", "65536")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut topics = HashMap::new();
+    let mut next = HashMap::new();
+    let mut sources = Vec::new();
+    for t in Topic::ALL {
+        let name = cfg.input_topic(t);
+        topics.insert(name.clone(), t);
+        let md = consumer.fetch_metadata(Some(&name), Duration::from_secs(10))?;
+        for mt in md.topics() {
+            for p in mt.partitions() {
+                let from = restored.as_ref().and_then(|c| c.offsets.get(&name)).and_then(|m| m.get(&p.id())).copied();
+                let (low, _) = consumer.fetch_watermarks(&name, p.id(), Duration::from_secs(10))?;
+                let start = from.unwrap_or(low).max(low);
+                tpl.add_partition_offset(&name, p.id(), Offset::Offset(start))?;
+                next.insert((name.clone(), p.id()), start);
+                sources.push((t, p.id()));
+            }
+        }
+    }
+    consumer.assign(&tpl)?;
+    if restored.is_some() {
+        eprintln!("cbec: restored checkpoint from {}", cfg.checkpoint_dir);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_signals(stop.clone());
+    let (tx, rx) = bounded(cfg.queue_capacity);
+    let (ctx, crx) = bounded(4);
+    let idle = next.keys().map(|k| (k.clone(), false)).collect();
+    let h = consumer_thread(ConsumerLoop { consumer, topics, next, idle }, tx, crx, stop.clone(), exit_when_idle);
+    let (sink_tx, sink_h) = spawn_sink(Box::new(KafkaSink::new(cfg)?), cfg.queue_capacity);
+    let run = EngineRun {
+        rules: cfg.rules.clone(),
+        hs,
+        partitions: cfg.partitions,
+        lateness_ms: cfg.lateness_ms,
+        max_buffered: cfg.queue_capacity * 8,
+        inputs: vec![(sources, rx)],
+        sink: sink_tx,
+        end_of_time_when_done: exit_when_idle,
+        checkpoint: Some((Box::new(store), Duration::from_millis(cfg.checkpoint_interval_ms))),
+        commits: Some(ctx),
+        stop: stop.clone(),
+        progress,
+        topic_names: Topic::ALL.iter().map(|t| (*t, cfg.input_topic(*t))).collect(),
+    };
+    let stats = run_engine(run, restored);
+    stop.store(true, Ordering::Relaxed);
+    h.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+    sink_h.join().map_err(|_| anyhow::anyhow!("sink panicked"))??;
+    stats
+}

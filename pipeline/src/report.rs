@@ -1,0 +1,50 @@
+//! The short report printed at the end of `cbec run`, and the progress line.
+
+use crate::runner::RunStats;
+use std::fmt::Write;
+
+/// One progress line.
+pub fn progress_line(s: &RunStats) -> String {
+    let n: u64 = s.input.values().sum();
+    let rate = n as f64 / s.elapsed.as_secs_f64().max(1e-9);
+    format!(
+        "cbec: {n} in ({rate:.0}/s), {} out, {} dead letters, p99 decision {}",
+        s.output.values().sum::<u64>(),
+        s.dead.values().sum::<u64>(),
+        s.latency_pct(0.99).map_or("-".into(), |v| format!("{v} µs"))
+    )
+}
+
+/// The final report.
+pub fn render(s: &RunStats) -> String {
+    let mut r = String::new();
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    let total = s.total_in();
+    let _ = writeln!(r, "cbec run report");
+    let _ = writeln!(r, "  input messages/entities: {total} in {secs:.2} s = {:.0}/s", total as f64 / secs);
+    for (k, v) in &s.input {
+        let _ = writeln!(r, "    in  cbec.{k:<11} {v}");
+    }
+    for (k, v) in &s.output {
+        let _ = writeln!(r, "    out cbec.{k:<11} {v}");
+    }
+    if !s.dead.is_empty() {
+        let d: Vec<String> = s.dead.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(r, "  dead letters by code: {}", d.join(" "));
+    }
+    let returns = s.output.get("returns").copied().unwrap_or(0);
+    let _ = writeln!(r, "  returns: {returns}");
+    let (red, all) = s.red;
+    let _ = writeln!(r, "  channels: {red} red of {all} ({:.2}% red)", if all == 0 { 0.0 } else { red as f64 * 100.0 / all as f64 });
+    let p: Vec<String> = s.ports.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = writeln!(r, "  sorting ports: {}", if p.is_empty() { "none".into() } else { p.join(" ") });
+    let _ = writeln!(r, "  summary declarations: {}", s.output.get("summaries").copied().unwrap_or(0));
+    let pct = |q: f64| s.latency_pct(q).map_or("-".to_string(), |v| format!("{v} µs"));
+    let _ = writeln!(r, "  scan→decision latency (in-process): p50 {} p99 {} p99.9 {}", pct(0.5), pct(0.99), pct(0.999));
+    let (d, c, m) = s.state_bytes;
+    let _ = writeln!(r, "  state at end: declare {d} B ({} orders), clear {c} B ({} parcels), summarize {m} B", s.keys.0, s.keys.1);
+    if s.forced > 0 {
+        let _ = writeln!(r, "  sequencer released {} items early (bounded buffer)", s.forced);
+    }
+    r
+}

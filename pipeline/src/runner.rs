@@ -1,0 +1,474 @@
+//! The runtime core shared by the embedded and Kafka modes.
+//!
+//! ```text
+//! source threads (read + decode, one per topic or consumer) ─bounded─▶ engine thread
+//!   (sequencer → declare/clear/seal engine → summarize) ─bounded─▶ sink thread
+//! ```
+//! The engine thread pulls from the source that holds the watermark back, so the
+//! sequencer's buffer stays bounded with in-order sources; if it still exceeds
+//! `queue_capacity * 8` items (a badly lagging partition), the oldest items are released
+//! early and counted (`cbec_sequencer_forced_total`). Sorting decisions are handed to the
+//! sink as soon as the scan is processed; their latency (source read → decision) is
+//! measured here.
+
+use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::metrics as m;
+use crate::record::Record;
+use crate::sequencer::{Sequencer, SourceId};
+use crate::sink::Sink;
+use cbec_operators::Operator;
+use cbec_operators::engine::{Engine, Out};
+use cbec_operators::rules::Rules;
+use cbec_operators::summarize::Summarize;
+use cbec_schemas::hs::Nomenclature;
+use cbec_schemas::{DeadLetter, Decoded, Decoder, Entity, EventTime, Topic};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// A decoded input entity with where it came from.
+#[derive(Debug)]
+pub struct Event {
+    /// Source (topic, partition).
+    pub source: SourceId,
+    /// Offset in the source (Kafka offset, or message number in a file).
+    pub offset: i64,
+    /// Entity index inside an XML document.
+    pub sub: u8,
+    /// Event time.
+    pub time: EventTime,
+    /// The entity.
+    pub entity: Entity,
+    /// When the source read it (latency measurement).
+    pub read_at: Instant,
+}
+
+/// What sources send to the engine thread.
+#[derive(Debug)]
+pub enum EngineMsg {
+    /// A decoded entity.
+    Event(Event),
+    /// A rejected message (already a dead letter), with its source and offset.
+    Dead(SourceId, i64, Box<DeadLetter>),
+    /// A source reached its end for now (idle) or has data again.
+    Idle(SourceId, bool),
+    /// A source will send nothing more.
+    Done(SourceId),
+}
+
+/// What the engine thread sends to the sink thread.
+pub enum SinkMsg {
+    /// A record to write.
+    Record(Record),
+    /// Flush, then acknowledge.
+    Flush(Sender<anyhow::Result<()>>),
+}
+
+/// Event time of an entity (the field CONTRACT §1 names for its type).
+pub fn event_time(e: &Entity) -> EventTime {
+    match e {
+        Entity::Goods(x) => x.app_time,
+        Entity::Order(x) => x.app_time,
+        Entity::List(x) => x.app_time,
+        Entity::Waybill(x) => x.app_time,
+        Entity::Payment(x) => x.accounting_date,
+        Entity::Arrival(x) => x.app_time,
+        Entity::Scan(x) => x.scan_time,
+        Entity::Seal(x) => x.time(),
+        Entity::Departure(x) => x.leave_time,
+        Entity::Control(x) => x.time,
+        Entity::WayBill(x) => x.app_time,
+    }
+}
+
+/// Decodes one message and hands its entities or dead letters to `send`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_message(
+    decoder: &mut Decoder,
+    topic: Topic,
+    topic_name: &str,
+    source: SourceId,
+    offset: i64,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    read_at: Instant,
+    send: &mut dyn FnMut(EngineMsg),
+) {
+    let dead = |e: &cbec_schemas::DecodeError, idx: Option<u32>| {
+        let mut d = DeadLetter::new(topic_name, source.1, offset, key, e, payload);
+        d.entity_index = idx;
+        EngineMsg::Dead(source, offset, Box::new(d))
+    };
+    let check = |e: Entity| -> Result<Entity, cbec_schemas::DecodeError> {
+        if matches!(e, Entity::WayBill(_)) {
+            return Err(cbec_schemas::DecodeError::new(cbec_schemas::ErrorCode::WrongEntity, "CEB607 is not an input of any cbec topic"));
+        }
+        Ok(e)
+    };
+    match decoder.decode(topic, payload) {
+        Decoded::One(r) => match r.and_then(check) {
+            Ok(e) => send(EngineMsg::Event(Event { source, offset, sub: 0, time: event_time(&e), entity: e, read_at })),
+            Err(e) => send(dead(&e, None)),
+        },
+        Decoded::Document(doc) => {
+            for (i, r) in doc.entities.into_iter().enumerate() {
+                match r.and_then(check) {
+                    Ok(e) => send(EngineMsg::Event(Event { source, offset, sub: i as u8, time: event_time(&e), entity: e, read_at })),
+                    Err(e) => send(dead(&e, Some(i as u32))),
+                }
+            }
+        }
+        Decoded::Rejected(e) => send(dead(&e, None)),
+    }
+}
+
+/// Counts and latencies of a run.
+#[derive(Debug, Default, Clone)]
+pub struct RunStats {
+    /// Input entities per topic.
+    pub input: BTreeMap<String, u64>,
+    /// Output records per topic.
+    pub output: BTreeMap<String, u64>,
+    /// Dead letters per code.
+    pub dead: BTreeMap<String, u64>,
+    /// Sorting decisions per port.
+    pub ports: BTreeMap<String, u64>,
+    /// Channel decisions (red, total).
+    pub red: (u64, u64),
+    /// Scan → decision latencies in microseconds.
+    pub latencies_us: Vec<u32>,
+    /// Items released early by the sequencer bound.
+    pub forced: u64,
+    /// Keyed state bytes at the end: (declare, clear, summarize).
+    pub state_bytes: (usize, usize, usize),
+    /// Keys with state at the end: (orders, parcels).
+    pub keys: (usize, usize),
+    /// Checkpoints written.
+    pub checkpoints: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+impl RunStats {
+    /// Messages in.
+    pub fn total_in(&self) -> u64 {
+        self.input.values().sum::<u64>() + self.dead.values().sum::<u64>()
+    }
+
+    /// Latency percentile in microseconds.
+    pub fn latency_pct(&self, p: f64) -> Option<u32> {
+        if self.latencies_us.is_empty() {
+            return None;
+        }
+        let mut v = self.latencies_us.clone();
+        v.sort_unstable();
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        Some(v[i])
+    }
+}
+
+/// Starts the sink thread.
+pub fn spawn_sink(mut sink: Box<dyn Sink>, cap: usize) -> (Sender<SinkMsg>, std::thread::JoinHandle<anyhow::Result<()>>) {
+    let (tx, rx) = bounded::<SinkMsg>(cap);
+    let h = std::thread::Builder::new()
+        .name("cbec-sink".into())
+        .spawn(move || {
+            for msg in rx {
+                match msg {
+                    SinkMsg::Record(r) => sink.write(&r)?,
+                    SinkMsg::Flush(ack) => {
+                        let res = sink.flush();
+                        let failed = res.is_err();
+                        let _ = ack.send(res);
+                        if failed {
+                            anyhow::bail!("sink flush failed");
+                        }
+                    }
+                }
+            }
+            sink.flush()
+        })
+        .expect("spawn sink thread");
+    (tx, h)
+}
+
+/// The engine thread's inputs and policies.
+pub struct EngineRun {
+    /// Rules.
+    pub rules: Rules,
+    /// HS nomenclature.
+    pub hs: Nomenclature,
+    /// Partitions.
+    pub partitions: usize,
+    /// Allowed lateness across sources.
+    pub lateness_ms: i64,
+    /// Sequencer bound before forcing.
+    pub max_buffered: usize,
+    /// One receiver per source group, with the sources it carries.
+    pub inputs: Vec<(Vec<SourceId>, Receiver<EngineMsg>)>,
+    /// Output.
+    pub sink: Sender<SinkMsg>,
+    /// When every source is done: advance event time to the end (finite input).
+    pub end_of_time_when_done: bool,
+    /// Checkpointing, with its interval.
+    pub checkpoint: Option<(Box<dyn CheckpointStore>, Duration)>,
+    /// Offsets to commit to the consumer group after each checkpoint.
+    pub commits: Option<Sender<BTreeMap<String, BTreeMap<i32, i64>>>>,
+    /// Stop request (SIGINT/SIGTERM): drain, checkpoint, return.
+    pub stop: Arc<AtomicBool>,
+    /// Progress callback, about once a second.
+    pub progress: Option<Box<dyn FnMut(&RunStats) + Send>>,
+    /// Topic names for checkpoints.
+    pub topic_names: HashMap<Topic, String>,
+}
+
+struct State {
+    engine: Engine,
+    summarize: Summarize,
+    stats: RunStats,
+    consumed: HashMap<SourceId, i64>,
+}
+
+impl State {
+    fn emit(&mut self, out: Vec<Out>, read_at: Option<Instant>, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
+        let mut rules = self.engine.rules().clone();
+        for o in out {
+            if let Out::Exited(x) = o {
+                let mut s = Vec::new();
+                self.summarize.process(&mut rules, x, &mut s);
+                continue;
+            }
+            let Some(r) = Record::from_out(o) else { continue };
+            self.send(r, read_at, sink)?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, r: Record, read_at: Option<Instant>, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
+        match &r {
+            Record::Sorting(s) => {
+                *self.stats.ports.entry(s.port.clone()).or_default() += 1;
+                if let Some(t) = read_at {
+                    let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                    self.stats.latencies_us.push(us);
+                    m::DecisionLatency { seconds: us as f64 / 1e6 }.emit();
+                }
+            }
+            Record::Channel(c) => {
+                self.stats.red.1 += 1;
+                if c.channel == "red" {
+                    self.stats.red.0 += 1;
+                }
+            }
+            Record::Dead(d) => {
+                *self.stats.dead.entry(d.code.clone()).or_default() += 1;
+                m::DeadLetterEvent { code: &d.code }.emit();
+            }
+            _ => {}
+        }
+        *self.stats.output.entry(r.topic().to_string()).or_default() += 1;
+        m::MessageOut { topic: r.topic() }.emit();
+        sink.send(SinkMsg::Record(r)).map_err(|_| anyhow::anyhow!("sink stopped"))
+    }
+
+    fn watermark(&mut self, wm: EventTime, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
+        if wm <= self.engine.watermark() {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        self.engine.advance(wm, &mut out);
+        self.emit(out, None, sink)?;
+        let mut rules = self.engine.rules().clone();
+        let mut sums = Vec::new();
+        self.summarize.on_watermark(&mut rules, wm, &mut sums);
+        for s in sums {
+            self.send(Record::Summary(s), None, sink)?;
+        }
+        Ok(())
+    }
+}
+
+fn process_event(st: &mut State, ev: Event, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
+    *st.stats.input.entry(ev.source.0.short().to_string()).or_default() += 1;
+    m::MessageIn { topic: ev.source.0.short() }.emit();
+    let mut out = Vec::new();
+    st.engine.process(ev.entity, &mut out);
+    st.emit(out, Some(ev.read_at), sink)
+}
+
+/// Runs the engine thread until every source is done (or a stop is requested).
+pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::Result<RunStats> {
+    let started = Instant::now();
+    let all_sources: Vec<SourceId> = run.inputs.iter().flat_map(|(s, _)| s.iter().copied()).collect();
+    let mut seq: Sequencer<Event> = Sequencer::new(all_sources.iter().copied(), run.lateness_ms);
+    let mut st = match restored {
+        Some(cp) => State {
+            engine: Engine::restore(&cp.engine, run.hs.clone())?,
+            summarize: serde_json::from_slice(&cp.summarize)?,
+            stats: RunStats { checkpoints: 0, ..RunStats::default() },
+            consumed: HashMap::new(),
+        },
+        None => State {
+            engine: Engine::new(run.rules.clone(), run.hs.clone(), run.partitions),
+            summarize: Summarize::default(),
+            stats: RunStats::default(),
+            consumed: HashMap::new(),
+        },
+    };
+    let mut done: HashMap<usize, bool> = HashMap::new();
+    let mut group_time: Vec<i64> = vec![i64::MIN; run.inputs.len()];
+    let mut last_cp = Instant::now();
+    let mut last_progress = Instant::now();
+    loop {
+        // Release what the watermark allows.
+        while let Some(p) = seq.pop() {
+            process_event(&mut st, p.item, &run.sink)?;
+        }
+        while seq.len() > run.max_buffered {
+            let Some(p) = seq.drain() else { break };
+            st.stats.forced += 1;
+            m::SequencerForced.emit();
+            process_event(&mut st, p.item, &run.sink)?;
+        }
+        if let Some(wm) = seq.watermark() {
+            st.watermark(wm, &run.sink)?;
+        }
+        m::QueueDepth { queue: "sequencer", depth: seq.len() }.emit();
+        if let Some(cb) = &mut run.progress {
+            if last_progress.elapsed() >= Duration::from_secs(1) {
+                last_progress = Instant::now();
+                st.stats.elapsed = started.elapsed();
+                cb(&st.stats);
+            }
+        }
+        if let Some((store, every)) = &run.checkpoint {
+            if last_cp.elapsed() >= *every {
+                checkpoint(&mut st, &seq, store.as_ref(), &run)?;
+                last_cp = Instant::now();
+            }
+        }
+        let stopping = run.stop.load(Ordering::Relaxed);
+        let open: Vec<usize> = (0..run.inputs.len()).filter(|i| !done.contains_key(i)).collect();
+        if open.is_empty() || stopping {
+            break;
+        }
+        // Pull from the input group that lags most (it holds the watermark back).
+        let g = *open.iter().min_by_key(|i| group_time[**i]).expect("non-empty");
+        let msg = match run.inputs[g].1.recv_timeout(Duration::from_millis(50)) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                // Try the others without blocking so one quiet source cannot stall the rest.
+                let mut got = None;
+                for &o in &open {
+                    if let Ok(m) = run.inputs[o].1.try_recv() {
+                        got = Some((o, m));
+                        break;
+                    }
+                }
+                match got {
+                    Some((o, m)) => {
+                        handle(&mut st, &mut seq, &mut group_time, &mut done, o, m, &run.sink)?;
+                    }
+                    None => continue,
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                done.insert(g, true);
+                for s in &run.inputs[g].0 {
+                    seq.set_idle(*s, true);
+                }
+                continue;
+            }
+        };
+        handle(&mut st, &mut seq, &mut group_time, &mut done, g, msg, &run.sink)?;
+    }
+    let stopping = run.stop.load(Ordering::Relaxed);
+    if !stopping {
+        while let Some(p) = seq.drain() {
+            process_event(&mut st, p.item, &run.sink)?;
+        }
+        if run.end_of_time_when_done {
+            st.watermark(EventTime::MAX, &run.sink)?;
+        }
+    }
+    if let Some((store, _)) = &run.checkpoint {
+        checkpoint(&mut st, &seq, store.as_ref(), &run)?;
+    } else {
+        flush(&run.sink)?;
+    }
+    let (d, c) = st.engine.state_size();
+    st.stats.state_bytes = (d, c, st.summarize.state_size());
+    st.stats.keys = st.engine.keys();
+    st.stats.elapsed = started.elapsed();
+    Ok(st.stats)
+}
+
+fn handle(
+    st: &mut State,
+    seq: &mut Sequencer<Event>,
+    group_time: &mut [i64],
+    done: &mut HashMap<usize, bool>,
+    g: usize,
+    msg: EngineMsg,
+    sink: &Sender<SinkMsg>,
+) -> anyhow::Result<()> {
+    match msg {
+        EngineMsg::Event(ev) => {
+            group_time[g] = group_time[g].max(ev.time.0);
+            let c = st.consumed.entry(ev.source).or_insert(0);
+            *c = (*c).max(ev.offset + 1);
+            let key_offset = ev.offset * 128 + ev.sub as i64;
+            seq.push(ev.source, key_offset, ev.time, ev);
+        }
+        EngineMsg::Dead(src, offset, d) => {
+            let c = st.consumed.entry(src).or_insert(0);
+            *c = (*c).max(offset + 1);
+            st.send(Record::Dead(*d), None, sink)?;
+        }
+        EngineMsg::Idle(s, idle) => {
+            seq.set_idle(s, idle);
+            if idle {
+                group_time[g] = i64::MAX;
+            }
+        }
+        EngineMsg::Done(s) => {
+            seq.set_idle(s, true);
+            done.insert(g, true);
+        }
+    }
+    Ok(())
+}
+
+fn flush(sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
+    let (tx, rx) = bounded(1);
+    sink.send(SinkMsg::Flush(tx)).map_err(|_| anyhow::anyhow!("sink stopped"))?;
+    rx.recv().map_err(|_| anyhow::anyhow!("sink stopped"))?
+}
+
+fn checkpoint(st: &mut State, seq: &Sequencer<Event>, store: &dyn CheckpointStore, run: &EngineRun) -> anyhow::Result<()> {
+    let t = Instant::now();
+    // Outputs of everything processed so far must be durable before the offsets move.
+    flush(&run.sink)?;
+    let pending = seq.min_pending_offsets();
+    let mut offsets: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+    for (src, consumed) in &st.consumed {
+        let resume = pending.get(src).map_or(*consumed, |k| (*consumed).min(k / 128));
+        let name = run.topic_names.get(&src.0).cloned().unwrap_or_else(|| src.0.default_name());
+        offsets.entry(name).or_default().insert(src.1, resume);
+    }
+    let cp = Checkpoint { offsets: offsets.clone(), engine: st.engine.snapshot(), summarize: serde_json::to_vec(&st.summarize)? };
+    let bytes = store.save(&cp)?;
+    st.stats.checkpoints += 1;
+    m::CheckpointDone { seconds: t.elapsed().as_secs_f64(), bytes }.emit();
+    let (d, c) = st.engine.state_size();
+    m::StateSize { operator: "declare", bytes: d }.emit();
+    m::StateSize { operator: "clear", bytes: c }.emit();
+    m::StateSize { operator: "summarize", bytes: st.summarize.state_size() }.emit();
+    if let Some(tx) = &run.commits {
+        let _ = tx.try_send(offsets);
+    }
+    Ok(())
+}

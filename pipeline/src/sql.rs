@@ -1,0 +1,186 @@
+//! `cbec sql`: DataFusion SQL over the pipeline's Parquet tables (`declared`,
+//! `declared_items`, `channels`, `sorting`, `returns`, `receipts`, `summaries`,
+//! `summary_items`), readable while the pipeline runs (files appear atomically), with
+//! domain UDFs:
+//!
+//! * `hs_chapter(gcode)`, `hs_heading(gcode)`, `hs_subheading(gcode)`: 2, 4, 6 digits;
+//! * `hs_description(code)`: the nomenclature text of a chapter/heading/subheading code;
+//! * `ceb_time(text)`: a CEB `YYYYMMDDhhmmss` (China Standard Time) as a timestamp;
+//! * `country_name(code)`, `currency_name(code)`: names of CEB country and currency codes.
+
+use arrow::array::{Array, ArrayRef, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use cbec_schemas::arrow_schema::{TABLES, TZ, schema};
+use cbec_schemas::hs::Nomenclature;
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::ListingOptions;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+use datafusion::prelude::SessionContext;
+use std::path::Path;
+use std::sync::Arc;
+
+/// CEB country codes (GB/T 2659 numeric as used by China Customs) used in examples.
+pub const COUNTRIES: [(&str, &str); 12] = [
+    ("502", "United States"), ("303", "United Kingdom"), ("304", "Germany"), ("116", "Japan"), ("601", "Australia"),
+    ("132", "Singapore"), ("133", "Korea"), ("305", "France"), ("344", "Russia"), ("136", "Thailand"), ("142", "China"), ("001", "Hong Kong"),
+];
+/// CEB currency codes.
+pub const CURRENCIES: [(&str, &str); 8] = [
+    ("142", "CNY"), ("502", "USD"), ("300", "EUR"), ("303", "GBP"), ("116", "JPY"), ("110", "HKD"), ("601", "AUD"), ("133", "KRW"),
+];
+
+fn map_strings(args: &[ColumnarValue], f: impl Fn(&str) -> Option<String>) -> datafusion::error::Result<ColumnarValue> {
+    let arrays = ColumnarValue::values_to_arrays(args)?;
+    let a = arrays[0].as_any().downcast_ref::<StringArray>().ok_or_else(|| DataFusionError::Execution("expected a string argument".into()))?;
+    let out: StringArray = a.iter().map(|v| v.and_then(&f)).collect();
+    Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
+}
+
+fn string_udf(ctx: &SessionContext, name: &str, f: impl Fn(&str) -> Option<String> + Send + Sync + 'static) {
+    let f = Arc::new(f);
+    ctx.register_udf(create_udf(name, vec![DataType::Utf8], DataType::Utf8, Volatility::Immutable, Arc::new(move |args: &[ColumnarValue]| map_strings(args, |s| f(s)))));
+}
+
+/// Registers the domain UDFs.
+pub fn register_udfs(ctx: &SessionContext, hs: Arc<Nomenclature>) {
+    for (name, n) in [("hs_chapter", 2usize), ("hs_heading", 4), ("hs_subheading", 6)] {
+        string_udf(ctx, name, move |g| g.get(..n).map(String::from));
+    }
+    string_udf(ctx, "hs_description", move |c| hs.get(c).map(|e| e.description.clone()));
+    string_udf(ctx, "country_name", |c| COUNTRIES.iter().find(|(k, _)| *k == c).map(|(_, v)| v.to_string()));
+    string_udf(ctx, "currency_name", |c| CURRENCIES.iter().find(|(k, _)| *k == c).map(|(_, v)| v.to_string()));
+    ctx.register_udf(create_udf(
+        "ceb_time",
+        vec![DataType::Utf8],
+        DataType::Timestamp(TimeUnit::Millisecond, Some(TZ.into())),
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let a = arrays[0].as_any().downcast_ref::<StringArray>().ok_or_else(|| DataFusionError::Execution("ceb_time takes a string".into()))?;
+            let out: TimestampMillisecondArray = a.iter().map(|v| v.and_then(cbec_schemas::EventTime::parse_ceb).map(|t| t.0)).collect();
+            Ok(ColumnarValue::Array(Arc::new(out.with_timezone(TZ)) as ArrayRef))
+        }),
+    ));
+}
+
+/// A session with every table of `data/tables` registered (empty tables when a folder is
+/// missing, so every query names valid tables).
+pub async fn context(data: &Path, hs: Arc<Nomenclature>) -> anyhow::Result<SessionContext> {
+    let ctx = SessionContext::new();
+    register_udfs(&ctx, hs);
+    for t in TABLES {
+        let s = schema(t).expect("known table");
+        let dir = data.join("tables").join(t);
+        let has_files = dir.is_dir() && walk_has_parquet(&dir);
+        if has_files {
+            let url = format!("{}/", std::fs::canonicalize(&dir)?.display());
+            let opts = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+            ctx.register_listing_table(t, url, opts, Some(s), None).await?;
+        } else {
+            ctx.register_table(t, Arc::new(MemTable::try_new(s, vec![vec![]])?))?;
+        }
+    }
+    Ok(ctx)
+}
+
+fn walk_has_parquet(dir: &Path) -> bool {
+    std::fs::read_dir(dir).map(|rd| {
+        rd.flatten().any(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                walk_has_parquet(&p)
+            } else {
+                p.extension().is_some_and(|x| x == "parquet") && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            }
+        })
+    })
+    .unwrap_or(false)
+}
+
+/// Runs one query.
+pub async fn query(ctx: &SessionContext, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
+    let df = ctx.sql(sql).await?;
+    Ok(df.collect().await?)
+}
+
+/// Renders batches as `table`, `csv` or `json` (one object per line).
+pub fn render(batches: &[RecordBatch], format: &str) -> anyhow::Result<String> {
+    Ok(match format {
+        "csv" => {
+            let mut buf = Vec::new();
+            {
+                let mut w = arrow::csv::Writer::new(&mut buf);
+                for b in batches {
+                    w.write(b)?;
+                }
+            }
+            String::from_utf8(buf)?
+        }
+        "json" => {
+            let mut buf = Vec::new();
+            {
+                let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+                for b in batches {
+                    w.write(b)?;
+                }
+                w.finish()?;
+            }
+            String::from_utf8(buf)?
+        }
+        _ => arrow::util::pretty::pretty_format_batches(batches)?.to_string(),
+    })
+}
+
+/// Entry point of `cbec sql`.
+pub fn main(data: &Path, format: &str, sql: Option<&str>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let hs = Arc::new(Nomenclature::load_or_structural(None));
+    rt.block_on(async {
+        let ctx = context(data, hs).await?;
+        match sql {
+            Some(q) => {
+                let b = query(&ctx, q).await?;
+                print!("{}", render(&b, format)?);
+                Ok(())
+            }
+            None => repl(&ctx, format).await,
+        }
+    })
+}
+
+async fn repl(ctx: &SessionContext, format: &str) -> anyhow::Result<()> {
+    let mut ed = rustyline::DefaultEditor::new()?;
+    let history = std::env::var_os("HOME").map(|h| Path::new(&h).join(".cbec_sql_history"));
+    if let Some(h) = &history {
+        let _ = ed.load_history(h);
+    }
+    eprintln!("cbec sql: tables {}; end a statement with ';', quit with Ctrl-D", TABLES.join(", "));
+    let mut buf = String::new();
+    loop {
+        let prompt = if buf.is_empty() { "cbec> " } else { "  ... " };
+        match ed.readline(prompt) {
+            Ok(line) => {
+                buf.push_str(&line);
+                buf.push('\n');
+                if !line.trim_end().ends_with(';') {
+                    continue;
+                }
+                let q = std::mem::take(&mut buf);
+                let _ = ed.add_history_entry(q.trim());
+                match query(ctx, q.trim().trim_end_matches(';')).await {
+                    Ok(b) => println!("{}", render(&b, format)?),
+                    Err(e) => eprintln!("error: {e:#}"),
+                }
+            }
+            Err(rustyline::error::ReadlineError::Interrupted) => buf.clear(),
+            Err(_) => break,
+        }
+    }
+    if let Some(h) = &history {
+        let _ = ed.save_history(h);
+    }
+    Ok(())
+}
