@@ -142,7 +142,8 @@ fn pick_code(rng: &mut StdRng, pool: &[&str], fallback: &str) -> String {
 pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
     let mut rng = StdRng::seed_from_u64(g.seed);
     let start = EventTime::parse_rfc3339(&g.start).unwrap_or(EventTime(1_794_398_400_000));
-    let subs = hs.subheadings();
+    // Real goods: leave out chapters 98/99 ("commodities not specified", national use).
+    let subs: Vec<&str> = hs.subheadings().into_iter().filter(|s| !s.starts_with("98") && !s.starts_with("99")).collect();
     let plain: Vec<&str> = subs
         .iter()
         .copied()
@@ -198,6 +199,7 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
     }
     emit(&mut rng, Topic::Controls, day0, "MC1".into(), json!({"id": "MC1", "kind": "control", "target": {"ebcCode": controlled_company}, "officer": "risk-officer", "reason": "risk profile", "time": day0.to_rfc3339()}), false);
     let mut registered: std::collections::HashSet<(usize, usize)> = std::collections::HashSet::new();
+    let mut never: std::collections::HashSet<(usize, usize)> = std::collections::HashSet::new();
     let mut released: Vec<(i64, String)> = Vec::new();
     let mut arrivals: Vec<(i64, String)> = Vec::new();
     let mut summaries_pending: BTreeMap<String, (u32, Dec, bool)> = BTreeMap::new();
@@ -233,8 +235,11 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
             let p = &products[pi];
             certificate |= rules.certificate_rule(&p.gcode).is_some();
             is_tax |= rules.tax_rule(&p.gcode).is_some();
-            if !registered.contains(&(c, pi)) {
+            if never.contains(&(c, pi)) {
+                unregistered = true;
+            } else if !registered.contains(&(c, pi)) {
                 if rng.random::<f64>() < g.unregistered {
+                    never.insert((c, pi));
                     unregistered = true;
                 } else {
                     registered.insert((c, pi));
@@ -246,9 +251,6 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
             total = total.add(line);
             items_o.push(json!({"gnum": k + 1, "itemNo": p.item_no, "itemName": p.name, "unit": p.unit, "currency": currency, "qty": qty.to_string(), "price": p.price.to_string(), "totalPrice": line.to_string()}));
             items_l.push(json!({"gnum": k + 1, "itemNo": p.item_no, "gcode": p.gcode, "gname": p.name, "gmodel": "std", "country": country, "currency": currency, "qty": qty.to_string(), "qty1": qty.to_string(), "unit": p.unit, "unit1": p.unit, "price": p.price.to_string(), "totalPrice": line.to_string()}));
-        }
-        if unregistered {
-            // Unregistered items never got their registration (and are not registered later).
         }
         let freight = Dec::from_int(rng.random_range(0..30));
         emit(&mut rng, Topic::Orders, t, order_no.clone(), json!({"orderNo": order_no, "orderType": "E", "ebpCode": "EBP0001", "ebcCode": ebc, "goodsValue": total.to_string(), "freight": freight.to_string(), "currency": currency, "appType": "1", "appTime": t.to_ceb(), "items": items_o}), true);

@@ -174,8 +174,31 @@ pub fn produce_story(brokers: &str, cfg: &Config, story: &Generated, rate: u64) 
     Ok(sent)
 }
 
+/// Keeps the high watermark of every partition from librdkafka's statistics (no broker
+/// round trip), to tell which partitions are at their end (idle).
+#[derive(Default, Clone)]
+pub struct HighWatermarks {
+    hi: Arc<std::sync::Mutex<HashMap<(String, i32), i64>>>,
+}
+
+impl ClientContext for HighWatermarks {
+    fn stats(&self, st: rdkafka::Statistics) {
+        let mut hi = self.hi.lock().expect("not poisoned");
+        for (t, topic) in st.topics {
+            for (p, part) in topic.partitions {
+                if p >= 0 && part.hi_offset >= 0 {
+                    hi.insert((t.clone(), p), part.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for HighWatermarks {}
+
 struct ConsumerLoop {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<HighWatermarks>,
+    marks: HighWatermarks,
     topics: HashMap<String, Topic>,
     next: HashMap<(String, i32), i64>,
     idle: HashMap<(String, i32), bool>,
@@ -228,11 +251,12 @@ fn consumer_thread(
                     Some(Err(KafkaError::PartitionEOF(_))) | None => {}
                     Some(Err(e)) => eprintln!("warning: consumer: {e}"),
                 }
-                if last_check.elapsed() >= Duration::from_millis(200) {
+                if last_check.elapsed() >= Duration::from_millis(100) {
                     last_check = Instant::now();
                     let mut all_idle = true;
+                    let marks = cl.marks.hi.lock().expect("not poisoned").clone();
                     for ((t, p), next) in cl.next.clone() {
-                        let (_, high) = cl.consumer.fetch_watermarks(&t, p, Duration::from_secs(5))?;
+                        let high = marks.get(&(t.clone(), p)).copied().unwrap_or(i64::MAX);
                         crate::metrics::ConsumerLag { topic: &t, partition: p, lag: (high - next).max(0) }.emit();
                         let now_idle = next >= high;
                         all_idle &= now_idle;
@@ -279,15 +303,17 @@ pub fn run(cfg: &Config, hs: Nomenclature, exit_when_idle: bool, progress: Optio
     ensure_topics(cfg).context("creating topics")?;
     let store = LocalDirStore::new(&cfg.checkpoint_dir)?;
     let restored = store.load()?;
-    let consumer: BaseConsumer = ClientConfig::new()
+    let marks = HighWatermarks::default();
+    let consumer: BaseConsumer<HighWatermarks> = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
+        .set("statistics.interval.ms", "100")
         .set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("queued.max.messages.kbytes", "65536")
-        .create()?;
+        .create_with_context(marks.clone())?;
     let mut tpl = TopicPartitionList::new();
     let mut topics = HashMap::new();
     let mut next = HashMap::new();
@@ -299,7 +325,8 @@ pub fn run(cfg: &Config, hs: Nomenclature, exit_when_idle: bool, progress: Optio
         for mt in md.topics() {
             for p in mt.partitions() {
                 let from = restored.as_ref().and_then(|c| c.offsets.get(&name)).and_then(|m| m.get(&p.id())).copied();
-                let (low, _) = consumer.fetch_watermarks(&name, p.id(), Duration::from_secs(10))?;
+                let (low, high) = consumer.fetch_watermarks(&name, p.id(), Duration::from_secs(10))?;
+                marks.hi.lock().expect("not poisoned").insert((name.clone(), p.id()), high);
                 let start = from.unwrap_or(low).max(low);
                 tpl.add_partition_offset(&name, p.id(), Offset::Offset(start))?;
                 next.insert((name.clone(), p.id()), start);
@@ -316,7 +343,7 @@ pub fn run(cfg: &Config, hs: Nomenclature, exit_when_idle: bool, progress: Optio
     let (tx, rx) = bounded(cfg.queue_capacity);
     let (ctx, crx) = bounded(4);
     let idle = next.keys().map(|k| (k.clone(), false)).collect();
-    let h = consumer_thread(ConsumerLoop { consumer, topics, next, idle }, tx, crx, stop.clone(), exit_when_idle);
+    let h = consumer_thread(ConsumerLoop { consumer, marks, topics, next, idle }, tx, crx, stop.clone(), exit_when_idle);
     let (sink_tx, sink_h) = spawn_sink(Box::new(KafkaSink::new(cfg)?), cfg.queue_capacity);
     let run = EngineRun {
         rules: cfg.rules.clone(),

@@ -15,6 +15,7 @@ pub mod report;
 pub mod runner;
 pub mod sequencer;
 pub mod sink;
+#[cfg(feature = "sql")]
 pub mod sql;
 
 use cbec_schemas::hs::Nomenclature;

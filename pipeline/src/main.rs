@@ -3,7 +3,7 @@
 use anyhow::Context;
 use cbec_pipeline::config::Config;
 use cbec_pipeline::generator::{self, GenConfig};
-use cbec_pipeline::{check, embedded, kafka, load_hs, report, sink, sql};
+use cbec_pipeline::{check, embedded, kafka, load_hs, report, sink};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -121,13 +121,16 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Gen(a) => generate_cmd(a),
         Cmd::Run(a) => run(a),
-        Cmd::Sql { data, format, query } => match sql::main(&data, &format, query.as_deref()) {
+        #[cfg(feature = "sql")]
+        Cmd::Sql { data, format, query } => match cbec_pipeline::sql::main(&data, &format, query.as_deref()) {
             Ok(()) => Ok(()),
             Err(e) => {
                 eprintln!("error: {e:#}");
                 std::process::exit(2);
             }
         },
+        #[cfg(not(feature = "sql"))]
+        Cmd::Sql { .. } => anyhow::bail!("this cbec was built without the `sql` feature"),
     }
 }
 

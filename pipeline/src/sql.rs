@@ -69,7 +69,9 @@ pub fn register_udfs(ctx: &SessionContext, hs: Arc<Nomenclature>) {
 /// A session with every table of `data/tables` registered (empty tables when a folder is
 /// missing, so every query names valid tables).
 pub async fn context(data: &Path, hs: Arc<Nomenclature>) -> anyhow::Result<SessionContext> {
-    let ctx = SessionContext::new();
+    // CEB field names are camelCase: keep identifiers as written (`ebcCode`, not `ebccode`).
+    let cfg = datafusion::prelude::SessionConfig::new().set_bool("datafusion.sql_parser.enable_ident_normalization", false);
+    let ctx = SessionContext::new_with_config(cfg);
     register_udfs(&ctx, hs);
     for t in TABLES {
         let s = schema(t).expect("known table");
@@ -184,3 +186,56 @@ async fn repl(ctx: &SessionContext, format: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The documented example queries (README § Analytics), as (name, question, SQL).
+pub const EXAMPLES: [(&str, &str, &str); 7] = [
+    (
+        "red_rate_by_company",
+        "Red-channel rate by e-commerce company",
+        "SELECT ebcCode, count(*) AS lists, sum(CASE WHEN channel = 'red' THEN 1 ELSE 0 END) AS red, \
+         round(avg(CASE WHEN channel = 'red' THEN 1.0 ELSE 0.0 END), 4) AS red_rate \
+         FROM channels GROUP BY ebcCode ORDER BY lists DESC, ebcCode LIMIT 20",
+    ),
+    (
+        "red_rate_by_chapter",
+        "Red-channel rate by HS chapter",
+        "SELECT hs_chapter(i.gcode) AS chapter, hs_description(hs_chapter(i.gcode)) AS description, \
+         count(DISTINCT c.invtNo) AS lists, count(DISTINCT CASE WHEN c.channel = 'red' THEN c.invtNo END) AS red \
+         FROM declared_items i JOIN channels c ON c.invtNo = i.invtNo GROUP BY 1, 2 ORDER BY lists DESC, chapter",
+    ),
+    (
+        "inconsistent_payments_by_firm",
+        "Inconsistent payments by payment firm and reason (returned, not cleared)",
+        "SELECT payCode, reasons, count(*) AS returned FROM returns \
+         WHERE NOT cleared AND payCode IS NOT NULL GROUP BY payCode, reasons ORDER BY returned DESC, payCode, reasons",
+    ),
+    (
+        "sorting_ports_by_line_hour",
+        "Sorting-line ports by line per hour",
+        "SELECT lineId, date_trunc('hour', scanTime) AS hour, port, count(*) AS scans \
+         FROM sorting GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    ),
+    (
+        "inspection_hits_sampled_vs_manual",
+        "Inspection hit rate (X-ray suspect) of sampled vs manually controlled lists",
+        "SELECT CASE WHEN c.sampled THEN 'sampled' ELSE 'manual_control' END AS kind, \
+         count(DISTINCT c.invtNo) AS lists, \
+         count(DISTINCT CASE WHEN s.reasons LIKE '%xray_suspect%' THEN c.invtNo END) AS hits \
+         FROM channels c LEFT JOIN sorting s ON s.invtNo = c.invtNo \
+         WHERE c.sampled OR c.manualControl GROUP BY 1 ORDER BY 1",
+    ),
+    (
+        "monthly_totals_by_country_port",
+        "Monthly summary totals by destination country and exit port",
+        "SELECT period, country, country_name(country) AS name, portCode, sum(listCount) AS lists, sum(totalPrice) AS total \
+         FROM summaries GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 4",
+    ),
+    (
+        "declared_not_exited",
+        "Lists declared but not exited N days (here 3) after declaration, as of the latest declaration",
+        "SELECT d.invtNo, d.logisticsNo, d.declTime FROM declared d \
+         LEFT JOIN (SELECT invtNo FROM receipts WHERE returnStatus = 899) x ON x.invtNo = d.invtNo \
+         WHERE x.invtNo IS NULL AND d.declTime <= (SELECT max(declTime) FROM declared) - INTERVAL '3 days' \
+         ORDER BY d.declTime, d.invtNo",
+    ),
+];

@@ -106,7 +106,7 @@ impl Nomenclature {
             Err(e) => {
                 eprintln!(
                     "warning: HS nomenclature not loaded ({e}); gcode checks are structural only \
-                     (10 digits, chapter 01-97). Set {HS_FILE_ENV} or hsFile in the config."
+                     (10 digits, chapter 01-97). Set {HS_FILE_ENV} or hs_file in the config."
                 );
                 Nomenclature::structural()
             }
@@ -150,18 +150,15 @@ impl Nomenclature {
         if gcode.len() != 10 || !gcode.bytes().all(|b| b.is_ascii_digit()) {
             return HsCheck::Malformed;
         }
+        if self.is_loaded() {
+            // The loaded nomenclature is the authority (it may hold national chapters).
+            return if self.codes.contains_key(&gcode[..6]) { HsCheck::Known } else { HsCheck::UnknownSubheading };
+        }
         let chapter: u32 = gcode[..2].parse().unwrap_or(0);
         if !(1..=97).contains(&chapter) || chapter == 77 {
             return HsCheck::Malformed;
         }
-        if !self.is_loaded() {
-            return HsCheck::Unverified;
-        }
-        if self.codes.contains_key(&gcode[..6]) {
-            HsCheck::Known
-        } else {
-            HsCheck::UnknownSubheading
-        }
+        HsCheck::Unverified
     }
 }
 
@@ -179,7 +176,8 @@ mod tests {
         assert_eq!(n.check("0101210000"), HsCheck::Known);
         assert_eq!(n.check("0101290000"), HsCheck::UnknownSubheading);
         assert_eq!(n.check("010121000"), HsCheck::Malformed);
-        assert_eq!(n.check("7700000000"), HsCheck::Malformed);
+        assert_eq!(n.check("7700000000"), HsCheck::UnknownSubheading);
+        assert_eq!(Nomenclature::structural().check("7700000000"), HsCheck::Malformed);
         assert_eq!(Nomenclature::structural().check("0101290000"), HsCheck::Unverified);
     }
 }

@@ -1,0 +1,162 @@
+//! Embedded runs of generated stories against the generator's expected outcomes.
+
+use crate::support::*;
+use cbec_pipeline::generator::{GenConfig, generate, write_dir};
+use cbec_pipeline::record::Record;
+use cbec_operators::rules::Rules;
+use cbec_schemas::Dec;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[test]
+fn same_seed_same_files() {
+    let g = GenConfig { orders: 800, seed: 42, ..GenConfig::default() };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_dir(&generate(&g, &Rules::default(), &hs()), a.path()).unwrap();
+    write_dir(&generate(&g, &Rules::default(), &hs()), b.path()).unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(a.path()).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(b.path().join(name)).unwrap(), "{name:?}");
+        n += 1;
+    }
+    assert_eq!(n, 11, "10 topics + expected.json");
+    let other = generate(&GenConfig { seed: 43, ..g.clone() }, &Rules::default(), &hs());
+    assert_ne!(other.expected, generate(&g, &Rules::default(), &hs()).expected);
+}
+
+#[test]
+fn pipeline_concludes_what_the_generator_expects() {
+    let g = story(3000, 7);
+    let (records, stats) = run_embedded(&g, 4);
+    let ex = &g.expected;
+    // Returns: exactly the injected inconsistencies, with their reasons.
+    let mut returns: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut red: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut sampled = 0u64;
+    let mut tax = 0u64;
+    let mut declared = 0u64;
+    let mut summaries: BTreeMap<u32, (u64, Dec)> = BTreeMap::new();
+    let mut dead = 0u64;
+    let mut exits = 0u64;
+    for r in &records {
+        match r {
+            Record::Return(x) if x.cleared => {
+                returns.remove(&x.order_no);
+            }
+            Record::Return(x) => {
+                returns.insert(x.order_no.clone(), x.reasons.clone());
+            }
+            Record::Channel(c) => {
+                for reason in &c.reasons {
+                    red.entry(reason.code.clone()).or_default().insert(c.invt_no.clone());
+                }
+                sampled += c.reasons.iter().any(|r| r.code == "sampled") as u64;
+                tax += c.tax_related as u64;
+            }
+            Record::Declared(_) => declared += 1,
+            Record::Summary(s) => {
+                let e = summaries.entry(s.period).or_insert((0, Dec::ZERO));
+                e.0 += s.list_count;
+                e.1 = e.1.add(s.total_price);
+            }
+            Record::Dead(_) => dead += 1,
+            Record::Receipt(x) if x.return_status == 899 => exits += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(returns, ex.returns);
+    assert_eq!(declared, ex.declared);
+    assert_eq!(tax, ex.tax_related);
+    for (code, n) in &ex.red_reasons {
+        assert_eq!(red.get(code).map_or(0, |s| s.len() as u64), *n, "red reason {code}");
+    }
+    // Sampling at the default 5%: within 3σ.
+    let p = 0.05;
+    let sigma = (declared as f64 * p * (1.0 - p)).sqrt();
+    assert!((sampled as f64 - declared as f64 * p).abs() <= 3.0 * sigma, "{sampled} sampled of {declared}");
+    assert_eq!(summaries, ex.summaries);
+    assert_eq!(dead, ex.malformed);
+    assert_eq!(exits, ex.exited);
+    assert_eq!(stats.dead.values().sum::<u64>(), ex.malformed);
+}
+
+#[test]
+fn same_output_at_1_2_and_4_partitions() {
+    let g = story(1500, 9);
+    let (one, _) = run_embedded(&g, 1);
+    for p in [2, 4] {
+        let (x, _) = run_embedded(&g, p);
+        assert!(x == one, "partitions {p}: the record sequence differs");
+    }
+}
+
+#[test]
+fn malformed_messages_on_every_topic_go_to_the_dead_letter_topic() {
+    let g = story(3000, 5);
+    let (records, _) = run_embedded(&g, 2);
+    let topics: BTreeSet<String> = records.iter().filter_map(|r| if let Record::Dead(d) = r { Some(d.source_topic.clone()) } else { None }).collect();
+    assert_eq!(topics.len(), 10, "{topics:?}");
+    let codes: BTreeSet<String> = records.iter().filter_map(|r| if let Record::Dead(d) = r { Some(d.code.clone()) } else { None }).collect();
+    assert!(codes.len() >= 3, "{codes:?}");
+    // The good messages around them were processed.
+    assert!(records.iter().filter(|r| matches!(r, Record::Declared(_))).count() as u64 == g.expected.declared);
+}
+
+#[test]
+fn official_samples_run_through_the_pipeline_and_check() {
+    let samples = shared().join("ceb/samples");
+    let dir = tempfile::tempdir().unwrap();
+    for (n, topic) in [("303", "orders"), ("603", "lists"), ("403", "payments"), ("505", "waybills"), ("507", "arrivals"), ("509", "departures")] {
+        std::fs::copy(samples.join(format!("CEB{n}Message.xml")), dir.path().join(format!("{topic}.xml"))).unwrap();
+    }
+    let out = std::process::Command::new(cbec_bin())
+        .args(["check"])
+        .args(["orders.xml", "lists.xml", "payments.xml", "waybills.xml", "arrivals.xml", "departures.xml"].map(|f| dir.path().join(f)))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("valid: CEB303=10 CEB403=10 CEB505=10 CEB507=10 CEB509=10 CEB603=10"), "{text}");
+    assert!(text.contains("tolerated CEB303Message: 2 identical BaseTransfer blocks"), "{text}");
+    let bad = dir.path().join("orders.jsonl");
+    std::fs::write(&bad, "{\"orderNo\": \"A1\"}\nnot json\n").unwrap();
+    let out = std::process::Command::new(cbec_bin()).args(["check"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("error missing_field") && text.contains("invalid: missing_field=1 unknown_encoding=1"), "{text}");
+    // And through `cbec run --input`.
+    let o = tempfile::tempdir().unwrap();
+    std::fs::remove_file(&bad).unwrap();
+    let out = std::process::Command::new(cbec_bin())
+        .args(["run", "--metrics-addr", "", "--input"])
+        .arg(dir.path())
+        .arg("--output")
+        .arg(o.path())
+        .env("CBEC_HS_FILE", shared().join("data/hs/harmonized-system.csv"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let declared = std::fs::read_to_string(o.path().join("cbec.declared.jsonl")).unwrap();
+    assert_eq!(declared.lines().count(), 1, "one parcel L2018050700001: ten identical lists, one declaration");
+}
+
+#[test]
+fn the_embedded_default_runs_with_no_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(cbec_bin())
+        .args(["run", "--orders", "1000", "--metrics-addr", ""])
+        .current_dir(dir.path())
+        .env("CBEC_HS_FILE", shared().join("data/hs/harmonized-system.csv"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = String::from_utf8_lossy(&out.stdout);
+    for needle in ["cbec run report", "in  cbec.orders", "out cbec.sorting", "returns:", "red of", "sorting ports:", "summary declarations:", "p99"] {
+        assert!(report.contains(needle), "{needle} missing from:\n{report}");
+    }
+    for t in ["declared", "receipts", "returns", "channels", "sorting", "releases", "summaries", "dlq"] {
+        assert!(dir.path().join(format!("cbec-out/cbec.{t}.jsonl")).exists(), "{t}");
+    }
+    assert!(dir.path().join("cbec-out/tables/declared").is_dir());
+}

@@ -1,0 +1,173 @@
+//! The Kafka mode against a real broker (`CBEC_TEST_BROKERS`): produce a story with rdkafka,
+//! run `cbec run --brokers`, consume every output topic, and compare with the embedded run
+//! of the same story — uninterrupted, and killed with SIGKILL at several points.
+
+use crate::support::*;
+use cbec_pipeline::config::Config;
+use cbec_pipeline::kafka::produce_story;
+use cbec_pipeline::record::OUTPUTS;
+use cbec_schemas::Topic;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+fn brokers() -> Option<String> {
+    match std::env::var("CBEC_TEST_BROKERS") {
+        Ok(b) if !b.is_empty() => Some(b),
+        _ => {
+            eprintln!("SKIPPED: CBEC_TEST_BROKERS is not set; the Kafka tests need a broker (scripts/test.sh starts one)");
+            None
+        }
+    }
+}
+
+fn config(brokers: &str, prefix: &str, dir: &Path) -> Config {
+    let mut c = Config { brokers: brokers.into(), output_prefix: prefix.into(), group_id: format!("{prefix}group"), checkpoint_interval_ms: 300, ..Config::default() };
+    c.checkpoint_dir = dir.join("checkpoints").display().to_string();
+    for t in Topic::ALL {
+        c.input_topics.insert(t.short().into(), format!("{prefix}{}", t.short()));
+    }
+    c
+}
+
+fn write_config(c: &Config, dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("cbec.toml");
+    std::fs::write(&p, toml::to_string(c).unwrap()).unwrap();
+    p
+}
+
+fn spawn(cfg_path: &Path, extra: &[&str]) -> Child {
+    Command::new(cbec_bin())
+        .args(["run", "--metrics-addr", "", "--config"])
+        .arg(cfg_path)
+        .args(extra)
+        .env("CBEC_HS_FILE", shared().join("data/hs/harmonized-system.csv"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn cbec")
+}
+
+/// Every record of every output topic: (topic short name, id, JSON).
+fn consume_outputs(c: &Config) -> Vec<(String, String, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &c.brokers).set("group.id", format!("{}reader", c.output_prefix)).set("enable.auto.commit", "false").create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for t in OUTPUTS {
+        let name = c.output_topic(t);
+        let md = consumer.fetch_metadata(Some(&name), Duration::from_secs(10)).unwrap();
+        for p in md.topics()[0].partitions() {
+            let (_, high) = consumer.fetch_watermarks(&name, p.id(), Duration::from_secs(10)).unwrap();
+            if high > 0 {
+                ends.insert((name.clone(), p.id()), high);
+                tpl.add_partition_offset(&name, p.id(), Offset::Beginning).unwrap();
+            }
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut done: BTreeMap<(String, i32), bool> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while done.len() < ends.len() {
+        assert!(Instant::now() < deadline, "timed out reading outputs");
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let m = m.unwrap();
+        let short = m.topic().strip_prefix(&c.output_prefix).unwrap().to_string();
+        let payload = m.payload().unwrap().to_vec();
+        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        let id = match short.as_str() {
+            "declared" => v["invtNo"].as_str().unwrap().to_string(),
+            "summaries" => v["summaryId"].as_str().unwrap().to_string(),
+            "dlq" => format!("{}/{}/{}/{}", v["sourceTopic"].as_str().unwrap(), v["partition"], v["offset"], v["entityIndex"].as_u64().unwrap_or(0)),
+            _ => v["id"].as_str().unwrap().to_string(),
+        };
+        out.push((short, id, payload));
+        let k = (m.topic().to_string(), m.partition());
+        if m.offset() + 1 >= ends[&k] {
+            done.insert(k, true);
+        }
+    }
+    out
+}
+
+/// Dead letters name their Kafka partition and offset; embedded ones name the file
+/// position. Compare them by source topic and payload instead.
+fn comparable(m: BTreeMap<(String, String), String>) -> (BTreeMap<(String, String), String>, Vec<(String, String, String)>) {
+    let mut dead = Vec::new();
+    let rest = m
+        .into_iter()
+        .filter(|((t, _), json)| {
+            if t == "dlq" {
+                let v: serde_json::Value = serde_json::from_str(json).unwrap();
+                dead.push((v["sourceTopic"].as_str().unwrap().split('.').next_back().unwrap().to_string(), v["code"].to_string(), v["payload"].to_string()));
+                false
+            } else {
+                true
+            }
+        })
+        .collect();
+    dead.sort();
+    (rest, dead)
+}
+
+fn embedded_expected(g: &cbec_pipeline::generator::Generated) -> (BTreeMap<(String, String), String>, Vec<(String, String, String)>) {
+    let (records, _) = run_embedded(g, 4);
+    comparable(record_map(&records))
+}
+
+fn unique_prefix(tag: &str) -> String {
+    format!("t{}{}{}.", tag, std::process::id(), cbec_schemas::time::wall_clock().0 % 1_000_000_000)
+}
+
+#[test]
+fn kafka_mode_matches_the_embedded_run() {
+    let Some(b) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&b, &unique_prefix("a"), dir.path());
+    let g = story(1500, 31);
+    produce_story(&b, &c, &g, 0).unwrap();
+    let status = spawn(&write_config(&c, dir.path()), &["--exit-when-idle"]).wait().unwrap();
+    assert!(status.success());
+    let got = comparable(by_identity(consume_outputs(&c)));
+    let want = embedded_expected(&g);
+    assert_eq!(got.0.len(), want.0.len());
+    assert!(got.0 == want.0, "Kafka outputs differ from the embedded run");
+    assert_eq!(got.1, want.1, "dead letters differ");
+    assert_eq!(got.1.len() as u64, g.expected.malformed);
+    let topics: std::collections::BTreeSet<&String> = got.1.iter().map(|d| &d.0).collect();
+    assert_eq!(topics.len(), 10, "a malformed message on every input topic ends in the DLQ: {topics:?}");
+}
+
+#[test]
+fn sigkill_at_several_points_then_restart_gives_the_same_outputs() {
+    let Some(b) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&b, &unique_prefix("k"), dir.path());
+    let g = story(4000, 77);
+    produce_story(&b, &c, &g, 0).unwrap();
+    let cfg = write_config(&c, dir.path());
+    let mut kills = 0;
+    for wait_ms in [1500u64, 1200, 1800] {
+        let mut child = spawn(&cfg, &[]);
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        let _ = child.wait();
+        let checkpoints = std::fs::read_dir(&c.checkpoint_dir).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".bin")).count()).unwrap_or(0);
+        assert!(checkpoints > 0, "a killed run must leave a checkpoint to restart from");
+    }
+    assert!(kills >= 2, "the pipeline should have been killed mid-stream");
+    let status = spawn(&cfg, &["--exit-when-idle"]).wait().unwrap();
+    assert!(status.success());
+    let all = consume_outputs(&c);
+    let got = comparable(by_identity(all));
+    let want = embedded_expected(&g);
+    assert!(got.0 == want.0, "after de-duplication by identity the outputs must equal the uninterrupted run ({} vs {})", got.0.len(), want.0.len());
+    assert_eq!(got.1, want.1, "dead letters differ");
+}

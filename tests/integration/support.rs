@@ -1,0 +1,67 @@
+//! Shared helpers.
+
+use cbec_operators::rules::Rules;
+use cbec_pipeline::config::Config;
+use cbec_pipeline::embedded::{self, TopicInput};
+use cbec_pipeline::generator::{self, GenConfig, Generated};
+use cbec_pipeline::record::Record;
+use cbec_pipeline::runner::RunStats;
+use cbec_pipeline::sink::MemorySink;
+use cbec_schemas::hs::Nomenclature;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// `$CBEC_SHARED` or `../shared` beside the repository.
+pub fn shared() -> PathBuf {
+    std::env::var_os("CBEC_SHARED").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
+}
+
+pub fn hs() -> Nomenclature {
+    let p = shared().join("data/hs/harmonized-system.csv");
+    Nomenclature::load(&p).unwrap_or_else(|e| panic!("HS nomenclature needed by the tests: {e}"))
+}
+
+pub fn story(orders: usize, seed: u64) -> Generated {
+    generator::generate(&GenConfig { orders, seed, ..GenConfig::default() }, &Rules::default(), &hs())
+}
+
+pub fn inputs(g: &Generated) -> Vec<(cbec_schemas::Topic, TopicInput)> {
+    g.topics.iter().map(|(t, v)| (*t, TopicInput::Messages(v.iter().map(|(_, p)| p.clone()).collect()))).collect()
+}
+
+pub fn run_embedded(g: &Generated, partitions: usize) -> (Vec<Record>, RunStats) {
+    let cfg = Config { partitions, ..Config::default() };
+    let sink = MemorySink::default();
+    let records = sink.records.clone();
+    let stats = embedded::run(&cfg, hs(), inputs(g), Box::new(sink), None).expect("embedded run");
+    let r = records.lock().unwrap().clone();
+    (r, stats)
+}
+
+/// (topic, id) → JSON, asserting that a repeated identity always carries the same record.
+pub fn by_identity(records: impl IntoIterator<Item = (String, String, Vec<u8>)>) -> BTreeMap<(String, String), String> {
+    let mut m: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (topic, id, json) in records {
+        let json = String::from_utf8(json).expect("utf8");
+        if let Some(old) = m.get(&(topic.clone(), id.clone())) {
+            assert_eq!(old, &json, "two different records with identity {topic}/{id}");
+        }
+        m.insert((topic, id), json);
+    }
+    m
+}
+
+pub fn record_map(records: &[Record]) -> BTreeMap<(String, String), String> {
+    by_identity(records.iter().map(|r| (r.topic().to_string(), r.id(), r.to_json())))
+}
+
+/// The `cbec` binary built next to this test binary (`$CBEC_BIN` overrides).
+pub fn cbec_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CBEC_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let p = exe.parent().and_then(|d| d.parent()).map(|d| d.join("cbec")).expect("target dir");
+    assert!(p.exists(), "{} not built: run `cargo build -p cbec-pipeline --bin cbec` first (scripts/test.sh does)", p.display());
+    p
+}
