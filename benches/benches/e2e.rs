@@ -1,1 +1,137 @@
-fn main() {}
+//! End-to-end load harness: a generated 11.11 peak through the embedded pipeline (and
+//! through Kafka when `CBEC_BENCH_BROKERS` names a broker). Prints, with the machine facts
+//! and the command: sustained input messages/s, scan→decision latency percentiles at a fixed
+//! offered load of 50,000 scans/s alongside the full flow, peak RSS, and state bytes per
+//! pending list.
+//!
+//! Run: `cargo bench -p cbec-benches --bench e2e`
+//! Size: `CBEC_BENCH_ORDERS` (default 700000 orders ≈ 5.2 million messages).
+
+use cbec_benches::{machine, peak_rss_mib};
+use cbec_operators::rules::Rules;
+use cbec_pipeline::config::Config;
+use cbec_pipeline::embedded::{self, TopicInput};
+use cbec_pipeline::generator::{GenConfig, Generated, generate};
+use cbec_pipeline::sink::{FileSink, NullSink};
+use cbec_schemas::Topic;
+use cbec_schemas::hs::Nomenclature;
+use std::time::Instant;
+
+const CMD: &str = "cargo bench -p cbec-benches --bench e2e";
+
+fn hs() -> Nomenclature {
+    let p = std::env::var("CBEC_HS_FILE")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/hs/harmonized-system.csv").into());
+    Nomenclature::load(std::path::Path::new(&p)).expect("HS nomenclature")
+}
+
+fn inputs(g: &Generated) -> Vec<(Topic, TopicInput)> {
+    g.topics.iter().map(|(t, v)| (*t, TopicInput::Messages(v.iter().map(|(_, p)| p.clone()).collect()))).collect()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("e2e: bench");
+        return;
+    }
+    let orders: usize = std::env::var("CBEC_BENCH_ORDERS").ok().and_then(|s| s.parse().ok()).unwrap_or(700_000);
+    let h = hs();
+    let rules = Rules::default();
+    println!("machine: {}", machine());
+    println!("command: {CMD}  (CBEC_BENCH_ORDERS={orders})");
+
+    let t = Instant::now();
+    let g = generate(&GenConfig { orders, ..GenConfig::default() }, &rules, &h);
+    let total: u64 = g.expected.messages.values().sum();
+    println!("generated {total} messages for {orders} orders in {:.1} s", t.elapsed().as_secs_f64());
+
+    // 1. Sustained throughput, engine + decode only (outputs discarded).
+    let cfg = Config::default();
+    let s = embedded::run(&cfg, h.clone(), inputs(&g), Box::new(NullSink), None).expect("run");
+    println!(
+        "embedded, outputs discarded: {} messages in {:.2} s = {:.0} msg/s ({} partitions)",
+        s.total_in(),
+        s.elapsed.as_secs_f64(),
+        s.total_in() as f64 / s.elapsed.as_secs_f64(),
+        cfg.partitions
+    );
+    // 2. With the real file sinks (JSON lines per topic + Parquet).
+    let dir = std::env::temp_dir().join(format!("cbec-bench-{}", std::process::id()));
+    let sink = FileSink::new(&dir, "cbec.", Some(cfg.parquet_rows)).expect("sink");
+    let s = embedded::run(&cfg, h.clone(), inputs(&g), Box::new(sink), None).expect("run");
+    let outs: u64 = s.output.values().sum();
+    println!(
+        "embedded, JSON lines + Parquet: {} messages in {:.2} s = {:.0} msg/s, {outs} output records",
+        s.total_in(),
+        s.elapsed.as_secs_f64(),
+        s.total_in() as f64 / s.elapsed.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(g);
+
+    // 3. Latency at a fixed offered load: 50,000 scans/s with the full flow around them.
+    let lat_orders = (orders / 4).max(20_000);
+    let g = generate(&GenConfig { orders: lat_orders, seed: 7, ..GenConfig::default() }, &rules, &h);
+    let scans = g.topics.get(&Topic::Scans).map_or(1, Vec::len) as f64;
+    let secs = scans / 50_000.0;
+    let paced: Vec<(Topic, TopicInput)> = g
+        .topics
+        .iter()
+        .map(|(t, v)| (*t, TopicInput::Paced(v.iter().map(|(_, p)| p.clone()).collect(), v.len() as f64 / secs)))
+        .collect();
+    let offered: u64 = g.expected.messages.values().sum();
+    let s = embedded::run(&cfg, h.clone(), paced, Box::new(NullSink), None).expect("run");
+    let p = |q| s.latency_pct(q).map_or("-".into(), |v| format!("{v} µs"));
+    println!(
+        "latency at 50,000 scans/s ({:.0} msg/s offered in all, {:.1} s): scan→decision p50 {} p99 {} p99.9 {} over {} decisions",
+        offered as f64 / secs,
+        secs,
+        p(0.5),
+        p(0.99),
+        p(0.999),
+        s.latencies_us.len()
+    );
+    drop(g);
+
+    // 4. State per pending list: lists stored but never collected.
+    let n = 100_000;
+    let g = generate(&GenConfig { orders: n, missing_waybill: 1.0, seed: 9, ..GenConfig::default() }, &rules, &h);
+    let s = embedded::run(&cfg, h.clone(), inputs(&g), Box::new(NullSink), None).expect("run");
+    let (d, c, _) = s.state_bytes;
+    println!(
+        "state per pending list: {:.0} bytes (declare {:.0} + clear {:.0}) over {n} stored, uncollected lists",
+        (d + c) as f64 / n as f64,
+        d as f64 / n as f64,
+        c as f64 / n as f64
+    );
+    println!("peak RSS: {} MiB", peak_rss_mib());
+
+    // 5. Kafka mode, through a co-located broker.
+    if let Ok(b) = std::env::var("CBEC_BENCH_BROKERS") {
+        let korders = (orders / 7).max(20_000);
+        let g = generate(&GenConfig { orders: korders, seed: 11, ..GenConfig::default() }, &rules, &h);
+        let prefix = format!("bench{}.", std::process::id());
+        let mut c = Config {
+            brokers: b.clone(),
+            output_prefix: prefix.clone(),
+            group_id: format!("{prefix}g"),
+            ..Config::default()
+        };
+        c.checkpoint_dir = std::env::temp_dir().join(format!("{prefix}cp")).display().to_string();
+        for t in Topic::ALL {
+            c.input_topics.insert(t.short().into(), format!("{prefix}{}", t.short()));
+        }
+        let t = Instant::now();
+        let sent = cbec_pipeline::kafka::produce_story(&b, &c, &g, 0).expect("produce");
+        let produce_s = t.elapsed().as_secs_f64();
+        let s = cbec_pipeline::kafka::run(&c, h.clone(), true, None).expect("kafka run");
+        println!(
+            "kafka ({b}): produced {sent} in {produce_s:.1} s ({:.0} msg/s); pipeline consumed {} in {:.2} s incl. 2 s idle detection = {:.0} msg/s; {} output records",
+            sent as f64 / produce_s,
+            s.total_in(),
+            s.elapsed.as_secs_f64(),
+            s.total_in() as f64 / (s.elapsed.as_secs_f64() - 2.0).max(0.1),
+            s.output.values().sum::<u64>()
+        );
+    }
+}

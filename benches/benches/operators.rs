@@ -1,1 +1,137 @@
-fn main() {}
+//! Operator throughput (events/second on one core, decoding excluded) and the cost of one
+//! sorting decision.
+//!
+//! Run: `cargo bench -p cbec-benches --bench operators`
+
+use cbec_operators::Operator;
+use cbec_operators::clear::{Clear, ClearIn, Shared};
+use cbec_operators::declare::{Declare, DeclareIn};
+use cbec_operators::engine::Engine;
+use cbec_operators::rules::Rules;
+use cbec_pipeline::generator::{GenConfig, generate};
+use cbec_schemas::hs::Nomenclature;
+use cbec_schemas::{Decoded, Decoder, Entity, Scan, Topic};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+
+fn hs() -> Nomenclature {
+    let p = std::env::var("CBEC_HS_FILE")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/hs/harmonized-system.csv").into());
+    Nomenclature::load(std::path::Path::new(&p)).expect("HS nomenclature")
+}
+
+/// Every entity of a generated story, in story order per topic.
+fn entities(orders: usize) -> Vec<(Topic, Entity)> {
+    let g = generate(&GenConfig { orders, malformed: 0.0, ..GenConfig::default() }, &Rules::default(), &hs());
+    let mut d = Decoder::new();
+    let mut v = Vec::new();
+    for (t, msgs) in &g.topics {
+        for (_, m) in msgs {
+            if let Decoded::One(Ok(e)) = d.decode(*t, m) {
+                v.push((*t, e));
+            }
+        }
+    }
+    v
+}
+
+fn bench(c: &mut Criterion) {
+    let all = entities(20_000);
+    let declare_in: Vec<DeclareIn> = all
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Entity::Order(o) => Some(DeclareIn::Order(o.clone())),
+            Entity::List(l) => Some(DeclareIn::List(l.clone())),
+            Entity::Payment(p) => Some(DeclareIn::Payment(p.clone())),
+            _ => None,
+        })
+        .collect();
+    let clear_in: Vec<ClearIn> = all
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Entity::List(l) => Some(ClearIn::List(l.clone())),
+            Entity::Waybill(w) => Some(ClearIn::Waybill(w.clone())),
+            Entity::Scan(s) => Some(ClearIn::Scan(s.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut g = c.benchmark_group("operators");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(declare_in.len() as u64));
+    g.bench_function("declare_events", |b| {
+        b.iter_batched(
+            || (Declare::default(), declare_in.clone(), Rules::default()),
+            |(mut d, input, mut rules)| {
+                let mut out = Vec::with_capacity(input.len() * 2);
+                for x in input {
+                    d.process(&mut rules, x, &mut out);
+                }
+                black_box(out.len())
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.throughput(Throughput::Elements(clear_in.len() as u64));
+    let h = hs();
+    g.bench_function("clear_events", |b| {
+        b.iter_batched(
+            || (Clear::default(), clear_in.clone(), Shared { hs: h.clone(), ..Shared::default() }),
+            |(mut cl, input, mut shared)| {
+                let mut out = Vec::with_capacity(input.len() * 3);
+                for x in input {
+                    cl.process(&mut shared, x, &mut out);
+                }
+                black_box(out.len())
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.throughput(Throughput::Elements(all.len() as u64));
+    g.bench_function("engine_all_events", |b| {
+        b.iter_batched(
+            || (Engine::new(Rules::default(), h.clone(), 4), all.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>()),
+            |(mut e, input)| {
+                let mut out = Vec::with_capacity(input.len() * 2);
+                for x in input {
+                    e.process(x, &mut out);
+                }
+                black_box(out.len())
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+
+    // One sorting decision against a populated engine.
+    let mut engine = Engine::new(Rules::default(), h.clone(), 4);
+    let mut sink = Vec::new();
+    let mut scans: Vec<Scan> = Vec::new();
+    for (_, e) in &all {
+        if let Entity::Scan(s) = e {
+            scans.push(s.clone());
+        } else {
+            engine.process(e.clone(), &mut sink);
+        }
+    }
+    let mut i = 0usize;
+    let mut g = c.benchmark_group("sorting");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("one_decision", |b| {
+        b.iter_batched(
+            || {
+                i = (i + 1) % scans.len();
+                scans[i].clone()
+            },
+            |s| {
+                let mut out = Vec::with_capacity(2);
+                engine.process(Entity::Scan(s), &mut out);
+                black_box(out)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -99,7 +99,18 @@ pub struct Clear {
     parcels: HashMap<String, Parcel>,
 }
 
-fn receipt(out: &mut dyn Collector<Out>, p: &Parcel, logistics_no: &str, st: i32, info: String, time: EventTime, tag: &str, controls: Vec<String>) {
+/// Emits a receipt for a parcel (identity: list or parcel key + status + `tag`).
+#[allow(clippy::too_many_arguments)]
+fn receipt(
+    out: &mut dyn Collector<Out>,
+    p: &Parcel,
+    logistics_no: &str,
+    st: i32,
+    info: String,
+    time: EventTime,
+    tag: &str,
+    controls: Vec<String>,
+) {
     let invt = p.decl.as_ref().map(|d| d.invt_no.clone());
     let key = invt.clone().unwrap_or_else(|| logistics_no.to_string());
     out.collect(Out::Receipt(Receipt {
@@ -161,25 +172,50 @@ impl Clear {
         for it in &l.items {
             if let Some(rule) = ctx.rules.certificate_rule(&it.gcode) {
                 certificate = true;
-                reasons.push(ChannelReason { code: "certificate_required".into(), detail: format!("item {} gcode {} matches certificate rule {rule}", it.gnum, it.gcode), control_id: None });
+                reasons.push(ChannelReason {
+                    code: "certificate_required".into(),
+                    detail: format!("item {} gcode {} matches certificate rule {rule}", it.gnum, it.gcode),
+                    control_id: None,
+                });
             }
             if ctx.rules.tax_rule(&it.gcode).is_some() {
                 tax = true;
             }
             match ctx.goods.get(&format!("{}/{}", l.ebc_code, it.item_no)) {
-                None => reasons.push(ChannelReason { code: "goods_unregistered".into(), detail: format!("item {} itemNo {} is not registered for {}", it.gnum, it.item_no, l.ebc_code), control_id: None }),
-                Some(g) if *g != it.gcode => reasons.push(ChannelReason { code: "hs_mismatch".into(), detail: format!("item {} declares gcode {} but {} is registered", it.gnum, it.gcode, g), control_id: None }),
+                None => reasons.push(ChannelReason {
+                    code: "goods_unregistered".into(),
+                    detail: format!("item {} itemNo {} is not registered for {}", it.gnum, it.item_no, l.ebc_code),
+                    control_id: None,
+                }),
+                Some(g) if *g != it.gcode => reasons.push(ChannelReason {
+                    code: "hs_mismatch".into(),
+                    detail: format!("item {} declares gcode {} but {} is registered", it.gnum, it.gcode, g),
+                    control_id: None,
+                }),
                 Some(_) => {}
             }
         }
         let (rate, rate_control) = ctx.controls.rate(ctx.rules.inspection_rate);
         if sampled(&ctx.rules.sampling_key, &invt_no, rate) {
-            reasons.push(ChannelReason { code: "sampled".into(), detail: format!("random control at rate {rate}"), control_id: rate_control.map(String::from) });
+            reasons.push(ChannelReason {
+                code: "sampled".into(),
+                detail: format!("random control at rate {rate}"),
+                control_id: rate_control.map(String::from),
+            });
         }
         let gcodes: Vec<&str> = l.items.iter().map(|i| i.gcode.as_str()).collect();
-        let ids = ListIds { invt_no: Some(&invt_no), order_no: &l.order_no, logistics_no: &l.logistics_no, ebc_code: &l.ebc_code };
+        let ids = ListIds {
+            invt_no: Some(&invt_no),
+            order_no: &l.order_no,
+            logistics_no: &l.logistics_no,
+            ebc_code: &l.ebc_code,
+        };
         for c in ctx.controls.matching(ControlKind::Control, ids, &gcodes) {
-            reasons.push(ChannelReason { code: "manual_control".into(), detail: format!("control by {}: {}", c.officer, c.reason), control_id: Some(c.id.clone()) });
+            reasons.push(ChannelReason {
+                code: "manual_control".into(),
+                detail: format!("control by {}: {}", c.officer, c.reason),
+                control_id: Some(c.id.clone()),
+            });
         }
         let red = !reasons.is_empty();
         out.collect(Out::Declared(DeclaredList {
@@ -190,7 +226,16 @@ impl Clear {
             list: l.clone(),
         }));
         p.decl = Some(Decl { invt_no: invt_no.clone(), hash, red, certificate, tax });
-        receipt(out, p, logistics_no, status::ACCEPTED, "declared: list activated by logistics collection".into(), t, "", vec![]);
+        receipt(
+            out,
+            p,
+            logistics_no,
+            status::ACCEPTED,
+            "declared: list activated by logistics collection".into(),
+            t,
+            "",
+            vec![],
+        );
         let control_ids: Vec<String> = reasons.iter().filter_map(|r| r.control_id.clone()).collect();
         out.collect(Out::Channel(ChannelDecision {
             id: format!("{invt_no}/channel"),
@@ -205,7 +250,16 @@ impl Clear {
             time: t,
         }));
         if red {
-            receipt(out, p, logistics_no, status::MANUAL_REVIEW, "red channel: on-site review".into(), t, "", control_ids);
+            receipt(
+                out,
+                p,
+                logistics_no,
+                status::MANUAL_REVIEW,
+                "red channel: on-site review".into(),
+                t,
+                "",
+                control_ids,
+            );
         }
     }
 
@@ -233,7 +287,16 @@ impl Clear {
                     reasons.push("verified".into());
                     if !p.verified_receipt {
                         p.verified_receipt = true;
-                        receipt(out, p, &s.logistics_no, status::REVIEW_CONCLUDED, "review concluded: verified by on-site customs".into(), s.scan_time, "", control_ids.clone());
+                        receipt(
+                            out,
+                            p,
+                            &s.logistics_no,
+                            status::REVIEW_CONCLUDED,
+                            "review concluded: verified by on-site customs".into(),
+                            s.scan_time,
+                            "",
+                            control_ids.clone(),
+                        );
                     }
                 }
                 if d.certificate && verified.is_empty() {
@@ -287,11 +350,29 @@ impl Clear {
         match port {
             "inspect" if !p.inspected => {
                 p.inspected = true;
-                receipt(out, p, &s.logistics_no, status::INSPECTION, "inspection: unpack at the sorting line".into(), s.scan_time, "", control_ids);
+                receipt(
+                    out,
+                    p,
+                    &s.logistics_no,
+                    status::INSPECTION,
+                    "inspection: unpack at the sorting line".into(),
+                    s.scan_time,
+                    "",
+                    control_ids,
+                );
             }
             "release" if !p.site_released => {
                 p.site_released = true;
-                receipt(out, p, &s.logistics_no, status::RELEASED, "released at the supervised site".into(), s.scan_time, "", control_ids);
+                receipt(
+                    out,
+                    p,
+                    &s.logistics_no,
+                    status::RELEASED,
+                    "released at the supervised site".into(),
+                    s.scan_time,
+                    "",
+                    control_ids,
+                );
             }
             _ => {}
         }
@@ -301,7 +382,9 @@ impl Clear {
         let (Some(d), Some(l)) = (&p.decl, &p.list) else { return None };
         Some(Exited {
             invt_no: d.invt_no.clone(),
-            summarizable: !d.tax && l.statistics_flag == StatisticsFlag::B && p.comparison == Some(Comparison::Consistent),
+            summarizable: !d.tax
+                && l.statistics_flag == StatisticsFlag::B
+                && p.comparison == Some(Comparison::Consistent),
             list: l.clone(),
         })
     }
@@ -320,7 +403,16 @@ impl Operator for Clear {
                 if let Some(d) = &p.decl {
                     let hash = ids::content_hash(&serde_json::to_vec(&l).unwrap_or_default());
                     if hash != d.hash {
-                        receipt(out, p, &key, status::ERR_IMMUTABLE, format!("declared list {} is immutable: changed stored list refused", d.invt_no), l.app_time, &format!("/{hash}"), vec![]);
+                        receipt(
+                            out,
+                            p,
+                            &key,
+                            status::ERR_IMMUTABLE,
+                            format!("declared list {} is immutable: changed stored list refused", d.invt_no),
+                            l.app_time,
+                            &format!("/{hash}"),
+                            vec![],
+                        );
                     }
                     return;
                 }
@@ -334,15 +426,25 @@ impl Operator for Clear {
             ClearIn::Status(s) => {
                 let p = self.parcels.entry(s.logistics_no.clone()).or_default();
                 let was = p.comparison.replace(s.comparison.clone());
-                if let Comparison::Returned { reasons } = &s.comparison {
-                    if p.decl.is_some() || p.list.is_some() {
-                        receipt(out, p, &s.logistics_no, status::RETURNED, format!("returned by the order-number comparison: {}", reasons.join(",")), s.time, &format!("/{}", s.time.0), vec![]);
-                    }
+                if let Comparison::Returned { reasons } = &s.comparison
+                    && (p.decl.is_some() || p.list.is_some())
+                {
+                    receipt(
+                        out,
+                        p,
+                        &s.logistics_no,
+                        status::RETURNED,
+                        format!("returned by the order-number comparison: {}", reasons.join(",")),
+                        s.time,
+                        &format!("/{}", s.time.0),
+                        vec![],
+                    );
                 }
-                if p.exited && was != p.comparison {
-                    if let Some(e) = Clear::exited(p) {
-                        out.collect(Out::Exited(e));
-                    }
+                if p.exited
+                    && was != p.comparison
+                    && let Some(e) = Clear::exited(p)
+                {
+                    out.collect(Out::Exited(e));
                 }
             }
             ClearIn::Waybill(w) => {
@@ -351,7 +453,16 @@ impl Operator for Clear {
                 match (p.waybill, &p.decl) {
                     (Some(t), Some(d)) if t != w.app_time => {
                         let info = format!("declared list {} already activated: second activation refused", d.invt_no);
-                        receipt(out, p, &key, status::ERR_IMMUTABLE, info, w.app_time, &format!("/w{}", w.app_time.0), vec![]);
+                        receipt(
+                            out,
+                            p,
+                            &key,
+                            status::ERR_IMMUTABLE,
+                            info,
+                            w.app_time,
+                            &format!("/w{}", w.app_time.0),
+                            vec![],
+                        );
                     }
                     (Some(_), _) => {}
                     (None, _) => {
@@ -365,7 +476,16 @@ impl Operator for Clear {
                 if !p.arrived {
                     p.arrived = true;
                     if p.decl.is_none() {
-                        receipt(out, p, &logistics_no, -403, "arrived at the supervised site without a declared list".into(), time, "/arrival", vec![]);
+                        receipt(
+                            out,
+                            p,
+                            &logistics_no,
+                            -403,
+                            "arrived at the supervised site without a declared list".into(),
+                            time,
+                            "/arrival",
+                            vec![],
+                        );
                     }
                 }
             }
@@ -389,7 +509,16 @@ impl Operator for Clear {
                         out.collect(Out::Exited(e));
                     }
                 } else {
-                    receipt(out, p, &logistics_no, status::ERR_EXIT_NOT_RELEASED, "exit of a parcel whose list was not released at the port".into(), time, &format!("/{}", time.0), vec![]);
+                    receipt(
+                        out,
+                        p,
+                        &logistics_no,
+                        status::ERR_EXIT_NOT_RELEASED,
+                        "exit of a parcel whose list was not released at the port".into(),
+                        time,
+                        &format!("/{}", time.0),
+                        vec![],
+                    );
                 }
             }
         }
@@ -412,11 +541,32 @@ impl Operator for Clear {
 pub fn inventory_bytes(l: &Inventory) -> usize {
     let s = |x: &String| x.capacity();
     std::mem::size_of::<Inventory>()
-        + s(&l.customs_code) + s(&l.ebp_code) + s(&l.order_no) + s(&l.logistics_code) + s(&l.logistics_no)
-        + s(&l.cop_no) + s(&l.port_code) + s(&l.agent_code) + s(&l.ebc_code) + s(&l.owner_code)
-        + s(&l.trade_mode) + s(&l.traf_mode) + s(&l.country) + s(&l.pod)
-        + l.items.iter().map(|i| {
-            std::mem::size_of::<cbec_schemas::InventoryItem>() + s(&i.item_no) + s(&i.gcode) + s(&i.gname) + s(&i.gmodel)
-                + s(&i.country) + s(&i.currency) + s(&i.unit) + s(&i.unit1)
-        }).sum::<usize>()
+        + s(&l.customs_code)
+        + s(&l.ebp_code)
+        + s(&l.order_no)
+        + s(&l.logistics_code)
+        + s(&l.logistics_no)
+        + s(&l.cop_no)
+        + s(&l.port_code)
+        + s(&l.agent_code)
+        + s(&l.ebc_code)
+        + s(&l.owner_code)
+        + s(&l.trade_mode)
+        + s(&l.traf_mode)
+        + s(&l.country)
+        + s(&l.pod)
+        + l.items
+            .iter()
+            .map(|i| {
+                std::mem::size_of::<cbec_schemas::InventoryItem>()
+                    + s(&i.item_no)
+                    + s(&i.gcode)
+                    + s(&i.gname)
+                    + s(&i.gmodel)
+                    + s(&i.country)
+                    + s(&i.currency)
+                    + s(&i.unit)
+                    + s(&i.unit1)
+            })
+            .sum::<usize>()
 }

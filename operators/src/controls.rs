@@ -70,12 +70,12 @@ impl ControlTable {
 
     fn remove(&mut self, id: &str) {
         if let Some(c) = self.active.remove(id) {
-            if let Some(k) = target_key(&c.target) {
-                if let Some(v) = self.index.get_mut(&k) {
-                    v.retain(|x| x != id);
-                    if v.is_empty() {
-                        self.index.remove(&k);
-                    }
+            if let Some(k) = target_key(&c.target)
+                && let Some(v) = self.index.get_mut(&k)
+            {
+                v.retain(|x| x != id);
+                if v.is_empty() {
+                    self.index.remove(&k);
                 }
             }
             self.prefixes.retain(|(_, x)| x != id);
@@ -94,7 +94,8 @@ impl ControlTable {
     /// Active controls of `kind` matching a list (by ids, company, or a gcode prefix of
     /// any of `gcodes`), sorted by id.
     pub fn matching<'a>(&'a self, kind: ControlKind, ids: ListIds<'_>, gcodes: &[&str]) -> Vec<&'a Control> {
-        let mut keys = vec![format!("o:{}", ids.order_no), format!("l:{}", ids.logistics_no), format!("e:{}", ids.ebc_code)];
+        let mut keys =
+            vec![format!("o:{}", ids.order_no), format!("l:{}", ids.logistics_no), format!("e:{}", ids.ebc_code)];
         if let Some(i) = ids.invt_no {
             keys.push(format!("i:{i}"));
         }
@@ -107,10 +108,10 @@ impl ControlTable {
             .collect();
         if kind == ControlKind::Control {
             for (p, id) in &self.prefixes {
-                if gcodes.iter().any(|g| g.starts_with(p.as_str())) {
-                    if let Some(c) = self.active.get(id) {
-                        out.push(c);
-                    }
+                if gcodes.iter().any(|g| g.starts_with(p.as_str()))
+                    && let Some(c) = self.active.get(id)
+                {
+                    out.push(c);
                 }
             }
         }

@@ -4,7 +4,7 @@
 
 use crate::rules::Rules;
 use crate::{Collector, Operator};
-use cbec_schemas::{Compared, Dec, EventTime, Inventory, Order, Payment, Return, AppType};
+use cbec_schemas::{AppType, Compared, Dec, EventTime, Inventory, Order, Payment, Return};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 
@@ -170,11 +170,7 @@ fn evaluate(e: &Entry, rules: &Rules) -> Comparison {
         }
     }
     if r.is_empty() {
-        if e.order.is_some() && !e.payments.is_empty() {
-            Comparison::Consistent
-        } else {
-            Comparison::Pending
-        }
+        if e.order.is_some() && !e.payments.is_empty() { Comparison::Consistent } else { Comparison::Pending }
     } else {
         r.sort_unstable();
         r.dedup();
@@ -276,7 +272,13 @@ impl Operator for Declare {
             }
             DeclareIn::Payment(p) => {
                 let e = self.entries.entry(p.order_no.clone()).or_default();
-                let f = PaymentFacts { pay_no: p.pay_no, ebc: p.ebc_code, charge: p.charge, currency: p.currency, pay_code: p.pay_code };
+                let f = PaymentFacts {
+                    pay_no: p.pay_no,
+                    ebc: p.ebc_code,
+                    charge: p.charge,
+                    currency: p.currency,
+                    pay_code: p.pay_code,
+                };
                 match e.payments.iter_mut().find(|x| x.pay_no == f.pay_no) {
                     Some(x) => *x = f,
                     None => e.payments.push(f),
@@ -312,7 +314,9 @@ impl Operator for Declare {
                     + std::mem::size_of::<Entry>()
                     + e.payments.len() * (std::mem::size_of::<PaymentFacts>() + 48)
                     + e.order.as_ref().map_or(0, |o| o.ebc.len() + o.currency.len())
-                    + e.list.as_ref().map_or(0, |l| std::mem::size_of::<ListFacts>() + l.logistics_no.len() + l.ebc.len())
+                    + e.list
+                        .as_ref()
+                        .map_or(0, |l| std::mem::size_of::<ListFacts>() + l.logistics_no.len() + l.ebc.len())
             })
             .sum::<usize>()
             + self.timers.len() * 48

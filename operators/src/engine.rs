@@ -11,8 +11,8 @@ use crate::seal::SealOp;
 use crate::{Operator, partition_of};
 use cbec_schemas::hs::{HsCheck, Nomenclature};
 use cbec_schemas::{
-    AppType, ChannelDecision, DeclaredList, Entity, EventTime, Inventory, Receipt, Return, SealVerdict, SortingDecision,
-    status,
+    AppType, ChannelDecision, DeclaredList, Entity, EventTime, Inventory, Receipt, Return, SealVerdict,
+    SortingDecision, status,
 };
 use serde::{Deserialize, Serialize};
 
@@ -117,7 +117,9 @@ impl Engine {
             (status::ACCEPTED, "registration deleted".to_string())
         } else {
             match self.shared.hs.check(&g.gcode) {
-                HsCheck::Malformed => (status::ERR_GCODE_MALFORMED, format!("gcode '{}' is not a 10-digit HS code", g.gcode)),
+                HsCheck::Malformed => {
+                    (status::ERR_GCODE_MALFORMED, format!("gcode '{}' is not a 10-digit HS code", g.gcode))
+                }
                 HsCheck::UnknownSubheading => (
                     status::ERR_GCODE_UNKNOWN,
                     format!("gcode '{}': {} is not a subheading of the HS nomenclature", g.gcode, &g.gcode[..6]),
@@ -183,7 +185,11 @@ impl Engine {
                 let releases = self.seals.process(s, &self.clear, &self.shared.controls, out);
                 for r in releases {
                     let k = r.logistics_no.clone();
-                    self.clear(&k, ClearIn::PortRelease { logistics_no: r.logistics_no, seal_no: r.seal_no, time: r.time }, out);
+                    self.clear(
+                        &k,
+                        ClearIn::PortRelease { logistics_no: r.logistics_no, seal_no: r.seal_no, time: r.time },
+                        out,
+                    );
                 }
             }
             Entity::Control(c) => {
@@ -201,9 +207,8 @@ impl Engine {
         self.watermark = wm;
         // Timers fire in global (time, orderNo) order, whatever the partitioning.
         loop {
-            let next = (0..self.declare.len())
-                .filter_map(|p| self.declare[p].next_timer().map(|t| (t.clone(), p)))
-                .min();
+            let next =
+                (0..self.declare.len()).filter_map(|p| self.declare[p].next_timer().map(|t| (t.clone(), p))).min();
             let Some(((t, _), p)) = next else { break };
             if t > wm.0 {
                 break;

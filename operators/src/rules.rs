@@ -75,7 +75,8 @@ impl Rules {
             if !f[1].is_empty() {
                 self.certificate_prefixes.push(f[0].to_string());
             }
-            let duty = Dec::parse(if f[2].is_empty() { "0" } else { f[2] }).map_err(|e| format!("tariff line {}: {e}", i + 1))?;
+            let duty = Dec::parse(if f[2].is_empty() { "0" } else { f[2] })
+                .map_err(|e| format!("tariff line {}: {e}", i + 1))?;
             if duty != Dec::ZERO {
                 self.tax_prefixes.push(f[0].to_string());
             }

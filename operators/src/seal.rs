@@ -4,11 +4,11 @@
 //! unknown seal holds them all. A seal spans parcels of every clear partition, so the
 //! engine hands this operator a view of all of them.
 
+use crate::Collector;
 use crate::clear::Clear;
 use crate::controls::ControlTable;
 use crate::engine::Out;
 use crate::partition_of;
-use crate::Collector;
 use cbec_schemas::{EventTime, SealEvent, SealVerdict};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -46,7 +46,13 @@ impl SealOp {
     }
 
     /// Processes a seal event; returns the port releases to apply.
-    pub fn process(&mut self, ev: SealEvent, clear: &[Clear], controls: &ControlTable, out: &mut dyn Collector<Out>) -> Vec<PortRelease> {
+    pub fn process(
+        &mut self,
+        ev: SealEvent,
+        clear: &[Clear],
+        controls: &ControlTable,
+        out: &mut dyn Collector<Out>,
+    ) -> Vec<PortRelease> {
         match ev {
             SealEvent::Sealed { seal_no, vehicle_no, total_package_nos, logistics_nos, time } => {
                 let mut parcels: BTreeSet<String> = logistics_nos.into_iter().collect();
@@ -61,9 +67,14 @@ impl SealOp {
                 if vehicle.is_none() {
                     reasons.push(format!("vehicle {vehicle_no} is not filed with customs"));
                 }
-                let unreleased: Vec<&String> = parcels.iter().filter(|l| !clear[partition_of(l, clear.len())].site_released(l)).collect();
+                let unreleased: Vec<&String> =
+                    parcels.iter().filter(|l| !clear[partition_of(l, clear.len())].site_released(l)).collect();
                 if !unreleased.is_empty() {
-                    reasons.push(format!("{} parcel(s) not released at the site: {}", unreleased.len(), unreleased.iter().take(10).map(|s| s.as_str()).collect::<Vec<_>>().join(",")));
+                    reasons.push(format!(
+                        "{} parcel(s) not released at the site: {}",
+                        unreleased.len(),
+                        unreleased.iter().take(10).map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+                    ));
                 }
                 if parcels.is_empty() {
                     reasons.push("no known parcel under the seal".to_string());
@@ -124,7 +135,10 @@ impl SealOp {
                     time,
                 }));
                 if verdict == "released" {
-                    parcels.into_iter().map(|l| PortRelease { logistics_no: l, seal_no: seal_no.clone(), time }).collect()
+                    parcels
+                        .into_iter()
+                        .map(|l| PortRelease { logistics_no: l, seal_no: seal_no.clone(), time })
+                        .collect()
                 } else {
                     Vec::new()
                 }

@@ -11,8 +11,8 @@ use crate::engine::Exited;
 use crate::rules::Rules;
 use crate::{Collector, Operator};
 use arrow::array::{Array, ArrayRef, Decimal128Array, StringArray};
-use arrow::compute::{SortColumn, lexsort_to_indices, take};
 use arrow::compute::kernels::partition::partition;
+use arrow::compute::{SortColumn, lexsort_to_indices, take};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use cbec_schemas::time::period_end;
@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-const KEYS: [&str; 9] = ["ebcCode", "ownerCode", "country", "portCode", "trafMode", "gcode", "unit", "currency", "itemCountry"];
+const KEYS: [&str; 9] =
+    ["ebcCode", "ownerCode", "country", "portCode", "trafMode", "gcode", "unit", "currency", "itemCountry"];
 const HEAD_KEYS: usize = 5;
 
 /// The summarize operator: exited lists per open period.
@@ -41,7 +42,18 @@ pub fn rows_batch(lists: &[&Exited], summary_flag: u8) -> RecordBatch {
         let l = &e.list;
         for it in &l.items {
             let owner = if summary_flag == 2 { l.owner_code.as_str() } else { "" };
-            let vals = [l.ebc_code.as_str(), owner, &l.country, &l.port_code, &l.traf_mode, &it.gcode, &it.unit, &it.currency, &it.country, &e.invt_no];
+            let vals = [
+                l.ebc_code.as_str(),
+                owner,
+                &l.country,
+                &l.port_code,
+                &l.traf_mode,
+                &it.gcode,
+                &it.unit,
+                &it.currency,
+                &it.country,
+                &e.invt_no,
+            ];
             for (c, v) in cols.iter_mut().zip(vals) {
                 c.push(v);
             }
@@ -50,7 +62,8 @@ pub fn rows_batch(lists: &[&Exited], summary_flag: u8) -> RecordBatch {
             total.push(it.total_price.scaled());
         }
     }
-    let mut fields: Vec<Field> = KEYS.iter().chain(["invtNo"].iter()).map(|k| Field::new(*k, DataType::Utf8, false)).collect();
+    let mut fields: Vec<Field> =
+        KEYS.iter().chain(["invtNo"].iter()).map(|k| Field::new(*k, DataType::Utf8, false)).collect();
     let mut arrays: Vec<ArrayRef> = cols.into_iter().map(|c| Arc::new(StringArray::from(c)) as ArrayRef).collect();
     for (name, v) in [("qty", qty), ("qty1", qty1), ("totalPrice", total)] {
         fields.push(Field::new(name, DataType::Decimal128(38, 5), false));
@@ -73,13 +86,17 @@ pub fn summarize_batch(batch: &RecordBatch, period: u32, revision: u32) -> Vec<S
     if batch.num_rows() == 0 {
         return Vec::new();
     }
-    let sort: Vec<SortColumn> = (0..KEYS.len()).map(|i| SortColumn { values: batch.column(i).clone(), options: None }).collect();
+    let sort: Vec<SortColumn> =
+        (0..KEYS.len()).map(|i| SortColumn { values: batch.column(i).clone(), options: None }).collect();
     let idx = lexsort_to_indices(&sort, None).expect("sortable");
     let sorted: Vec<ArrayRef> = batch.columns().iter().map(|c| take(c, &idx, None).expect("take")).collect();
     let heads = partition(&sorted[..HEAD_KEYS]).expect("partition heads");
     let mut out = Vec::new();
     for head in heads.ranges() {
-        let rows = partition(&sorted[..KEYS.len()].iter().map(|c| c.slice(head.start, head.end - head.start)).collect::<Vec<_>>()).expect("partition rows");
+        let rows = partition(
+            &sorted[..KEYS.len()].iter().map(|c| c.slice(head.start, head.end - head.start)).collect::<Vec<_>>(),
+        )
+        .expect("partition rows");
         let mut items = Vec::new();
         let mut invt_all: Vec<String> = Vec::new();
         for (g, r) in rows.ranges().into_iter().enumerate() {
@@ -145,7 +162,8 @@ impl Operator for Summarize {
     }
 
     fn on_watermark(&mut self, rules: &mut Rules, wm: EventTime, out: &mut dyn Collector<Summary>) {
-        let due: Vec<u32> = self.open.keys().copied().filter(|p| period_end(*p).plus_ms(rules.summary_grace_ms()) <= wm).collect();
+        let due: Vec<u32> =
+            self.open.keys().copied().filter(|p| period_end(*p).plus_ms(rules.summary_grace_ms()) <= wm).collect();
         for p in due {
             let lists = self.open.remove(&p).unwrap_or_default();
             if lists.is_empty() {
@@ -161,6 +179,10 @@ impl Operator for Summarize {
     }
 
     fn state_size(&self) -> usize {
-        self.open.values().flat_map(|m| m.values()).map(|e| crate::clear::inventory_bytes(&e.list) + e.invt_no.len()).sum()
+        self.open
+            .values()
+            .flat_map(|m| m.values())
+            .map(|e| crate::clear::inventory_bytes(&e.list) + e.invt_no.len())
+            .sum()
     }
 }

@@ -6,7 +6,7 @@ use crate::rules::{Rules, sampled};
 use crate::summarize::Summarize;
 use crate::{Operator, ids};
 use cbec_schemas::hs::Nomenclature;
-use cbec_schemas::{Decoded, Decoder, Dec, Entity, EventTime, Summary, Topic};
+use cbec_schemas::{Dec, Decoded, Decoder, Entity, EventTime, Summary, Topic};
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
@@ -38,7 +38,16 @@ struct Story {
 
 impl Story {
     fn new(n: usize) -> Story {
-        Story { n, ebc: format!("EBC{:03}", n % 7), gcode: "8517130000".into(), value: "100", charge: "110", pay_currency: "142", pay_ebc: None, flag: "B" }
+        Story {
+            n,
+            ebc: format!("EBC{:03}", n % 7),
+            gcode: "8517130000".into(),
+            value: "100",
+            charge: "110",
+            pay_currency: "142",
+            pay_ebc: None,
+            flag: "B",
+        }
     }
     fn order_no(&self) -> String {
         format!("ORD{:06}", self.n)
@@ -47,30 +56,50 @@ impl Story {
         format!("LP{:08}", self.n)
     }
     fn t(&self, minutes: i64) -> String {
-        EventTime(EventTime::parse_ceb("20261111000000").unwrap().0 + (self.n as i64) * 1000 + minutes * 60_000).to_ceb()
+        EventTime(EventTime::parse_ceb("20261111000000").unwrap().0 + (self.n as i64) * 1000 + minutes * 60_000)
+            .to_ceb()
     }
     fn rfc(&self, minutes: i64) -> String {
-        EventTime(EventTime::parse_ceb("20261111000000").unwrap().0 + (self.n as i64) * 1000 + minutes * 60_000).to_rfc3339()
+        EventTime(EventTime::parse_ceb("20261111000000").unwrap().0 + (self.n as i64) * 1000 + minutes * 60_000)
+            .to_rfc3339()
     }
     fn goods(&self) -> Entity {
-        ent(Topic::Goods, json!({"ebcCode": self.ebc, "itemNo": format!("IT{}", self.gcode), "itemName": "phone", "gcode": self.gcode, "gname": "phone", "gmodel": "x", "unit": "011", "appType": "1", "appTime": "20261101000000"}))
+        ent(
+            Topic::Goods,
+            json!({"ebcCode": self.ebc, "itemNo": format!("IT{}", self.gcode), "itemName": "phone", "gcode": self.gcode, "gname": "phone", "gmodel": "x", "unit": "011", "appType": "1", "appTime": "20261101000000"}),
+        )
     }
     fn order(&self) -> Entity {
-        ent(Topic::Orders, json!({"orderNo": self.order_no(), "orderType": "E", "ebpCode": "EBP1", "ebcCode": self.ebc, "goodsValue": self.value, "freight": "10", "currency": "142", "appTime": self.t(0),
-            "items": [{"gnum": 1, "itemNo": format!("IT{}", self.gcode), "itemName": "phone", "unit": "011", "currency": "142", "qty": "1", "price": "100", "totalPrice": "100"}]}))
+        ent(
+            Topic::Orders,
+            json!({"orderNo": self.order_no(), "orderType": "E", "ebpCode": "EBP1", "ebcCode": self.ebc, "goodsValue": self.value, "freight": "10", "currency": "142", "appTime": self.t(0),
+            "items": [{"gnum": 1, "itemNo": format!("IT{}", self.gcode), "itemName": "phone", "unit": "011", "currency": "142", "qty": "1", "price": "100", "totalPrice": "100"}]}),
+        )
     }
     fn list(&self) -> Entity {
-        ent(Topic::Lists, json!({"orderNo": self.order_no(), "logisticsNo": self.lno(), "logisticsCode": "LOG1", "ebpCode": "EBP1", "ebcCode": self.ebc, "ownerCode": self.ebc, "agentCode": "AG1", "customsCode": "5141", "portCode": "5141", "ieDate": "20261111", "statisticsFlag": self.flag, "tradeMode": "9610", "trafMode": "4", "country": "USA", "POD": "USLAX", "freight": "10", "insuredFee": "0", "packNo": 1, "grossWeight": "1.2", "netWeight": "1", "appType": "1", "appStatus": "1", "appTime": self.t(1), "copNo": "C1",
-            "items": [{"gnum": 1, "itemNo": format!("IT{}", self.gcode), "gcode": self.gcode, "gname": "phone", "gmodel": "x", "country": "USA", "currency": "142", "qty": "1", "qty1": "1", "unit": "011", "unit1": "011", "price": "100", "totalPrice": "100"}]}))
+        ent(
+            Topic::Lists,
+            json!({"orderNo": self.order_no(), "logisticsNo": self.lno(), "logisticsCode": "LOG1", "ebpCode": "EBP1", "ebcCode": self.ebc, "ownerCode": self.ebc, "agentCode": "AG1", "customsCode": "5141", "portCode": "5141", "ieDate": "20261111", "statisticsFlag": self.flag, "tradeMode": "9610", "trafMode": "4", "country": "USA", "POD": "USLAX", "freight": "10", "insuredFee": "0", "packNo": 1, "grossWeight": "1.2", "netWeight": "1", "appType": "1", "appStatus": "1", "appTime": self.t(1), "copNo": "C1",
+            "items": [{"gnum": 1, "itemNo": format!("IT{}", self.gcode), "gcode": self.gcode, "gname": "phone", "gmodel": "x", "country": "USA", "currency": "142", "qty": "1", "qty1": "1", "unit": "011", "unit1": "011", "price": "100", "totalPrice": "100"}]}),
+        )
     }
     fn payment(&self, pay_no: &str) -> Entity {
-        ent(Topic::Payments, json!({"orderNo": self.order_no(), "ebpCode": "EBP1", "ebcCode": self.pay_ebc.clone().unwrap_or(self.ebc.clone()), "payCode": "PAY1", "payName": "pay", "payNo": pay_no, "charge": self.charge, "currency": self.pay_currency, "accountingDate": self.t(2)}))
+        ent(
+            Topic::Payments,
+            json!({"orderNo": self.order_no(), "ebpCode": "EBP1", "ebcCode": self.pay_ebc.clone().unwrap_or(self.ebc.clone()), "payCode": "PAY1", "payName": "pay", "payNo": pay_no, "charge": self.charge, "currency": self.pay_currency, "accountingDate": self.t(2)}),
+        )
     }
     fn waybill(&self) -> Entity {
-        ent(Topic::Waybills, json!({"logisticsNo": self.lno(), "logisticsCode": "LOG1", "freight": "10", "insuredFee": "0", "currency": "142", "grossWeight": "1.2", "packNo": 1, "goodsInfo": "phone", "appTime": self.t(30)}))
+        ent(
+            Topic::Waybills,
+            json!({"logisticsNo": self.lno(), "logisticsCode": "LOG1", "freight": "10", "insuredFee": "0", "currency": "142", "grossWeight": "1.2", "packNo": 1, "goodsInfo": "phone", "appTime": self.t(30)}),
+        )
     }
     fn scan(&self, id: &str, xray: Option<&str>, minutes: i64) -> Entity {
-        ent(Topic::Scans, json!({"logisticsNo": self.lno(), "lineId": "L1", "scanId": id, "scanTime": self.rfc(minutes), "xray": xray}))
+        ent(
+            Topic::Scans,
+            json!({"logisticsNo": self.lno(), "lineId": "L1", "scanId": id, "scanTime": self.rfc(minutes), "xray": xray}),
+        )
     }
     fn happy(&self) -> Vec<Entity> {
         vec![self.order(), self.list(), self.payment("P1"), self.waybill()]
@@ -78,7 +107,10 @@ impl Story {
 }
 
 fn control(id: &str, kind: &str, target: serde_json::Value) -> Entity {
-    ent(Topic::Controls, json!({"id": id, "kind": kind, "target": target, "officer": "officer7", "reason": "test", "time": "2026-11-10T00:00:00+08:00"}))
+    ent(
+        Topic::Controls,
+        json!({"id": id, "kind": kind, "target": target, "officer": "officer7", "reason": "test", "time": "2026-11-10T00:00:00+08:00"}),
+    )
 }
 
 fn rules() -> Rules {
@@ -101,7 +133,13 @@ fn statuses(out: &[Out]) -> Vec<i32> {
 }
 fn channel(out: &[Out]) -> (String, Vec<String>) {
     out.iter()
-        .find_map(|o| if let Out::Channel(c) = o { Some((c.channel.clone(), c.reasons.iter().map(|r| r.code.clone()).collect())) } else { None })
+        .find_map(|o| {
+            if let Out::Channel(c) = o {
+                Some((c.channel.clone(), c.reasons.iter().map(|r| r.code.clone()).collect()))
+            } else {
+                None
+            }
+        })
         .expect("a channel decision")
 }
 
@@ -124,9 +162,13 @@ fn green_parcel_walks_to_exit_and_summary() {
     assert_eq!(channel(&out), ("green".to_string(), vec![]));
     assert_eq!(ports(&out), ["release"]);
     assert_eq!(statuses(&out), [120, 120, 800, 899]);
-    let verdicts: Vec<_> = out.iter().filter_map(|o| if let Out::Release(r) = o { Some((r.stage.as_str(), r.verdict.as_str())) } else { None }).collect();
+    let verdicts: Vec<_> = out
+        .iter()
+        .filter_map(|o| if let Out::Release(r) = o { Some((r.stage.as_str(), r.verdict.as_str())) } else { None })
+        .collect();
     assert_eq!(verdicts, [("sealed", "released"), ("port", "released")]);
-    let exited: Vec<_> = out.iter().filter_map(|o| if let Out::Exited(x) = o { Some(x.clone()) } else { None }).collect();
+    let exited: Vec<_> =
+        out.iter().filter_map(|o| if let Out::Exited(x) = o { Some(x.clone()) } else { None }).collect();
     assert!(exited[0].summarizable);
     let mut sum = Summarize::default();
     let mut r = rules();
@@ -147,12 +189,16 @@ fn order_number_comparison_returns_every_failing_reason() {
         (Story { charge: "109.99", ..Story::new(3) }, vec!["amount_mismatch"]),
         (Story { pay_currency: "502", ..Story::new(4) }, vec!["currency_mismatch"]),
         (Story { pay_ebc: Some("OTHER".into()), ..Story::new(5) }, vec!["ebc_mismatch"]),
-        (Story { pay_ebc: Some("OTHER".into()), pay_currency: "502", ..Story::new(6) }, vec!["currency_mismatch", "ebc_mismatch"]),
+        (
+            Story { pay_ebc: Some("OTHER".into()), pay_currency: "502", ..Story::new(6) },
+            vec!["currency_mismatch", "ebc_mismatch"],
+        ),
     ];
     for (s, want) in cases {
         let mut e = Engine::new(rules(), hs(), 1);
         let out = run(&mut e, s.happy());
-        let returns: Vec<_> = out.iter().filter_map(|o| if let Out::Return(r) = o { Some(r.reasons.clone()) } else { None }).collect();
+        let returns: Vec<_> =
+            out.iter().filter_map(|o| if let Out::Return(r) = o { Some(r.reasons.clone()) } else { None }).collect();
         assert_eq!(returns, vec![want.iter().map(|x| x.to_string()).collect::<Vec<_>>()], "story {}", s.n);
         let out2 = run(&mut e, vec![s.scan("S", None, 40)]);
         assert_eq!(ports(&out2), ["hold"], "a returned list is held at the sorting line");
@@ -289,16 +335,37 @@ fn holds_and_refusals() {
     run(&mut e, vec![s.goods()]);
     run(&mut e, s.happy());
     // Exit without port release is an error receipt.
-    let out = run(&mut e, vec![ent(Topic::Departures, json!({"customsCode": "5141", "logisticsCode": "LOG1", "trafMode": "4", "leaveTime": s.t(60), "items": [{"logisticsNo": s.lno()}]}))]);
+    let out = run(
+        &mut e,
+        vec![ent(
+            Topic::Departures,
+            json!({"customsCode": "5141", "logisticsCode": "LOG1", "trafMode": "4", "leaveTime": s.t(60), "items": [{"logisticsNo": s.lno()}]}),
+        )],
+    );
     assert_eq!(statuses(&out), [-501]);
     // A seal over a parcel not released at the site, on an unfiled vehicle, is held; so is
     // everything under it at the port; an unknown seal too.
-    let out = run(&mut e, vec![
-        ent(Topic::Seals, json!({"kind": "sealed", "sealNo": "S9", "vehicleNo": "V9", "logisticsNos": [s.lno()], "time": s.rfc(50)})),
-        ent(Topic::Seals, json!({"kind": "verified", "sealNo": "S9", "vehicleNo": "V9", "portCode": "5141", "intact": true, "time": s.rfc(70)})),
-        ent(Topic::Seals, json!({"kind": "verified", "sealNo": "NOPE", "vehicleNo": "V9", "portCode": "5141", "intact": true, "time": s.rfc(70)})),
-    ]);
-    let v: Vec<_> = out.iter().filter_map(|o| if let Out::Release(r) = o { Some((r.verdict.clone(), r.reasons.len())) } else { None }).collect();
+    let out = run(
+        &mut e,
+        vec![
+            ent(
+                Topic::Seals,
+                json!({"kind": "sealed", "sealNo": "S9", "vehicleNo": "V9", "logisticsNos": [s.lno()], "time": s.rfc(50)}),
+            ),
+            ent(
+                Topic::Seals,
+                json!({"kind": "verified", "sealNo": "S9", "vehicleNo": "V9", "portCode": "5141", "intact": true, "time": s.rfc(70)}),
+            ),
+            ent(
+                Topic::Seals,
+                json!({"kind": "verified", "sealNo": "NOPE", "vehicleNo": "V9", "portCode": "5141", "intact": true, "time": s.rfc(70)}),
+            ),
+        ],
+    );
+    let v: Vec<_> = out
+        .iter()
+        .filter_map(|o| if let Out::Release(r) = o { Some((r.verdict.clone(), r.reasons.len())) } else { None })
+        .collect();
     assert_eq!(v, [("held".to_string(), 2), ("held".to_string(), 1), ("held".to_string(), 1)]);
     // A broken seal holds released parcels.
     let s = Story::new(41);
@@ -306,18 +373,31 @@ fn holds_and_refusals() {
     run(&mut e, vec![s.goods(), control("V1", "vehicle", json!({"vehicleNo": "V1"}))]);
     run(&mut e, s.happy());
     run(&mut e, vec![s.scan("S", None, 40)]);
-    let out = run(&mut e, vec![
-        ent(Topic::Seals, json!({"kind": "sealed", "sealNo": "S1", "vehicleNo": "V1", "logisticsNos": [s.lno()], "time": s.rfc(50)})),
-        ent(Topic::Seals, json!({"kind": "verified", "sealNo": "S1", "vehicleNo": "V1", "portCode": "5141", "intact": false, "time": s.rfc(70)})),
-    ]);
-    let v: Vec<_> = out.iter().filter_map(|o| if let Out::Release(r) = o { Some(r.verdict.clone()) } else { None }).collect();
+    let out = run(
+        &mut e,
+        vec![
+            ent(
+                Topic::Seals,
+                json!({"kind": "sealed", "sealNo": "S1", "vehicleNo": "V1", "logisticsNos": [s.lno()], "time": s.rfc(50)}),
+            ),
+            ent(
+                Topic::Seals,
+                json!({"kind": "verified", "sealNo": "S1", "vehicleNo": "V1", "portCode": "5141", "intact": false, "time": s.rfc(70)}),
+            ),
+        ],
+    );
+    let v: Vec<_> =
+        out.iter().filter_map(|o| if let Out::Release(r) = o { Some(r.verdict.clone()) } else { None }).collect();
     assert_eq!(v, ["released", "held"]);
 }
 
 /// A mixed story of `n` parcels in event-time order, with some of every branch.
 fn story(n: usize, seed: u64) -> Vec<Entity> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut v = vec![control("V1", "vehicle", json!({"vehicleNo": "V1"})), control("M1", "control", json!({"ebcCode": "EBC003"}))];
+    let mut v = vec![
+        control("V1", "vehicle", json!({"vehicleNo": "V1"})),
+        control("M1", "control", json!({"ebcCode": "EBC003"})),
+    ];
     let mut by_time: Vec<(i64, usize, Entity)> = Vec::new();
     let mut seq = 0usize;
     let mut push = |t: i64, e: Entity| {
@@ -341,9 +421,27 @@ fn story(n: usize, seed: u64) -> Vec<Entity> {
         }
         push(base + 4, s.waybill());
         push(base + 5, s.scan("S1", if rng.random::<f64>() < 0.05 { Some("suspect") } else { Some("clear") }, 40));
-        push(base + 6, ent(Topic::Seals, json!({"kind": "sealed", "sealNo": format!("SL{i}"), "vehicleNo": "V1", "logisticsNos": [s.lno()], "time": s.rfc(50)})));
-        push(base + 7, ent(Topic::Seals, json!({"kind": "verified", "sealNo": format!("SL{i}"), "vehicleNo": "V1", "portCode": "5141", "intact": true, "time": s.rfc(60)})));
-        push(base + 8, ent(Topic::Departures, json!({"customsCode": "5141", "logisticsCode": "LOG1", "trafMode": "4", "leaveTime": s.t(70), "items": [{"logisticsNo": s.lno()}]})));
+        push(
+            base + 6,
+            ent(
+                Topic::Seals,
+                json!({"kind": "sealed", "sealNo": format!("SL{i}"), "vehicleNo": "V1", "logisticsNos": [s.lno()], "time": s.rfc(50)}),
+            ),
+        );
+        push(
+            base + 7,
+            ent(
+                Topic::Seals,
+                json!({"kind": "verified", "sealNo": format!("SL{i}"), "vehicleNo": "V1", "portCode": "5141", "intact": true, "time": s.rfc(60)}),
+            ),
+        );
+        push(
+            base + 8,
+            ent(
+                Topic::Departures,
+                json!({"customsCode": "5141", "logisticsCode": "LOG1", "trafMode": "4", "leaveTime": s.t(70), "items": [{"logisticsNo": s.lno()}]}),
+            ),
+        );
     }
     by_time.sort_by_key(|(t, s, _)| (*t, *s));
     v.extend(by_time.into_iter().map(|(_, _, e)| e));

@@ -26,7 +26,12 @@ impl CheckReport {
     }
 }
 
-fn line(out: &mut dyn Write, rep: &mut CheckReport, r: Result<cbec_schemas::Entity, cbec_schemas::DecodeError>, note: &str) -> std::io::Result<()> {
+fn line(
+    out: &mut dyn Write,
+    rep: &mut CheckReport,
+    r: Result<cbec_schemas::Entity, cbec_schemas::DecodeError>,
+    note: &str,
+) -> std::io::Result<()> {
     match r {
         Ok(e) => {
             let (k, v) = e.key_field();

@@ -48,10 +48,10 @@ impl LocalDirStore {
         for e in std::fs::read_dir(&self.dir)? {
             let p = e?.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if let Some(n) = name.strip_prefix("checkpoint-").and_then(|s| s.strip_suffix(".bin")) {
-                if let Ok(n) = n.parse() {
-                    v.push((n, p));
-                }
+            if let Some(n) = name.strip_prefix("checkpoint-").and_then(|s| s.strip_suffix(".bin"))
+                && let Ok(n) = n.parse()
+            {
+                v.push((n, p));
             }
         }
         v.sort();

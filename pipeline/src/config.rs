@@ -94,7 +94,8 @@ impl Config {
                     }
                 }
             } else if let Some(raw) = env.get(&format!("CBEC_{}", k.to_uppercase())) {
-                let val = if matches!(v, toml::Value::String(_)) { toml::Value::String(raw.clone()) } else { env_value(raw) };
+                let val =
+                    if matches!(v, toml::Value::String(_)) { toml::Value::String(raw.clone()) } else { env_value(raw) };
                 table.insert(k.clone(), val);
             }
         }

@@ -21,6 +21,8 @@ pub enum TopicInput {
     Files(Vec<PathBuf>),
     /// Messages already in memory (generator).
     Messages(Vec<Vec<u8>>),
+    /// Messages offered at a fixed rate (messages/second), for latency measurements.
+    Paced(Vec<Vec<u8>>, f64),
 }
 
 /// Finds the input files of each topic in `dir`.
@@ -39,7 +41,8 @@ pub fn discover(dir: &Path) -> anyhow::Result<Vec<(Topic, TopicInput)>> {
         };
         let files = by_topic.entry(t).or_default();
         if p.is_dir() {
-            let mut inner: Vec<PathBuf> = std::fs::read_dir(&p)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+            let mut inner: Vec<PathBuf> =
+                std::fs::read_dir(&p)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
             inner.sort();
             files.extend(inner.into_iter().filter(|f| f.is_file()));
         } else {
@@ -61,7 +64,12 @@ pub fn split_messages(bytes: &[u8]) -> Vec<&[u8]> {
     bytes.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)).collect()
 }
 
-fn source_thread(topic: Topic, topic_name: String, input: TopicInput, tx: Sender<EngineMsg>) -> std::thread::JoinHandle<anyhow::Result<()>> {
+fn source_thread(
+    topic: Topic,
+    topic_name: String,
+    input: TopicInput,
+    tx: Sender<EngineMsg>,
+) -> std::thread::JoinHandle<anyhow::Result<()>> {
     std::thread::Builder::new()
         .name(format!("cbec-src-{}", topic.short()))
         .spawn(move || {
@@ -76,14 +84,63 @@ fn source_thread(topic: Topic, topic_name: String, input: TopicInput, tx: Sender
                     for f in files {
                         let bytes = std::fs::read(&f)?;
                         for msg in split_messages(&bytes) {
-                            decode_message(&mut dec, topic, &topic_name, src, offset, None, msg, Instant::now(), &mut send);
+                            decode_message(
+                                &mut dec,
+                                topic,
+                                &topic_name,
+                                src,
+                                offset,
+                                None,
+                                msg,
+                                Instant::now(),
+                                &mut send,
+                            );
                             offset += 1;
                         }
                     }
                 }
                 TopicInput::Messages(msgs) => {
                     for msg in msgs {
-                        decode_message(&mut dec, topic, &topic_name, src, offset, None, &msg, Instant::now(), &mut send);
+                        decode_message(
+                            &mut dec,
+                            topic,
+                            &topic_name,
+                            src,
+                            offset,
+                            None,
+                            &msg,
+                            Instant::now(),
+                            &mut send,
+                        );
+                        offset += 1;
+                    }
+                }
+                TopicInput::Paced(msgs, per_sec) => {
+                    let start = Instant::now();
+                    for (i, msg) in msgs.into_iter().enumerate() {
+                        let due = start + std::time::Duration::from_secs_f64(i as f64 / per_sec.max(1e-9));
+                        loop {
+                            let left = due.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                break;
+                            }
+                            if left > std::time::Duration::from_micros(200) {
+                                std::thread::sleep(left - std::time::Duration::from_micros(100));
+                            } else {
+                                std::hint::spin_loop();
+                            }
+                        }
+                        decode_message(
+                            &mut dec,
+                            topic,
+                            &topic_name,
+                            src,
+                            offset,
+                            None,
+                            &msg,
+                            Instant::now(),
+                            &mut send,
+                        );
                         offset += 1;
                     }
                 }
@@ -96,7 +153,13 @@ fn source_thread(topic: Topic, topic_name: String, input: TopicInput, tx: Sender
 
 /// Runs the embedded pipeline over `inputs` into `sink`; a finite input ends with event
 /// time advanced to the end of time (every timer fires, every period closes).
-pub fn run(cfg: &Config, hs: Nomenclature, inputs: Vec<(Topic, TopicInput)>, sink: Box<dyn Sink>, progress: Option<Box<dyn FnMut(&RunStats) + Send>>) -> anyhow::Result<RunStats> {
+pub fn run(
+    cfg: &Config,
+    hs: Nomenclature,
+    inputs: Vec<(Topic, TopicInput)>,
+    sink: Box<dyn Sink>,
+    progress: Option<crate::runner::Progress>,
+) -> anyhow::Result<RunStats> {
     let (sink_tx, sink_h) = spawn_sink(sink, cfg.queue_capacity);
     let mut groups = Vec::new();
     let mut handles = Vec::new();

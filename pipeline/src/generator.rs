@@ -143,14 +143,24 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
     let mut rng = StdRng::seed_from_u64(g.seed);
     let start = EventTime::parse_rfc3339(&g.start).unwrap_or(EventTime(1_794_398_400_000));
     // Real goods: leave out chapters 98/99 ("commodities not specified", national use).
-    let subs: Vec<&str> = hs.subheadings().into_iter().filter(|s| !s.starts_with("98") && !s.starts_with("99")).collect();
+    let subs: Vec<&str> =
+        hs.subheadings().into_iter().filter(|s| !s.starts_with("98") && !s.starts_with("99")).collect();
     let plain: Vec<&str> = subs
         .iter()
         .copied()
-        .filter(|s| rules.certificate_rule(&format!("{s}0000")).is_none() && rules.tax_rule(&format!("{s}0000")).is_none())
+        .filter(|s| {
+            rules.certificate_rule(&format!("{s}0000")).is_none() && rules.tax_rule(&format!("{s}0000")).is_none()
+        })
         .collect();
-    let cert: Vec<&str> = subs.iter().copied().filter(|s| rules.certificate_rule(&format!("{s}0000")).is_some()).collect();
-    let tax: Vec<&str> = subs.iter().copied().filter(|s| rules.tax_rule(&format!("{s}0000")).is_some() && rules.certificate_rule(&format!("{s}0000")).is_none()).collect();
+    let cert: Vec<&str> =
+        subs.iter().copied().filter(|s| rules.certificate_rule(&format!("{s}0000")).is_some()).collect();
+    let tax: Vec<&str> = subs
+        .iter()
+        .copied()
+        .filter(|s| {
+            rules.tax_rule(&format!("{s}0000")).is_some() && rules.certificate_rule(&format!("{s}0000")).is_none()
+        })
+        .collect();
     // Catalog.
     let mut products: Vec<Product> = Vec::new();
     let mut mk = |rng: &mut StdRng, pool: &[&str], fb: &str, n: usize, tag: &str| {
@@ -179,7 +189,9 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
     }
     let controlled_company = format!("EBC{:05}", 5.min(g.companies.saturating_sub(1)));
 
-    let mut out: BTreeMap<Topic, Vec<(i64, u64, String, Vec<u8>)>> = BTreeMap::new();
+    // Per topic: (arrival time, sequence, key, payload).
+    type Queued = Vec<(i64, u64, String, Vec<u8>)>;
+    let mut out: BTreeMap<Topic, Queued> = BTreeMap::new();
     let mut n_msg = 0u64;
     let mut emit = |rng: &mut StdRng, t: Topic, at: EventTime, key: String, v: serde_json::Value, dup_ok: bool| {
         let bytes = serde_json::to_vec(&v).expect("json");
@@ -195,9 +207,23 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
     let day0 = start.plus_ms(-86_400_000);
     // Supervision set-up: vehicles, one company under manual control.
     for v in 0..10 {
-        emit(&mut rng, Topic::Controls, day0, format!("VEH{v}"), json!({"id": format!("VEH{v}"), "kind": "vehicle", "target": {"vehicleNo": format!("粤B{v:05}")}, "officer": "site-officer", "reason": "supervision vehicle filed", "time": day0.to_rfc3339()}), false);
+        emit(
+            &mut rng,
+            Topic::Controls,
+            day0,
+            format!("VEH{v}"),
+            json!({"id": format!("VEH{v}"), "kind": "vehicle", "target": {"vehicleNo": format!("粤B{v:05}")}, "officer": "site-officer", "reason": "supervision vehicle filed", "time": day0.to_rfc3339()}),
+            false,
+        );
     }
-    emit(&mut rng, Topic::Controls, day0, "MC1".into(), json!({"id": "MC1", "kind": "control", "target": {"ebcCode": controlled_company}, "officer": "risk-officer", "reason": "risk profile", "time": day0.to_rfc3339()}), false);
+    emit(
+        &mut rng,
+        Topic::Controls,
+        day0,
+        "MC1".into(),
+        json!({"id": "MC1", "kind": "control", "target": {"ebcCode": controlled_company}, "officer": "risk-officer", "reason": "risk profile", "time": day0.to_rfc3339()}),
+        false,
+    );
     let mut registered: std::collections::HashSet<(usize, usize)> = std::collections::HashSet::new();
     let mut never: std::collections::HashSet<(usize, usize)> = std::collections::HashSet::new();
     let mut released: Vec<(i64, String)> = Vec::new();
@@ -243,7 +269,14 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
                     unregistered = true;
                 } else {
                     registered.insert((c, pi));
-                    emit(&mut rng, Topic::Goods, day0, format!("{ebc}/{}", p.item_no), json!({"ebcCode": ebc, "itemNo": p.item_no, "itemName": p.name, "gcode": p.gcode, "gname": p.name, "gmodel": "std", "unit": p.unit, "appType": "1", "appTime": day0.to_ceb()}), false);
+                    emit(
+                        &mut rng,
+                        Topic::Goods,
+                        day0,
+                        format!("{ebc}/{}", p.item_no),
+                        json!({"ebcCode": ebc, "itemNo": p.item_no, "itemName": p.name, "gcode": p.gcode, "gname": p.name, "gmodel": "std", "unit": p.unit, "appType": "1", "appTime": day0.to_ceb()}),
+                        false,
+                    );
                 }
             }
             let qty = rng.random_range(1..=3);
@@ -253,10 +286,24 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
             items_l.push(json!({"gnum": k + 1, "itemNo": p.item_no, "gcode": p.gcode, "gname": p.name, "gmodel": "std", "country": country, "currency": currency, "qty": qty.to_string(), "qty1": qty.to_string(), "unit": p.unit, "unit1": p.unit, "price": p.price.to_string(), "totalPrice": line.to_string()}));
         }
         let freight = Dec::from_int(rng.random_range(0..30));
-        emit(&mut rng, Topic::Orders, t, order_no.clone(), json!({"orderNo": order_no, "orderType": "E", "ebpCode": "EBP0001", "ebcCode": ebc, "goodsValue": total.to_string(), "freight": freight.to_string(), "currency": currency, "appType": "1", "appTime": t.to_ceb(), "items": items_o}), true);
+        emit(
+            &mut rng,
+            Topic::Orders,
+            t,
+            order_no.clone(),
+            json!({"orderNo": order_no, "orderType": "E", "ebpCode": "EBP0001", "ebcCode": ebc, "goodsValue": total.to_string(), "freight": freight.to_string(), "currency": currency, "appType": "1", "appTime": t.to_ceb(), "items": items_o}),
+            true,
+        );
         let flag = if rng.random::<f64>() < g.simplified { "A" } else { "B" };
         let ie_date = t.to_ceb()[..8].to_string();
-        emit(&mut rng, Topic::Lists, t.plus_ms(1000), order_no.clone(), json!({"orderNo": order_no, "logisticsNo": lno, "logisticsCode": "LOG0001", "ebpCode": "EBP0001", "ebcCode": ebc, "ownerCode": ebc, "agentCode": "AGT0001", "customsCode": port, "portCode": port, "ieDate": ie_date, "statisticsFlag": flag, "tradeMode": "9610", "trafMode": "4", "country": country, "POD": country, "freight": freight.to_string(), "insuredFee": "0", "packNo": 1, "grossWeight": "1.5", "netWeight": "1.2", "appType": "1", "appStatus": "1", "copNo": format!("COP{i}"), "appTime": t.plus_ms(1000).to_ceb(), "items": items_l}), true);
+        emit(
+            &mut rng,
+            Topic::Lists,
+            t.plus_ms(1000),
+            order_no.clone(),
+            json!({"orderNo": order_no, "logisticsNo": lno, "logisticsCode": "LOG0001", "ebpCode": "EBP0001", "ebcCode": ebc, "ownerCode": ebc, "agentCode": "AGT0001", "customsCode": port, "portCode": port, "ieDate": ie_date, "statisticsFlag": flag, "tradeMode": "9610", "trafMode": "4", "country": country, "POD": country, "freight": freight.to_string(), "insuredFee": "0", "packNo": 1, "grossWeight": "1.5", "netWeight": "1.2", "appType": "1", "appStatus": "1", "copNo": format!("COP{i}"), "appTime": t.plus_ms(1000).to_ceb(), "items": items_l}),
+            true,
+        );
         // Payment.
         let mut reasons: Vec<&str> = Vec::new();
         let pay_missing = rng.random::<f64>() < g.missing_payment;
@@ -281,9 +328,23 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
             }
             let pt = t.plus_ms(2000);
             let arrive = if rng.random::<f64>() < g.late { t.plus_ms(120_000) } else { pt };
-            emit(&mut rng, Topic::Payments, arrive, order_no.clone(), json!({"orderNo": order_no, "ebpCode": "EBP0001", "ebcCode": pebc, "payCode": "PAY0001", "payName": "cbec pay", "payNo": format!("PN{i}"), "charge": charge.to_string(), "currency": pcur, "accountingDate": pt.to_ceb()}), true);
+            emit(
+                &mut rng,
+                Topic::Payments,
+                arrive,
+                order_no.clone(),
+                json!({"orderNo": order_no, "ebpCode": "EBP0001", "ebcCode": pebc, "payCode": "PAY0001", "payName": "cbec pay", "payNo": format!("PN{i}"), "charge": charge.to_string(), "currency": pcur, "accountingDate": pt.to_ceb()}),
+                true,
+            );
             if reasons == ["duplicate_payment"] {
-                emit(&mut rng, Topic::Payments, pt.plus_ms(1), order_no.clone(), json!({"orderNo": order_no, "ebpCode": "EBP0001", "ebcCode": pebc, "payCode": "PAY0001", "payName": "cbec pay", "payNo": format!("PN{i}b"), "charge": charge.to_string(), "currency": pcur, "accountingDate": pt.plus_ms(1).to_ceb()}), false);
+                emit(
+                    &mut rng,
+                    Topic::Payments,
+                    pt.plus_ms(1),
+                    order_no.clone(),
+                    json!({"orderNo": order_no, "ebpCode": "EBP0001", "ebcCode": pebc, "payCode": "PAY0001", "payName": "cbec pay", "payNo": format!("PN{i}b"), "charge": charge.to_string(), "currency": pcur, "accountingDate": pt.plus_ms(1).to_ceb()}),
+                    false,
+                );
             }
         }
         if !reasons.is_empty() {
@@ -295,7 +356,14 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
             continue;
         }
         let wt = t.plus_ms(60_000);
-        emit(&mut rng, Topic::Waybills, wt, lno.clone(), json!({"logisticsNo": lno, "logisticsCode": "LOG0001", "freight": freight.to_string(), "insuredFee": "0", "currency": currency, "grossWeight": "1.5", "packNo": 1, "goodsInfo": "parcel", "appTime": wt.to_ceb()}), true);
+        emit(
+            &mut rng,
+            Topic::Waybills,
+            wt,
+            lno.clone(),
+            json!({"logisticsNo": lno, "logisticsCode": "LOG0001", "freight": freight.to_string(), "insuredFee": "0", "currency": currency, "grossWeight": "1.5", "packNo": 1, "goodsInfo": "parcel", "appTime": wt.to_ceb()}),
+            true,
+        );
         ex.declared += 1;
         if is_tax {
             ex.tax_related += 1;
@@ -319,16 +387,37 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
         arrivals.push((t.plus_ms(600_000).0, lno.clone()));
         let suspect = rng.random::<f64>() < g.xray_suspect;
         let st = t.plus_ms(900_000);
-        emit(&mut rng, Topic::Scans, st, lno.clone(), json!({"logisticsNo": lno, "lineId": format!("LINE{}", i % 4), "scanId": format!("S{i}a"), "scanTime": st.to_rfc3339(), "xray": if suspect { "suspect" } else { "clear" }}), true);
+        emit(
+            &mut rng,
+            Topic::Scans,
+            st,
+            lno.clone(),
+            json!({"logisticsNo": lno, "lineId": format!("LINE{}", i % 4), "scanId": format!("S{i}a"), "scanTime": st.to_rfc3339(), "xray": if suspect { "suspect" } else { "clear" }}),
+            true,
+        );
         if returned_at_scan {
             continue;
         }
         let mut release_at = st;
         if !red.is_empty() || is_sampled || suspect {
             let vt = t.plus_ms(1_000_000);
-            emit(&mut rng, Topic::Controls, vt, format!("VF{i}"), json!({"id": format!("VF{i}"), "kind": "verified", "target": {"logisticsNo": lno}, "officer": "site-officer", "reason": "inspected", "time": vt.to_rfc3339()}), false);
+            emit(
+                &mut rng,
+                Topic::Controls,
+                vt,
+                format!("VF{i}"),
+                json!({"id": format!("VF{i}"), "kind": "verified", "target": {"logisticsNo": lno}, "officer": "site-officer", "reason": "inspected", "time": vt.to_rfc3339()}),
+                false,
+            );
             release_at = t.plus_ms(1_100_000);
-            emit(&mut rng, Topic::Scans, release_at, lno.clone(), json!({"logisticsNo": lno, "lineId": format!("LINE{}", i % 4), "scanId": format!("S{i}b"), "scanTime": release_at.to_rfc3339(), "xray": "clear"}), true);
+            emit(
+                &mut rng,
+                Topic::Scans,
+                release_at,
+                lno.clone(),
+                json!({"logisticsNo": lno, "lineId": format!("LINE{}", i % 4), "scanId": format!("S{i}b"), "scanTime": release_at.to_rfc3339(), "xray": "clear"}),
+                true,
+            );
         }
         released.push((release_at.0, lno.clone()));
         let consistent = reasons.is_empty();
@@ -339,7 +428,14 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
     for (k, chunk) in arrivals.chunks(10).enumerate() {
         let at = EventTime(chunk.last().map_or(0, |c| c.0));
         let items: Vec<_> = chunk.iter().map(|(_, l)| json!({"logisticsNo": l})).collect();
-        emit(&mut rng, Topic::Arrivals, at, format!("ARR{k}"), json!({"customsCode": "5141", "operatorCode": "SITE0001", "domesticTrafNo": format!("TRUCK{k}"), "appTime": at.to_ceb(), "items": items}), true);
+        emit(
+            &mut rng,
+            Topic::Arrivals,
+            at,
+            format!("ARR{k}"),
+            json!({"customsCode": "5141", "operatorCode": "SITE0001", "domesticTrafNo": format!("TRUCK{k}"), "appTime": at.to_ceb(), "items": items}),
+            true,
+        );
     }
     // Seals of up to 20 released parcels, verified at the port, then departure.
     released.sort();
@@ -349,16 +445,37 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
         let vehicle = format!("粤B{:05}", k % 10);
         let lnos: Vec<&String> = chunk.iter().map(|(_, l)| l).collect();
         let sealed_at = last.plus_ms(60_000);
-        emit(&mut rng, Topic::Seals, sealed_at, seal.clone(), json!({"kind": "sealed", "sealNo": seal, "vehicleNo": vehicle, "logisticsNos": lnos, "time": sealed_at.to_rfc3339()}), true);
+        emit(
+            &mut rng,
+            Topic::Seals,
+            sealed_at,
+            seal.clone(),
+            json!({"kind": "sealed", "sealNo": seal, "vehicleNo": vehicle, "logisticsNos": lnos, "time": sealed_at.to_rfc3339()}),
+            true,
+        );
         let broken = rng.random::<f64>() < g.broken_seal;
         let port_at = sealed_at.plus_ms(1_800_000);
-        emit(&mut rng, Topic::Seals, port_at, seal.clone(), json!({"kind": "verified", "sealNo": seal, "vehicleNo": vehicle, "portCode": "5141", "intact": !broken, "time": port_at.to_rfc3339()}), true);
+        emit(
+            &mut rng,
+            Topic::Seals,
+            port_at,
+            seal.clone(),
+            json!({"kind": "verified", "sealNo": seal, "vehicleNo": vehicle, "portCode": "5141", "intact": !broken, "time": port_at.to_rfc3339()}),
+            true,
+        );
         if broken {
             continue;
         }
         let leave = port_at.plus_ms(600_000);
         let items: Vec<_> = lnos.iter().map(|l| json!({"logisticsNo": l})).collect();
-        emit(&mut rng, Topic::Departures, leave, format!("DEP{k}"), json!({"customsCode": "5141", "logisticsCode": "LOG0001", "trafMode": "4", "voyageNo": format!("V{k}"), "leaveTime": leave.to_ceb(), "items": items}), true);
+        emit(
+            &mut rng,
+            Topic::Departures,
+            leave,
+            format!("DEP{k}"),
+            json!({"customsCode": "5141", "logisticsCode": "LOG0001", "trafMode": "4", "voyageNo": format!("V{k}"), "leaveTime": leave.to_ceb(), "items": items}),
+            true,
+        );
         for l in lnos {
             ex.exited += 1;
             if let Some((p, v, true)) = summaries_pending.get(l) {

@@ -119,18 +119,20 @@ impl Sink for KafkaSink {
 
 /// Creates the input and output topics if missing.
 pub fn ensure_topics(cfg: &Config) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &cfg.brokers).create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &cfg.brokers).create()?;
     let mut names: Vec<String> = Topic::ALL.iter().map(|t| cfg.input_topic(*t)).collect();
     names.extend(OUTPUTS.iter().map(|t| cfg.output_topic(t)));
     let parts = cfg.partitions.min(64) as i32;
     let new: Vec<NewTopic<'_>> = names.iter().map(|n| NewTopic::new(n, parts, TopicReplication::Fixed(1))).collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let res = rt.block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))))?;
+    let res =
+        rt.block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))))?;
     for r in res {
-        if let Err((t, e)) = r {
-            if e != RDKafkaErrorCode::TopicAlreadyExists {
-                anyhow::bail!("creating topic {t}: {e}");
-            }
+        if let Err((t, e)) = r
+            && e != RDKafkaErrorCode::TopicAlreadyExists
+        {
+            anyhow::bail!("creating topic {t}: {e}");
         }
     }
     Ok(())
@@ -246,7 +248,17 @@ fn consumer_thread(
                             send(EngineMsg::Idle(src, false));
                         }
                         idle_since = None;
-                        decode_message(&mut dec, topic, &topic_name, src, m.offset(), m.key(), m.payload().unwrap_or(&[]), Instant::now(), &mut send);
+                        decode_message(
+                            &mut dec,
+                            topic,
+                            &topic_name,
+                            src,
+                            m.offset(),
+                            m.key(),
+                            m.payload().unwrap_or(&[]),
+                            Instant::now(),
+                            &mut send,
+                        );
                     }
                     Some(Err(KafkaError::PartitionEOF(_))) | None => {}
                     Some(Err(e)) => eprintln!("warning: consumer: {e}"),
@@ -287,7 +299,9 @@ fn stop_on_signals(stop: Arc<AtomicBool>) {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         rt.block_on(async {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else { return };
+            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+                return;
+            };
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
@@ -299,7 +313,12 @@ fn stop_on_signals(stop: Arc<AtomicBool>) {
 }
 
 /// Runs the pipeline against Kafka.
-pub fn run(cfg: &Config, hs: Nomenclature, exit_when_idle: bool, progress: Option<Box<dyn FnMut(&RunStats) + Send>>) -> anyhow::Result<RunStats> {
+pub fn run(
+    cfg: &Config,
+    hs: Nomenclature,
+    exit_when_idle: bool,
+    progress: Option<crate::runner::Progress>,
+) -> anyhow::Result<RunStats> {
     ensure_topics(cfg).context("creating topics")?;
     let store = LocalDirStore::new(&cfg.checkpoint_dir)?;
     let restored = store.load()?;
@@ -343,7 +362,8 @@ pub fn run(cfg: &Config, hs: Nomenclature, exit_when_idle: bool, progress: Optio
     let (tx, rx) = bounded(cfg.queue_capacity);
     let (ctx, crx) = bounded(4);
     let idle = next.keys().map(|k| (k.clone(), false)).collect();
-    let h = consumer_thread(ConsumerLoop { consumer, marks, topics, next, idle }, tx, crx, stop.clone(), exit_when_idle);
+    let h =
+        consumer_thread(ConsumerLoop { consumer, marks, topics, next, idle }, tx, crx, stop.clone(), exit_when_idle);
     let (sink_tx, sink_h) = spawn_sink(Box::new(KafkaSink::new(cfg)?), cfg.queue_capacity);
     let run = EngineRun {
         rules: cfg.rules.clone(),

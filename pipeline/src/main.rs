@@ -182,14 +182,14 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     if let Some(c) = &a.checkpoint_dir {
         cfg.checkpoint_dir = c.display().to_string();
     }
-    if !cfg.metrics_addr.is_empty() {
-        if let Err(e) = cbec_pipeline::metrics::install(&cfg.metrics_addr) {
-            eprintln!("warning: metrics endpoint {} not started: {e}", cfg.metrics_addr);
-        }
+    if !cfg.metrics_addr.is_empty()
+        && let Err(e) = cbec_pipeline::metrics::install(&cfg.metrics_addr)
+    {
+        eprintln!("warning: metrics endpoint {} not started: {e}", cfg.metrics_addr);
     }
     let hs = load_hs(&cfg);
     let tty = std::io::stderr().is_terminal();
-    let progress: Option<Box<dyn FnMut(&cbec_pipeline::runner::RunStats) + Send>> = Some(Box::new(move |s| {
+    let progress: Option<cbec_pipeline::runner::Progress> = Some(Box::new(move |s| {
         if tty {
             eprint!("\r{}   ", report::progress_line(s));
         } else {

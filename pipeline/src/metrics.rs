@@ -77,7 +77,8 @@ pub struct ConsumerLag<'a> {
 impl ConsumerLag<'_> {
     /// Records it.
     pub fn emit(&self) {
-        gauge!("cbec_consumer_lag", "topic" => self.topic.to_string(), "partition" => self.partition.to_string()).set(self.lag as f64);
+        gauge!("cbec_consumer_lag", "topic" => self.topic.to_string(), "partition" => self.partition.to_string())
+            .set(self.lag as f64);
     }
 }
 

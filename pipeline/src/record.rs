@@ -5,7 +5,8 @@ use cbec_operators::engine::Out;
 use cbec_schemas::{ChannelDecision, DeadLetter, DeclaredList, Receipt, Return, SealVerdict, SortingDecision, Summary};
 
 /// Output topic short names, in report order.
-pub const OUTPUTS: [&str; 8] = ["declared", "receipts", "returns", "channels", "sorting", "releases", "summaries", "dlq"];
+pub const OUTPUTS: [&str; 8] =
+    ["declared", "receipts", "returns", "channels", "sorting", "releases", "summaries", "dlq"];
 
 /// One output record.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,7 +81,9 @@ impl Record {
             Record::Sorting(x) => x.id.clone(),
             Record::Release(x) => x.id.clone(),
             Record::Summary(x) => x.summary_id.clone(),
-            Record::Dead(x) => format!("{}/{}/{}/{}", x.source_topic, x.partition, x.offset, x.entity_index.unwrap_or(0)),
+            Record::Dead(x) => {
+                format!("{}/{}/{}/{}", x.source_topic, x.partition, x.offset, x.entity_index.unwrap_or(0))
+            }
         }
     }
 

@@ -35,14 +35,23 @@ pub fn render(s: &RunStats) -> String {
     let returns = s.output.get("returns").copied().unwrap_or(0);
     let _ = writeln!(r, "  returns: {returns}");
     let (red, all) = s.red;
-    let _ = writeln!(r, "  channels: {red} red of {all} ({:.2}% red)", if all == 0 { 0.0 } else { red as f64 * 100.0 / all as f64 });
+    let _ = writeln!(
+        r,
+        "  channels: {red} red of {all} ({:.2}% red)",
+        if all == 0 { 0.0 } else { red as f64 * 100.0 / all as f64 }
+    );
     let p: Vec<String> = s.ports.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let _ = writeln!(r, "  sorting ports: {}", if p.is_empty() { "none".into() } else { p.join(" ") });
     let _ = writeln!(r, "  summary declarations: {}", s.output.get("summaries").copied().unwrap_or(0));
     let pct = |q: f64| s.latency_pct(q).map_or("-".to_string(), |v| format!("{v} µs"));
-    let _ = writeln!(r, "  scan→decision latency (in-process): p50 {} p99 {} p99.9 {}", pct(0.5), pct(0.99), pct(0.999));
+    let _ =
+        writeln!(r, "  scan→decision latency (in-process): p50 {} p99 {} p99.9 {}", pct(0.5), pct(0.99), pct(0.999));
     let (d, c, m) = s.state_bytes;
-    let _ = writeln!(r, "  state at end: declare {d} B ({} orders), clear {c} B ({} parcels), summarize {m} B", s.keys.0, s.keys.1);
+    let _ = writeln!(
+        r,
+        "  state at end: declare {d} B ({} orders), clear {c} B ({} parcels), summarize {m} B",
+        s.keys.0, s.keys.1
+    );
     if s.forced > 0 {
         let _ = writeln!(r, "  sequencer released {} items early (bounded buffer)", s.forced);
     }

@@ -103,7 +103,10 @@ pub fn decode_message(
     };
     let check = |e: Entity| -> Result<Entity, cbec_schemas::DecodeError> {
         if matches!(e, Entity::WayBill(_)) {
-            return Err(cbec_schemas::DecodeError::new(cbec_schemas::ErrorCode::WrongEntity, "CEB607 is not an input of any cbec topic"));
+            return Err(cbec_schemas::DecodeError::new(
+                cbec_schemas::ErrorCode::WrongEntity,
+                "CEB607 is not an input of any cbec topic",
+            ));
         }
         Ok(e)
     };
@@ -115,7 +118,14 @@ pub fn decode_message(
         Decoded::Document(doc) => {
             for (i, r) in doc.entities.into_iter().enumerate() {
                 match r.and_then(check) {
-                    Ok(e) => send(EngineMsg::Event(Event { source, offset, sub: i as u8, time: event_time(&e), entity: e, read_at })),
+                    Ok(e) => send(EngineMsg::Event(Event {
+                        source,
+                        offset,
+                        sub: i as u8,
+                        time: event_time(&e),
+                        entity: e,
+                        read_at,
+                    })),
                     Err(e) => send(dead(&e, Some(i as u32))),
                 }
             }
@@ -123,6 +133,9 @@ pub fn decode_message(
         Decoded::Rejected(e) => send(dead(&e, None)),
     }
 }
+
+/// A progress callback, called about once a second with the counts so far.
+pub type Progress = Box<dyn FnMut(&RunStats) + Send>;
 
 /// Counts and latencies of a run.
 #[derive(Debug, Default, Clone)]
@@ -170,7 +183,10 @@ impl RunStats {
 }
 
 /// Starts the sink thread.
-pub fn spawn_sink(mut sink: Box<dyn Sink>, cap: usize) -> (Sender<SinkMsg>, std::thread::JoinHandle<anyhow::Result<()>>) {
+pub fn spawn_sink(
+    mut sink: Box<dyn Sink>,
+    cap: usize,
+) -> (Sender<SinkMsg>, std::thread::JoinHandle<anyhow::Result<()>>) {
     let (tx, rx) = bounded::<SinkMsg>(cap);
     let h = std::thread::Builder::new()
         .name("cbec-sink".into())
@@ -219,7 +235,7 @@ pub struct EngineRun {
     /// Stop request (SIGINT/SIGTERM): drain, checkpoint, return.
     pub stop: Arc<AtomicBool>,
     /// Progress callback, about once a second.
-    pub progress: Option<Box<dyn FnMut(&RunStats) + Send>>,
+    pub progress: Option<Progress>,
     /// Topic names for checkpoints.
     pub topic_names: HashMap<Topic, String>,
 }
@@ -336,18 +352,18 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
             st.watermark(wm, &run.sink)?;
         }
         m::QueueDepth { queue: "sequencer", depth: seq.len() }.emit();
-        if let Some(cb) = &mut run.progress {
-            if last_progress.elapsed() >= Duration::from_secs(1) {
-                last_progress = Instant::now();
-                st.stats.elapsed = started.elapsed();
-                cb(&st.stats);
-            }
+        if let Some(cb) = &mut run.progress
+            && last_progress.elapsed() >= Duration::from_secs(1)
+        {
+            last_progress = Instant::now();
+            st.stats.elapsed = started.elapsed();
+            cb(&st.stats);
         }
-        if let Some((store, every)) = &run.checkpoint {
-            if last_cp.elapsed() >= *every {
-                checkpoint(&mut st, &seq, store.as_ref(), &run)?;
-                last_cp = Instant::now();
-            }
+        if let Some((store, every)) = &run.checkpoint
+            && last_cp.elapsed() >= *every
+        {
+            checkpoint(&mut st, &seq, store.as_ref(), &run)?;
+            last_cp = Instant::now();
         }
         let stopping = run.stop.load(Ordering::Relaxed);
         let open: Vec<usize> = (0..run.inputs.len()).filter(|i| !done.contains_key(i)).collect();
@@ -448,7 +464,12 @@ fn flush(sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
     rx.recv().map_err(|_| anyhow::anyhow!("sink stopped"))?
 }
 
-fn checkpoint(st: &mut State, seq: &Sequencer<Event>, store: &dyn CheckpointStore, run: &EngineRun) -> anyhow::Result<()> {
+fn checkpoint(
+    st: &mut State,
+    seq: &Sequencer<Event>,
+    store: &dyn CheckpointStore,
+    run: &EngineRun,
+) -> anyhow::Result<()> {
     let t = Instant::now();
     // Outputs of everything processed so far must be durable before the offsets move.
     flush(&run.sink)?;
@@ -459,7 +480,11 @@ fn checkpoint(st: &mut State, seq: &Sequencer<Event>, store: &dyn CheckpointStor
         let name = run.topic_names.get(&src.0).cloned().unwrap_or_else(|| src.0.default_name());
         offsets.entry(name).or_default().insert(src.1, resume);
     }
-    let cp = Checkpoint { offsets: offsets.clone(), engine: st.engine.snapshot(), summarize: serde_json::to_vec(&st.summarize)? };
+    let cp = Checkpoint {
+        offsets: offsets.clone(),
+        engine: st.engine.snapshot(),
+        summarize: serde_json::to_vec(&st.summarize)?,
+    };
     let bytes = store.save(&cp)?;
     st.stats.checkpoints += 1;
     m::CheckpointDone { seconds: t.elapsed().as_secs_f64(), bytes }.emit();

@@ -124,11 +124,7 @@ impl<T> Sequencer<T> {
     /// Pops the next item whose time is at or below the watermark.
     pub fn pop(&mut self) -> Option<Pending<T>> {
         let wm = self.watermark()?;
-        if self.heap.peek()?.0.key.0 <= wm.0 {
-            self.heap.pop().map(|r| r.0)
-        } else {
-            None
-        }
+        if self.heap.peek()?.0.key.0 <= wm.0 { self.heap.pop().map(|r| r.0) } else { None }
     }
 
     /// Pops everything regardless of watermarks (end of input).

@@ -24,24 +24,50 @@ use std::sync::Arc;
 
 /// CEB country codes (GB/T 2659 numeric as used by China Customs) used in examples.
 pub const COUNTRIES: [(&str, &str); 12] = [
-    ("502", "United States"), ("303", "United Kingdom"), ("304", "Germany"), ("116", "Japan"), ("601", "Australia"),
-    ("132", "Singapore"), ("133", "Korea"), ("305", "France"), ("344", "Russia"), ("136", "Thailand"), ("142", "China"), ("001", "Hong Kong"),
+    ("502", "United States"),
+    ("303", "United Kingdom"),
+    ("304", "Germany"),
+    ("116", "Japan"),
+    ("601", "Australia"),
+    ("132", "Singapore"),
+    ("133", "Korea"),
+    ("305", "France"),
+    ("344", "Russia"),
+    ("136", "Thailand"),
+    ("142", "China"),
+    ("001", "Hong Kong"),
 ];
 /// CEB currency codes.
 pub const CURRENCIES: [(&str, &str); 8] = [
-    ("142", "CNY"), ("502", "USD"), ("300", "EUR"), ("303", "GBP"), ("116", "JPY"), ("110", "HKD"), ("601", "AUD"), ("133", "KRW"),
+    ("142", "CNY"),
+    ("502", "USD"),
+    ("300", "EUR"),
+    ("303", "GBP"),
+    ("116", "JPY"),
+    ("110", "HKD"),
+    ("601", "AUD"),
+    ("133", "KRW"),
 ];
 
 fn map_strings(args: &[ColumnarValue], f: impl Fn(&str) -> Option<String>) -> datafusion::error::Result<ColumnarValue> {
     let arrays = ColumnarValue::values_to_arrays(args)?;
-    let a = arrays[0].as_any().downcast_ref::<StringArray>().ok_or_else(|| DataFusionError::Execution("expected a string argument".into()))?;
+    let a = arrays[0]
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| DataFusionError::Execution("expected a string argument".into()))?;
     let out: StringArray = a.iter().map(|v| v.and_then(&f)).collect();
     Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
 }
 
 fn string_udf(ctx: &SessionContext, name: &str, f: impl Fn(&str) -> Option<String> + Send + Sync + 'static) {
     let f = Arc::new(f);
-    ctx.register_udf(create_udf(name, vec![DataType::Utf8], DataType::Utf8, Volatility::Immutable, Arc::new(move |args: &[ColumnarValue]| map_strings(args, |s| f(s)))));
+    ctx.register_udf(create_udf(
+        name,
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(move |args: &[ColumnarValue]| map_strings(args, |s| f(s))),
+    ));
 }
 
 /// Registers the domain UDFs.
@@ -59,8 +85,12 @@ pub fn register_udfs(ctx: &SessionContext, hs: Arc<Nomenclature>) {
         Volatility::Immutable,
         Arc::new(|args: &[ColumnarValue]| {
             let arrays = ColumnarValue::values_to_arrays(args)?;
-            let a = arrays[0].as_any().downcast_ref::<StringArray>().ok_or_else(|| DataFusionError::Execution("ceb_time takes a string".into()))?;
-            let out: TimestampMillisecondArray = a.iter().map(|v| v.and_then(cbec_schemas::EventTime::parse_ceb).map(|t| t.0)).collect();
+            let a = arrays[0]
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| DataFusionError::Execution("ceb_time takes a string".into()))?;
+            let out: TimestampMillisecondArray =
+                a.iter().map(|v| v.and_then(cbec_schemas::EventTime::parse_ceb).map(|t| t.0)).collect();
             Ok(ColumnarValue::Array(Arc::new(out.with_timezone(TZ)) as ArrayRef))
         }),
     ));
@@ -70,7 +100,8 @@ pub fn register_udfs(ctx: &SessionContext, hs: Arc<Nomenclature>) {
 /// missing, so every query names valid tables).
 pub async fn context(data: &Path, hs: Arc<Nomenclature>) -> anyhow::Result<SessionContext> {
     // CEB field names are camelCase: keep identifiers as written (`ebcCode`, not `ebccode`).
-    let cfg = datafusion::prelude::SessionConfig::new().set_bool("datafusion.sql_parser.enable_ident_normalization", false);
+    let cfg =
+        datafusion::prelude::SessionConfig::new().set_bool("datafusion.sql_parser.enable_ident_normalization", false);
     let ctx = SessionContext::new_with_config(cfg);
     register_udfs(&ctx, hs);
     for t in TABLES {
@@ -89,17 +120,19 @@ pub async fn context(data: &Path, hs: Arc<Nomenclature>) -> anyhow::Result<Sessi
 }
 
 fn walk_has_parquet(dir: &Path) -> bool {
-    std::fs::read_dir(dir).map(|rd| {
-        rd.flatten().any(|e| {
-            let p = e.path();
-            if p.is_dir() {
-                walk_has_parquet(&p)
-            } else {
-                p.extension().is_some_and(|x| x == "parquet") && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            }
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    walk_has_parquet(&p)
+                } else {
+                    p.extension().is_some_and(|x| x == "parquet")
+                        && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                }
+            })
         })
-    })
-    .unwrap_or(false)
+        .unwrap_or(false)
 }
 
 /// Runs one query.

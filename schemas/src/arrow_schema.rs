@@ -72,10 +72,8 @@ fn list<'a>(it: impl Iterator<Item = &'a [String]>) -> ArrayRef {
 }
 
 fn batch(cols: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, ArrowError> {
-    let fields: Vec<Field> = cols
-        .iter()
-        .map(|(n, a)| Field::new(*n, a.data_type().clone(), a.null_count() > 0 || nullable(n)))
-        .collect();
+    let fields: Vec<Field> =
+        cols.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), a.null_count() > 0 || nullable(n))).collect();
     RecordBatch::try_new(Arc::new(Schema::new(fields)), cols.into_iter().map(|(_, a)| a).collect())
 }
 

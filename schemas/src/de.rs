@@ -1,8 +1,8 @@
 //! Lenient serde helpers shared by the JSON and XML paths: CEB XML carries every value as
 //! text, JSON may carry numbers as numbers or strings; both must decode to equal values.
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 use std::borrow::Cow;
 use std::fmt;
 
@@ -61,9 +61,7 @@ impl<'de> Deserialize<'de> for StrOrNum<'de> {
 pub fn u32_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let s = StrOrNum::deserialize(d)?;
     let t = s.as_str().trim();
-    t.parse::<u32>().map_err(|_| {
-        de::Error::custom(format!("[not_digits] '{t}' is not a non-negative whole number"))
-    })
+    t.parse::<u32>().map_err(|_| de::Error::custom(format!("[not_digits] '{t}' is not a non-negative whole number")))
 }
 
 /// A code sent as a string or number (`currency: 142`); kept as text.

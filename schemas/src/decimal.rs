@@ -101,10 +101,7 @@ impl Dec {
             return Err(DecError::Syntax(x.to_string()));
         }
         let text = format!("{x}");
-        let sig = text
-            .bytes()
-            .filter(u8::is_ascii_digit)
-            .collect::<Vec<u8>>();
+        let sig = text.bytes().filter(u8::is_ascii_digit).collect::<Vec<u8>>();
         let sig = std::str::from_utf8(&sig).unwrap_or("");
         if sig.trim_start_matches('0').trim_end_matches('0').len() > 15 {
             return Err(DecError::Precision(text));
@@ -252,7 +249,7 @@ mod tests {
     fn floats_only_when_exact() {
         assert_eq!(Dec::from_f64(0.1).unwrap(), Dec::parse("0.1").unwrap());
         assert_eq!(Dec::from_f64(199.99).unwrap(), Dec::parse("199.99").unwrap());
-        assert!(Dec::from_f64(12345678912345.12345).is_err());
+        assert!(Dec::from_f64(12_345_678_912_345.123).is_err());
         assert!(Dec::from_f64(f64::NAN).is_err());
     }
 }

@@ -553,7 +553,9 @@ pub struct Control {
     pub time: EventTime,
 }
 
-/// Any decoded input entity.
+/// Any decoded input entity. Not boxed: an entity is moved a few times per message and
+/// boxing would add an allocation on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "entity", rename_all = "camelCase")]
 pub enum Entity {

@@ -136,13 +136,12 @@ impl DecodeError {
     /// Classifies a serde message: our deserializers prefix `[code]`; serde's own say
     /// `missing field`, `unknown variant`, `invalid type`.
     pub fn from_serde_message(msg: &str, fallback: ErrorCode) -> DecodeError {
-        if let Some(start) = msg.find('[') {
-            if let Some(len) = msg[start + 1..].find(']') {
-                if let Some(code) = ErrorCode::from_wire(&msg[start + 1..start + 1 + len]) {
-                    let reason = msg[start + 2 + len..].trim().to_string();
-                    return DecodeError::new(code, reason);
-                }
-            }
+        if let Some(start) = msg.find('[')
+            && let Some(len) = msg[start + 1..].find(']')
+            && let Some(code) = ErrorCode::from_wire(&msg[start + 1..start + 1 + len])
+        {
+            let reason = msg[start + 2 + len..].trim().to_string();
+            return DecodeError::new(code, reason);
         }
         let code = if msg.contains("missing field") {
             ErrorCode::MissingField

@@ -45,8 +45,7 @@ impl JsonDecoder {
     }
 
     fn parse<T: DeserializeOwned>(&mut self) -> Result<T, DecodeError> {
-        simd_json::serde::from_slice_with_buffers::<T>(&mut self.scratch, &mut self.buffers)
-            .map_err(|e| simd_err(&e))
+        simd_json::serde::from_slice_with_buffers::<T>(&mut self.scratch, &mut self.buffers).map_err(|e| simd_err(&e))
     }
 
     /// Decodes one JSON message of `topic` and applies the field rules.

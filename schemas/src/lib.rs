@@ -51,6 +51,7 @@ pub fn detect(payload: &[u8]) -> Option<Format> {
 }
 
 /// What one message decoded to.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Decoded {
     /// A JSON message: one entity or its error.

@@ -84,11 +84,7 @@ pub struct Receipt {
 impl Receipt {
     /// The Kafka key: `invtNo`, else `orderNo`, else `logisticsNo`, else the id.
     pub fn key(&self) -> &str {
-        self.invt_no
-            .as_deref()
-            .or(self.order_no.as_deref())
-            .or(self.logistics_no.as_deref())
-            .unwrap_or(&self.id)
+        self.invt_no.as_deref().or(self.order_no.as_deref()).or(self.logistics_no.as_deref()).unwrap_or(&self.id)
     }
 }
 

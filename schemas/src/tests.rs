@@ -28,11 +28,7 @@ fn every_official_input_sample_decodes_with_its_entity_count() {
             assert!(e.is_ok(), "CEB{n} entity {i}: {e:?}");
         }
         // The known defect of the official samples: two identical BaseTransfer blocks.
-        assert!(
-            doc.tolerated.iter().any(|t| t.contains("identical BaseTransfer")),
-            "CEB{n}: {:?}",
-            doc.tolerated
-        );
+        assert!(doc.tolerated.iter().any(|t| t.contains("identical BaseTransfer")), "CEB{n}: {:?}", doc.tolerated);
     }
 }
 
@@ -73,7 +69,14 @@ fn wrong_namespace_is_rejected() {
 /// CONTRACT §1 with string and number encodings, and decodes that with simd-json.
 #[test]
 fn json_and_xml_forms_decode_to_equal_values() {
-    let cases = [("303", Topic::Orders), ("403", Topic::Payments), ("505", Topic::Waybills), ("507", Topic::Arrivals), ("509", Topic::Departures), ("603", Topic::Lists)];
+    let cases = [
+        ("303", Topic::Orders),
+        ("403", Topic::Payments),
+        ("505", Topic::Waybills),
+        ("507", Topic::Arrivals),
+        ("509", Topic::Departures),
+        ("603", Topic::Lists),
+    ];
     let mut dec = Decoder::new();
     for (n, topic) in cases {
         let doc = xml::decode_xml(&sample(n), Some(topic)).unwrap();
@@ -88,7 +91,10 @@ fn json_and_xml_forms_decode_to_equal_values() {
     // Numbers as JSON numbers decode to the same values as strings.
     let a = br#"{"orderNo":"o1","logisticsNo":"L1","logisticsCode":"LC","freight":"12.5","insuredFee":0,"currency":"142","grossWeight":1.25,"packNo":"1","goodsInfo":"x","appTime":"20261111000001"}"#;
     let b = br#"{"orderNo":"o1","logisticsNo":"L1","logisticsCode":"LC","freight":12.5,"insuredFee":"0","currency":142,"grossWeight":"1.25","packNo":1,"goodsInfo":"x","appTime":20261111000001}"#;
-    let (Decoded::One(Ok(x)), Decoded::One(Ok(y))) = (dec.decode(Topic::Waybills, a), dec.decode(Topic::Waybills, b)) else { panic!() };
+    let (Decoded::One(Ok(x)), Decoded::One(Ok(y))) = (dec.decode(Topic::Waybills, a), dec.decode(Topic::Waybills, b))
+    else {
+        panic!()
+    };
     assert_eq!(x, y);
 }
 
@@ -106,7 +112,9 @@ fn code_of(topic: Topic, payload: &[u8]) -> ErrorCode {
 
 #[test]
 fn a_valid_order_decodes() {
-    let Decoded::One(Ok(Entity::Order(o))) = Decoder::new().decode(Topic::Orders, order_json().as_bytes()) else { panic!() };
+    let Decoded::One(Ok(Entity::Order(o))) = Decoder::new().decode(Topic::Orders, order_json().as_bytes()) else {
+        panic!()
+    };
     assert_eq!(o.goods_value, Dec::parse("100").unwrap());
     assert_eq!(o.items[0].gnum, 1);
 }
@@ -207,7 +215,7 @@ proptest! {
     }
 
     #[test]
-    fn decimals_round_trip(v in -99_999_999_999_999_99999i128..99_999_999_999_999_99999i128) {
+    fn decimals_round_trip(v in -9_999_999_999_999_999_999_i128..9_999_999_999_999_999_999_i128) {
         let d = Dec::from_scaled(v);
         prop_assert_eq!(Dec::parse(&d.to_string()).unwrap(), d);
     }

@@ -36,9 +36,7 @@ impl EventTime {
 
     /// Parses an RFC 3339 timestamp (`2026-11-11T00:00:01+08:00`, `...Z`).
     pub fn parse_rfc3339(s: &str) -> Option<EventTime> {
-        DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|t| EventTime(t.timestamp_millis()))
+        DateTime::parse_from_rfc3339(s).ok().map(|t| EventTime(t.timestamp_millis()))
     }
 
     /// CEB form in China Standard Time.
@@ -102,10 +100,7 @@ pub fn period_end(period: u32) -> EventTime {
     let (ny, nm) = if m >= 12 { (y + 1, 1) } else { (y, m + 1) };
     let d = NaiveDate::from_ymd_opt(ny, nm, 1).unwrap_or(NaiveDate::MAX);
     let n = d.and_hms_opt(0, 0, 0).unwrap_or_default();
-    cst()
-        .from_local_datetime(&n)
-        .single()
-        .map_or(EventTime::MAX, |t| EventTime(t.timestamp_millis()))
+    cst().from_local_datetime(&n).single().map_or(EventTime::MAX, |t| EventTime(t.timestamp_millis()))
 }
 
 /// The calendar month (`YYYYMM`, China Standard Time) of an instant.
@@ -142,9 +137,8 @@ impl Serialize for CebDate {
 impl<'de> Deserialize<'de> for CebDate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<CebDate, D::Error> {
         let s = crate::de::StrOrNum::deserialize(d)?;
-        CebDate::parse(s.as_str()).ok_or_else(|| {
-            serde::de::Error::custom(format!("[bad_date] '{}' is not a YYYYMMDD date", s.as_str()))
-        })
+        CebDate::parse(s.as_str())
+            .ok_or_else(|| serde::de::Error::custom(format!("[bad_date] '{}' is not a YYYYMMDD date", s.as_str())))
     }
 }
 
@@ -162,10 +156,7 @@ pub mod ceb_format {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<EventTime, D::Error> {
         let s = crate::de::StrOrNum::deserialize(d)?;
         EventTime::parse_ceb(s.as_str()).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "[bad_timestamp] '{}' is not a CEB YYYYMMDDhhmmss time",
-                s.as_str()
-            ))
+            serde::de::Error::custom(format!("[bad_timestamp] '{}' is not a CEB YYYYMMDDhhmmss time", s.as_str()))
         })
     }
 }
@@ -183,9 +174,8 @@ pub mod rfc3339_format {
     /// Reads RFC 3339.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<EventTime, D::Error> {
         let s = std::borrow::Cow::<str>::deserialize(d)?;
-        EventTime::parse_rfc3339(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!("[bad_timestamp] '{s}' is not an RFC 3339 time"))
-        })
+        EventTime::parse_rfc3339(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("[bad_timestamp] '{s}' is not an RFC 3339 time")))
     }
 }
 

@@ -20,10 +20,7 @@ fn required(field: &str, v: &str, max: usize) -> R {
 fn optional(field: &str, v: &str, max: usize) -> R {
     let n = v.chars().count();
     if n > max {
-        return Err(DecodeError::new(
-            ErrorCode::TooLong,
-            format!("{field} has {n} characters, at most {max} allowed"),
-        ));
+        return Err(DecodeError::new(ErrorCode::TooLong, format!("{field} has {n} characters, at most {max} allowed")));
     }
     Ok(())
 }
@@ -45,10 +42,7 @@ fn exact(field: &str, v: &str, len: usize) -> R {
 fn digits(field: &str, v: &str, len: usize) -> R {
     exact(field, v, len)?;
     if !v.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(DecodeError::new(
-            ErrorCode::NotDigits,
-            format!("{field} '{v}' must be {len} digits"),
-        ));
+        return Err(DecodeError::new(ErrorCode::NotDigits, format!("{field} '{v}' must be {len} digits")));
     }
     Ok(())
 }
@@ -65,10 +59,7 @@ fn rows<T>(field: &str, v: &[T]) -> R {
         return Err(DecodeError::new(ErrorCode::NoItems, format!("{field} must have at least one row")));
     }
     if v.len() > MAX_ITEMS {
-        return Err(DecodeError::new(
-            ErrorCode::TooMany,
-            format!("{field} has {} rows, at most {MAX_ITEMS}", v.len()),
-        ));
+        return Err(DecodeError::new(ErrorCode::TooMany, format!("{field} has {} rows, at most {MAX_ITEMS}", v.len())));
     }
     Ok(())
 }

@@ -12,8 +12,8 @@ use crate::entities::*;
 use crate::error::{DecodeError, ErrorCode};
 use crate::topic::Topic;
 use crate::validate::Validate;
-use quick_xml::events::Event;
 use quick_xml::Reader;
+use quick_xml::events::Event;
 use serde_json::{Map, Value};
 
 /// The CEB namespace.
@@ -185,8 +185,7 @@ fn entity_value(node: &Node) -> Result<Value, DecodeError> {
 }
 
 fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, DecodeError> {
-    serde_json::from_value(v)
-        .map_err(|e| DecodeError::from_serde_message(&e.to_string(), ErrorCode::XmlInvalid))
+    serde_json::from_value(v).map_err(|e| DecodeError::from_serde_message(&e.to_string(), ErrorCode::XmlInvalid))
 }
 
 fn to_entity(message: &str, v: Value) -> Result<Entity, DecodeError> {
@@ -228,13 +227,13 @@ pub fn decode_xml(payload: &[u8], topic: Option<Topic>) -> Result<XmlDocument, D
             format!("{message} is not in the CEB namespace {CEB_NS} (found {ns:?})"),
         ));
     }
-    if let Some(t) = topic {
-        if t.ceb_message() != Some(message.as_str()) {
-            return Err(DecodeError::new(
-                ErrorCode::WrongEntity,
-                format!("{message} does not belong on topic {}", t.default_name()),
-            ));
-        }
+    if let Some(t) = topic
+        && t.ceb_message() != Some(message.as_str())
+    {
+        return Err(DecodeError::new(
+            ErrorCode::WrongEntity,
+            format!("{message} does not belong on topic {}", t.default_name()),
+        ));
     }
     let mut transfers: Vec<&Node> = Vec::new();
     let mut nodes = Vec::new();
@@ -251,10 +250,7 @@ pub fn decode_xml(payload: &[u8], topic: Option<Topic>) -> Result<XmlDocument, D
         [_] => {}
         [first, rest @ ..] => {
             if rest.iter().all(|t| *t == *first) {
-                tolerated.push(format!(
-                    "{} identical BaseTransfer blocks: the first is used",
-                    transfers.len()
-                ));
+                tolerated.push(format!("{} identical BaseTransfer blocks: the first is used", transfers.len()));
             } else {
                 return Err(DecodeError::new(
                     ErrorCode::AmbiguousXml,
@@ -272,9 +268,6 @@ pub fn decode_xml(payload: &[u8], topic: Option<Topic>) -> Result<XmlDocument, D
             format!("{message} carries {} entities, at most {MAX_ENTITIES}", nodes.len()),
         ));
     }
-    let entities = nodes
-        .into_iter()
-        .map(|n| entity_value(n).and_then(|v| to_entity(&message, v)))
-        .collect();
+    let entities = nodes.into_iter().map(|n| entity_value(n).and_then(|v| to_entity(&message, v))).collect();
     Ok(XmlDocument { message, entities, tolerated })
 }

@@ -1,9 +1,9 @@
 //! Embedded runs of generated stories against the generator's expected outcomes.
 
 use crate::support::*;
+use cbec_operators::rules::Rules;
 use cbec_pipeline::generator::{GenConfig, generate, write_dir};
 use cbec_pipeline::record::Record;
-use cbec_operators::rules::Rules;
 use cbec_schemas::Dec;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -95,9 +95,13 @@ fn same_output_at_1_2_and_4_partitions() {
 fn malformed_messages_on_every_topic_go_to_the_dead_letter_topic() {
     let g = story(3000, 5);
     let (records, _) = run_embedded(&g, 2);
-    let topics: BTreeSet<String> = records.iter().filter_map(|r| if let Record::Dead(d) = r { Some(d.source_topic.clone()) } else { None }).collect();
+    let topics: BTreeSet<String> = records
+        .iter()
+        .filter_map(|r| if let Record::Dead(d) = r { Some(d.source_topic.clone()) } else { None })
+        .collect();
     assert_eq!(topics.len(), 10, "{topics:?}");
-    let codes: BTreeSet<String> = records.iter().filter_map(|r| if let Record::Dead(d) = r { Some(d.code.clone()) } else { None }).collect();
+    let codes: BTreeSet<String> =
+        records.iter().filter_map(|r| if let Record::Dead(d) = r { Some(d.code.clone()) } else { None }).collect();
     assert!(codes.len() >= 3, "{codes:?}");
     // The good messages around them were processed.
     assert!(records.iter().filter(|r| matches!(r, Record::Declared(_))).count() as u64 == g.expected.declared);
@@ -107,12 +111,22 @@ fn malformed_messages_on_every_topic_go_to_the_dead_letter_topic() {
 fn official_samples_run_through_the_pipeline_and_check() {
     let samples = shared().join("ceb/samples");
     let dir = tempfile::tempdir().unwrap();
-    for (n, topic) in [("303", "orders"), ("603", "lists"), ("403", "payments"), ("505", "waybills"), ("507", "arrivals"), ("509", "departures")] {
+    for (n, topic) in [
+        ("303", "orders"),
+        ("603", "lists"),
+        ("403", "payments"),
+        ("505", "waybills"),
+        ("507", "arrivals"),
+        ("509", "departures"),
+    ] {
         std::fs::copy(samples.join(format!("CEB{n}Message.xml")), dir.path().join(format!("{topic}.xml"))).unwrap();
     }
     let out = std::process::Command::new(cbec_bin())
         .args(["check"])
-        .args(["orders.xml", "lists.xml", "payments.xml", "waybills.xml", "arrivals.xml", "departures.xml"].map(|f| dir.path().join(f)))
+        .args(
+            ["orders.xml", "lists.xml", "payments.xml", "waybills.xml", "arrivals.xml", "departures.xml"]
+                .map(|f| dir.path().join(f)),
+        )
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -124,7 +138,10 @@ fn official_samples_run_through_the_pipeline_and_check() {
     let out = std::process::Command::new(cbec_bin()).args(["check"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("error missing_field") && text.contains("invalid: missing_field=1 unknown_encoding=1"), "{text}");
+    assert!(
+        text.contains("error missing_field") && text.contains("invalid: missing_field=1 unknown_encoding=1"),
+        "{text}"
+    );
     // And through `cbec run --input`.
     let o = tempfile::tempdir().unwrap();
     std::fs::remove_file(&bad).unwrap();
@@ -152,7 +169,16 @@ fn the_embedded_default_runs_with_no_arguments() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report = String::from_utf8_lossy(&out.stdout);
-    for needle in ["cbec run report", "in  cbec.orders", "out cbec.sorting", "returns:", "red of", "sorting ports:", "summary declarations:", "p99"] {
+    for needle in [
+        "cbec run report",
+        "in  cbec.orders",
+        "out cbec.sorting",
+        "returns:",
+        "red of",
+        "sorting ports:",
+        "summary declarations:",
+        "p99",
+    ] {
         assert!(report.contains(needle), "{needle} missing from:\n{report}");
     }
     for t in ["declared", "receipts", "returns", "channels", "sorting", "releases", "summaries", "dlq"] {

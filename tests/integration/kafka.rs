@@ -20,14 +20,22 @@ fn brokers() -> Option<String> {
     match std::env::var("CBEC_TEST_BROKERS") {
         Ok(b) if !b.is_empty() => Some(b),
         _ => {
-            eprintln!("SKIPPED: CBEC_TEST_BROKERS is not set; the Kafka tests need a broker (scripts/test.sh starts one)");
+            eprintln!(
+                "SKIPPED: CBEC_TEST_BROKERS is not set; the Kafka tests need a broker (scripts/test.sh starts one)"
+            );
             None
         }
     }
 }
 
 fn config(brokers: &str, prefix: &str, dir: &Path) -> Config {
-    let mut c = Config { brokers: brokers.into(), output_prefix: prefix.into(), group_id: format!("{prefix}group"), checkpoint_interval_ms: 300, ..Config::default() };
+    let mut c = Config {
+        brokers: brokers.into(),
+        output_prefix: prefix.into(),
+        group_id: format!("{prefix}group"),
+        checkpoint_interval_ms: 300,
+        ..Config::default()
+    };
     c.checkpoint_dir = dir.join("checkpoints").display().to_string();
     for t in Topic::ALL {
         c.input_topics.insert(t.short().into(), format!("{prefix}{}", t.short()));
@@ -54,7 +62,12 @@ fn spawn(cfg_path: &Path, extra: &[&str]) -> Child {
 
 /// Every record of every output topic: (topic short name, id, JSON).
 fn consume_outputs(c: &Config) -> Vec<(String, String, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &c.brokers).set("group.id", format!("{}reader", c.output_prefix)).set("enable.auto.commit", "false").create().unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &c.brokers)
+        .set("group.id", format!("{}reader", c.output_prefix))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for t in OUTPUTS {
@@ -82,7 +95,13 @@ fn consume_outputs(c: &Config) -> Vec<(String, String, Vec<u8>)> {
         let id = match short.as_str() {
             "declared" => v["invtNo"].as_str().unwrap().to_string(),
             "summaries" => v["summaryId"].as_str().unwrap().to_string(),
-            "dlq" => format!("{}/{}/{}/{}", v["sourceTopic"].as_str().unwrap(), v["partition"], v["offset"], v["entityIndex"].as_u64().unwrap_or(0)),
+            "dlq" => format!(
+                "{}/{}/{}/{}",
+                v["sourceTopic"].as_str().unwrap(),
+                v["partition"],
+                v["offset"],
+                v["entityIndex"].as_u64().unwrap_or(0)
+            ),
             _ => v["id"].as_str().unwrap().to_string(),
         };
         out.push((short, id, payload));
@@ -94,16 +113,23 @@ fn consume_outputs(c: &Config) -> Vec<(String, String, Vec<u8>)> {
     out
 }
 
+/// Records by identity, and dead letters as (source topic, code, payload).
+type Comparable = (BTreeMap<(String, String), String>, Vec<(String, String, String)>);
+
 /// Dead letters name their Kafka partition and offset; embedded ones name the file
 /// position. Compare them by source topic and payload instead.
-fn comparable(m: BTreeMap<(String, String), String>) -> (BTreeMap<(String, String), String>, Vec<(String, String, String)>) {
+fn comparable(m: BTreeMap<(String, String), String>) -> Comparable {
     let mut dead = Vec::new();
     let rest = m
         .into_iter()
         .filter(|((t, _), json)| {
             if t == "dlq" {
                 let v: serde_json::Value = serde_json::from_str(json).unwrap();
-                dead.push((v["sourceTopic"].as_str().unwrap().split('.').next_back().unwrap().to_string(), v["code"].to_string(), v["payload"].to_string()));
+                dead.push((
+                    v["sourceTopic"].as_str().unwrap().split('.').next_back().unwrap().to_string(),
+                    v["code"].to_string(),
+                    v["payload"].to_string(),
+                ));
                 false
             } else {
                 true
@@ -114,7 +140,7 @@ fn comparable(m: BTreeMap<(String, String), String>) -> (BTreeMap<(String, Strin
     (rest, dead)
 }
 
-fn embedded_expected(g: &cbec_pipeline::generator::Generated) -> (BTreeMap<(String, String), String>, Vec<(String, String, String)>) {
+fn embedded_expected(g: &cbec_pipeline::generator::Generated) -> Comparable {
     let (records, _) = run_embedded(g, 4);
     comparable(record_map(&records))
 }
@@ -159,7 +185,9 @@ fn sigkill_at_several_points_then_restart_gives_the_same_outputs() {
             kills += 1;
         }
         let _ = child.wait();
-        let checkpoints = std::fs::read_dir(&c.checkpoint_dir).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".bin")).count()).unwrap_or(0);
+        let checkpoints = std::fs::read_dir(&c.checkpoint_dir)
+            .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".bin")).count())
+            .unwrap_or(0);
         assert!(checkpoints > 0, "a killed run must leave a checkpoint to restart from");
     }
     assert!(kills >= 2, "the pipeline should have been killed mid-stream");
@@ -168,6 +196,11 @@ fn sigkill_at_several_points_then_restart_gives_the_same_outputs() {
     let all = consume_outputs(&c);
     let got = comparable(by_identity(all));
     let want = embedded_expected(&g);
-    assert!(got.0 == want.0, "after de-duplication by identity the outputs must equal the uninterrupted run ({} vs {})", got.0.len(), want.0.len());
+    assert!(
+        got.0 == want.0,
+        "after de-duplication by identity the outputs must equal the uninterrupted run ({} vs {})",
+        got.0.len(),
+        want.0.len()
+    );
     assert_eq!(got.1, want.1, "dead letters differ");
 }

@@ -75,10 +75,20 @@ fn example_queries_answer_from_the_parquet_tables() {
         assert!(query(&ctx, "SELECT * FROM no_such_table").await.is_err());
     });
     // The CLI: a bad query exits with status 2 and says why; JSON output works.
-    let out = std::process::Command::new(cbec_bin()).args(["sql", "--data"]).arg(dir.path()).arg("SELECT * FROM nope").output().unwrap();
+    let out = std::process::Command::new(cbec_bin())
+        .args(["sql", "--data"])
+        .arg(dir.path())
+        .arg("SELECT * FROM nope")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = std::process::Command::new(cbec_bin()).args(["sql", "--format", "json", "--data"]).arg(dir.path()).arg("SELECT count(*) AS n FROM declared").output().unwrap();
+    let out = std::process::Command::new(cbec_bin())
+        .args(["sql", "--format", "json", "--data"])
+        .arg(dir.path())
+        .arg("SELECT count(*) AS n FROM declared")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{{\"n\":{}}}", g.expected.declared));
 }

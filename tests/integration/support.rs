@@ -13,7 +13,9 @@ use std::path::PathBuf;
 
 /// `$CBEC_SHARED` or `../shared` beside the repository.
 pub fn shared() -> PathBuf {
-    std::env::var_os("CBEC_SHARED").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
+    std::env::var_os("CBEC_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
 }
 
 pub fn hs() -> Nomenclature {
@@ -62,6 +64,10 @@ pub fn cbec_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test binary path");
     let p = exe.parent().and_then(|d| d.parent()).map(|d| d.join("cbec")).expect("target dir");
-    assert!(p.exists(), "{} not built: run `cargo build -p cbec-pipeline --bin cbec` first (scripts/test.sh does)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build -p cbec-pipeline --bin cbec` first (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
