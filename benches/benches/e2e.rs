@@ -5,7 +5,7 @@
 //! pending list.
 //!
 //! Run: `cargo bench -p cbec-benches --bench e2e`
-//! Size: `CBEC_BENCH_ORDERS` (default 700000 orders ≈ 5.2 million messages).
+//! Size: `CBEC_BENCH_ORDERS` (default 800000 orders ≈ 5.0 million messages).
 
 use cbec_benches::{machine, peak_rss_mib};
 use cbec_operators::rules::Rules;
@@ -16,6 +16,9 @@ use cbec_pipeline::sink::{FileSink, NullSink};
 use cbec_schemas::Topic;
 use cbec_schemas::hs::Nomenclature;
 use std::time::Instant;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CMD: &str = "cargo bench -p cbec-benches --bench e2e";
 
@@ -34,7 +37,7 @@ fn main() {
         println!("e2e: bench");
         return;
     }
-    let orders: usize = std::env::var("CBEC_BENCH_ORDERS").ok().and_then(|s| s.parse().ok()).unwrap_or(700_000);
+    let orders: usize = std::env::var("CBEC_BENCH_ORDERS").ok().and_then(|s| s.parse().ok()).unwrap_or(800_000);
     let h = hs();
     let rules = Rules::default();
     println!("machine: {}", machine());

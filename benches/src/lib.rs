@@ -6,7 +6,7 @@ pub fn order_json(n: usize, items: usize) -> Vec<u8> {
     let rows: Vec<String> = (0..items)
         .map(|k| {
             format!(
-                r#"{{"gnum":{},"itemNo":"P{:05}","itemName":"phone case","unit":"011","currency":"142","qty":"2","price":"19.9","totalPrice":"39.8"}}"#,
+                r#"{{"gnum":{},"itemNo":"P{:05}","itemName":"phone case","unit":"011","currency":"142","qty":"2","price":"19.95","totalPrice":"39.9"}}"#,
                 k + 1,
                 n % 2000 + k
             )
@@ -15,7 +15,7 @@ pub fn order_json(n: usize, items: usize) -> Vec<u8> {
     format!(
         r#"{{"orderNo":"O{n:09}","orderType":"E","ebpCode":"EBP0001","ebcCode":"EBC{:05}","goodsValue":"{}","freight":"8","currency":"142","appType":"1","appTime":"20261111201530","items":[{}]}}"#,
         n % 2000,
-        39.8 * items as f64,
+        format_args!("{}.{}", 399 * items / 10, 399 * items % 10),
         rows.join(",")
     )
     .into_bytes()

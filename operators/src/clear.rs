@@ -23,8 +23,8 @@ use std::collections::{HashMap, HashSet};
 pub struct Shared {
     /// Rules file.
     pub rules: Rules,
-    /// Registered goods: `ebcCode/itemNo` → `gcode`.
-    pub goods: HashMap<String, String>,
+    /// Registered goods: `ebcCode` → `itemNo` → `gcode`.
+    pub goods: HashMap<String, HashMap<String, String>>,
     /// Officer controls.
     pub controls: ControlTable,
     /// `invtNo` serials assigned.
@@ -162,7 +162,7 @@ impl Clear {
             attempt += 1;
         };
         let invt_no = ids::invt_no(&l.customs_code, year, serial);
-        let hash = ids::content_hash(&serde_json::to_vec(l).unwrap_or_default());
+        let hash = ids::content_hash(l);
         let comparison = p.comparison.clone().unwrap_or(Comparison::Pending);
 
         // Channel (§4.3) with every reason that fired.
@@ -181,7 +181,7 @@ impl Clear {
             if ctx.rules.tax_rule(&it.gcode).is_some() {
                 tax = true;
             }
-            match ctx.goods.get(&format!("{}/{}", l.ebc_code, it.item_no)) {
+            match ctx.goods.get(&l.ebc_code).and_then(|m| m.get(&it.item_no)) {
                 None => reasons.push(ChannelReason {
                     code: "goods_unregistered".into(),
                     detail: format!("item {} itemNo {} is not registered for {}", it.gnum, it.item_no, l.ebc_code),
@@ -401,7 +401,7 @@ impl Operator for Clear {
                 let key = l.logistics_no.clone();
                 let p = self.parcels.entry(key.clone()).or_default();
                 if let Some(d) = &p.decl {
-                    let hash = ids::content_hash(&serde_json::to_vec(&l).unwrap_or_default());
+                    let hash = ids::content_hash(&l);
                     if hash != d.hash {
                         receipt(
                             out,

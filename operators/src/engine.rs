@@ -113,7 +113,9 @@ impl Engine {
     fn goods(&mut self, g: cbec_schemas::GoodsRegistration, out: &mut Vec<Out>) {
         let key = format!("{}/{}", g.ebc_code, g.item_no);
         let (st, info) = if g.app_type == AppType::Delete {
-            self.shared.goods.remove(&key);
+            if let Some(m) = self.shared.goods.get_mut(&g.ebc_code) {
+                m.remove(&g.item_no);
+            }
             (status::ACCEPTED, "registration deleted".to_string())
         } else {
             match self.shared.hs.check(&g.gcode) {
@@ -125,7 +127,7 @@ impl Engine {
                     format!("gcode '{}': {} is not a subheading of the HS nomenclature", g.gcode, &g.gcode[..6]),
                 ),
                 HsCheck::Known | HsCheck::Unverified => {
-                    self.shared.goods.insert(key.clone(), g.gcode.clone());
+                    self.shared.goods.entry(g.ebc_code.clone()).or_default().insert(g.item_no.clone(), g.gcode.clone());
                     (status::ACCEPTED, "goods registered".to_string())
                 }
             }

@@ -12,10 +12,11 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// 128-bit content hash in hex (declared list content).
-pub fn content_hash(bytes: &[u8]) -> String {
+/// 128-bit content hash in hex of any hashable content (the declared list: every field,
+/// every item, in order).
+pub fn content_hash<T: std::hash::Hash>(content: &T) -> String {
     let mut h = Sip128::new_with_keys(0x6362_6563_2d63_6f6e, 0x7465_6e74_2d68_6173);
-    h.write(bytes);
+    content.hash(&mut h);
     format!("{:032x}", h.finish128().as_u128())
 }
 

@@ -4,7 +4,9 @@
 //! the Kafka mode. One reader/decoder thread per topic, each behind its own bounded queue.
 
 use crate::config::Config;
-use crate::runner::{EngineMsg, EngineRun, RunStats, decode_message, run_engine, spawn_sink};
+use crate::runner::{
+    Batch, Batcher, EngineMsg, EngineRun, RunStats, batches_for, decode_message, run_engine, spawn_sink,
+};
 use crate::sink::Sink;
 use cbec_schemas::hs::Nomenclature;
 use cbec_schemas::{Decoder, Topic};
@@ -14,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
+
+/// Messages per batch from a file or in-memory source.
+const BATCH: usize = 256;
 
 /// Input of one topic.
 pub enum TopicInput {
@@ -68,7 +73,7 @@ fn source_thread(
     topic: Topic,
     topic_name: String,
     input: TopicInput,
-    tx: Sender<EngineMsg>,
+    tx: Sender<Batch>,
 ) -> std::thread::JoinHandle<anyhow::Result<()>> {
     std::thread::Builder::new()
         .name(format!("cbec-src-{}", topic.short()))
@@ -76,9 +81,9 @@ fn source_thread(
             let mut dec = Decoder::new();
             let src = (topic, 0);
             let mut offset = 0i64;
-            let mut send = |m: EngineMsg| {
-                let _ = tx.send(m);
-            };
+            let paced = matches!(input, TopicInput::Paced(..));
+            let mut batcher = Batcher::new(tx, if paced { 1 } else { BATCH });
+            let mut send = |m: EngineMsg| batcher.push(m);
             match input {
                 TopicInput::Files(files) => {
                     for f in files {
@@ -146,6 +151,7 @@ fn source_thread(
                 }
             }
             send(EngineMsg::Done(src));
+            batcher.flush();
             Ok(())
         })
         .expect("spawn source thread")
@@ -165,7 +171,7 @@ pub fn run(
     let mut handles = Vec::new();
     let present: Vec<Topic> = inputs.iter().map(|(t, _)| *t).collect();
     for (t, input) in inputs {
-        let (tx, rx) = bounded(cfg.queue_capacity);
+        let (tx, rx) = bounded(batches_for(cfg.queue_capacity, BATCH));
         handles.push(source_thread(t, cfg.input_topic(t), input, tx));
         groups.push((vec![(t, 0)], rx));
     }

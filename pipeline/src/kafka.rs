@@ -18,7 +18,9 @@ use crate::checkpoint::{CheckpointStore, LocalDirStore};
 use crate::config::Config;
 use crate::generator::Generated;
 use crate::record::{OUTPUTS, Record};
-use crate::runner::{EngineMsg, EngineRun, RunStats, decode_message, run_engine, spawn_sink};
+use crate::runner::{
+    Batch, Batcher, EngineMsg, EngineRun, RunStats, batches_for, decode_message, run_engine, spawn_sink,
+};
 use crate::sequencer::SourceId;
 use crate::sink::Sink;
 use anyhow::Context;
@@ -208,7 +210,7 @@ struct ConsumerLoop {
 
 fn consumer_thread(
     mut cl: ConsumerLoop,
-    tx: Sender<EngineMsg>,
+    tx: Sender<Batch>,
     commits: Receiver<BTreeMap<String, BTreeMap<i32, i64>>>,
     stop: Arc<AtomicBool>,
     exit_when_idle: bool,
@@ -219,9 +221,7 @@ fn consumer_thread(
             let mut dec = Decoder::new();
             let mut last_check = Instant::now();
             let mut idle_since: Option<Instant> = None;
-            let mut send = |m: EngineMsg| {
-                let _ = tx.send(m);
-            };
+            let mut batcher = Batcher::new(tx, 256);
             loop {
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -237,7 +237,8 @@ fn consumer_thread(
                         eprintln!("warning: consumer-group commit failed: {e}");
                     }
                 }
-                match cl.consumer.poll(Duration::from_millis(50)) {
+                let mut send = |m: EngineMsg| batcher.push(m);
+                match cl.consumer.poll(Duration::ZERO) {
                     Some(Ok(m)) => {
                         let topic_name = m.topic().to_string();
                         let Some(topic) = cl.topics.get(&topic_name).copied() else { continue };
@@ -260,7 +261,36 @@ fn consumer_thread(
                             &mut send,
                         );
                     }
-                    Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+                    None => {
+                        // Nothing buffered by librdkafka: hand over what we have, then wait.
+                        batcher.flush();
+                        if let Some(Ok(m)) = cl.consumer.poll(Duration::from_millis(50)).map(|r| r.map(|m| m.detach()))
+                        {
+                            let topic_name = m.topic().to_string();
+                            if let Some(topic) = cl.topics.get(&topic_name).copied() {
+                                let src: SourceId = (topic, m.partition());
+                                let k = (topic_name.clone(), m.partition());
+                                cl.next.insert(k.clone(), m.offset() + 1);
+                                if cl.idle.insert(k, false) == Some(true) {
+                                    batcher.push(EngineMsg::Idle(src, false));
+                                }
+                                idle_since = None;
+                                let mut send = |x: EngineMsg| batcher.push(x);
+                                decode_message(
+                                    &mut dec,
+                                    topic,
+                                    &topic_name,
+                                    src,
+                                    m.offset(),
+                                    m.key(),
+                                    m.payload().unwrap_or(&[]),
+                                    Instant::now(),
+                                    &mut send,
+                                );
+                            }
+                        }
+                    }
+                    Some(Err(KafkaError::PartitionEOF(_))) => {}
                     Some(Err(e)) => eprintln!("warning: consumer: {e}"),
                 }
                 if last_check.elapsed() >= Duration::from_millis(100) {
@@ -275,7 +305,7 @@ fn consumer_thread(
                         let k = (t.clone(), p);
                         if cl.idle.get(&k).copied() != Some(now_idle) {
                             cl.idle.insert(k, now_idle);
-                            send(EngineMsg::Idle((cl.topics[&t], p), now_idle));
+                            batcher.push(EngineMsg::Idle((cl.topics[&t], p), now_idle));
                         }
                     }
                     if exit_when_idle && all_idle {
@@ -287,8 +317,9 @@ fn consumer_thread(
                 }
             }
             for (t, p) in cl.next.keys() {
-                send(EngineMsg::Done((cl.topics[t], *p)));
+                batcher.push(EngineMsg::Done((cl.topics[t], *p)));
             }
+            batcher.flush();
             Ok(())
         })
         .expect("spawn consumer")
@@ -359,7 +390,7 @@ pub fn run(
     }
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signals(stop.clone());
-    let (tx, rx) = bounded(cfg.queue_capacity);
+    let (tx, rx) = bounded(batches_for(cfg.queue_capacity, 256));
     let (ctx, crx) = bounded(4);
     let idle = next.keys().map(|k| (k.clone(), false)).collect();
     let h =

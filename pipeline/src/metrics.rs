@@ -4,26 +4,26 @@
 use metrics::{counter, gauge, histogram};
 
 /// `cbec_messages_in_total{topic}`: input entities processed.
-pub struct MessageIn<'a> {
+pub struct MessageIn {
     /// Input topic short name.
-    pub topic: &'a str,
+    pub topic: &'static str,
 }
-impl MessageIn<'_> {
+impl MessageIn {
     /// Records it.
     pub fn emit(&self) {
-        counter!("cbec_messages_in_total", "topic" => self.topic.to_string()).increment(1);
+        counter!("cbec_messages_in_total", "topic" => self.topic).increment(1);
     }
 }
 
 /// `cbec_messages_out_total{topic}`: output records.
-pub struct MessageOut<'a> {
+pub struct MessageOut {
     /// Output topic short name.
-    pub topic: &'a str,
+    pub topic: &'static str,
 }
-impl MessageOut<'_> {
+impl MessageOut {
     /// Records it.
     pub fn emit(&self) {
-        counter!("cbec_messages_out_total", "topic" => self.topic.to_string()).increment(1);
+        counter!("cbec_messages_out_total", "topic" => self.topic).increment(1);
     }
 }
 
@@ -52,16 +52,16 @@ impl DecisionLatency {
 }
 
 /// `cbec_queue_depth{queue}`: items waiting in a bounded queue.
-pub struct QueueDepth<'a> {
+pub struct QueueDepth {
     /// Queue name.
-    pub queue: &'a str,
+    pub queue: &'static str,
     /// Depth.
     pub depth: usize,
 }
-impl QueueDepth<'_> {
+impl QueueDepth {
     /// Records it.
     pub fn emit(&self) {
-        gauge!("cbec_queue_depth", "queue" => self.queue.to_string()).set(self.depth as f64);
+        gauge!("cbec_queue_depth", "queue" => self.queue).set(self.depth as f64);
     }
 }
 

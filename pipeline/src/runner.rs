@@ -22,7 +22,7 @@ use cbec_operators::rules::Rules;
 use cbec_operators::summarize::Summarize;
 use cbec_schemas::hs::Nomenclature;
 use cbec_schemas::{DeadLetter, Decoded, Decoder, Entity, EventTime, Topic};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, bounded};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +56,45 @@ pub enum EngineMsg {
     Idle(SourceId, bool),
     /// A source will send nothing more.
     Done(SourceId),
+}
+
+/// Messages from a source travel in batches (one channel operation per batch, not per
+/// message); a batch of 1 for paced, latency-measuring sources.
+pub type Batch = Vec<EngineMsg>;
+
+/// Collects a source's messages into batches for its bounded queue.
+pub struct Batcher {
+    tx: Sender<Batch>,
+    buf: Batch,
+    max: usize,
+}
+
+impl Batcher {
+    /// Batches of up to `max` messages.
+    pub fn new(tx: Sender<Batch>, max: usize) -> Batcher {
+        Batcher { tx, buf: Vec::with_capacity(max.max(1)), max: max.max(1) }
+    }
+
+    /// Adds a message; sends the batch when full (blocking while the queue is full).
+    pub fn push(&mut self, m: EngineMsg) {
+        self.buf.push(m);
+        if self.buf.len() >= self.max {
+            self.flush();
+        }
+    }
+
+    /// Sends what is buffered.
+    pub fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            let b = std::mem::replace(&mut self.buf, Vec::with_capacity(self.max));
+            let _ = self.tx.send(b);
+        }
+    }
+}
+
+/// Batches in flight per source queue for a capacity of `messages`.
+pub fn batches_for(messages: usize, batch: usize) -> usize {
+    (messages / batch.max(1)).max(4)
 }
 
 /// What the engine thread sends to the sink thread.
@@ -141,9 +180,9 @@ pub type Progress = Box<dyn FnMut(&RunStats) + Send>;
 #[derive(Debug, Default, Clone)]
 pub struct RunStats {
     /// Input entities per topic.
-    pub input: BTreeMap<String, u64>,
+    pub input: BTreeMap<&'static str, u64>,
     /// Output records per topic.
-    pub output: BTreeMap<String, u64>,
+    pub output: BTreeMap<&'static str, u64>,
     /// Dead letters per code.
     pub dead: BTreeMap<String, u64>,
     /// Sorting decisions per port.
@@ -223,7 +262,7 @@ pub struct EngineRun {
     /// Sequencer bound before forcing.
     pub max_buffered: usize,
     /// One receiver per source group, with the sources it carries.
-    pub inputs: Vec<(Vec<SourceId>, Receiver<EngineMsg>)>,
+    pub inputs: Vec<(Vec<SourceId>, Receiver<Batch>)>,
     /// Output.
     pub sink: Sender<SinkMsg>,
     /// When every source is done: advance event time to the end (finite input).
@@ -249,10 +288,10 @@ struct State {
 
 impl State {
     fn emit(&mut self, out: Vec<Out>, read_at: Option<Instant>, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
-        let mut rules = self.engine.rules().clone();
         for o in out {
             if let Out::Exited(x) = o {
                 let mut s = Vec::new();
+                let mut rules = self.engine.rules().clone();
                 self.summarize.process(&mut rules, x, &mut s);
                 continue;
             }
@@ -284,7 +323,7 @@ impl State {
             }
             _ => {}
         }
-        *self.stats.output.entry(r.topic().to_string()).or_default() += 1;
+        *self.stats.output.entry(r.topic()).or_default() += 1;
         m::MessageOut { topic: r.topic() }.emit();
         sink.send(SinkMsg::Record(r)).map_err(|_| anyhow::anyhow!("sink stopped"))
     }
@@ -306,8 +345,27 @@ impl State {
     }
 }
 
+/// What waits in the sequencer: an entity, or a dead letter (kept in source order too, so the
+/// output sequence does not depend on thread timing).
+pub enum Item {
+    /// A decoded entity.
+    Event(Event),
+    /// A rejected message.
+    Dead(Box<DeadLetter>),
+}
+
+/// Processes the next item in canonical order at sequencer time `at`: timers due strictly
+/// before it fire first, so their outcome never depends on how far the watermark had moved.
+fn process_item(st: &mut State, at: i64, item: Item, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
+    st.watermark(EventTime(at.saturating_sub(1)), sink)?;
+    match item {
+        Item::Event(ev) => process_event(st, ev, sink),
+        Item::Dead(d) => st.send(Record::Dead(*d), None, sink),
+    }
+}
+
 fn process_event(st: &mut State, ev: Event, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
-    *st.stats.input.entry(ev.source.0.short().to_string()).or_default() += 1;
+    *st.stats.input.entry(ev.source.0.short()).or_default() += 1;
     m::MessageIn { topic: ev.source.0.short() }.emit();
     let mut out = Vec::new();
     st.engine.process(ev.entity, &mut out);
@@ -318,7 +376,7 @@ fn process_event(st: &mut State, ev: Event, sink: &Sender<SinkMsg>) -> anyhow::R
 pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::Result<RunStats> {
     let started = Instant::now();
     let all_sources: Vec<SourceId> = run.inputs.iter().flat_map(|(s, _)| s.iter().copied()).collect();
-    let mut seq: Sequencer<Event> = Sequencer::new(all_sources.iter().copied(), run.lateness_ms);
+    let mut seq: Sequencer<Item> = Sequencer::new(all_sources.iter().copied(), run.lateness_ms);
     let mut st = match restored {
         Some(cp) => State {
             engine: Engine::restore(&cp.engine, run.hs.clone())?,
@@ -340,16 +398,17 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
     loop {
         // Release what the watermark allows.
         while let Some(p) = seq.pop() {
-            process_event(&mut st, p.item, &run.sink)?;
+            process_item(&mut st, p.key.0, p.item, &run.sink)?;
         }
         while seq.len() > run.max_buffered {
             let Some(p) = seq.drain() else { break };
             st.stats.forced += 1;
             m::SequencerForced.emit();
-            process_event(&mut st, p.item, &run.sink)?;
+            process_item(&mut st, p.key.0, p.item, &run.sink)?;
         }
         if let Some(wm) = seq.watermark() {
-            st.watermark(wm, &run.sink)?;
+            // Strictly below the watermark: an item exactly at it may still arrive.
+            st.watermark(EventTime(wm.0.saturating_sub(1)), &run.sink)?;
         }
         m::QueueDepth { queue: "sequencer", depth: seq.len() }.emit();
         if let Some(cb) = &mut run.progress
@@ -370,27 +429,29 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
         if open.is_empty() || stopping {
             break;
         }
-        // Pull from the input group that lags most (it holds the watermark back).
+        // Pull from the input group that lags most (it holds the watermark back); while the
+        // sequencer has room, take from whichever group is ready so no source waits on another.
         let g = *open.iter().min_by_key(|i| group_time[**i]).expect("non-empty");
-        let msg = match run.inputs[g].1.recv_timeout(Duration::from_millis(50)) {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => {
-                // Try the others without blocking so one quiet source cannot stall the rest.
-                let mut got = None;
+        let (g, res) = match run.inputs[g].1.try_recv() {
+            Ok(m) => (g, Ok(m)),
+            Err(_) if seq.len() < run.max_buffered / 2 => {
+                let mut sel = Select::new();
                 for &o in &open {
-                    if let Ok(m) = run.inputs[o].1.try_recv() {
-                        got = Some((o, m));
-                        break;
-                    }
+                    sel.recv(&run.inputs[o].1);
                 }
-                match got {
-                    Some((o, m)) => {
-                        handle(&mut st, &mut seq, &mut group_time, &mut done, o, m, &run.sink)?;
+                match sel.select_timeout(Duration::from_millis(50)) {
+                    Ok(op) => {
+                        let o = open[op.index()];
+                        (o, op.recv(&run.inputs[o].1).map_err(|_| RecvTimeoutError::Disconnected))
                     }
-                    None => continue,
+                    Err(_) => continue,
                 }
-                continue;
             }
+            Err(_) => (g, run.inputs[g].1.recv_timeout(Duration::from_millis(50))),
+        };
+        let msg = match res {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => {
                 done.insert(g, true);
                 for s in &run.inputs[g].0 {
@@ -399,12 +460,12 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
                 continue;
             }
         };
-        handle(&mut st, &mut seq, &mut group_time, &mut done, g, msg, &run.sink)?;
+        handle(&mut st, &mut seq, &mut group_time, &mut done, g, msg);
     }
     let stopping = run.stop.load(Ordering::Relaxed);
     if !stopping {
         while let Some(p) = seq.drain() {
-            process_event(&mut st, p.item, &run.sink)?;
+            process_item(&mut st, p.key.0, p.item, &run.sink)?;
         }
         if run.end_of_time_when_done {
             st.watermark(EventTime::MAX, &run.sink)?;
@@ -424,25 +485,39 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
 
 fn handle(
     st: &mut State,
-    seq: &mut Sequencer<Event>,
+    seq: &mut Sequencer<Item>,
+    group_time: &mut [i64],
+    done: &mut HashMap<usize, bool>,
+    g: usize,
+    batch: Batch,
+) {
+    for msg in batch {
+        handle_one(st, seq, group_time, done, g, msg);
+    }
+}
+
+fn handle_one(
+    st: &mut State,
+    seq: &mut Sequencer<Item>,
     group_time: &mut [i64],
     done: &mut HashMap<usize, bool>,
     g: usize,
     msg: EngineMsg,
-    sink: &Sender<SinkMsg>,
-) -> anyhow::Result<()> {
+) {
     match msg {
         EngineMsg::Event(ev) => {
             group_time[g] = group_time[g].max(ev.time.0);
             let c = st.consumed.entry(ev.source).or_insert(0);
             *c = (*c).max(ev.offset + 1);
             let key_offset = ev.offset * 128 + ev.sub as i64;
-            seq.push(ev.source, key_offset, ev.time, ev);
+            seq.push(ev.source, key_offset, ev.time, Item::Event(ev));
         }
         EngineMsg::Dead(src, offset, d) => {
             let c = st.consumed.entry(src).or_insert(0);
             *c = (*c).max(offset + 1);
-            st.send(Record::Dead(*d), None, sink)?;
+            let key_offset = offset * 128 + d.entity_index.unwrap_or(0).min(127) as i64;
+            // No event time: it takes its source's current time.
+            seq.push(src, key_offset, EventTime::MIN, Item::Dead(d));
         }
         EngineMsg::Idle(s, idle) => {
             seq.set_idle(s, idle);
@@ -455,7 +530,6 @@ fn handle(
             done.insert(g, true);
         }
     }
-    Ok(())
 }
 
 fn flush(sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
@@ -466,7 +540,7 @@ fn flush(sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
 
 fn checkpoint(
     st: &mut State,
-    seq: &Sequencer<Event>,
+    seq: &Sequencer<Item>,
     store: &dyn CheckpointStore,
     run: &EngineRun,
 ) -> anyhow::Result<()> {

@@ -72,6 +72,7 @@ pub struct Sequencer<T> {
     heap: BinaryHeap<Reverse<Pending<T>>>,
     sources: HashMap<SourceId, SourceState>,
     lateness: i64,
+    max_time: i64,
 }
 
 impl<T> Sequencer<T> {
@@ -82,6 +83,7 @@ impl<T> Sequencer<T> {
             heap: BinaryHeap::new(),
             sources: sources.into_iter().map(|s| (s, SourceState::default())).collect(),
             lateness: lateness_ms,
+            max_time: i64::MIN,
         }
     }
 
@@ -92,6 +94,7 @@ impl<T> Sequencer<T> {
         let eff = if st.seen { time.0.max(st.max_time) } else { time.0 };
         st.seen = true;
         st.max_time = eff;
+        self.max_time = self.max_time.max(eff);
         self.heap.push(Reverse(Pending { key: (eff, rank(source.0), source.1, offset), source, item }));
     }
 
@@ -116,7 +119,7 @@ impl<T> Sequencer<T> {
         }
         if !any_active {
             // Everything idle: all that is buffered may go.
-            return self.heap.iter().map(|r| r.0.key.0).max().map(EventTime);
+            return (!self.heap.is_empty()).then_some(EventTime(self.max_time));
         }
         min.map(|m| EventTime(m.saturating_sub(self.lateness)))
     }

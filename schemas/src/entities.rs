@@ -148,7 +148,7 @@ pub struct Order {
 }
 
 /// One row of a list (CEB603 `InventoryList`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct InventoryItem {
     /// Row number from 1.
@@ -189,7 +189,7 @@ pub struct InventoryItem {
 }
 
 /// CEB603 `Inventory` on `cbec.lists`: the temporarily stored list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Inventory {
     /// 1 new, 2 change, 3 delete.
