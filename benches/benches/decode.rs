@@ -9,6 +9,10 @@ use cbec_schemas::{Decoded, Decoder, Order, Topic, xml};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
+// The allocator of the `cbec` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn samples_dir() -> std::path::PathBuf {
     std::env::var_os("CBEC_CEB_SAMPLES")
         .map(Into::into)

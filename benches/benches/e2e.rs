@@ -5,7 +5,7 @@
 //! pending list.
 //!
 //! Run: `cargo bench -p cbec-benches --bench e2e`
-//! Size: `CBEC_BENCH_ORDERS` (default 800000 orders ≈ 5.0 million messages).
+//! Size: `CBEC_BENCH_ORDERS` (default 820000 orders ≈ 5.1 million messages).
 
 use cbec_benches::{machine, peak_rss_mib};
 use cbec_operators::rules::Rules;
@@ -37,7 +37,7 @@ fn main() {
         println!("e2e: bench");
         return;
     }
-    let orders: usize = std::env::var("CBEC_BENCH_ORDERS").ok().and_then(|s| s.parse().ok()).unwrap_or(800_000);
+    let orders: usize = std::env::var("CBEC_BENCH_ORDERS").ok().and_then(|s| s.parse().ok()).unwrap_or(820_000);
     let h = hs();
     let rules = Rules::default();
     println!("machine: {}", machine());
@@ -72,29 +72,29 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     drop(g);
 
-    // 3. Latency at a fixed offered load: 50,000 scans/s with the full flow around them.
+    // 3. Latency at fixed offered loads: scans at 50,000/s (and 10,000/s) with the full flow
+    //    around them, replayed as one feed in arrival order at the story's own proportions.
     let lat_orders = (orders / 4).max(20_000);
     let g = generate(&GenConfig { orders: lat_orders, seed: 7, ..GenConfig::default() }, &rules, &h);
     let scans = g.topics.get(&Topic::Scans).map_or(1, Vec::len) as f64;
-    let secs = scans / 50_000.0;
-    let paced: Vec<(Topic, TopicInput)> = g
-        .topics
-        .iter()
-        .map(|(t, v)| (*t, TopicInput::Paced(v.iter().map(|(_, p)| p.clone()).collect(), v.len() as f64 / secs)))
-        .collect();
-    let offered: u64 = g.expected.messages.values().sum();
-    let s = embedded::run(&cfg, h.clone(), paced, Box::new(NullSink), None).expect("run");
-    let p = |q| s.latency_pct(q).map_or("-".into(), |v| format!("{v} µs"));
-    println!(
-        "latency at 50,000 scans/s ({:.0} msg/s offered in all, {:.1} s): scan→decision p50 {} p99 {} p99.9 {} over {} decisions",
-        offered as f64 / secs,
-        secs,
-        p(0.5),
-        p(0.99),
-        p(0.999),
-        s.latencies_us.len()
-    );
+    let feed = cbec_pipeline::generator::merged(&g);
+    let all = feed.len() as f64;
     drop(g);
+    for scan_rate in [50_000.0, 10_000.0] {
+        let per_sec = all * scan_rate / scans;
+        let n = ((per_sec * 6.0) as usize).min(feed.len());
+        let part: Vec<(Topic, Vec<u8>)> = feed[..n].to_vec();
+        let s = embedded::run_replay(&cfg, h.clone(), part, per_sec, Box::new(NullSink)).expect("run");
+        let p = |q| s.latency_pct(q).map_or("-".into(), |v| format!("{v} µs"));
+        println!(
+            "latency at {scan_rate:.0} scans/s ({per_sec:.0} msg/s offered in all, {n} messages): scan→decision p50 {} p99 {} p99.9 {} over {} decisions",
+            p(0.5),
+            p(0.99),
+            p(0.999),
+            s.latencies_us.len()
+        );
+    }
+    drop(feed);
 
     // 4. State per pending list: lists stored but never collected.
     let n = 100_000;

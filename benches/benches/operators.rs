@@ -14,6 +14,10 @@ use cbec_schemas::{Decoded, Decoder, Entity, Scan, Topic};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
+// The allocator of the `cbec` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn hs() -> Nomenclature {
     let p = std::env::var("CBEC_HS_FILE")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/hs/harmonized-system.csv").into());

@@ -115,6 +115,8 @@ pub struct Expected {
 pub struct Generated {
     /// Messages.
     pub topics: BTreeMap<Topic, Vec<(String, Vec<u8>)>>,
+    /// Arrival time (ms) of each message, parallel to `topics`.
+    pub arrival: BTreeMap<Topic, Vec<i64>>,
     /// Expected conclusions.
     pub expected: Expected,
 }
@@ -503,12 +505,24 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
         ex.malformed += 1;
     }
     let mut topics = BTreeMap::new();
+    let mut arrival = BTreeMap::new();
     for (t, mut v) in out {
         v.sort_by_key(|(at, n, _, _)| (*at, *n));
         ex.messages.insert(t.short().to_string(), v.len() as u64);
+        arrival.insert(t, v.iter().map(|(at, _, _, _)| *at).collect());
         topics.insert(t, v.into_iter().map(|(_, _, k, p)| (k, p)).collect());
     }
-    Generated { topics, expected: ex }
+    Generated { topics, arrival, expected: ex }
+}
+
+/// Every message of the story merged in arrival order, as one feed would carry it.
+pub fn merged(g: &Generated) -> Vec<(Topic, Vec<u8>)> {
+    let mut all: Vec<(i64, u8, usize, Topic)> = Vec::new();
+    for (t, times) in &g.arrival {
+        all.extend(times.iter().enumerate().map(|(i, at)| (*at, crate::sequencer::rank(*t), i, *t)));
+    }
+    all.sort_unstable();
+    all.into_iter().map(|(_, _, i, t)| (t, g.topics[&t][i].1.clone())).collect()
 }
 
 /// Writes the story as `<topic>.jsonl` files plus `expected.json`.
@@ -524,6 +538,128 @@ pub fn write_dir(g: &Generated, dir: &std::path::Path) -> anyhow::Result<()> {
             f.write_all(b"\n")?;
         }
         f.flush()?;
+    }
+    std::fs::write(dir.join("expected.json"), serde_json::to_vec_pretty(&g.expected)?)?;
+    Ok(())
+}
+
+/// CEB message, entity element, and (head, body-row) elements of a topic's CEB XML form.
+type CebForm = (&'static str, &'static str, Option<(&'static str, &'static str)>);
+
+/// The CEB XML form of the topics that have one.
+fn ceb_form(t: Topic) -> Option<CebForm> {
+    Some(match t {
+        Topic::Orders => ("CEB303Message", "Order", Some(("OrderHead", "OrderList"))),
+        Topic::Lists => ("CEB603Message", "Inventory", Some(("InventoryHead", "InventoryList"))),
+        Topic::Payments => ("CEB403Message", "Receipts", None),
+        Topic::Waybills => ("CEB505Message", "Logistics", None),
+        Topic::Arrivals => ("CEB507Message", "Arrival", Some(("ArrivalHead", "ArrivalList"))),
+        Topic::Departures => ("CEB509Message", "Departure", Some(("DepartureHead", "DepartureList"))),
+        _ => return None,
+    })
+}
+
+fn xml_text(v: &serde_json::Value) -> String {
+    let s = match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+fn xml_fields(out: &mut String, obj: &serde_json::Map<String, serde_json::Value>) {
+    for (k, v) in obj {
+        if k != "items" {
+            out.push_str(&format!("<ceb:{k}>{}</ceb:{k}>", xml_text(v)));
+        }
+    }
+}
+
+/// One CEB XML document carrying `entities` (JSON objects of one topic).
+pub fn ceb_document(
+    t: Topic,
+    entities: &[serde_json::Map<String, serde_json::Value>],
+    doc_no: usize,
+) -> Option<String> {
+    let (msg, ent, parts) = ceb_form(t)?;
+    let mut x = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ceb:{msg} guid=\"cbec-gen-{doc_no}\" version=\"1.0\" xmlns:ceb=\"http://www.chinaport.gov.cn/ceb\">\n"
+    );
+    for e in entities {
+        x.push_str(&format!("<ceb:{ent}>"));
+        match parts {
+            Some((head, list)) => {
+                x.push_str(&format!("<ceb:{head}>"));
+                xml_fields(&mut x, e);
+                x.push_str(&format!("</ceb:{head}>"));
+                for row in e.get("items").and_then(|v| v.as_array()).into_iter().flatten() {
+                    if let Some(r) = row.as_object() {
+                        x.push_str(&format!("<ceb:{list}>"));
+                        xml_fields(&mut x, r);
+                        x.push_str(&format!("</ceb:{list}>"));
+                    }
+                }
+            }
+            None => xml_fields(&mut x, e),
+        }
+        x.push_str(&format!("</ceb:{ent}>\n"));
+    }
+    x.push_str("<ceb:BaseTransfer><ceb:copCode>GEN0001</ceb:copCode><ceb:copName>cbec gen</ceb:copName><ceb:dxpMode>DXP</ceb:dxpMode><ceb:dxpId>DXPGEN0000000001</ceb:dxpId></ceb:BaseTransfer>\n");
+    x.push_str(&format!("</ceb:{msg}>\n"));
+    Some(x)
+}
+
+/// Writes the story with CEB XML for the topics that have a CEB form (a folder per topic,
+/// documents of up to 100 entities, in story order) and JSON lines for the others; messages
+/// that are not JSON objects (the malformed ones) go to `<topic>.bad.jsonl`.
+pub fn write_dir_xml(g: &Generated, dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    for (t, msgs) in &g.topics {
+        if ceb_form(*t).is_none() {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join(format!("{}.jsonl", t.short())))?);
+            for (_, p) in msgs {
+                let line: Vec<u8> = p.iter().map(|b| if *b == b'\n' { b' ' } else { *b }).collect();
+                f.write_all(&line)?;
+                f.write_all(b"\n")?;
+            }
+            continue;
+        }
+        let sub = dir.join(t.short());
+        std::fs::create_dir_all(&sub)?;
+        let mut bad = Vec::new();
+        let mut doc: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
+        let mut n = 0usize;
+        let flush = |doc: &mut Vec<serde_json::Map<String, serde_json::Value>>, n: &mut usize| -> anyhow::Result<()> {
+            if let Some(x) = ceb_document(*t, doc, *n).filter(|_| !doc.is_empty()) {
+                std::fs::write(sub.join(format!("{:06}.xml", *n)), x)?;
+                *n += 1;
+            }
+            doc.clear();
+            Ok(())
+        };
+        for (_, p) in msgs {
+            match serde_json::from_slice::<serde_json::Value>(p) {
+                Ok(serde_json::Value::Object(o))
+                    if o.contains_key("appTime") || o.contains_key("accountingDate") || o.contains_key("leaveTime") =>
+                {
+                    doc.push(o);
+                    if doc.len() == 100 {
+                        flush(&mut doc, &mut n)?;
+                    }
+                }
+                _ => bad.push(p),
+            }
+        }
+        flush(&mut doc, &mut n)?;
+        if !bad.is_empty() {
+            let mut f = std::fs::File::create(dir.join(format!("{}.bad.jsonl", t.short())))?;
+            for p in bad {
+                let line: Vec<u8> = p.iter().map(|b| if *b == b'\n' { b' ' } else { *b }).collect();
+                f.write_all(&line)?;
+                f.write_all(b"\n")?;
+            }
+        }
     }
     std::fs::write(dir.join("expected.json"), serde_json::to_vec_pretty(&g.expected)?)?;
     Ok(())

@@ -92,9 +92,13 @@ struct RunArgs {
 
 #[derive(clap::Args)]
 struct GenArgs {
-    /// Write JSON lines per topic (and expected.json) here.
+    /// Write the story here: a file or folder per topic, and expected.json.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// File format: JSON lines, or CEB XML documents for the CEB topics (orders, lists,
+    /// payments, waybills, arrivals, departures) and JSON lines for the others.
+    #[arg(long, default_value = "json", value_parser = ["json", "xml"])]
+    format: String,
     /// Or produce to Kafka.
     #[arg(long)]
     brokers: Option<String>,
@@ -157,7 +161,11 @@ fn generate_cmd(a: GenArgs) -> anyhow::Result<()> {
     let story = generator::generate(&g, &cfg.rules, &hs);
     let n: u64 = story.expected.messages.values().sum();
     if let Some(dir) = &a.out {
-        generator::write_dir(&story, dir)?;
+        if a.format == "xml" {
+            generator::write_dir_xml(&story, dir)?;
+        } else {
+            generator::write_dir(&story, dir)?;
+        }
         eprintln!("cbec gen: {n} messages for {} orders written to {}", g.orders, dir.display());
     }
     if let Some(b) = &a.brokers {

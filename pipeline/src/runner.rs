@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 /// A decoded input entity with where it came from.
 #[derive(Debug)]
 pub struct Event {
-    /// Source (topic, partition).
+    /// Topic the entity came from.
+    pub topic: Topic,
+    /// Source (topic, partition) as the sequencer orders it.
     pub source: SourceId,
     /// Offset in the source (Kafka offset, or message number in a file).
     pub offset: i64,
@@ -151,13 +153,22 @@ pub fn decode_message(
     };
     match decoder.decode(topic, payload) {
         Decoded::One(r) => match r.and_then(check) {
-            Ok(e) => send(EngineMsg::Event(Event { source, offset, sub: 0, time: event_time(&e), entity: e, read_at })),
+            Ok(e) => send(EngineMsg::Event(Event {
+                topic,
+                source,
+                offset,
+                sub: 0,
+                time: event_time(&e),
+                entity: e,
+                read_at,
+            })),
             Err(e) => send(dead(&e, None)),
         },
         Decoded::Document(doc) => {
             for (i, r) in doc.entities.into_iter().enumerate() {
                 match r.and_then(check) {
                     Ok(e) => send(EngineMsg::Event(Event {
+                        topic,
                         source,
                         offset,
                         sub: i as u8,
@@ -365,8 +376,8 @@ fn process_item(st: &mut State, at: i64, item: Item, sink: &Sender<SinkMsg>) -> 
 }
 
 fn process_event(st: &mut State, ev: Event, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
-    *st.stats.input.entry(ev.source.0.short()).or_default() += 1;
-    m::MessageIn { topic: ev.source.0.short() }.emit();
+    *st.stats.input.entry(ev.topic.short()).or_default() += 1;
+    m::MessageIn { topic: ev.topic.short() }.emit();
     let mut out = Vec::new();
     st.engine.process(ev.entity, &mut out);
     st.emit(out, Some(ev.read_at), sink)
