@@ -5,6 +5,7 @@
 //! pending list.
 //!
 //! Run: `cargo bench -p cbec-benches --bench e2e`
+//! Only some phases: `CBEC_BENCH_ONLY=throughput,latency,state,kafka` (default: all).
 //! Size: `CBEC_BENCH_ORDERS` (default 820000 orders ≈ 5.1 million messages).
 
 use cbec_benches::{machine, peak_rss_mib};
@@ -38,79 +39,92 @@ fn main() {
         return;
     }
     let orders: usize = std::env::var("CBEC_BENCH_ORDERS").ok().and_then(|s| s.parse().ok()).unwrap_or(820_000);
+    let only = std::env::var("CBEC_BENCH_ONLY").unwrap_or_default();
+    let phase = |p: &str| only.is_empty() || only.split(',').any(|x| x == p);
     let h = hs();
     let rules = Rules::default();
+    let cfg = Config::default();
     println!("machine: {}", machine());
     println!("command: {CMD}  (CBEC_BENCH_ORDERS={orders})");
 
-    let t = Instant::now();
-    let g = generate(&GenConfig { orders, ..GenConfig::default() }, &rules, &h);
-    let total: u64 = g.expected.messages.values().sum();
-    println!("generated {total} messages for {orders} orders in {:.1} s", t.elapsed().as_secs_f64());
+    if phase("throughput") {
+        let t = Instant::now();
+        let g = generate(&GenConfig { orders, ..GenConfig::default() }, &rules, &h);
+        let total: u64 = g.expected.messages.values().sum();
+        println!("generated {total} messages for {orders} orders in {:.1} s", t.elapsed().as_secs_f64());
 
-    // 1. Sustained throughput, engine + decode only (outputs discarded).
-    let cfg = Config::default();
-    let s = embedded::run(&cfg, h.clone(), inputs(&g), Box::new(NullSink), None).expect("run");
-    println!(
-        "embedded, outputs discarded: {} messages in {:.2} s = {:.0} msg/s ({} partitions)",
-        s.total_in(),
-        s.elapsed.as_secs_f64(),
-        s.total_in() as f64 / s.elapsed.as_secs_f64(),
-        cfg.partitions
-    );
-    // 2. With the real file sinks (JSON lines per topic + Parquet).
-    let dir = std::env::temp_dir().join(format!("cbec-bench-{}", std::process::id()));
-    let sink = FileSink::new(&dir, "cbec.", Some(cfg.parquet_rows)).expect("sink");
-    let s = embedded::run(&cfg, h.clone(), inputs(&g), Box::new(sink), None).expect("run");
-    let outs: u64 = s.output.values().sum();
-    println!(
-        "embedded, JSON lines + Parquet: {} messages in {:.2} s = {:.0} msg/s, {outs} output records",
-        s.total_in(),
-        s.elapsed.as_secs_f64(),
-        s.total_in() as f64 / s.elapsed.as_secs_f64()
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    drop(g);
+        // 1. Sustained throughput, engine + decode only (outputs discarded).
+        let s = embedded::run(&cfg, h.clone(), inputs(&g), Box::new(NullSink), None).expect("run");
+        println!(
+            "embedded, outputs discarded: {} messages in {:.2} s = {:.0} msg/s ({} partitions)",
+            s.total_in(),
+            s.elapsed.as_secs_f64(),
+            s.total_in() as f64 / s.elapsed.as_secs_f64(),
+            cfg.partitions
+        );
+        // 2. With the real file sinks (JSON lines per topic + Parquet).
+        let dir = std::env::temp_dir().join(format!("cbec-bench-{}", std::process::id()));
+        let sink = FileSink::new(&dir, "cbec.", Some(cfg.parquet_rows)).expect("sink");
+        let s = embedded::run(&cfg, h.clone(), inputs(&g), Box::new(sink), None).expect("run");
+        let outs: u64 = s.output.values().sum();
+        println!(
+            "embedded, JSON lines + Parquet: {} messages in {:.2} s = {:.0} msg/s, {outs} output records",
+            s.total_in(),
+            s.elapsed.as_secs_f64(),
+            s.total_in() as f64 / s.elapsed.as_secs_f64()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        drop(g);
+    }
 
     // 3. Latency at fixed offered loads: scans at 50,000/s (and 10,000/s) with the full flow
     //    around them, replayed as one feed in arrival order at the story's own proportions.
-    let lat_orders = (orders / 4).max(20_000);
-    let g = generate(&GenConfig { orders: lat_orders, seed: 7, ..GenConfig::default() }, &rules, &h);
-    let scans = g.topics.get(&Topic::Scans).map_or(1, Vec::len) as f64;
-    let feed = cbec_pipeline::generator::merged(&g);
-    let all = feed.len() as f64;
-    drop(g);
-    for scan_rate in [50_000.0, 10_000.0] {
-        let per_sec = all * scan_rate / scans;
-        let n = ((per_sec * 6.0) as usize).min(feed.len());
-        let part: Vec<(Topic, Vec<u8>)> = feed[..n].to_vec();
-        let s = embedded::run_replay(&cfg, h.clone(), part, per_sec, Box::new(NullSink)).expect("run");
-        let p = |q| s.latency_pct(q).map_or("-".into(), |v| format!("{v} µs"));
-        println!(
-            "latency at {scan_rate:.0} scans/s ({per_sec:.0} msg/s offered in all, {n} messages): scan→decision p50 {} p99 {} p99.9 {} over {} decisions",
-            p(0.5),
-            p(0.99),
-            p(0.999),
-            s.latencies_us.len()
-        );
+    if phase("latency") {
+        let lat_orders = (orders / 4).max(20_000);
+        let g = generate(&GenConfig { orders: lat_orders, seed: 7, ..GenConfig::default() }, &rules, &h);
+        let scans = g.topics.get(&Topic::Scans).map_or(1, Vec::len) as f64;
+        let feed = cbec_pipeline::generator::merged(&g);
+        let all = feed.len() as f64;
+        drop(g);
+        for scan_rate in [50_000.0, 10_000.0] {
+            let per_sec = all * scan_rate / scans;
+            // Registrations and standing controls (the day before) go first, unpaced in effect
+            // (they are before the window's first message); then 6 s of the peak at this rate.
+            let prefix = feed.iter().take_while(|(t, _)| matches!(t, Topic::Goods | Topic::Controls)).count();
+            let n = ((per_sec * 6.0) as usize).min(feed.len() - prefix);
+            let part: Vec<(Topic, Vec<u8>)> = feed[prefix..prefix + n].to_vec();
+            let s = embedded::run_replay(&cfg, h.clone(), part, per_sec, Box::new(NullSink)).expect("run");
+            let p = |q| s.latency_pct(q).map_or("-".into(), |v| format!("{v} µs"));
+            println!(
+                "latency at {scan_rate:.0} scans/s ({per_sec:.0} msg/s offered in all, {n} messages): scan→decision p50 {} p99 {} p99.9 {} over {} decisions",
+                p(0.5),
+                p(0.99),
+                p(0.999),
+                s.latencies_us.len()
+            );
+        }
+        drop(feed);
     }
-    drop(feed);
 
     // 4. State per pending list: lists stored but never collected.
-    let n = 100_000;
-    let g = generate(&GenConfig { orders: n, missing_waybill: 1.0, seed: 9, ..GenConfig::default() }, &rules, &h);
-    let s = embedded::run(&cfg, h.clone(), inputs(&g), Box::new(NullSink), None).expect("run");
-    let (d, c, _) = s.state_bytes;
-    println!(
-        "state per pending list: {:.0} bytes (declare {:.0} + clear {:.0}) over {n} stored, uncollected lists",
-        (d + c) as f64 / n as f64,
-        d as f64 / n as f64,
-        c as f64 / n as f64
-    );
+    if phase("state") {
+        let n = 100_000;
+        let g = generate(&GenConfig { orders: n, missing_waybill: 1.0, seed: 9, ..GenConfig::default() }, &rules, &h);
+        let s = embedded::run(&cfg, h.clone(), inputs(&g), Box::new(NullSink), None).expect("run");
+        let (d, c, _) = s.state_bytes;
+        println!(
+            "state per pending list: {:.0} bytes (declare {:.0} + clear {:.0}) over {n} stored, uncollected lists",
+            (d + c) as f64 / n as f64,
+            d as f64 / n as f64,
+            c as f64 / n as f64
+        );
+    }
     println!("peak RSS: {} MiB", peak_rss_mib());
 
     // 5. Kafka mode, through a co-located broker.
-    if let Ok(b) = std::env::var("CBEC_BENCH_BROKERS") {
+    if let Ok(b) =
+        std::env::var("CBEC_BENCH_BROKERS").map_err(|_| ()).and_then(|b| if phase("kafka") { Ok(b) } else { Err(()) })
+    {
         let korders = (orders / 7).max(20_000);
         let g = generate(&GenConfig { orders: korders, seed: 11, ..GenConfig::default() }, &rules, &h);
         let prefix = format!("bench{}.", std::process::id());
