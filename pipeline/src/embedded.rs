@@ -31,6 +31,21 @@ pub enum TopicInput {
     Paced(Vec<Vec<u8>>, f64),
 }
 
+/// Sleeps, then spins, until `due` (pacing of offered load).
+fn wait_until(due: Instant) {
+    loop {
+        let left = due.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        if left > std::time::Duration::from_micros(200) {
+            std::thread::sleep(left - std::time::Duration::from_micros(100));
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// Finds the input files of each topic in `dir`.
 pub fn discover(dir: &Path) -> anyhow::Result<Vec<(Topic, TopicInput)>> {
     let mut by_topic: HashMap<Topic, Vec<PathBuf>> = HashMap::new();
@@ -124,18 +139,7 @@ fn source_thread(
                 TopicInput::Paced(msgs, per_sec) => {
                     let start = Instant::now();
                     for (i, msg) in msgs.into_iter().enumerate() {
-                        let due = start + std::time::Duration::from_secs_f64(i as f64 / per_sec.max(1e-9));
-                        loop {
-                            let left = due.saturating_duration_since(Instant::now());
-                            if left.is_zero() {
-                                break;
-                            }
-                            if left > std::time::Duration::from_micros(200) {
-                                std::thread::sleep(left - std::time::Duration::from_micros(100));
-                            } else {
-                                std::hint::spin_loop();
-                            }
-                        }
+                        wait_until(start + std::time::Duration::from_secs_f64(i as f64 / per_sec.max(1e-9)));
                         decode_message(
                             &mut dec,
                             topic,
@@ -181,18 +185,7 @@ pub fn run_replay(
             let mut batcher = Batcher::new(tx, 1);
             let start = Instant::now();
             for (i, (t, msg)) in feed.into_iter().enumerate() {
-                let due = start + std::time::Duration::from_secs_f64(i as f64 / per_sec.max(1e-9));
-                loop {
-                    let left = due.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    if left > std::time::Duration::from_micros(200) {
-                        std::thread::sleep(left - std::time::Duration::from_micros(100));
-                    } else {
-                        std::hint::spin_loop();
-                    }
-                }
+                wait_until(start + std::time::Duration::from_secs_f64(i as f64 / per_sec.max(1e-9)));
                 let mut send = |m: EngineMsg| batcher.push(m);
                 decode_message(&mut dec, t, &names2[&t], replay, i as i64, None, &msg, Instant::now(), &mut send);
             }

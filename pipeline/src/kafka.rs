@@ -208,6 +208,39 @@ struct ConsumerLoop {
     idle: HashMap<(String, i32), bool>,
 }
 
+/// Takes one consumed message: offset and idleness bookkeeping, then decoding into the
+/// batch. False when the topic is not an input.
+fn accept(
+    topics: &HashMap<String, Topic>,
+    next: &mut HashMap<(String, i32), i64>,
+    idle: &mut HashMap<(String, i32), bool>,
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    dec: &mut Decoder,
+    batcher: &mut Batcher,
+) -> bool {
+    let topic_name = m.topic();
+    let Some(topic) = topics.get(topic_name).copied() else { return false };
+    let src: SourceId = (topic, m.partition());
+    let k = (topic_name.to_string(), m.partition());
+    next.insert(k.clone(), m.offset() + 1);
+    if idle.insert(k, false) == Some(true) {
+        batcher.push(EngineMsg::Idle(src, false));
+    }
+    let mut send = |x: EngineMsg| batcher.push(x);
+    decode_message(
+        dec,
+        topic,
+        topic_name,
+        src,
+        m.offset(),
+        m.key(),
+        m.payload().unwrap_or(&[]),
+        Instant::now(),
+        &mut send,
+    );
+    true
+}
+
 fn consumer_thread(
     mut cl: ConsumerLoop,
     tx: Sender<Batch>,
@@ -237,59 +270,20 @@ fn consumer_thread(
                         eprintln!("warning: consumer-group commit failed: {e}");
                     }
                 }
-                let mut send = |m: EngineMsg| batcher.push(m);
-                match cl.consumer.poll(Duration::ZERO) {
-                    Some(Ok(m)) => {
-                        let topic_name = m.topic().to_string();
-                        let Some(topic) = cl.topics.get(&topic_name).copied() else { continue };
-                        let src: SourceId = (topic, m.partition());
-                        let k = (topic_name.clone(), m.partition());
-                        cl.next.insert(k.clone(), m.offset() + 1);
-                        if cl.idle.insert(k, false) == Some(true) {
-                            send(EngineMsg::Idle(src, false));
-                        }
-                        idle_since = None;
-                        decode_message(
-                            &mut dec,
-                            topic,
-                            &topic_name,
-                            src,
-                            m.offset(),
-                            m.key(),
-                            m.payload().unwrap_or(&[]),
-                            Instant::now(),
-                            &mut send,
-                        );
-                    }
+                let polled = match cl.consumer.poll(Duration::ZERO) {
+                    // Nothing buffered by librdkafka: hand over what we have, then wait.
                     None => {
-                        // Nothing buffered by librdkafka: hand over what we have, then wait.
                         batcher.flush();
-                        if let Some(Ok(m)) = cl.consumer.poll(Duration::from_millis(50)).map(|r| r.map(|m| m.detach()))
-                        {
-                            let topic_name = m.topic().to_string();
-                            if let Some(topic) = cl.topics.get(&topic_name).copied() {
-                                let src: SourceId = (topic, m.partition());
-                                let k = (topic_name.clone(), m.partition());
-                                cl.next.insert(k.clone(), m.offset() + 1);
-                                if cl.idle.insert(k, false) == Some(true) {
-                                    batcher.push(EngineMsg::Idle(src, false));
-                                }
-                                idle_since = None;
-                                let mut send = |x: EngineMsg| batcher.push(x);
-                                decode_message(
-                                    &mut dec,
-                                    topic,
-                                    &topic_name,
-                                    src,
-                                    m.offset(),
-                                    m.key(),
-                                    m.payload().unwrap_or(&[]),
-                                    Instant::now(),
-                                    &mut send,
-                                );
-                            }
-                        }
+                        cl.consumer.poll(Duration::from_millis(50))
                     }
+                    other => other,
+                };
+                match polled {
+                    None => {}
+                    Some(Ok(m)) if accept(&cl.topics, &mut cl.next, &mut cl.idle, &m, &mut dec, &mut batcher) => {
+                        idle_since = None;
+                    }
+                    Some(Ok(_)) => {}
                     Some(Err(KafkaError::PartitionEOF(_))) => {}
                     Some(Err(e)) => eprintln!("warning: consumer: {e}"),
                 }
