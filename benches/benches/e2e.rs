@@ -139,7 +139,7 @@ fn main() {
             c.input_topics.insert(t.short().into(), format!("{prefix}{}", t.short()));
         }
         let t = Instant::now();
-        let sent = cbec_pipeline::kafka::produce_story(&b, &c, &g, 0).expect("produce");
+        let sent = cbec_pipeline::kafka::produce_story(&b, &c, &g, 0, false).expect("produce");
         let produce_s = t.elapsed().as_secs_f64();
         let s = cbec_pipeline::kafka::run(&c, h.clone(), true, None).expect("kafka run");
         println!(

@@ -104,6 +104,32 @@ fn bench(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // Summarize: exited lists into the Arrow batch, then one period close.
+    let exited: Vec<cbec_operators::engine::Exited> = all
+        .iter()
+        .filter_map(|(_, e)| if let Entity::List(l) = e { Some(l) } else { None })
+        .enumerate()
+        .map(|(i, l)| cbec_operators::engine::Exited {
+            invt_no: format!("51412026E{i:011}"),
+            summarizable: true,
+            list: l.clone(),
+        })
+        .collect();
+    g.throughput(Throughput::Elements(exited.len() as u64));
+    g.bench_function("summarize_lists", |b| {
+        b.iter_batched(
+            || (cbec_operators::summarize::Summarize::default(), exited.clone(), Rules::default()),
+            |(mut s, input, mut rules)| {
+                let mut out = Vec::new();
+                for x in input {
+                    s.process(&mut rules, x, &mut out);
+                }
+                s.on_watermark(&mut rules, cbec_schemas::EventTime::MAX, &mut out);
+                black_box(out.len())
+            },
+            BatchSize::LargeInput,
+        )
+    });
     g.finish();
 
     // One sorting decision against a populated engine.

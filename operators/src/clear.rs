@@ -83,6 +83,7 @@ struct Decl {
 struct Parcel {
     list: Option<Inventory>,
     comparison: Option<Comparison>,
+    pay_code: Option<String>,
     waybill: Option<EventTime>,
     decl: Option<Decl>,
     arrived: bool,
@@ -223,6 +224,7 @@ impl Clear {
             decl_time: t,
             content_hash: hash.clone(),
             comparison: comparison.as_str().to_string(),
+            pay_code: p.pay_code.clone(),
             list: l.clone(),
         }));
         p.decl = Some(Decl { invt_no: invt_no.clone(), hash, red, certificate, tax });
@@ -426,6 +428,9 @@ impl Operator for Clear {
             ClearIn::Status(s) => {
                 let p = self.parcels.entry(s.logistics_no.clone()).or_default();
                 let was = p.comparison.replace(s.comparison.clone());
+                if s.pay_code.is_some() {
+                    p.pay_code = s.pay_code.clone();
+                }
                 if let Comparison::Returned { reasons } = &s.comparison
                     && (p.decl.is_some() || p.list.is_some())
                 {

@@ -44,6 +44,9 @@ pub struct ListStatus {
     pub logistics_no: String,
     /// Status.
     pub comparison: Comparison,
+    /// Payment firm of the order's latest payment, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay_code: Option<String>,
     /// Event time of the change.
     #[serde(with = "cbec_schemas::time::rfc3339_format")]
     pub time: EventTime,
@@ -187,6 +190,7 @@ impl Declare {
             return;
         }
         let logistics_no = list.logistics_no.clone();
+        let pay_code = e.payments.last().map(|p| p.pay_code.clone()).filter(|c| !c.is_empty());
         let was_returned = matches!(e.last, Some(Comparison::Returned { .. }));
         match &new {
             Comparison::Returned { reasons } => {
@@ -220,6 +224,7 @@ impl Declare {
             order_no: order_no.to_string(),
             logistics_no,
             comparison: new,
+            pay_code,
             time,
         }));
     }

@@ -140,8 +140,11 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Produces a generated story to the input topics (`rate` messages/s, 0 = unthrottled).
-pub fn produce_story(brokers: &str, cfg: &Config, story: &Generated, rate: u64) -> anyhow::Result<u64> {
+/// Produces a generated story to the input topics (`rate` messages/s, 0 = unthrottled),
+/// with a progress line on stderr about once a second when `progress` is set.
+pub fn produce_story(brokers: &str, cfg: &Config, story: &Generated, rate: u64, progress: bool) -> anyhow::Result<u64> {
+    let total: usize = story.topics.values().map(Vec::len).sum();
+    let mut last = Instant::now();
     let mut c = cfg.clone();
     c.brokers = brokers.to_string();
     ensure_topics(&c)?;
@@ -161,6 +164,11 @@ pub fn produce_story(brokers: &str, cfg: &Config, story: &Generated, rate: u64) 
                 *i += 1;
                 sent += 1;
                 any = true;
+                if progress && last.elapsed() >= Duration::from_secs(1) {
+                    last = Instant::now();
+                    let secs = started.elapsed().as_secs_f64();
+                    eprintln!("cbec gen: {sent}/{total} produced ({:.0}/s)", sent as f64 / secs);
+                }
                 if rate > 0 {
                     let due = Duration::from_secs_f64(sent as f64 / rate as f64);
                     if let Some(wait) = due.checked_sub(started.elapsed()) {

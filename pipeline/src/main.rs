@@ -169,7 +169,7 @@ fn generate_cmd(a: GenArgs) -> anyhow::Result<()> {
         eprintln!("cbec gen: {n} messages for {} orders written to {}", g.orders, dir.display());
     }
     if let Some(b) = &a.brokers {
-        let sent = kafka::produce_story(b, &cfg, &story, a.rate)?;
+        let sent = kafka::produce_story(b, &cfg, &story, a.rate, true)?;
         eprintln!("cbec gen: {sent} messages produced to {b}");
     }
     if a.out.is_none() && a.brokers.is_none() {

@@ -237,10 +237,14 @@ pub const EXAMPLES: [(&str, &str, &str); 7] = [
          FROM declared_items i JOIN channels c ON c.invtNo = i.invtNo GROUP BY 1, 2 ORDER BY lists DESC, chapter",
     ),
     (
-        "inconsistent_payments_by_firm",
-        "Inconsistent payments by payment firm and reason (returned, not cleared)",
-        "SELECT payCode, reasons, count(*) AS returned FROM returns \
-         WHERE NOT cleared AND payCode IS NOT NULL GROUP BY payCode, reasons ORDER BY returned DESC, payCode, reasons",
+        "inconsistent_payment_rate_by_firm",
+        "Inconsistent-payment rate by payment firm (lists returned for a payment reason / lists declared with a payment of that firm)",
+        "SELECT d.payCode, count(*) AS lists, count(r.orderNo) AS inconsistent, \
+         round(CAST(count(r.orderNo) AS DOUBLE) / count(*), 4) AS rate \
+         FROM declared d LEFT JOIN (SELECT DISTINCT orderNo FROM returns WHERE NOT cleared AND \
+         (reasons LIKE '%amount_mismatch%' OR reasons LIKE '%currency_mismatch%' OR reasons LIKE '%duplicate_payment%' \
+          OR reasons LIKE '%ebc_mismatch%')) r ON r.orderNo = d.orderNo \
+         WHERE d.payCode IS NOT NULL GROUP BY d.payCode ORDER BY rate DESC, d.payCode",
     ),
     (
         "sorting_ports_by_line_hour",

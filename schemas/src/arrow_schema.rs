@@ -138,6 +138,7 @@ pub fn declared_batch(v: &[DeclaredList]) -> Result<RecordBatch, ArrowError> {
         ("totalPrice", dec(v.iter().map(|d| d.list.items.iter().map(|i| i.total_price).sum()), 38)),
         ("itemCount", u32s(v.iter().map(|d| d.list.items.len() as u32))),
         ("comparison", s(v.iter().map(|d| d.comparison.as_str()))),
+        ("payCode", os(v.iter().map(|d| d.pay_code.as_deref()))),
         ("contentHash", s(v.iter().map(|d| d.content_hash.as_str()))),
     ])
 }

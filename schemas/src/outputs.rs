@@ -49,6 +49,9 @@ pub struct DeclaredList {
     pub content_hash: String,
     /// Order-number comparison status at declaration: `consistent`, `returned`, `pending`.
     pub comparison: String,
+    /// Payment firm (`payCode`) of the order's payment, when known at declaration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay_code: Option<String>,
     /// The stored list as activated.
     #[serde(flatten)]
     pub list: Inventory,

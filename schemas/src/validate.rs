@@ -18,6 +18,9 @@ fn required(field: &str, v: &str, max: usize) -> R {
 }
 
 fn optional(field: &str, v: &str, max: usize) -> R {
+    if v.len() <= max {
+        return Ok(()); // bytes ≥ characters: no need to count
+    }
     let n = v.chars().count();
     if n > max {
         return Err(DecodeError::new(ErrorCode::TooLong, format!("{field} has {n} characters, at most {max} allowed")));
@@ -29,7 +32,7 @@ fn exact(field: &str, v: &str, len: usize) -> R {
     if v.is_empty() {
         return Err(DecodeError::new(ErrorCode::MissingField, format!("{field} is required")));
     }
-    let n = v.chars().count();
+    let n = if v.is_ascii() { v.len() } else { v.chars().count() };
     if n != len {
         return Err(DecodeError::new(
             ErrorCode::WrongLength,

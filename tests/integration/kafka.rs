@@ -155,7 +155,7 @@ fn kafka_mode_matches_the_embedded_run() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(&b, &unique_prefix("a"), dir.path());
     let g = story(1500, 31);
-    produce_story(&b, &c, &g, 0).unwrap();
+    produce_story(&b, &c, &g, 0, false).unwrap();
     let status = spawn(&write_config(&c, dir.path()), &["--exit-when-idle"]).wait().unwrap();
     assert!(status.success());
     let got = comparable(by_identity(consume_outputs(&c)));
@@ -174,7 +174,7 @@ fn sigkill_at_several_points_then_restart_gives_the_same_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let c = config(&b, &unique_prefix("k"), dir.path());
     let g = story(4000, 77);
-    produce_story(&b, &c, &g, 0).unwrap();
+    produce_story(&b, &c, &g, 0, false).unwrap();
     let cfg = write_config(&c, dir.path());
     let mut kills = 0;
     for wait_ms in [1500u64, 1200, 1800] {
