@@ -107,23 +107,6 @@ pub enum SinkMsg {
     Flush(Sender<anyhow::Result<()>>),
 }
 
-/// Event time of an entity (the field CONTRACT §1 names for its type).
-pub fn event_time(e: &Entity) -> EventTime {
-    match e {
-        Entity::Goods(x) => x.app_time,
-        Entity::Order(x) => x.app_time,
-        Entity::List(x) => x.app_time,
-        Entity::Waybill(x) => x.app_time,
-        Entity::Payment(x) => x.accounting_date,
-        Entity::Arrival(x) => x.app_time,
-        Entity::Scan(x) => x.scan_time,
-        Entity::Seal(x) => x.time(),
-        Entity::Departure(x) => x.leave_time,
-        Entity::Control(x) => x.time,
-        Entity::WayBill(x) => x.app_time,
-    }
-}
-
 /// Decodes one message and hands its entities or dead letters to `send`.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_message(
@@ -158,7 +141,7 @@ pub fn decode_message(
                 source,
                 offset,
                 sub: 0,
-                time: event_time(&e),
+                time: e.event_time(),
                 entity: e,
                 read_at,
             })),
@@ -172,7 +155,7 @@ pub fn decode_message(
                         source,
                         offset,
                         sub: i as u8,
-                        time: event_time(&e),
+                        time: e.event_time(),
                         entity: e,
                         read_at,
                     })),

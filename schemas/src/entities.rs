@@ -601,6 +601,23 @@ impl Entity {
         }
     }
 
+    /// Event time: the field CONTRACT §1 names for the entity's type.
+    pub fn event_time(&self) -> crate::EventTime {
+        match self {
+            Entity::Goods(x) => x.app_time,
+            Entity::Order(x) => x.app_time,
+            Entity::List(x) => x.app_time,
+            Entity::Waybill(x) => x.app_time,
+            Entity::Payment(x) => x.accounting_date,
+            Entity::Arrival(x) => x.app_time,
+            Entity::Scan(x) => x.scan_time,
+            Entity::Seal(x) => x.time(),
+            Entity::Departure(x) => x.leave_time,
+            Entity::Control(x) => x.time,
+            Entity::WayBill(x) => x.app_time,
+        }
+    }
+
     /// `name=value` of the entity's business key, for reports.
     pub fn key_field(&self) -> (&'static str, String) {
         match self {
