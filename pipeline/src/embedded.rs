@@ -96,66 +96,39 @@ fn source_thread(
         .spawn(move || {
             let mut dec = Decoder::new();
             let src = (topic, 0);
-            let mut offset = 0i64;
             let paced = matches!(input, TopicInput::Paced(..));
             let mut batcher = Batcher::new(tx, if paced { 1 } else { BATCH });
-            let mut send = |m: EngineMsg| batcher.push(m);
+            let mut one = |msg: &[u8], offset: i64| {
+                let mut send = |m: EngineMsg| batcher.push(m);
+                decode_message(&mut dec, topic, &topic_name, src, offset, None, msg, Instant::now(), &mut send);
+            };
+            let mut offset = 0i64;
             match input {
                 TopicInput::Files(files) => {
                     for f in files {
                         let bytes = std::fs::read(&f)?;
                         for msg in split_messages(&bytes) {
-                            decode_message(
-                                &mut dec,
-                                topic,
-                                &topic_name,
-                                src,
-                                offset,
-                                None,
-                                msg,
-                                Instant::now(),
-                                &mut send,
-                            );
+                            one(msg, offset);
                             offset += 1;
                         }
                     }
                 }
                 TopicInput::Messages(msgs) => {
                     for msg in msgs {
-                        decode_message(
-                            &mut dec,
-                            topic,
-                            &topic_name,
-                            src,
-                            offset,
-                            None,
-                            &msg,
-                            Instant::now(),
-                            &mut send,
-                        );
+                        one(&msg, offset);
                         offset += 1;
                     }
                 }
                 TopicInput::Paced(msgs, per_sec) => {
                     let start = Instant::now();
-                    for (i, msg) in msgs.into_iter().enumerate() {
-                        wait_until(start + std::time::Duration::from_secs_f64(i as f64 / per_sec.max(1e-9)));
-                        decode_message(
-                            &mut dec,
-                            topic,
-                            &topic_name,
-                            src,
-                            offset,
-                            None,
-                            &msg,
-                            Instant::now(),
-                            &mut send,
-                        );
+                    for msg in msgs {
+                        wait_until(start + std::time::Duration::from_secs_f64(offset as f64 / per_sec.max(1e-9)));
+                        one(&msg, offset);
                         offset += 1;
                     }
                 }
             }
-            send(EngineMsg::Done(src));
+            batcher.push(EngineMsg::Done(src));
             batcher.flush();
             Ok(())
         })
