@@ -14,8 +14,6 @@ use cbec_schemas::{Decoder, Topic};
 use crossbeam_channel::{Sender, bounded};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 /// Messages per batch from a file or in-memory source.
@@ -150,7 +148,6 @@ pub fn run_replay(
     let (tx, rx) = bounded(batches_for(cfg.queue_capacity, 1));
     let replay: SourceId = (Topic::Goods, 0);
     let names: HashMap<Topic, String> = Topic::ALL.iter().map(|t| (*t, cfg.input_topic(*t))).collect();
-    let names2 = names.clone();
     let h = std::thread::Builder::new()
         .name("cbec-replay".into())
         .spawn(move || {
@@ -160,28 +157,14 @@ pub fn run_replay(
             for (i, (t, msg)) in feed.into_iter().enumerate() {
                 wait_until(start + std::time::Duration::from_secs_f64(i as f64 / per_sec.max(1e-9)));
                 let mut send = |m: EngineMsg| batcher.push(m);
-                decode_message(&mut dec, t, &names2[&t], replay, i as i64, None, &msg, Instant::now(), &mut send);
+                decode_message(&mut dec, t, &names[&t], replay, i as i64, None, &msg, Instant::now(), &mut send);
             }
             batcher.push(EngineMsg::Done(replay));
             batcher.flush();
             Ok::<(), anyhow::Error>(())
         })
         .expect("spawn replay");
-    let run = EngineRun {
-        rules: cfg.rules.clone(),
-        hs,
-        partitions: cfg.partitions,
-        lateness_ms: cfg.lateness_ms,
-        max_buffered: cfg.queue_capacity * 8,
-        inputs: vec![(vec![replay], rx)],
-        sink: sink_tx,
-        end_of_time_when_done: true,
-        checkpoint: None,
-        commits: None,
-        stop: Arc::new(AtomicBool::new(false)),
-        progress: None,
-        topic_names: names,
-    };
+    let run = EngineRun::new(cfg, hs, vec![(vec![replay], rx)], sink_tx);
     let stats = run_engine(run, None)?;
     h.join().map_err(|_| anyhow::anyhow!("replay thread panicked"))??;
     sink_h.join().map_err(|_| anyhow::anyhow!("sink thread panicked"))??;
@@ -200,27 +183,12 @@ pub fn run(
     let (sink_tx, sink_h) = spawn_sink(sink, cfg.queue_capacity);
     let mut groups = Vec::new();
     let mut handles = Vec::new();
-    let present: Vec<Topic> = inputs.iter().map(|(t, _)| *t).collect();
     for (t, input) in inputs {
         let (tx, rx) = bounded(batches_for(cfg.queue_capacity, BATCH));
         handles.push(source_thread(t, cfg.input_topic(t), input, tx));
         groups.push((vec![(t, 0)], rx));
     }
-    let run = EngineRun {
-        rules: cfg.rules.clone(),
-        hs,
-        partitions: cfg.partitions,
-        lateness_ms: cfg.lateness_ms,
-        max_buffered: cfg.queue_capacity * 8,
-        inputs: groups,
-        sink: sink_tx,
-        end_of_time_when_done: true,
-        checkpoint: None,
-        commits: None,
-        stop: Arc::new(AtomicBool::new(false)),
-        progress,
-        topic_names: present.iter().map(|t| (*t, cfg.input_topic(*t))).collect(),
-    };
+    let run = EngineRun { progress, ..EngineRun::new(cfg, hs, groups, sink_tx) };
     let stats = run_engine(run, None)?;
     for h in handles {
         h.join().map_err(|_| anyhow::anyhow!("source thread panicked"))??;

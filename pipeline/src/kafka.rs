@@ -399,19 +399,12 @@ pub fn run(
         consumer_thread(ConsumerLoop { consumer, marks, topics, next, idle }, tx, crx, stop.clone(), exit_when_idle);
     let (sink_tx, sink_h) = spawn_sink(Box::new(KafkaSink::new(cfg)?), cfg.queue_capacity);
     let run = EngineRun {
-        rules: cfg.rules.clone(),
-        hs,
-        partitions: cfg.partitions,
-        lateness_ms: cfg.lateness_ms,
-        max_buffered: cfg.queue_capacity * 8,
-        inputs: vec![(sources, rx)],
-        sink: sink_tx,
         end_of_time_when_done: exit_when_idle,
         checkpoint: Some((Box::new(store), Duration::from_millis(cfg.checkpoint_interval_ms))),
         commits: Some(ctx),
         stop: stop.clone(),
         progress,
-        topic_names: Topic::ALL.iter().map(|t| (*t, cfg.input_topic(*t))).collect(),
+        ..EngineRun::new(cfg, hs, vec![(sources, rx)], sink_tx)
     };
     let stats = run_engine(run, restored);
     stop.store(true, Ordering::Relaxed);

@@ -273,8 +273,37 @@ pub struct EngineRun {
     pub topic_names: HashMap<Topic, String>,
 }
 
+impl EngineRun {
+    /// A run of `inputs` into `sink` with the configuration's settings: finite input
+    /// (end of time when every source is done), no checkpoints, no progress callback.
+    pub fn new(
+        cfg: &crate::config::Config,
+        hs: Nomenclature,
+        inputs: Vec<(Vec<SourceId>, Receiver<Batch>)>,
+        sink: Sender<SinkMsg>,
+    ) -> EngineRun {
+        EngineRun {
+            rules: cfg.rules.clone(),
+            hs,
+            partitions: cfg.partitions,
+            lateness_ms: cfg.lateness_ms,
+            max_buffered: cfg.queue_capacity * 8,
+            inputs,
+            sink,
+            end_of_time_when_done: true,
+            checkpoint: None,
+            commits: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            progress: None,
+            topic_names: Topic::ALL.iter().map(|t| (*t, cfg.input_topic(*t))).collect(),
+        }
+    }
+}
+
 struct State {
     engine: Engine,
+    /// The rules, for summarize (the engine keeps its own copy).
+    rules: Rules,
     summarize: Summarize,
     stats: RunStats,
     consumed: HashMap<SourceId, i64>,
@@ -285,8 +314,7 @@ impl State {
         for o in out {
             if let Out::Exited(x) = o {
                 let mut s = Vec::new();
-                let mut rules = self.engine.rules().clone();
-                self.summarize.process(&mut rules, x, &mut s);
+                self.summarize.process(&mut self.rules, x, &mut s);
                 continue;
             }
             let Some(r) = Record::from_out(o) else { continue };
@@ -329,9 +357,8 @@ impl State {
         let mut out = Vec::new();
         self.engine.advance(wm, &mut out);
         self.emit(out, None, sink)?;
-        let mut rules = self.engine.rules().clone();
         let mut sums = Vec::new();
-        self.summarize.on_watermark(&mut rules, wm, &mut sums);
+        self.summarize.on_watermark(&mut self.rules, wm, &mut sums);
         for s in sums {
             self.send(Record::Summary(s), None, sink)?;
         }
@@ -373,12 +400,14 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
     let mut seq: Sequencer<Item> = Sequencer::new(all_sources.iter().copied(), run.lateness_ms);
     let mut st = match restored {
         Some(cp) => State {
+            rules: run.rules.clone(),
             engine: Engine::restore(&cp.engine, run.hs.clone())?,
             summarize: serde_json::from_slice(&cp.summarize)?,
             stats: RunStats { checkpoints: 0, ..RunStats::default() },
             consumed: HashMap::new(),
         },
         None => State {
+            rules: run.rules.clone(),
             engine: Engine::new(run.rules.clone(), run.hs.clone(), run.partitions),
             summarize: Summarize::default(),
             stats: RunStats::default(),
