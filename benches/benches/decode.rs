@@ -14,9 +14,7 @@ use std::hint::black_box;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn samples_dir() -> std::path::PathBuf {
-    std::env::var_os("CBEC_CEB_SAMPLES")
-        .map(Into::into)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/ceb/samples").into())
+    std::env::var_os("CBEC_CEB_SAMPLES").map(Into::into).unwrap_or_else(|| cbec_schemas::shared_path("ceb/samples"))
 }
 
 fn bench(c: &mut Criterion) {

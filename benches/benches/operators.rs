@@ -20,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn hs() -> Nomenclature {
     let p = std::env::var("CBEC_HS_FILE")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/hs/harmonized-system.csv").into());
+        .unwrap_or_else(|_| cbec_schemas::shared_path("data/hs/harmonized-system.csv").display().to_string());
     Nomenclature::load(std::path::Path::new(&p)).expect("HS nomenclature")
 }
 

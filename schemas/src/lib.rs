@@ -102,3 +102,14 @@ impl Decoder {
 
 #[cfg(test)]
 mod tests;
+
+/// A path under the project's `../shared` folder (CEB samples, HS nomenclature), for tests
+/// and benches: relative to the package being tested, from `CARGO_MANIFEST_DIR` at run time
+/// (cargo sets it for tests and benches; a build cache shared between checkouts would carry
+/// a stale compile-time path), else where this crate was built.
+pub fn shared_path(rel: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    dir.join("../../shared").join(rel)
+}

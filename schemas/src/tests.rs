@@ -7,9 +7,7 @@ use std::path::PathBuf;
 /// The official samples folder: `$CBEC_CEB_SAMPLES`, else `../shared/ceb/samples` beside the
 /// repository.
 fn samples() -> PathBuf {
-    std::env::var_os("CBEC_CEB_SAMPLES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/ceb/samples")))
+    std::env::var_os("CBEC_CEB_SAMPLES").map(PathBuf::from).unwrap_or_else(|| crate::shared_path("ceb/samples"))
 }
 
 fn sample(n: &str) -> Vec<u8> {

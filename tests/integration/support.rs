@@ -13,9 +13,7 @@ use std::path::PathBuf;
 
 /// `$CBEC_SHARED` or `../shared` beside the repository.
 pub fn shared() -> PathBuf {
-    std::env::var_os("CBEC_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")))
+    std::env::var_os("CBEC_SHARED").map(PathBuf::from).unwrap_or_else(|| cbec_schemas::shared_path(""))
 }
 
 pub fn hs() -> Nomenclature {
