@@ -21,7 +21,7 @@ pub struct Checkpoint {
 }
 
 /// Where checkpoints live.
-pub trait CheckpointStore: Send {
+pub trait CheckpointStore: Send + Sync {
     /// The latest complete checkpoint, if any.
     fn load(&self) -> anyhow::Result<Option<Checkpoint>>;
     /// Saves a checkpoint atomically; returns its size in bytes.

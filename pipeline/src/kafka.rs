@@ -295,7 +295,7 @@ fn consumer_thread(
                     Some(Err(KafkaError::PartitionEOF(_))) => {}
                     Some(Err(e)) => eprintln!("warning: consumer: {e}"),
                 }
-                if last_check.elapsed() >= Duration::from_millis(100) {
+                if last_check.elapsed() >= Duration::from_millis(10) {
                     last_check = Instant::now();
                     let mut all_idle = true;
                     let marks = cl.marks.hi.lock().expect("not poisoned").clone();
@@ -358,7 +358,7 @@ pub fn run(
     let marks = HighWatermarks::default();
     let consumer: BaseConsumer<HighWatermarks> = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
-        .set("statistics.interval.ms", "100")
+        .set("statistics.interval.ms", "10")
         .set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -400,7 +400,7 @@ pub fn run(
     let (sink_tx, sink_h) = spawn_sink(Box::new(KafkaSink::new(cfg)?), cfg.queue_capacity);
     let run = EngineRun {
         end_of_time_when_done: exit_when_idle,
-        checkpoint: Some((Box::new(store), Duration::from_millis(cfg.checkpoint_interval_ms))),
+        checkpoint: Some((Arc::new(store), Duration::from_millis(cfg.checkpoint_interval_ms))),
         commits: Some(ctx),
         stop: stop.clone(),
         progress,

@@ -82,7 +82,20 @@ impl ConsumerLag<'_> {
     }
 }
 
-/// `cbec_checkpoint_duration_seconds`, `cbec_checkpoint_bytes`.
+/// `cbec_checkpoint_snapshot_seconds`: how long the engine thread stopped to serialize its
+/// state for a checkpoint (the rest of the checkpoint runs off the engine thread).
+pub struct CheckpointSnapshot {
+    /// Duration.
+    pub seconds: f64,
+}
+impl CheckpointSnapshot {
+    /// Records it.
+    pub fn emit(&self) {
+        histogram!("cbec_checkpoint_snapshot_seconds").record(self.seconds);
+    }
+}
+
+/// `cbec_checkpoint_duration_seconds` (snapshot → saved), `cbec_checkpoint_bytes`.
 pub struct CheckpointDone {
     /// Duration.
     pub seconds: f64,

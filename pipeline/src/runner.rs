@@ -103,8 +103,43 @@ pub fn batches_for(messages: usize, batch: usize) -> usize {
 pub enum SinkMsg {
     /// A record to write.
     Record(Record),
-    /// Flush, then acknowledge.
+    /// Flush, then acknowledge (after any pending [`SinkMsg::AfterDurable`] work is done).
     Flush(Sender<anyhow::Result<()>>),
+    /// Work to run once every record sent before this message is durable (a checkpoint
+    /// save): the sink thread flushes, then hands the work to a writer thread, so neither
+    /// the engine nor the records behind it wait for the save.
+    AfterDurable(Box<dyn FnOnce() -> anyhow::Result<()> + Send>),
+}
+
+/// What the checkpoint writer thread is given.
+enum WriterJob {
+    Run(Box<dyn FnOnce() -> anyhow::Result<()> + Send>),
+    Barrier(Sender<()>),
+}
+
+fn spawn_writer() -> (Sender<WriterJob>, Receiver<anyhow::Error>, std::thread::JoinHandle<()>) {
+    // One job in flight and one waiting: a slow store slows the sink, and so the engine.
+    let (tx, rx) = bounded::<WriterJob>(1);
+    let (etx, erx) = bounded::<anyhow::Error>(1);
+    let h = std::thread::Builder::new()
+        .name("cbec-checkpoint".into())
+        .spawn(move || {
+            for job in rx {
+                match job {
+                    WriterJob::Run(f) => {
+                        if let Err(e) = f() {
+                            let _ = etx.send(e);
+                            return;
+                        }
+                    }
+                    WriterJob::Barrier(ack) => {
+                        let _ = ack.send(());
+                    }
+                }
+            }
+        })
+        .expect("spawn checkpoint writer");
+    (tx, erx, h)
 }
 
 /// Decodes one message and hands its entities or dead letters to `send`.
@@ -215,7 +250,7 @@ impl RunStats {
     }
 }
 
-/// Starts the sink thread.
+/// Starts the sink thread (and the checkpoint writer thread behind it).
 pub fn spawn_sink(
     mut sink: Box<dyn Sink>,
     cap: usize,
@@ -224,20 +259,45 @@ pub fn spawn_sink(
     let h = std::thread::Builder::new()
         .name("cbec-sink".into())
         .spawn(move || {
-            for msg in rx {
-                match msg {
-                    SinkMsg::Record(r) => sink.write(&r)?,
-                    SinkMsg::Flush(ack) => {
-                        let res = sink.flush();
-                        let failed = res.is_err();
-                        let _ = ack.send(res);
-                        if failed {
-                            anyhow::bail!("sink flush failed");
+            let (jobs, errors, writer) = spawn_writer();
+            let writer_failed = || errors.try_recv().ok();
+            let res = (|| {
+                for msg in rx {
+                    if let Some(e) = writer_failed() {
+                        return Err(e.context("checkpoint writer"));
+                    }
+                    match msg {
+                        SinkMsg::Record(r) => sink.write(&r)?,
+                        SinkMsg::AfterDurable(f) => {
+                            sink.flush()?;
+                            jobs.send(WriterJob::Run(f)).map_err(|_| anyhow::anyhow!("checkpoint writer stopped"))?;
+                        }
+                        SinkMsg::Flush(ack) => {
+                            let mut res = sink.flush();
+                            let (btx, brx) = bounded(1);
+                            if jobs.send(WriterJob::Barrier(btx)).is_ok() {
+                                let _ = brx.recv();
+                            }
+                            if let (Ok(()), Some(e)) = (&res, writer_failed()) {
+                                res = Err(e.context("checkpoint writer"));
+                            }
+                            let failed = res.is_err();
+                            let _ = ack.send(res);
+                            if failed {
+                                anyhow::bail!("sink flush failed");
+                            }
                         }
                     }
                 }
+                sink.flush()
+            })();
+            drop(jobs);
+            let _ = writer.join();
+            match (res, errors.try_recv()) {
+                (Err(e), _) => Err(e),
+                (Ok(()), Ok(e)) => Err(e.context("checkpoint writer")),
+                (Ok(()), Err(_)) => Ok(()),
             }
-            sink.flush()
         })
         .expect("spawn sink thread");
     (tx, h)
@@ -262,7 +322,7 @@ pub struct EngineRun {
     /// When every source is done: advance event time to the end (finite input).
     pub end_of_time_when_done: bool,
     /// Checkpointing, with its interval.
-    pub checkpoint: Option<(Box<dyn CheckpointStore>, Duration)>,
+    pub checkpoint: Option<(Arc<dyn CheckpointStore>, Duration)>,
     /// Offsets to commit to the consumer group after each checkpoint.
     pub commits: Option<Sender<BTreeMap<String, BTreeMap<i32, i64>>>>,
     /// Stop request (SIGINT/SIGTERM): drain, checkpoint, return.
@@ -444,7 +504,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
         if let Some((store, every)) = &run.checkpoint
             && last_cp.elapsed() >= *every
         {
-            checkpoint(&mut st, &seq, store.as_ref(), &run)?;
+            checkpoint(&mut st, &seq, store, &run, false)?;
             last_cp = Instant::now();
         }
         let stopping = run.stop.load(Ordering::Relaxed);
@@ -495,7 +555,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
         }
     }
     if let Some((store, _)) = &run.checkpoint {
-        checkpoint(&mut st, &seq, store.as_ref(), &run)?;
+        checkpoint(&mut st, &seq, store, &run, true)?;
     } else {
         flush(&run.sink)?;
     }
@@ -561,15 +621,18 @@ fn flush(sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
     rx.recv().map_err(|_| anyhow::anyhow!("sink stopped"))?
 }
 
+/// Takes a checkpoint: the state is serialized here, on the engine thread (a consistent
+/// cut); the sink thread flushes the outputs that precede it, and the writer thread saves
+/// it and then lets the consumer group commit its offsets. When `wait`, returns after the
+/// save (end of run).
 fn checkpoint(
     st: &mut State,
     seq: &Sequencer<Item>,
-    store: &dyn CheckpointStore,
+    store: &Arc<dyn CheckpointStore>,
     run: &EngineRun,
+    wait: bool,
 ) -> anyhow::Result<()> {
     let t = Instant::now();
-    // Outputs of everything processed so far must be durable before the offsets move.
-    flush(&run.sink)?;
     let pending = seq.min_pending_offsets();
     let mut offsets: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     for (src, consumed) in &st.consumed {
@@ -582,15 +645,24 @@ fn checkpoint(
         engine: st.engine.snapshot(),
         summarize: serde_json::to_vec(&st.summarize)?,
     };
-    let bytes = store.save(&cp)?;
+    m::CheckpointSnapshot { seconds: t.elapsed().as_secs_f64() }.emit();
     st.stats.checkpoints += 1;
-    m::CheckpointDone { seconds: t.elapsed().as_secs_f64(), bytes }.emit();
     let (d, c) = st.engine.state_size();
     m::StateSize { operator: "declare", bytes: d }.emit();
     m::StateSize { operator: "clear", bytes: c }.emit();
     m::StateSize { operator: "summarize", bytes: st.summarize.state_size() }.emit();
-    if let Some(tx) = &run.commits {
-        let _ = tx.try_send(offsets);
+    let (store, commits) = (store.clone(), run.commits.clone());
+    let save = move || {
+        let bytes = store.save(&cp)?;
+        m::CheckpointDone { seconds: t.elapsed().as_secs_f64(), bytes }.emit();
+        if let Some(tx) = commits {
+            let _ = tx.try_send(offsets);
+        }
+        Ok(())
+    };
+    run.sink.send(SinkMsg::AfterDurable(Box::new(save))).map_err(|_| anyhow::anyhow!("sink stopped"))?;
+    if wait {
+        flush(&run.sink)?;
     }
     Ok(())
 }
