@@ -8,14 +8,14 @@ use crate::declare::{Comparison, ListStatus};
 use crate::engine::{Exited, Out};
 use crate::ids;
 use crate::rules::{Rules, sampled};
-use crate::{Collector, Operator};
+use crate::{Collector, Map, Operator};
 use cbec_schemas::hs::Nomenclature;
 use cbec_schemas::{
     ChannelDecision, ChannelReason, ControlKind, DeclaredList, EventTime, Inventory, Receipt, Scan, SortingDecision,
     StatisticsFlag, Waybill, Xray, status,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 /// Broadcast state every clear partition reads, plus the `invtNo` serials in use (unique
 /// across partitions).
@@ -24,7 +24,7 @@ pub struct Shared {
     /// Rules file.
     pub rules: Rules,
     /// Registered goods: `ebcCode` → `itemNo` → `gcode`.
-    pub goods: HashMap<String, HashMap<String, String>>,
+    pub goods: Map<String, Map<String, String>>,
     /// Officer controls.
     pub controls: ControlTable,
     /// `invtNo` serials assigned.
@@ -97,7 +97,7 @@ struct Parcel {
 /// The clear operator: state per `logisticsNo`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Clear {
-    parcels: HashMap<String, Parcel>,
+    parcels: Map<String, Parcel>,
 }
 
 /// Emits a receipt for a parcel (identity: list or parcel key + status + `tag`).
@@ -337,46 +337,36 @@ impl Clear {
         };
         control_ids.sort();
         control_ids.dedup();
+        // The first inspect or release of a parcel also gets a receipt, after the decision.
+        let receipt_of = match port {
+            "inspect" if !p.inspected => Some((status::INSPECTION, "inspection: unpack at the sorting line")),
+            "release" if !p.site_released => Some((status::RELEASED, "released at the supervised site")),
+            _ => None,
+        };
+        let for_receipt = receipt_of.map(|_| (s.logistics_no.clone(), control_ids.clone()));
+        let mut id = String::with_capacity(s.line_id.len() + 1 + s.scan_id.len());
+        id.push_str(&s.line_id);
+        id.push('/');
+        id.push_str(&s.scan_id);
         out.collect(Out::Sorting(SortingDecision {
-            id: format!("{}/{}", s.line_id, s.scan_id),
-            logistics_no: s.logistics_no.clone(),
+            id,
+            logistics_no: s.logistics_no,
             invt_no: p.decl.as_ref().map(|d| d.invt_no.clone()),
-            scan_id: s.scan_id.clone(),
-            line_id: s.line_id.clone(),
+            scan_id: s.scan_id,
+            line_id: s.line_id,
             port: port.to_string(),
             reasons,
-            control_ids: control_ids.clone(),
+            control_ids,
             scan_time: s.scan_time,
             decision_time: s.scan_time,
         }));
-        match port {
-            "inspect" if !p.inspected => {
+        if let (Some((st, info)), Some((lno, controls))) = (receipt_of, for_receipt) {
+            if st == status::INSPECTION {
                 p.inspected = true;
-                receipt(
-                    out,
-                    p,
-                    &s.logistics_no,
-                    status::INSPECTION,
-                    "inspection: unpack at the sorting line".into(),
-                    s.scan_time,
-                    "",
-                    control_ids,
-                );
-            }
-            "release" if !p.site_released => {
+            } else {
                 p.site_released = true;
-                receipt(
-                    out,
-                    p,
-                    &s.logistics_no,
-                    status::RELEASED,
-                    "released at the supervised site".into(),
-                    s.scan_time,
-                    "",
-                    control_ids,
-                );
             }
-            _ => {}
+            receipt(out, p, &lno, st, info.into(), s.scan_time, "", controls);
         }
     }
 

@@ -2,9 +2,10 @@
 //! seal operator see the same table. Controls apply from the moment they are processed
 //! (the runtime processes in event-time order) until lifted.
 
+use crate::Map;
 use cbec_schemas::{Control, ControlKind, ControlTarget, Dec};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// What a list is matched on.
 #[derive(Debug, Clone, Copy)]
@@ -19,22 +20,30 @@ pub struct ListIds<'a> {
     pub ebc_code: &'a str,
 }
 
-fn target_key(t: &ControlTarget) -> Option<String> {
+/// Which index a target goes to, and its value.
+fn target_slot(t: &ControlTarget) -> Option<(usize, &str)> {
     Some(match t {
-        ControlTarget::InvtNo(v) => format!("i:{v}"),
-        ControlTarget::OrderNo(v) => format!("o:{v}"),
-        ControlTarget::LogisticsNo(v) => format!("l:{v}"),
-        ControlTarget::EbcCode(v) => format!("e:{v}"),
-        ControlTarget::VehicleNo(v) => format!("v:{v}"),
+        ControlTarget::InvtNo(v) => (INVT, v.as_str()),
+        ControlTarget::OrderNo(v) => (ORDER, v.as_str()),
+        ControlTarget::LogisticsNo(v) => (LOGISTICS, v.as_str()),
+        ControlTarget::EbcCode(v) => (EBC, v.as_str()),
+        ControlTarget::VehicleNo(v) => (VEHICLE, v.as_str()),
         _ => return None,
     })
 }
 
-/// Active controls with indexes by target.
+const INVT: usize = 0;
+const ORDER: usize = 1;
+const LOGISTICS: usize = 2;
+const EBC: usize = 3;
+const VEHICLE: usize = 4;
+
+/// Active controls with indexes by target (one map per kind of target, so a lookup borrows
+/// the list's own strings and allocates nothing).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ControlTable {
     active: BTreeMap<String, Control>,
-    index: HashMap<String, Vec<String>>,
+    index: [Map<String, Vec<String>>; 5],
     prefixes: Vec<(String, String)>,
     rates: Vec<(String, Dec)>,
 }
@@ -57,8 +66,8 @@ impl ControlTable {
                     ControlTarget::GcodePrefix(p) => self.prefixes.push((p.clone(), c.id.clone())),
                     ControlTarget::Rate(r) => self.rates.push((c.id.clone(), *r)),
                     t => {
-                        if let Some(k) = target_key(t) {
-                            self.index.entry(k).or_default().push(c.id.clone());
+                        if let Some((slot, v)) = target_slot(t) {
+                            self.index[slot].entry(v.to_string()).or_default().push(c.id.clone());
                         }
                     }
                 }
@@ -70,12 +79,12 @@ impl ControlTable {
 
     fn remove(&mut self, id: &str) {
         if let Some(c) = self.active.remove(id) {
-            if let Some(k) = target_key(&c.target)
-                && let Some(v) = self.index.get_mut(&k)
+            if let Some((slot, k)) = target_slot(&c.target)
+                && let Some(v) = self.index[slot].get_mut(k)
             {
                 v.retain(|x| x != id);
                 if v.is_empty() {
-                    self.index.remove(&k);
+                    self.index[slot].remove(k);
                 }
             }
             self.prefixes.retain(|(_, x)| x != id);
@@ -94,14 +103,15 @@ impl ControlTable {
     /// Active controls of `kind` matching a list (by ids, company, or a gcode prefix of
     /// any of `gcodes`), sorted by id.
     pub fn matching<'a>(&'a self, kind: ControlKind, ids: ListIds<'_>, gcodes: &[&str]) -> Vec<&'a Control> {
-        let mut keys =
-            vec![format!("o:{}", ids.order_no), format!("l:{}", ids.logistics_no), format!("e:{}", ids.ebc_code)];
-        if let Some(i) = ids.invt_no {
-            keys.push(format!("i:{i}"));
-        }
+        let keys = [
+            (ORDER, Some(ids.order_no)),
+            (LOGISTICS, Some(ids.logistics_no)),
+            (EBC, Some(ids.ebc_code)),
+            (INVT, ids.invt_no),
+        ];
         let mut out: Vec<&Control> = keys
             .iter()
-            .filter_map(|k| self.index.get(k))
+            .filter_map(|(slot, k)| self.index[*slot].get((*k)?))
             .flatten()
             .filter_map(|id| self.active.get(id))
             .filter(|c| c.kind == kind)
@@ -122,8 +132,8 @@ impl ControlTable {
 
     /// The `vehicle` control filing `vehicle_no`, if any.
     pub fn vehicle(&self, vehicle_no: &str) -> Option<&Control> {
-        self.index
-            .get(&format!("v:{vehicle_no}"))?
+        self.index[VEHICLE]
+            .get(vehicle_no)?
             .iter()
             .filter_map(|id| self.active.get(id))
             .find(|c| c.kind == ControlKind::Vehicle)

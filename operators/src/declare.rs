@@ -2,11 +2,12 @@
 //! payment (CONTRACT §4.2). Emits the list for the clear stage, its comparison status
 //! whenever it changes, and returns (or the clearing of a return).
 
+use crate::Map;
 use crate::rules::Rules;
 use crate::{Collector, Operator};
 use cbec_schemas::{AppType, Compared, Dec, EventTime, Inventory, Order, Payment, Return};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 /// Comparison status of a list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +113,7 @@ struct Entry {
 /// The declare operator: state per `orderNo` plus event-time timers for the wait.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Declare {
-    entries: HashMap<String, Entry>,
+    entries: Map<String, Entry>,
     timers: BTreeSet<(i64, String)>,
 }
 
@@ -149,10 +150,8 @@ fn evaluate(e: &Entry, rules: &Rules) -> Comparison {
             }
         }
     }
-    let mut pay_nos: Vec<&str> = e.payments.iter().map(|p| p.pay_no.as_str()).collect();
-    pay_nos.sort_unstable();
-    pay_nos.dedup();
-    if pay_nos.len() > 1 {
+    // A payment with a known `payNo` replaces it in place, so two entries are two payments.
+    if e.payments.len() > 1 {
         r.push("duplicate_payment");
     }
     match e.payments.last() {
@@ -259,6 +258,14 @@ impl Declare {
     }
 }
 
+/// The entry of `order_no`, created when missing; the key is copied only then.
+fn entry<'a>(entries: &'a mut Map<String, Entry>, order_no: &str) -> &'a mut Entry {
+    if !entries.contains_key(order_no) {
+        entries.insert(order_no.to_string(), Entry::default());
+    }
+    entries.get_mut(order_no).expect("just inserted")
+}
+
 impl Operator for Declare {
     type In = DeclareIn;
     type Out = DeclareOut;
@@ -267,7 +274,7 @@ impl Operator for Declare {
     fn process(&mut self, rules: &mut Rules, input: DeclareIn, out: &mut dyn Collector<DeclareOut>) {
         let (key, time) = match input {
             DeclareIn::Order(o) => {
-                let e = self.entries.entry(o.order_no.clone()).or_default();
+                let e = entry(&mut self.entries, &o.order_no);
                 e.order = if o.app_type == AppType::Delete {
                     None
                 } else {
@@ -276,7 +283,7 @@ impl Operator for Declare {
                 (o.order_no, o.app_time)
             }
             DeclareIn::Payment(p) => {
-                let e = self.entries.entry(p.order_no.clone()).or_default();
+                let e = entry(&mut self.entries, &p.order_no);
                 let f = PaymentFacts {
                     pay_no: p.pay_no,
                     ebc: p.ebc_code,
@@ -291,7 +298,7 @@ impl Operator for Declare {
                 (p.order_no, p.accounting_date)
             }
             DeclareIn::List(l) => {
-                let e = self.entries.entry(l.order_no.clone()).or_default();
+                let e = entry(&mut self.entries, &l.order_no);
                 let total = l.items.iter().map(|i| i.total_price).sum();
                 if e.deadline.is_none() {
                     let d = l.app_time.plus_ms(rules.payment_wait_ms()).0;

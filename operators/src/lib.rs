@@ -24,6 +24,11 @@ pub mod summarize;
 use cbec_schemas::EventTime;
 use serde::{Serialize, de::DeserializeOwned};
 
+/// The hash map of keyed state: foldhash, seeded per process, instead of SipHash (keys are
+/// short identifiers; lookups are on every event's path). Nothing iterates it for output
+/// order, so the hasher does not reach the outputs. Partitioning uses [`ids::stable_hash`].
+pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Where an operator writes its output.
 pub trait Collector<T> {
     /// Takes one output record.
