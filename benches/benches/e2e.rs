@@ -5,8 +5,11 @@
 //! pending list.
 //!
 //! Run: `cargo bench -p cbec-benches --bench e2e`
-//! Only some phases: `CBEC_BENCH_ONLY=throughput,latency,state,kafka` (default: all).
+//! Only some phases: `CBEC_BENCH_ONLY=throughput,latency,state,kafka,kafka-latency` (default: all).
 //! Size: `CBEC_BENCH_ORDERS` (default 820000 orders ≈ 5.1 million messages).
+//! Kafka phases need `CBEC_BENCH_BROKERS`; `CBEC_BENCH_KPARTS` sets the partitions of the
+//! latency phase's topics (default 4). `CBEC_BENCH_DIAG=1` prints, for the in-process
+//! latency phase, the worst latency in each 2.5 % slice of the decisions (where stalls are).
 
 use cbec_benches::{machine, peak_rss_mib};
 use cbec_operators::rules::Rules;
@@ -25,7 +28,7 @@ const CMD: &str = "cargo bench -p cbec-benches --bench e2e";
 
 fn hs() -> Nomenclature {
     let p = std::env::var("CBEC_HS_FILE")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/hs/harmonized-system.csv").into());
+        .unwrap_or_else(|_| cbec_schemas::shared_path("data/hs/harmonized-system.csv").display().to_string());
     Nomenclature::load(std::path::Path::new(&p)).expect("HS nomenclature")
 }
 
@@ -90,9 +93,10 @@ fn main() {
             let per_sec = all * scan_rate / scans;
             // Registrations and standing controls (the day before) go first, unpaced in effect
             // (they are before the window's first message); then 6 s of the peak at this rate.
-            let prefix = feed.iter().take_while(|(t, _)| matches!(t, Topic::Goods | Topic::Controls)).count();
+            let prefix = feed.iter().take_while(|(t, ..)| matches!(t, Topic::Goods | Topic::Controls)).count();
             let n = ((per_sec * 6.0) as usize).min(feed.len() - prefix);
-            let part: Vec<(Topic, Vec<u8>)> = feed[prefix..prefix + n].to_vec();
+            let part: Vec<(Topic, Vec<u8>)> =
+                feed[prefix..prefix + n].iter().map(|(t, _, p)| (*t, p.clone())).collect();
             let s = embedded::run_replay(&cfg, h.clone(), part, per_sec, Box::new(NullSink)).expect("run");
             let p = |q| s.latency_pct(q).map_or("-".into(), |v| format!("{v} µs"));
             println!(
@@ -102,6 +106,12 @@ fn main() {
                 p(0.999),
                 s.latencies_us.len()
             );
+            if std::env::var("CBEC_BENCH_DIAG").is_ok() {
+                let ch = (s.latencies_us.len() / 40).max(1);
+                let v: Vec<String> =
+                    s.latencies_us.chunks(ch).map(|c| format!("{}", c.iter().max().unwrap())).collect();
+                println!("max per 2.5% chunk: {}", v.join(" "));
+            }
         }
         drop(feed);
     }
@@ -122,10 +132,9 @@ fn main() {
     println!("peak RSS: {} MiB", peak_rss_mib());
 
     // 5. Kafka mode, through a co-located broker.
-    if let Ok(b) =
-        std::env::var("CBEC_BENCH_BROKERS").map_err(|_| ()).and_then(|b| if phase("kafka") { Ok(b) } else { Err(()) })
-    {
-        let korders = (orders / 7).max(20_000);
+    let brokers = std::env::var("CBEC_BENCH_BROKERS").ok();
+    let korders = (orders / 7).max(20_000);
+    if let Some(b) = brokers.as_ref().filter(|_| phase("kafka")) {
         let g = generate(&GenConfig { orders: korders, seed: 11, ..GenConfig::default() }, &rules, &h);
         let prefix = format!("bench{}.", std::process::id());
         let mut c = Config {
@@ -139,7 +148,7 @@ fn main() {
             c.input_topics.insert(t.short().into(), format!("{prefix}{}", t.short()));
         }
         let t = Instant::now();
-        let sent = cbec_pipeline::kafka::produce_story(&b, &c, &g, 0, false).expect("produce");
+        let sent = cbec_pipeline::kafka::produce_story(b, &c, &g, 0, false).expect("produce");
         let produce_s = t.elapsed().as_secs_f64();
         let s = cbec_pipeline::kafka::run(&c, h.clone(), true, None).expect("kafka run");
         println!(
@@ -150,5 +159,37 @@ fn main() {
             s.total_in() as f64 / (s.elapsed.as_secs_f64() - 2.0).max(0.1),
             s.output.values().sum::<u64>()
         );
+    }
+
+    // 6. Scan → decision latency through the broker at fixed offered loads.
+    if let Some(b) = brokers.as_ref().filter(|_| phase("kafka-latency")) {
+        let g = generate(&GenConfig { orders: korders, seed: 13, ..GenConfig::default() }, &rules, &h);
+        let scans = g.topics.get(&Topic::Scans).map_or(1, Vec::len) as f64;
+        let feed = cbec_pipeline::generator::merged(&g);
+        let all = feed.len() as f64;
+        drop(g);
+        let head = feed.iter().take_while(|(t, ..)| matches!(t, Topic::Goods | Topic::Controls)).count();
+        for scan_rate in [50_000.0, 5_000.0] {
+            let per_sec = all * scan_rate / scans;
+            let n = ((per_sec * 6.0) as usize).min(feed.len() - head);
+            let pfx = format!("klat{}r{scan_rate}.", std::process::id());
+            let r = cbec_benches::kafka_latency::measure(b, h.clone(), &feed[..head + n], per_sec, &pfx);
+            let p = |q| r.pct(q).map_or("-".into(), |v| format!("{v} µs"));
+            println!(
+                "kafka latency at {scan_rate:.0} scans/s ({per_sec:.0} msg/s asked, {:.0} msg/s offered, {} messages, {} scans): scan→decision p50 {} p99 {} p99.9 {} max {} over {} decisions",
+                r.offered_per_sec,
+                r.messages,
+                r.scans,
+                p(0.5),
+                p(0.99),
+                p(0.999),
+                p(1.0),
+                r.decisions
+            );
+            println!(
+                "  of which inside cbec (consumer read → decision to the producer): p50 {:?} µs p99 {:?} µs",
+                r.inside_us.0, r.inside_us.1
+            );
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Shared helpers of the benches: sample messages and machine facts.
 #![forbid(missing_docs)]
 
+pub mod kafka_latency;
+
 /// A JSON order with `items` rows (1–3), as a platform would send it.
 pub fn order_json(n: usize, items: usize) -> Vec<u8> {
     let rows: Vec<String> = (0..items)

@@ -515,14 +515,20 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
     Generated { topics, arrival, expected: ex }
 }
 
-/// Every message of the story merged in arrival order, as one feed would carry it.
-pub fn merged(g: &Generated) -> Vec<(Topic, Vec<u8>)> {
+/// Every message of the story merged in arrival order, as one feed would carry it: topic,
+/// key, payload.
+pub fn merged(g: &Generated) -> Vec<(Topic, String, Vec<u8>)> {
     let mut all: Vec<(i64, u8, usize, Topic)> = Vec::new();
     for (t, times) in &g.arrival {
         all.extend(times.iter().enumerate().map(|(i, at)| (*at, crate::sequencer::rank(*t), i, *t)));
     }
     all.sort_unstable();
-    all.into_iter().map(|(_, _, i, t)| (t, g.topics[&t][i].1.clone())).collect()
+    all.into_iter()
+        .map(|(_, _, i, t)| {
+            let (k, p) = &g.topics[&t][i];
+            (t, k.clone(), p.clone())
+        })
+        .collect()
 }
 
 /// Writes the story as `<topic>.jsonl` files plus `expected.json`.
