@@ -112,7 +112,7 @@ fn bench(c: &mut Criterion) {
         .map(|(i, l)| cbec_operators::engine::Exited {
             invt_no: format!("51412026E{i:011}"),
             summarizable: true,
-            list: l.clone(),
+            list: l.clone().into(),
         })
         .collect();
     g.throughput(Throughput::Elements(exited.len() as u64));

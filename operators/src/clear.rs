@@ -81,7 +81,7 @@ struct Decl {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Parcel {
-    list: Option<Inventory>,
+    list: Option<std::sync::Arc<Inventory>>,
     comparison: Option<Comparison>,
     pay_code: Option<String>,
     waybill: Option<EventTime>,
@@ -153,7 +153,7 @@ impl Clear {
 
     fn activate(ctx: &mut Shared, logistics_no: &str, p: &mut Parcel, out: &mut dyn Collector<Out>) {
         let (Some(l), Some(t), None) = (&p.list, p.waybill, &p.decl) else { return };
-        let year: i32 = t.to_ceb().get(..4).and_then(|y| y.parse().ok()).unwrap_or(0);
+        let year = (cbec_schemas::time::period_of(t) / 100) as i32;
         let mut attempt = 0;
         let serial = loop {
             let s = ids::invt_serial(ctx.rules.instance, &l.customs_code, year, logistics_no, attempt);
@@ -412,7 +412,7 @@ impl Operator for Clear {
                     p.list = None;
                     return;
                 }
-                p.list = Some(l);
+                p.list = Some(std::sync::Arc::new(l));
                 Clear::activate(ctx, &key, p, out);
             }
             ClearIn::Status(s) => {
@@ -525,7 +525,7 @@ impl Operator for Clear {
             .map(|(k, p)| {
                 k.len()
                     + std::mem::size_of::<Parcel>()
-                    + p.list.as_ref().map_or(0, inventory_bytes)
+                    + p.list.as_ref().map_or(0, |l| inventory_bytes(l))
                     + p.decl.as_ref().map_or(0, |d| std::mem::size_of::<Decl>() + d.invt_no.len() + d.hash.len())
             })
             .sum()

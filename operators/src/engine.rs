@@ -24,7 +24,7 @@ pub struct Exited {
     /// Consistent, non-tax-related, `statisticsFlag` B: goes into a summary declaration.
     pub summarizable: bool,
     /// The list.
-    pub list: Inventory,
+    pub list: std::sync::Arc<Inventory>,
 }
 
 /// Every record the engine emits.

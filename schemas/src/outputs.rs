@@ -52,9 +52,9 @@ pub struct DeclaredList {
     /// Payment firm (`payCode`) of the order's payment, when known at declaration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pay_code: Option<String>,
-    /// The stored list as activated.
+    /// The stored list as activated (shared with the operator state that keeps it).
     #[serde(flatten)]
-    pub list: Inventory,
+    pub list: std::sync::Arc<Inventory>,
 }
 
 /// `cbec.receipts`: a status receipt in CEB terms.
