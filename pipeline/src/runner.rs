@@ -453,6 +453,20 @@ fn process_event(st: &mut State, ev: Event, sink: &Sender<SinkMsg>) -> anyhow::R
     st.emit(out, Some(ev.read_at), sink)
 }
 
+/// The resume offsets of a checkpoint as consumed positions per source.
+fn restored_positions(cp: &Checkpoint, names: &HashMap<Topic, String>) -> HashMap<SourceId, i64> {
+    let by_name: HashMap<&str, Topic> = names.iter().map(|(t, n)| (n.as_str(), *t)).collect();
+    let mut m = HashMap::new();
+    for (name, parts) in &cp.offsets {
+        if let Some(t) = by_name.get(name.as_str()) {
+            for (p, o) in parts {
+                m.insert((*t, *p), *o);
+            }
+        }
+    }
+    m
+}
+
 /// Runs the engine thread until every source is done (or a stop is requested).
 pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::Result<RunStats> {
     let started = Instant::now();
@@ -464,7 +478,9 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
             engine: Engine::restore(&cp.engine, run.hs.clone())?,
             summarize: serde_json::from_slice(&cp.summarize)?,
             stats: RunStats { checkpoints: 0, ..RunStats::default() },
-            consumed: HashMap::new(),
+            // The restored positions carry into the next checkpoint: a partition that sees
+            // nothing new before it must not lose its offset (and be replayed from the start).
+            consumed: restored_positions(&cp, &run.topic_names),
         },
         None => State {
             rules: run.rules.clone(),
@@ -665,4 +681,38 @@ fn checkpoint(
         flush(&run.sink)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::LocalDirStore;
+    use crate::config::Config;
+    use cbec_schemas::hs::Nomenclature;
+
+    #[test]
+    fn a_restored_offset_survives_a_checkpoint_of_a_run_that_read_nothing_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::default();
+        let (tx, rx) = bounded::<Batch>(4);
+        let src: SourceId = (Topic::Orders, 0);
+        tx.send(vec![EngineMsg::Done(src)]).unwrap();
+        drop(tx);
+        let engine = Engine::new(cfg.rules.clone(), Nomenclature::default(), 1);
+        let restored = Checkpoint {
+            offsets: [(cfg.input_topic(Topic::Orders), [(0, 42)].into())].into(),
+            engine: engine.snapshot(),
+            summarize: serde_json::to_vec(&Summarize::default()).unwrap(),
+        };
+        let (sink_tx, sink_h) = spawn_sink(Box::new(crate::sink::NullSink), 16);
+        let store: Arc<dyn CheckpointStore> = Arc::new(LocalDirStore::new(dir.path()).unwrap());
+        let run = EngineRun {
+            checkpoint: Some((store.clone(), Duration::from_secs(3600))),
+            ..EngineRun::new(&cfg, Nomenclature::default(), vec![(vec![src], rx)], sink_tx)
+        };
+        run_engine(run, Some(restored)).unwrap();
+        sink_h.join().unwrap().unwrap();
+        let cp = store.load().unwrap().expect("a final checkpoint");
+        assert_eq!(cp.offsets[&cfg.input_topic(Topic::Orders)][&0], 42);
+    }
 }
