@@ -87,6 +87,13 @@ fn same_output_at_1_2_and_4_partitions() {
     let (one, _) = run_embedded(&g, 1);
     for p in [2, 4] {
         let (x, _) = run_embedded(&g, p);
+        if x != one {
+            let i = x.iter().zip(one.iter()).position(|(a, b)| a != b).unwrap_or(x.len().min(one.len()));
+            eprintln!("DIFF at {i} of {} / {}", x.len(), one.len());
+            for k in i.saturating_sub(3)..(i + 6).min(x.len()) {
+                eprintln!("  {k}: {} {} | {} {}", x[k].topic(), x[k].id(), one[k].topic(), one[k].id());
+            }
+        }
         assert!(x == one, "partitions {p}: the record sequence differs");
     }
 }
