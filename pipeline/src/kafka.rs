@@ -198,8 +198,11 @@ impl ClientContext for HighWatermarks {
         let mut hi = self.hi.lock().expect("not poisoned");
         for (t, topic) in st.topics {
             for (p, part) in topic.partitions {
+                // High watermarks only grow: a partition not fetched yet may report a stale
+                // or zero one, which must not make it look caught up (idle) too early.
                 if p >= 0 && part.hi_offset >= 0 {
-                    hi.insert((t.clone(), p), part.hi_offset);
+                    let e = hi.entry((t.clone(), p)).or_insert(part.hi_offset);
+                    *e = (*e).max(part.hi_offset);
                 }
             }
         }
@@ -295,7 +298,7 @@ fn consumer_thread(
                     Some(Err(KafkaError::PartitionEOF(_))) => {}
                     Some(Err(e)) => eprintln!("warning: consumer: {e}"),
                 }
-                if last_check.elapsed() >= Duration::from_millis(10) {
+                if last_check.elapsed() >= Duration::from_millis(100) {
                     last_check = Instant::now();
                     let mut all_idle = true;
                     let marks = cl.marks.hi.lock().expect("not poisoned").clone();
@@ -358,7 +361,7 @@ pub fn run(
     let marks = HighWatermarks::default();
     let consumer: BaseConsumer<HighWatermarks> = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
-        .set("statistics.interval.ms", "10")
+        .set("statistics.interval.ms", "100")
         .set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
