@@ -8,14 +8,13 @@ use crate::declare::{Comparison, ListStatus};
 use crate::engine::{Exited, Out};
 use crate::ids;
 use crate::rules::{Rules, sampled};
-use crate::{Collector, Map, Operator};
+use crate::{Collector, Map, Operator, Set};
 use cbec_schemas::hs::Nomenclature;
 use cbec_schemas::{
     ChannelDecision, ChannelReason, ControlKind, DeclaredList, EventTime, Inventory, Receipt, Scan, SortingDecision,
     StatisticsFlag, Waybill, Xray, status,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
 
 /// Broadcast state every clear partition reads, plus the `invtNo` serials in use (unique
 /// across partitions).
@@ -28,7 +27,7 @@ pub struct Shared {
     /// Officer controls.
     pub controls: ControlTable,
     /// `invtNo` serials assigned.
-    pub serials: HashSet<u64>,
+    pub serials: Set<u64>,
     /// HS nomenclature (loaded by the runtime; not checkpointed).
     #[serde(skip)]
     pub hs: Nomenclature,
@@ -113,9 +112,18 @@ fn receipt(
     controls: Vec<String>,
 ) {
     let invt = p.decl.as_ref().map(|d| d.invt_no.clone());
-    let key = invt.clone().unwrap_or_else(|| logistics_no.to_string());
+    let key = invt.as_deref().unwrap_or(logistics_no);
+    // `{key}/{status}{tag}`
+    let mut id = String::with_capacity(key.len() + 8 + tag.len());
+    id.push_str(key);
+    id.push('/');
+    if st < 0 {
+        id.push('-');
+    }
+    ids::push_padded(&mut id, st.unsigned_abs() as u64, 1);
+    id.push_str(tag);
     out.collect(Out::Receipt(Receipt {
-        id: format!("{key}/{st}{tag}"),
+        id,
         invt_no: invt,
         order_no: p.list.as_ref().map(|l| l.order_no.clone()),
         logistics_no: Some(logistics_no.to_string()),
@@ -382,6 +390,14 @@ impl Clear {
     }
 }
 
+/// The parcel of `logistics_no`, created when missing; the key is copied only then.
+fn parcel<'a>(parcels: &'a mut Map<String, Parcel>, logistics_no: &str) -> &'a mut Parcel {
+    if !parcels.contains_key(logistics_no) {
+        parcels.insert(logistics_no.to_string(), Parcel::default());
+    }
+    parcels.get_mut(logistics_no).expect("just inserted")
+}
+
 impl Operator for Clear {
     type In = ClearIn;
     type Out = Out;
@@ -391,7 +407,7 @@ impl Operator for Clear {
         match input {
             ClearIn::List(l) => {
                 let key = l.logistics_no.clone();
-                let p = self.parcels.entry(key.clone()).or_default();
+                let p = parcel(&mut self.parcels, &key);
                 if let Some(d) = &p.decl {
                     let hash = ids::content_hash(&l);
                     if hash != d.hash {
@@ -416,7 +432,7 @@ impl Operator for Clear {
                 Clear::activate(ctx, &key, p, out);
             }
             ClearIn::Status(s) => {
-                let p = self.parcels.entry(s.logistics_no.clone()).or_default();
+                let p = parcel(&mut self.parcels, &s.logistics_no);
                 let was = p.comparison.replace(s.comparison.clone());
                 if s.pay_code.is_some() {
                     p.pay_code = s.pay_code.clone();
@@ -444,7 +460,7 @@ impl Operator for Clear {
             }
             ClearIn::Waybill(w) => {
                 let key = w.logistics_no.clone();
-                let p = self.parcels.entry(key.clone()).or_default();
+                let p = parcel(&mut self.parcels, &key);
                 match (p.waybill, &p.decl) {
                     (Some(t), Some(d)) if t != w.app_time => {
                         let info = format!("declared list {} already activated: second activation refused", d.invt_no);
@@ -467,7 +483,7 @@ impl Operator for Clear {
                 }
             }
             ClearIn::Arrived { logistics_no, time } => {
-                let p = self.parcels.entry(logistics_no.clone()).or_default();
+                let p = parcel(&mut self.parcels, &logistics_no);
                 if !p.arrived {
                     p.arrived = true;
                     if p.decl.is_none() {
@@ -485,7 +501,7 @@ impl Operator for Clear {
                 }
             }
             ClearIn::Scan(s) => {
-                let p = self.parcels.entry(s.logistics_no.clone()).or_default();
+                let p = parcel(&mut self.parcels, &s.logistics_no);
                 Clear::scan(ctx, s, p, out);
             }
             ClearIn::PortRelease { logistics_no, seal_no, .. } => {
@@ -493,7 +509,7 @@ impl Operator for Clear {
                 p.port_released = Some(seal_no);
             }
             ClearIn::Departed { logistics_no, time } => {
-                let p = self.parcels.entry(logistics_no.clone()).or_default();
+                let p = parcel(&mut self.parcels, &logistics_no);
                 if p.exited {
                     return;
                 }

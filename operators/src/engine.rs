@@ -35,7 +35,7 @@ pub enum Out {
     /// `cbec.receipts`.
     Receipt(Receipt),
     /// `cbec.returns`.
-    Return(Return),
+    Return(Box<Return>),
     /// `cbec.channels`.
     Channel(ChannelDecision),
     /// `cbec.sorting`.
@@ -89,7 +89,7 @@ impl Engine {
     fn route_declare(&mut self, d: Vec<DeclareOut>, out: &mut Vec<Out>) {
         for o in d {
             match o {
-                DeclareOut::Return(r) => out.push(Out::Return(r)),
+                DeclareOut::Return(r) => out.push(Out::Return(Box::new(r))),
                 DeclareOut::List(l) => {
                     if let Some(t) = &l.total_package_no {
                         self.seals.bill(t, &l.logistics_no);

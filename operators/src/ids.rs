@@ -2,7 +2,6 @@
 //! and the customs list number `invtNo`.
 
 use siphasher::sip::SipHasher13;
-use siphasher::sip128::{Hasher128, SipHasher13 as Sip128};
 use std::hash::Hasher;
 
 /// A fixed, public hash for partitioning and content identity (not secret).
@@ -13,11 +12,18 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 }
 
 /// 128-bit content hash in hex of any hashable content (the declared list: every field,
-/// every item, in order).
+/// every item, in order): XXH3-128 with a fixed seed, fed by the content's `Hash`.
 pub fn content_hash<T: std::hash::Hash>(content: &T) -> String {
-    let mut h = Sip128::new_with_keys(0x6362_6563_2d63_6f6e, 0x7465_6e74_2d68_6173);
+    let mut h = xxhash_rust::xxh3::Xxh3::with_seed(0x6362_6563_2d63_6f6e);
     content.hash(&mut h);
-    format!("{:032x}", h.finish128().as_u128())
+    hex128(h.digest128())
+}
+
+/// 32 lowercase hex digits.
+fn hex128(v: u128) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let s: Vec<u8> = (0..32).rev().map(|i| DIGITS[((v >> (i * 4)) & 0xf) as usize]).collect();
+    String::from_utf8(s).expect("ASCII hex")
 }
 
 /// Digits of the `invtNo` serial (`customsCode` 4 + year 4 + `E` + 11).
@@ -36,5 +42,48 @@ pub fn invt_serial(instance: u8, customs: &str, year: i32, logistics_no: &str, a
 
 /// Formats an `invtNo`.
 pub fn invt_no(customs: &str, year: i32, serial: u64) -> String {
-    format!("{customs}{year:04}E{serial:011}")
+    let mut s = String::with_capacity(customs.len() + 16);
+    s.push_str(customs);
+    push_padded(&mut s, year.max(0) as u64, 4);
+    s.push('E');
+    push_padded(&mut s, serial, 11);
+    s
+}
+
+/// Appends `v` in decimal, zero-padded to at least `width` digits (what `{v:0width$}` does,
+/// without the formatting machinery on the activation path).
+pub fn push_padded(s: &mut String, v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    let mut n = v;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = i.min(buf.len().saturating_sub(width));
+    s.push_str(std::str::from_utf8(&buf[start..]).expect("ASCII digits"));
+}
+
+#[cfg(test)]
+mod hex_tests {
+    #[test]
+    fn hex128_matches_the_formatter() {
+        for v in [0u128, 1, 0xf, u128::MAX, 0xdead_beef_u128 << 64, 0x0123_4567_89ab_cdef_0011_2233_4455_6677] {
+            assert_eq!(super::hex128(v), format!("{v:032x}"));
+        }
+    }
+
+    #[test]
+    fn invt_no_matches_the_formatter() {
+        for (c, y, n) in [("5141", 2026, 0u64), ("5141", 2026, 12_345_678_901), ("0000", 7, 1), ("5141", 2026, 99)] {
+            assert_eq!(super::invt_no(c, y, n), format!("{c}{y:04}E{n:011}"));
+        }
+        let mut s = String::new();
+        super::push_padded(&mut s, u64::MAX, 3);
+        assert_eq!(s, u64::MAX.to_string());
+    }
 }

@@ -29,6 +29,9 @@ use serde::{Serialize, de::DeserializeOwned};
 /// order, so the hasher does not reach the outputs. Partitioning uses [`ids::stable_hash`].
 pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The hash set of keyed state, on the same terms as [`Map`].
+pub type Set<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 /// Where an operator writes its output.
 pub trait Collector<T> {
     /// Takes one output record.

@@ -120,7 +120,9 @@ pub fn sampled(key: &str, invt_no: &str, rate: Dec) -> bool {
     let (k0, k1) = key_words(key);
     let mut h = SipHasher24::new_with_keys(k0, k1);
     h.write(invt_no.as_bytes());
-    let mut rng = rand::rngs::StdRng::seed_from_u64(h.finish());
+    // Xoshiro256++ (a fixed, documented algorithm: the selection is reproducible across
+    // rand releases); unpredictable without the key because its seed is the keyed hash.
+    let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(h.finish());
     let draw: u64 = rng.random();
     let threshold = (rate.scaled().clamp(0, 100_000) as u128 * (1u128 << 64)) / 100_000;
     (draw as u128) < threshold

@@ -35,7 +35,7 @@ impl Record {
         Some(match o {
             Out::Declared(x) => Record::Declared(x),
             Out::Receipt(x) => Record::Receipt(x),
-            Out::Return(x) => Record::Return(x),
+            Out::Return(x) => Record::Return(*x),
             Out::Channel(x) => Record::Channel(x),
             Out::Sorting(x) => Record::Sorting(x),
             Out::Release(x) => Record::Release(x),
