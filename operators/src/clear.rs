@@ -96,7 +96,9 @@ struct Parcel {
 /// The clear operator: state per `logisticsNo`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Clear {
-    parcels: Map<String, Parcel>,
+    /// Boxed: a growing map moves 32-byte buckets when it resizes, not whole parcels (a
+    /// resize of a large map was a multi-millisecond pause on the decision path).
+    parcels: Map<String, Box<Parcel>>,
 }
 
 /// Emits a receipt for a parcel (identity: list or parcel key + status + `tag`).
@@ -391,9 +393,9 @@ impl Clear {
 }
 
 /// The parcel of `logistics_no`, created when missing; the key is copied only then.
-fn parcel<'a>(parcels: &'a mut Map<String, Parcel>, logistics_no: &str) -> &'a mut Parcel {
+fn parcel<'a>(parcels: &'a mut Map<String, Box<Parcel>>, logistics_no: &str) -> &'a mut Parcel {
     if !parcels.contains_key(logistics_no) {
-        parcels.insert(logistics_no.to_string(), Parcel::default());
+        parcels.insert(logistics_no.to_string(), Box::default());
     }
     parcels.get_mut(logistics_no).expect("just inserted")
 }
@@ -505,7 +507,7 @@ impl Operator for Clear {
                 Clear::scan(ctx, s, p, out);
             }
             ClearIn::PortRelease { logistics_no, seal_no, .. } => {
-                let p = self.parcels.entry(logistics_no).or_default();
+                let p = &mut **self.parcels.entry(logistics_no).or_default();
                 p.port_released = Some(seal_no);
             }
             ClearIn::Departed { logistics_no, time } => {
@@ -540,6 +542,7 @@ impl Operator for Clear {
             .iter()
             .map(|(k, p)| {
                 k.len()
+                    + std::mem::size_of::<(String, Box<Parcel>)>()
                     + std::mem::size_of::<Parcel>()
                     + p.list.as_ref().map_or(0, |l| inventory_bytes(l))
                     + p.decl.as_ref().map_or(0, |d| std::mem::size_of::<Decl>() + d.invt_no.len() + d.hash.len())

@@ -113,7 +113,8 @@ struct Entry {
 /// The declare operator: state per `orderNo` plus event-time timers for the wait.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Declare {
-    entries: Map<String, Entry>,
+    /// Boxed, like clear's parcels: a resize moves 32-byte buckets.
+    entries: Map<String, Box<Entry>>,
     timers: BTreeSet<(i64, String)>,
 }
 
@@ -259,9 +260,9 @@ impl Declare {
 }
 
 /// The entry of `order_no`, created when missing; the key is copied only then.
-fn entry<'a>(entries: &'a mut Map<String, Entry>, order_no: &str) -> &'a mut Entry {
+fn entry<'a>(entries: &'a mut Map<String, Box<Entry>>, order_no: &str) -> &'a mut Entry {
     if !entries.contains_key(order_no) {
-        entries.insert(order_no.to_string(), Entry::default());
+        entries.insert(order_no.to_string(), Box::default());
     }
     entries.get_mut(order_no).expect("just inserted")
 }
@@ -323,6 +324,7 @@ impl Operator for Declare {
             .iter()
             .map(|(k, e)| {
                 k.len()
+                    + std::mem::size_of::<(String, Box<Entry>)>()
                     + std::mem::size_of::<Entry>()
                     + e.payments.len() * (std::mem::size_of::<PaymentFacts>() + 48)
                     + e.order.as_ref().map_or(0, |o| o.ebc.len() + o.currency.len())
