@@ -10,11 +10,12 @@
 use crate::engine::Exited;
 use crate::rules::Rules;
 use crate::{Collector, Operator};
-use arrow::array::{Array, ArrayRef, Decimal128Array, StringArray};
+use arrow::array::{Array, ArrayRef, Decimal128Array, StringArray, UInt32Array};
 use arrow::compute::kernels::partition::partition;
-use arrow::compute::{SortColumn, lexsort_to_indices, take};
+use arrow::compute::take;
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
 use cbec_schemas::time::period_end;
 use cbec_schemas::{Dec, EventTime, Summary, SummaryItem};
 use serde::{Deserialize, Serialize};
@@ -86,9 +87,16 @@ pub fn summarize_batch(batch: &RecordBatch, period: u32, revision: u32) -> Vec<S
     if batch.num_rows() == 0 {
         return Vec::new();
     }
-    let sort: Vec<SortColumn> =
-        (0..KEYS.len()).map(|i| SortColumn { values: batch.column(i).clone(), options: None }).collect();
-    let idx = lexsort_to_indices(&sort, None).expect("sortable");
+    // Sort by the key columns through the row format (one byte-comparable row per list
+    // item): the same order as a lexicographic sort of the columns, without per-comparison
+    // dispatch over string columns.
+    let keys: Vec<ArrayRef> = (0..KEYS.len()).map(|i| batch.column(i).clone()).collect();
+    let converter =
+        RowConverter::new(keys.iter().map(|c| SortField::new(c.data_type().clone())).collect()).expect("row format");
+    let rows = converter.convert_columns(&keys).expect("row format");
+    let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+    order.sort_by(|a, b| rows.row(*a as usize).cmp(&rows.row(*b as usize)));
+    let idx = UInt32Array::from(order);
     let sorted: Vec<ArrayRef> = batch.columns().iter().map(|c| take(c, &idx, None).expect("take")).collect();
     let heads = partition(&sorted[..HEAD_KEYS]).expect("partition heads");
     let mut out = Vec::new();
