@@ -41,6 +41,15 @@ impl EventTime {
 
     /// CEB form in China Standard Time.
     pub fn to_ceb(self) -> String {
+        if let Some((y, mo, d, ms)) = civil_cst(self.0) {
+            let mut s = String::with_capacity(14);
+            push2(&mut s, (y / 100) as u32);
+            push2(&mut s, (y % 100) as u32);
+            for v in [mo, d, (ms / 3_600_000) as u32, (ms / 60_000 % 60) as u32, (ms / 1000 % 60) as u32] {
+                push2(&mut s, v);
+            }
+            return s;
+        }
         match cst().timestamp_millis_opt(self.0).single() {
             Some(t) => t.format("%Y%m%d%H%M%S").to_string(),
             None => String::new(),
@@ -49,6 +58,29 @@ impl EventTime {
 
     /// RFC 3339 form with the China Standard Time offset and milliseconds.
     pub fn to_rfc3339(self) -> String {
+        // The common case without chrono's format machinery (it was the sink thread's top
+        // cost); chrono below for what is outside years 1..=9999.
+        if let Some((y, mo, d, ms)) = civil_cst(self.0) {
+            let mut s = String::with_capacity(29);
+            push2(&mut s, (y / 100) as u32);
+            push2(&mut s, (y % 100) as u32);
+            s.push('-');
+            push2(&mut s, mo);
+            s.push('-');
+            push2(&mut s, d);
+            s.push('T');
+            push2(&mut s, (ms / 3_600_000) as u32);
+            s.push(':');
+            push2(&mut s, (ms / 60_000 % 60) as u32);
+            s.push(':');
+            push2(&mut s, (ms / 1000 % 60) as u32);
+            s.push('.');
+            let milli = (ms % 1000) as u32;
+            s.push(char::from(b'0' + (milli / 100) as u8));
+            push2(&mut s, milli % 100);
+            s.push_str("+08:00");
+            return s;
+        }
         match cst().timestamp_millis_opt(self.0).single() {
             Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string(),
             None if self == EventTime::MAX => "end-of-time".to_string(),
@@ -142,6 +174,30 @@ impl<'de> Deserialize<'de> for CebDate {
     }
 }
 
+/// Two decimal digits.
+fn push2(s: &mut String, v: u32) {
+    s.push(char::from(b'0' + (v / 10 % 10) as u8));
+    s.push(char::from(b'0' + (v % 10) as u8));
+}
+
+/// (year, month, day, milliseconds of the day) in China Standard Time, for years 1..=9999
+/// (the proleptic Gregorian calendar, days from civil after H. Hinnant).
+fn civil_cst(ms: i64) -> Option<(i64, u32, u32, i64)> {
+    let local = ms.checked_add(i64::from(CST) * 1000)?;
+    let days = local.div_euclid(86_400_000);
+    let ms_of_day = local.rem_euclid(86_400_000);
+    let z = days.checked_add(719_468)?;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (1..=9999).contains(&y).then_some((y, m, d, ms_of_day))
+}
+
 /// Serde for CEB `YYYYMMDDhhmmss` timestamps.
 pub mod ceb_format {
     use super::EventTime;
@@ -190,6 +246,38 @@ mod tests {
         assert_eq!(t.to_ceb(), "20180507153001");
         assert!(EventTime::parse_ceb("20181307153001").is_none());
         assert!(EventTime::parse_ceb("2018050715300").is_none());
+    }
+
+    #[test]
+    fn fast_formatting_agrees_with_chrono() {
+        let chrono_rfc =
+            |t: i64| cst().timestamp_millis_opt(t).single().map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string());
+        let chrono_ceb = |t: i64| cst().timestamp_millis_opt(t).single().map(|d| d.format("%Y%m%d%H%M%S").to_string());
+        let mut cases: Vec<i64> = vec![
+            0,
+            -1,
+            -28_800_000,
+            951_782_400_000,    // 2000-02-29 (UTC)
+            -2_203_891_200_000, // 1900-03-01
+            1_794_312_000_000,
+            253_402_271_999_999, // 9999-12-31T15:59:59.999Z
+            -62_135_596_800_000, // 0001-01-01T00:00:00Z
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.push((x % 320_000_000_000_000) as i64 - 64_000_000_000_000);
+        }
+        for t in cases {
+            if civil_cst(t).is_some() {
+                assert_eq!(Some(EventTime(t).to_rfc3339()), chrono_rfc(t), "{t}");
+                assert_eq!(Some(EventTime(t).to_ceb()), chrono_ceb(t), "{t}");
+            }
+        }
+        assert!(civil_cst(-62_135_596_800_000 - 28_800_001).is_none(), "year 0 goes to chrono");
+        assert_eq!(EventTime::MAX.to_rfc3339(), "end-of-time");
     }
 
     #[test]
