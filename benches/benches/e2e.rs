@@ -191,5 +191,9 @@ fn main() {
                 r.inside_us.0, r.inside_us.1
             );
         }
+        println!(
+            "peak RSS after the Kafka phases: {} MiB (state per pending list is the engine's, as above)",
+            peak_rss_mib()
+        );
     }
 }
