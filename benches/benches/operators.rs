@@ -178,6 +178,36 @@ fn bench(c: &mut Criterion) {
         )
     });
     g.finish();
+
+    // Seal operator: the story's seal events (sealed at the site, verified at the port)
+    // against an engine that has seen everything before them.
+    let mut engine = Engine::new(Rules::default(), h.clone(), 4);
+    let mut seal_events = Vec::new();
+    for (_, e) in &all {
+        match e {
+            Entity::Seal(_) => seal_events.push(e.clone()),
+            Entity::Departure(_) => {}
+            _ => engine.process(e.clone(), &mut sink),
+        }
+    }
+    let mut g = c.benchmark_group("seals");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(seal_events.len() as u64));
+    g.bench_function("seal_events", |b| {
+        b.iter_batched(
+            || (engine.clone(), seal_events.clone()),
+            |(mut e, input)| {
+                let mut out = Vec::with_capacity(4 * HAND_ON);
+                for (i, x) in input.into_iter().enumerate() {
+                    e.process(x, &mut out);
+                    hand_on(i, &mut out);
+                }
+                e
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);
