@@ -281,10 +281,10 @@ pub fn spawn_sink(
                             if let (Ok(()), Some(e)) = (&res, writer_failed()) {
                                 res = Err(e.context("checkpoint writer"));
                             }
-                            let failed = res.is_err();
+                            let failed = res.as_ref().err().map(|e| format!("{e:#}"));
                             let _ = ack.send(res);
-                            if failed {
-                                anyhow::bail!("sink flush failed");
+                            if let Some(e) = failed {
+                                anyhow::bail!("sink flush failed: {e}");
                             }
                         }
                     }
@@ -714,5 +714,33 @@ mod tests {
         sink_h.join().unwrap().unwrap();
         let cp = store.load().unwrap().expect("a final checkpoint");
         assert_eq!(cp.offsets[&cfg.input_topic(Topic::Orders)][&0], 42);
+    }
+
+    struct Failing;
+    impl CheckpointStore for Failing {
+        fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
+            Ok(None)
+        }
+        fn save(&self, _: &Checkpoint) -> anyhow::Result<u64> {
+            anyhow::bail!("disk full")
+        }
+    }
+
+    #[test]
+    fn a_failed_checkpoint_save_fails_the_run() {
+        let cfg = Config::default();
+        let (tx, rx) = bounded::<Batch>(4);
+        let src: SourceId = (Topic::Orders, 0);
+        tx.send(vec![EngineMsg::Done(src)]).unwrap();
+        drop(tx);
+        let (sink_tx, sink_h) = spawn_sink(Box::new(crate::sink::NullSink), 16);
+        let run = EngineRun {
+            checkpoint: Some((Arc::new(Failing), Duration::from_secs(3600))),
+            ..EngineRun::new(&cfg, Nomenclature::default(), vec![(vec![src], rx)], sink_tx)
+        };
+        let res = run_engine(run, None);
+        assert!(format!("{:#}", res.unwrap_err()).contains("disk full"), "the final checkpoint could not be saved");
+        let sink = sink_h.join().unwrap();
+        assert!(format!("{:#}", sink.unwrap_err()).contains("disk full"));
     }
 }
