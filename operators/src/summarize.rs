@@ -31,6 +31,10 @@ const HEAD_KEYS: usize = 5;
 pub struct Summarize {
     open: BTreeMap<u32, BTreeMap<String, Exited>>,
     revisions: BTreeMap<u32, u32>,
+    /// The earliest open period and the event time it closes at (watermarks arrive with
+    /// every item; this spares a calendar computation per item).
+    #[serde(skip)]
+    first_close: Option<(u32, i64)>,
 }
 
 /// Builds the item-row batch of a period's lists (one row per list item).
@@ -170,6 +174,18 @@ impl Operator for Summarize {
     }
 
     fn on_watermark(&mut self, rules: &mut Rules, wm: EventTime, out: &mut dyn Collector<Summary>) {
+        let Some(first) = self.open.keys().next().copied() else { return };
+        let close = match self.first_close {
+            Some((p, t)) if p == first => t,
+            _ => {
+                let t = period_end(first).plus_ms(rules.summary_grace_ms()).0;
+                self.first_close = Some((first, t));
+                t
+            }
+        };
+        if close > wm.0 {
+            return;
+        }
         let due: Vec<u32> =
             self.open.keys().copied().filter(|p| period_end(*p).plus_ms(rules.summary_grace_ms()) <= wm).collect();
         for p in due {
