@@ -151,6 +151,11 @@ impl Clear {
         self.parcels.get(logistics_no).is_some_and(|p| p.site_released)
     }
 
+    /// Room for `n` more parcels without a resize.
+    pub fn reserve(&mut self, n: usize) {
+        self.parcels.reserve(n);
+    }
+
     /// Parcels with state.
     pub fn len(&self) -> usize {
         self.parcels.len()

@@ -248,6 +248,11 @@ impl Declare {
         true
     }
 
+    /// Room for `n` more orders without a resize.
+    pub fn reserve(&mut self, n: usize) {
+        self.entries.reserve(n);
+    }
+
     /// Orders with state (for reports and tests).
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -69,6 +69,19 @@ impl Engine {
         }
     }
 
+    /// Sizes the keyed state for `keys` orders and parcels in all (spread over the
+    /// partitions), so that it does not resize while they arrive.
+    pub fn reserve(&mut self, keys: usize) {
+        let per = keys.div_ceil(self.declare.len().max(1));
+        for d in &mut self.declare {
+            d.reserve(per);
+        }
+        for c in &mut self.clear {
+            c.reserve(per);
+        }
+        self.shared.serials.reserve(keys);
+    }
+
     /// The rules in force.
     pub fn rules(&self) -> &Rules {
         &self.shared.rules

@@ -41,6 +41,10 @@ pub struct Config {
     pub queue_capacity: usize,
     /// Rows per Parquet file before it is closed (files appear atomically).
     pub parquet_rows: usize,
+    /// Keys (orders, parcels) the keyed state is sized for up front, 0 to grow on demand.
+    /// A hash map that doubles copies and rehashes every entry at once: a pause of a few
+    /// milliseconds on the decision path at peak. Set it to the peak's parcels in flight.
+    pub state_capacity: usize,
     /// Supervision rules.
     pub rules: Rules,
 }
@@ -61,6 +65,7 @@ impl Default for Config {
             lateness_ms: 0,
             queue_capacity: 8192,
             parquet_rows: 200_000,
+            state_capacity: 0,
             rules: Rules::default(),
         }
     }

@@ -315,6 +315,8 @@ pub struct EngineRun {
     pub lateness_ms: i64,
     /// Sequencer bound before forcing.
     pub max_buffered: usize,
+    /// Keys the keyed state is sized for up front.
+    pub state_capacity: usize,
     /// One receiver per source group, with the sources it carries.
     pub inputs: Vec<(Vec<SourceId>, Receiver<Batch>)>,
     /// Output.
@@ -348,6 +350,7 @@ impl EngineRun {
             partitions: cfg.partitions,
             lateness_ms: cfg.lateness_ms,
             max_buffered: cfg.queue_capacity * 8,
+            state_capacity: cfg.state_capacity,
             inputs,
             sink,
             end_of_time_when_done: true,
@@ -490,6 +493,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
             consumed: HashMap::new(),
         },
     };
+    st.engine.reserve(run.state_capacity);
     let mut done: HashMap<usize, bool> = HashMap::new();
     let mut group_time: Vec<i64> = vec![i64::MIN; run.inputs.len()];
     let mut last_cp = Instant::now();
