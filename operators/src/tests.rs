@@ -633,3 +633,25 @@ fn shuffling_within_per_key_order_gives_the_same_records() {
         assert_eq!(other.1, base.1, "shuffle {seed}: summaries differ");
     }
 }
+
+#[test]
+fn sizing_the_state_up_front_changes_no_output() {
+    let input = story(200, 5);
+    let (plain, _) = run_all(2, &input, None);
+    let mut e = Engine::new(Rules::default(), hs(), 2);
+    e.reserve(10_000);
+    let mut out = Vec::new();
+    for x in &input {
+        e.process(x.clone(), &mut out);
+    }
+    e.advance(EventTime::MAX, &mut out);
+    let lines: Vec<String> = out
+        .iter()
+        .map(|o| match o {
+            Out::Exited(x) => format!("Exited summarizable={}", x.summarizable),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert!(lines.len() > 200 * 5);
+    assert_eq!(lines, plain);
+}
