@@ -3,13 +3,13 @@
 //! `sorting` that matches each decision to the moment its scan was handed to the producer.
 
 use cbec_pipeline::config::Config;
+use cbec_pipeline::kafka::{self, Deliveries};
 use cbec_schemas::Topic;
 use cbec_schemas::hs::Nomenclature;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,20 +51,6 @@ fn wait_until(due: Instant) {
     }
 }
 
-fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, payload: &[u8]) {
-    let mut rec = BaseRecord::to(topic).key(key).payload(payload);
-    loop {
-        match p.send(rec) {
-            Ok(()) => return,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                rec = r;
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            Err((e, _)) => panic!("produce: {e}"),
-        }
-    }
-}
-
 /// `lineId/scanId` of a scan message (the decision's `id`), if it parses.
 fn scan_identity(payload: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
@@ -95,20 +81,14 @@ pub fn measure(
     for t in Topic::ALL {
         cfg.input_topics.insert(t.short().into(), format!("{prefix}{}", t.short()));
     }
-    cbec_pipeline::kafka::ensure_topics(&cfg).expect("topics");
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "1")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .expect("producer");
+    kafka::ensure_topics(&cfg).expect("topics");
+    let delivered = Deliveries::default();
+    let producer = kafka::producer(brokers, 1, delivered.clone()).expect("producer");
+    let send = |t: &str, k: &str, p: &[u8]| kafka::send_blocking(&producer, t, k, p).expect("produce");
     let names: HashMap<Topic, String> = Topic::ALL.iter().map(|t| (*t, cfg.input_topic(*t))).collect();
     let head = feed.iter().take_while(|(t, ..)| matches!(t, Topic::Goods | Topic::Controls)).count();
     for (t, k, p) in &feed[..head] {
-        send(&producer, &names[t], k, p);
+        send(&names[t], k, p);
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
     let paced = &feed[head..];
@@ -165,7 +145,7 @@ pub fn measure(
         let (cfg, ready) = (cfg.clone(), ready.clone());
         std::thread::spawn(move || {
             let progress: cbec_pipeline::runner::Progress = Box::new(move |_| ready.store(true, Ordering::Relaxed));
-            cbec_pipeline::kafka::run(&cfg, hs, true, Some(progress)).expect("kafka run")
+            kafka::run(&cfg, hs, true, Some(progress)).expect("kafka run")
         })
     };
     while !ready.load(Ordering::Relaxed) {
@@ -177,10 +157,11 @@ pub fn measure(
         if let Some(id) = id {
             sent.lock().expect("not poisoned").insert(id.clone(), Instant::now());
         }
-        send(&producer, &names[t], k, p);
+        send(&names[t], k, p);
     }
     let offered_per_sec = paced.len() as f64 / start.elapsed().as_secs_f64();
     producer.flush(Duration::from_secs(60)).expect("flush");
+    assert_eq!(delivered.failed(), 0, "every input message delivered");
     let stats = pipeline.join().expect("pipeline thread");
     done.store(true, Ordering::Relaxed);
     let mut latencies_us = watcher.join().expect("watcher thread");

@@ -397,14 +397,6 @@ impl Clear {
     }
 }
 
-/// The parcel of `logistics_no`, created when missing; the key is copied only then.
-fn parcel<'a>(parcels: &'a mut Map<String, Box<Parcel>>, logistics_no: &str) -> &'a mut Parcel {
-    if !parcels.contains_key(logistics_no) {
-        parcels.insert(logistics_no.to_string(), Box::default());
-    }
-    parcels.get_mut(logistics_no).expect("just inserted")
-}
-
 impl Operator for Clear {
     type In = ClearIn;
     type Out = Out;
@@ -414,7 +406,7 @@ impl Operator for Clear {
         match input {
             ClearIn::List(l) => {
                 let key = l.logistics_no.clone();
-                let p = parcel(&mut self.parcels, &key);
+                let p = crate::state_of(&mut self.parcels, &key);
                 if let Some(d) = &p.decl {
                     let hash = ids::content_hash(&l);
                     if hash != d.hash {
@@ -439,7 +431,7 @@ impl Operator for Clear {
                 Clear::activate(ctx, &key, p, out);
             }
             ClearIn::Status(s) => {
-                let p = parcel(&mut self.parcels, &s.logistics_no);
+                let p = crate::state_of(&mut self.parcels, &s.logistics_no);
                 let was = p.comparison.replace(s.comparison.clone());
                 if s.pay_code.is_some() {
                     p.pay_code = s.pay_code.clone();
@@ -467,7 +459,7 @@ impl Operator for Clear {
             }
             ClearIn::Waybill(w) => {
                 let key = w.logistics_no.clone();
-                let p = parcel(&mut self.parcels, &key);
+                let p = crate::state_of(&mut self.parcels, &key);
                 match (p.waybill, &p.decl) {
                     (Some(t), Some(d)) if t != w.app_time => {
                         let info = format!("declared list {} already activated: second activation refused", d.invt_no);
@@ -490,7 +482,7 @@ impl Operator for Clear {
                 }
             }
             ClearIn::Arrived { logistics_no, time } => {
-                let p = parcel(&mut self.parcels, &logistics_no);
+                let p = crate::state_of(&mut self.parcels, &logistics_no);
                 if !p.arrived {
                     p.arrived = true;
                     if p.decl.is_none() {
@@ -508,15 +500,15 @@ impl Operator for Clear {
                 }
             }
             ClearIn::Scan(s) => {
-                let p = parcel(&mut self.parcels, &s.logistics_no);
+                let p = crate::state_of(&mut self.parcels, &s.logistics_no);
                 Clear::scan(ctx, s, p, out);
             }
             ClearIn::PortRelease { logistics_no, seal_no, .. } => {
-                let p = &mut **self.parcels.entry(logistics_no).or_default();
+                let p = crate::state_of(&mut self.parcels, &logistics_no);
                 p.port_released = Some(seal_no);
             }
             ClearIn::Departed { logistics_no, time } => {
-                let p = parcel(&mut self.parcels, &logistics_no);
+                let p = crate::state_of(&mut self.parcels, &logistics_no);
                 if p.exited {
                     return;
                 }

@@ -264,14 +264,6 @@ impl Declare {
     }
 }
 
-/// The entry of `order_no`, created when missing; the key is copied only then.
-fn entry<'a>(entries: &'a mut Map<String, Box<Entry>>, order_no: &str) -> &'a mut Entry {
-    if !entries.contains_key(order_no) {
-        entries.insert(order_no.to_string(), Box::default());
-    }
-    entries.get_mut(order_no).expect("just inserted")
-}
-
 impl Operator for Declare {
     type In = DeclareIn;
     type Out = DeclareOut;
@@ -280,7 +272,7 @@ impl Operator for Declare {
     fn process(&mut self, rules: &mut Rules, input: DeclareIn, out: &mut dyn Collector<DeclareOut>) {
         let (key, time) = match input {
             DeclareIn::Order(o) => {
-                let e = entry(&mut self.entries, &o.order_no);
+                let e = crate::state_of(&mut self.entries, &o.order_no);
                 e.order = if o.app_type == AppType::Delete {
                     None
                 } else {
@@ -289,7 +281,7 @@ impl Operator for Declare {
                 (o.order_no, o.app_time)
             }
             DeclareIn::Payment(p) => {
-                let e = entry(&mut self.entries, &p.order_no);
+                let e = crate::state_of(&mut self.entries, &p.order_no);
                 let f = PaymentFacts {
                     pay_no: p.pay_no,
                     ebc: p.ebc_code,
@@ -304,7 +296,7 @@ impl Operator for Declare {
                 (p.order_no, p.accounting_date)
             }
             DeclareIn::List(l) => {
-                let e = entry(&mut self.entries, &l.order_no);
+                let e = crate::state_of(&mut self.entries, &l.order_no);
                 let total = l.items.iter().map(|i| i.total_price).sum();
                 if e.deadline.is_none() {
                     let d = l.app_time.plus_ms(rules.payment_wait_ms()).0;

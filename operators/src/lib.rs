@@ -29,6 +29,14 @@ use serde::{Serialize, de::DeserializeOwned};
 /// order, so the hasher does not reach the outputs. Partitioning uses [`ids::stable_hash`].
 pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The boxed state of `key`, created (default) when missing; the key is copied only then.
+pub fn state_of<'a, V: Default>(map: &'a mut Map<String, Box<V>>, key: &str) -> &'a mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), Box::default());
+    }
+    map.get_mut(key).expect("just inserted")
+}
+
 /// The hash set of keyed state, on the same terms as [`Map`].
 pub type Set<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 

@@ -46,6 +46,13 @@ pub struct Deliveries {
     failed: Arc<AtomicU64>,
 }
 
+impl Deliveries {
+    /// Records that could not be delivered so far.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
 impl ClientContext for Deliveries {}
 
 impl ProducerContext for Deliveries {
@@ -58,7 +65,8 @@ impl ProducerContext for Deliveries {
     }
 }
 
-fn producer(brokers: &str, linger_ms: u32, ctx: Deliveries) -> anyhow::Result<ThreadedProducer<Deliveries>> {
+/// An idempotent producer (`acks=all`, lz4) that counts delivery failures in `ctx`.
+pub fn producer(brokers: &str, linger_ms: u32, ctx: Deliveries) -> anyhow::Result<ThreadedProducer<Deliveries>> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -69,7 +77,8 @@ fn producer(brokers: &str, linger_ms: u32, ctx: Deliveries) -> anyhow::Result<Th
         .create_with_context(ctx)?)
 }
 
-fn send_blocking(p: &ThreadedProducer<Deliveries>, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
+/// Sends one record, waiting while librdkafka's queue is full (backpressure, not loss).
+pub fn send_blocking(p: &ThreadedProducer<Deliveries>, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
     let mut rec = BaseRecord::to(topic).key(key).payload(payload);
     loop {
         match p.send(rec) {

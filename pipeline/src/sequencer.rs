@@ -134,19 +134,14 @@ impl<T> Sequencer<T> {
         if let Some(c) = self.cached.get() {
             return c;
         }
-        let mut min: Option<i64> = None;
-        let mut state = Sources::AllIdle;
-        for s in self.sources.values() {
-            if s.idle {
-                continue;
-            }
-            if !s.seen {
-                state = Sources::NotReady;
-                break;
-            }
-            min = Some(min.map_or(s.max_time, |m: i64| m.min(s.max_time)));
-            state = Sources::Min(min.unwrap_or(i64::MIN));
-        }
+        let mut active = self.sources.values().filter(|s| !s.idle).peekable();
+        let state = if active.peek().is_none() {
+            Sources::AllIdle
+        } else {
+            active
+                .try_fold(i64::MAX, |m, s| s.seen.then_some(m.min(s.max_time)))
+                .map_or(Sources::NotReady, Sources::Min)
+        };
         self.cached.set(Some(state));
         state
     }
