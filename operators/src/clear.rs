@@ -353,12 +353,12 @@ impl Clear {
         control_ids.sort();
         control_ids.dedup();
         // The first inspect or release of a parcel also gets a receipt, after the decision.
-        let receipt_of = match port {
-            "inspect" if !p.inspected => Some((status::INSPECTION, "inspection: unpack at the sorting line")),
-            "release" if !p.site_released => Some((status::RELEASED, "released at the supervised site")),
-            _ => None,
+        let first = match port {
+            "inspect" => !p.inspected,
+            "release" => !p.site_released,
+            _ => false,
         };
-        let for_receipt = receipt_of.map(|_| (s.logistics_no.clone(), control_ids.clone()));
+        let for_receipt = first.then(|| (s.logistics_no.clone(), control_ids.clone()));
         let mut id = String::with_capacity(s.line_id.len() + 1 + s.scan_id.len());
         id.push_str(&s.line_id);
         id.push('/');
@@ -375,12 +375,14 @@ impl Clear {
             scan_time: s.scan_time,
             decision_time: s.scan_time,
         }));
-        if let (Some((st, info)), Some((lno, controls))) = (receipt_of, for_receipt) {
-            if st == status::INSPECTION {
+        if let Some((lno, controls)) = for_receipt {
+            let (st, info) = if port == "inspect" {
                 p.inspected = true;
+                (status::INSPECTION, "inspection: unpack at the sorting line")
             } else {
                 p.site_released = true;
-            }
+                (status::RELEASED, "released at the supervised site")
+            };
             receipt(out, p, &lno, st, info.into(), s.scan_time, "", controls);
         }
     }
