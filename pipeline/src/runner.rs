@@ -250,6 +250,45 @@ impl RunStats {
     }
 }
 
+/// The sink thread's loop: records to the sink; checkpoint work to the writer once what
+/// precedes it is flushed; a flush request answered after the writer has caught up.
+fn sink_loop(
+    rx: Receiver<SinkMsg>,
+    sink: &mut dyn Sink,
+    jobs: &Sender<WriterJob>,
+    errors: &Receiver<anyhow::Error>,
+) -> anyhow::Result<()> {
+    let writer_failed = || errors.try_recv().ok().map(|e| e.context("checkpoint writer"));
+    for msg in rx {
+        if let Some(e) = writer_failed() {
+            return Err(e);
+        }
+        match msg {
+            SinkMsg::Record(r) => sink.write(&r)?,
+            SinkMsg::AfterDurable(f) => {
+                sink.flush()?;
+                jobs.send(WriterJob::Run(f)).map_err(|_| anyhow::anyhow!("checkpoint writer stopped"))?;
+            }
+            SinkMsg::Flush(ack) => {
+                let mut res = sink.flush();
+                let (btx, brx) = bounded(1);
+                if jobs.send(WriterJob::Barrier(btx)).is_ok() {
+                    let _ = brx.recv();
+                }
+                if let (Ok(()), Some(e)) = (&res, writer_failed()) {
+                    res = Err(e);
+                }
+                let failed = res.as_ref().err().map(|e| format!("{e:#}"));
+                let _ = ack.send(res);
+                if let Some(e) = failed {
+                    anyhow::bail!("sink flush failed: {e}");
+                }
+            }
+        }
+    }
+    sink.flush()
+}
+
 /// Starts the sink thread (and the checkpoint writer thread behind it).
 pub fn spawn_sink(
     mut sink: Box<dyn Sink>,
@@ -260,37 +299,7 @@ pub fn spawn_sink(
         .name("cbec-sink".into())
         .spawn(move || {
             let (jobs, errors, writer) = spawn_writer();
-            let writer_failed = || errors.try_recv().ok();
-            let res = (|| {
-                for msg in rx {
-                    if let Some(e) = writer_failed() {
-                        return Err(e.context("checkpoint writer"));
-                    }
-                    match msg {
-                        SinkMsg::Record(r) => sink.write(&r)?,
-                        SinkMsg::AfterDurable(f) => {
-                            sink.flush()?;
-                            jobs.send(WriterJob::Run(f)).map_err(|_| anyhow::anyhow!("checkpoint writer stopped"))?;
-                        }
-                        SinkMsg::Flush(ack) => {
-                            let mut res = sink.flush();
-                            let (btx, brx) = bounded(1);
-                            if jobs.send(WriterJob::Barrier(btx)).is_ok() {
-                                let _ = brx.recv();
-                            }
-                            if let (Ok(()), Some(e)) = (&res, writer_failed()) {
-                                res = Err(e.context("checkpoint writer"));
-                            }
-                            let failed = res.as_ref().err().map(|e| format!("{e:#}"));
-                            let _ = ack.send(res);
-                            if let Some(e) = failed {
-                                anyhow::bail!("sink flush failed: {e}");
-                            }
-                        }
-                    }
-                }
-                sink.flush()
-            })();
+            let res = sink_loop(rx, sink.as_mut(), &jobs, &errors);
             drop(jobs);
             let _ = writer.join();
             match (res, errors.try_recv()) {
