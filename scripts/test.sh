@@ -14,4 +14,6 @@ if [ -z "${CBEC_NO_KAFKA:-}" ] && [ -z "${CBEC_TEST_BROKERS:-}" ]; then
   trap 'scripts/kafka.sh stop' EXIT
   export CBEC_TEST_BROKERS=127.0.0.1:${CBEC_KAFKA_PORT:-19092}
 fi
-cargo test --workspace
+# A hung test fails the run after CBEC_TEST_TIMEOUT seconds (default 25 min) instead of
+# holding CI until its own limit; timeout signals the whole process group (cargo and tests).
+timeout --kill-after=30 "${CBEC_TEST_TIMEOUT:-1500}" cargo test --workspace

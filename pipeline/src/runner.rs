@@ -124,14 +124,19 @@ fn spawn_writer() -> (Sender<WriterJob>, Receiver<anyhow::Error>, std::thread::J
     let h = std::thread::Builder::new()
         .name("cbec-checkpoint".into())
         .spawn(move || {
+            // After a failed save the writer runs no further saves (a later checkpoint must
+            // not commit past a lost one) but keeps answering barriers until the sink hangs
+            // up: a barrier queued behind the failing job must not wait forever.
+            let mut failed = false;
             for job in rx {
                 match job {
-                    WriterJob::Run(f) => {
+                    WriterJob::Run(f) if !failed => {
                         if let Err(e) = f() {
+                            failed = true;
                             let _ = etx.send(e);
-                            return;
                         }
                     }
+                    WriterJob::Run(_) => {}
                     WriterJob::Barrier(ack) => {
                         let _ = ack.send(());
                     }
@@ -755,5 +760,32 @@ mod tests {
         assert!(format!("{:#}", res.unwrap_err()).contains("disk full"), "the final checkpoint could not be saved");
         let sink = sink_h.join().unwrap();
         assert!(format!("{:#}", sink.unwrap_err()).contains("disk full"));
+    }
+
+    /// The CI deadlock: a flush's barrier queued behind a save that then fails must still be
+    /// answered (the flush reports the failure instead of waiting forever).
+    #[test]
+    fn a_flush_queued_behind_a_failing_save_is_answered() {
+        let (sink_tx, sink_h) = spawn_sink(Box::new(crate::sink::NullSink), 16);
+        let (started_tx, started) = bounded::<()>(1);
+        let (gate_tx, gate) = bounded::<()>(1);
+        let save = move || {
+            started_tx.send(()).unwrap();
+            gate.recv().unwrap();
+            anyhow::bail!("disk full")
+        };
+        sink_tx.send(SinkMsg::AfterDurable(Box::new(save))).unwrap();
+        started.recv().unwrap();
+        let (ack_tx, ack) = bounded(1);
+        sink_tx.send(SinkMsg::Flush(ack_tx)).unwrap();
+        // Give the sink thread time to queue its barrier behind the running save (if it has
+        // not, the test still passes through the other path; it cannot fail spuriously).
+        std::thread::sleep(Duration::from_millis(100));
+        gate_tx.send(()).unwrap();
+        // A generous bound turns a deadlock into a failure instead of a hung CI job.
+        let res = ack.recv_timeout(Duration::from_secs(60)).expect("the flush is answered");
+        assert!(format!("{:#}", res.unwrap_err()).contains("disk full"));
+        drop(sink_tx);
+        assert!(format!("{:#}", sink_h.join().unwrap().unwrap_err()).contains("disk full"));
     }
 }
