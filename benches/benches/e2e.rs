@@ -8,7 +8,8 @@
 //! Only some phases: `CBEC_BENCH_ONLY=throughput,latency,state,kafka,kafka-latency` (default: all).
 //! Size: `CBEC_BENCH_ORDERS` (default 820000 orders ≈ 5.1 million messages).
 //! Kafka phases need `CBEC_BENCH_BROKERS`; `CBEC_BENCH_KPARTS` sets the partitions of the
-//! latency phase's topics (default 4). `CBEC_BENCH_DIAG=1` prints, for the in-process
+//! latency phase's topics (default 4), `CBEC_BENCH_KRATES` its offered loads in scans/s
+//! (default `50000,5000`). `CBEC_BENCH_DIAG=1` prints, for the in-process
 //! latency phase, the worst latency in each 2.5 % slice of the decisions (where stalls are).
 
 use cbec_benches::{machine, peak_rss_mib};
@@ -172,7 +173,12 @@ fn main() {
         let all = feed.len() as f64;
         drop(g);
         let head = feed.iter().take_while(|(t, ..)| matches!(t, Topic::Goods | Topic::Controls)).count();
-        for scan_rate in [50_000.0, 5_000.0] {
+        // `CBEC_BENCH_KRATES=5000` measures only some of the offered loads (scans/s).
+        let rates: Vec<f64> = std::env::var("CBEC_BENCH_KRATES")
+            .ok()
+            .map(|s| s.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![50_000.0, 5_000.0]);
+        for scan_rate in rates {
             let per_sec = all * scan_rate / scans;
             let n = ((per_sec * 6.0) as usize).min(feed.len() - head);
             let pfx = format!("klat{}r{scan_rate}.", std::process::id());

@@ -36,6 +36,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::{CStr, CString};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -195,74 +196,134 @@ pub fn produce_story(brokers: &str, cfg: &Config, story: &Generated, rate: u64, 
     Ok(sent)
 }
 
-/// Keeps the high watermark of every partition from librdkafka's statistics (no broker
-/// round trip), to tell which partitions are at their end (idle).
-#[derive(Default, Clone)]
-pub struct HighWatermarks {
-    hi: Arc<std::sync::Mutex<HashMap<(String, i32), i64>>>,
+/// The high watermark librdkafka cached from its latest fetch response for a partition (no
+/// broker round trip), if it has one.
+#[allow(unsafe_code)]
+fn cached_high(consumer: &BaseConsumer, topic: &CStr, partition: i32) -> Option<i64> {
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` is borrowed; `topic` is a valid
+    // NUL-terminated string for the call; `low` and `high` are valid for writes. The
+    // function only reads librdkafka's cached partition state under its own lock.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
-impl ClientContext for HighWatermarks {
-    fn stats(&self, st: rdkafka::Statistics) {
-        let mut hi = self.hi.lock().expect("not poisoned");
-        for (t, topic) in st.topics {
-            for (p, part) in topic.partitions {
-                // High watermarks only grow: a partition not fetched yet may report a stale
-                // or zero one, which must not make it look caught up (idle) too early.
-                if p >= 0 && part.hi_offset >= 0 {
-                    let e = hi.entry((t.clone(), p)).or_insert(part.hi_offset);
-                    *e = (*e).max(part.hi_offset);
-                }
-            }
+/// One assigned input partition.
+struct Part {
+    topic: Topic,
+    name: String,
+    cname: CString,
+    partition: i32,
+    /// Next offset to read.
+    next: i64,
+    /// Highest high watermark seen (only grows: a partition not fetched yet may report a
+    /// stale one, which must not make it look caught up too early).
+    high: i64,
+    /// Caught up with `high`, as last told to the engine.
+    idle: bool,
+}
+
+impl Part {
+    /// Re-reads the cached high watermark; tells the engine when idleness changes.
+    fn refresh(&mut self, consumer: &BaseConsumer, batcher: &mut Batcher) {
+        if let Some(h) = cached_high(consumer, &self.cname, self.partition) {
+            self.high = self.high.max(h);
+        }
+        let idle = self.next >= self.high;
+        if idle != self.idle {
+            self.idle = idle;
+            batcher.push(EngineMsg::Idle((self.topic, self.partition), idle));
         }
     }
 }
 
-impl rdkafka::consumer::ConsumerContext for HighWatermarks {}
-
-struct ConsumerLoop {
-    consumer: BaseConsumer<HighWatermarks>,
-    marks: HighWatermarks,
-    topics: HashMap<String, Topic>,
-    next: HashMap<(String, i32), i64>,
-    idle: HashMap<(String, i32), bool>,
+/// The assigned input partitions.
+struct Parts {
+    parts: Vec<Part>,
+    /// Topic name → partition id → index in `parts`.
+    index: HashMap<String, HashMap<i32, usize>>,
 }
 
-/// Takes one consumed message: offset and idleness bookkeeping, then decoding into the
-/// batch. False when the topic is not an input.
-fn accept(
-    topics: &HashMap<String, Topic>,
-    next: &mut HashMap<(String, i32), i64>,
-    idle: &mut HashMap<(String, i32), bool>,
-    m: &rdkafka::message::BorrowedMessage<'_>,
-    dec: &mut Decoder,
-    batcher: &mut Batcher,
-) -> bool {
-    let topic_name = m.topic();
-    let Some(topic) = topics.get(topic_name).copied() else { return false };
-    let src: SourceId = (topic, m.partition());
-    let k = (topic_name.to_string(), m.partition());
-    next.insert(k.clone(), m.offset() + 1);
-    if idle.insert(k, false) == Some(true) {
-        batcher.push(EngineMsg::Idle(src, false));
+impl Parts {
+    /// Takes one consumed message: offset and idleness bookkeeping, then decoding into the
+    /// batch. False when the topic is not an input.
+    ///
+    /// A partition is idle exactly when everything up to the high watermark of librdkafka's
+    /// latest fetch has been read, decided per message: the last message of a fetch leaves
+    /// its partition idle at once instead of holding the engine's watermark until a
+    /// periodic check (which was most of the scan → decision latency through Kafka).
+    fn accept(
+        &mut self,
+        consumer: &BaseConsumer,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+        dec: &mut Decoder,
+        batcher: &mut Batcher,
+    ) -> bool {
+        let Some(&i) = self.index.get(m.topic()).and_then(|ps| ps.get(&m.partition())) else { return false };
+        let part = &mut self.parts[i];
+        part.next = m.offset() + 1;
+        if part.next >= part.high {
+            part.refresh(consumer, batcher);
+        } else if part.idle {
+            part.idle = false;
+            batcher.push(EngineMsg::Idle((part.topic, part.partition), false));
+        }
+        let mut send = |x: EngineMsg| batcher.push(x);
+        decode_message(
+            dec,
+            part.topic,
+            &part.name,
+            (part.topic, part.partition),
+            m.offset(),
+            m.key(),
+            m.payload().unwrap_or(&[]),
+            Instant::now(),
+            &mut send,
+        );
+        true
     }
-    let mut send = |x: EngineMsg| batcher.push(x);
-    decode_message(
-        dec,
-        topic,
-        topic_name,
-        src,
-        m.offset(),
-        m.key(),
-        m.payload().unwrap_or(&[]),
-        Instant::now(),
-        &mut send,
-    );
-    true
+
+    /// Refreshes every partition's idleness; true when all are idle.
+    fn refresh_all(&mut self, consumer: &BaseConsumer, batcher: &mut Batcher, lag_metrics: bool) -> bool {
+        let mut all_idle = true;
+        for part in &mut self.parts {
+            part.refresh(consumer, batcher);
+            all_idle &= part.idle;
+            if lag_metrics {
+                let lag = (part.high - part.next).max(0);
+                crate::metrics::ConsumerLag { topic: &part.name, partition: part.partition, lag }.emit();
+            }
+        }
+        all_idle
+    }
+}
+
+/// Commits a checkpoint's offsets to the consumer group (for lag monitoring; the pipeline
+/// restarts from its checkpoint, not from these).
+fn commit(consumer: &BaseConsumer, offsets: BTreeMap<String, BTreeMap<i32, i64>>) -> anyhow::Result<()> {
+    let mut tpl = TopicPartitionList::new();
+    for (t, ps) in offsets {
+        for (p, o) in ps {
+            tpl.add_partition_offset(&t, p, Offset::Offset(o))?;
+        }
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        eprintln!("warning: consumer-group commit failed: {e}");
+    }
+    Ok(())
 }
 
 fn consumer_thread(
-    mut cl: ConsumerLoop,
+    consumer: BaseConsumer,
+    mut parts: Parts,
     tx: Sender<Batch>,
     commits: Receiver<BTreeMap<String, BTreeMap<i32, i64>>>,
     stop: Arc<AtomicBool>,
@@ -280,48 +341,28 @@ fn consumer_thread(
                     break;
                 }
                 while let Ok(offsets) = commits.try_recv() {
-                    let mut tpl = TopicPartitionList::new();
-                    for (t, ps) in offsets {
-                        for (p, o) in ps {
-                            tpl.add_partition_offset(&t, p, Offset::Offset(o))?;
-                        }
-                    }
-                    if let Err(e) = cl.consumer.commit(&tpl, CommitMode::Async) {
-                        eprintln!("warning: consumer-group commit failed: {e}");
-                    }
+                    commit(&consumer, offsets)?;
                 }
-                let polled = match cl.consumer.poll(Duration::ZERO) {
+                let polled = match consumer.poll(Duration::ZERO) {
                     // Nothing buffered by librdkafka: hand over what we have, then wait.
                     None => {
                         batcher.flush();
-                        cl.consumer.poll(Duration::from_millis(50))
+                        consumer.poll(Duration::from_millis(50))
                     }
                     other => other,
                 };
                 match polled {
                     None => {}
-                    Some(Ok(m)) if accept(&cl.topics, &mut cl.next, &mut cl.idle, &m, &mut dec, &mut batcher) => {
-                        idle_since = None;
-                    }
+                    Some(Ok(m)) if parts.accept(&consumer, &m, &mut dec, &mut batcher) => idle_since = None,
                     Some(Ok(_)) => {}
                     Some(Err(KafkaError::PartitionEOF(_))) => {}
                     Some(Err(e)) => eprintln!("warning: consumer: {e}"),
                 }
+                // A periodic sweep catches partitions whose high watermark moved without a
+                // message reaching us yet, and reports consumer lag.
                 if last_check.elapsed() >= Duration::from_millis(100) {
                     last_check = Instant::now();
-                    let mut all_idle = true;
-                    let marks = cl.marks.hi.lock().expect("not poisoned").clone();
-                    for ((t, p), next) in cl.next.clone() {
-                        let high = marks.get(&(t.clone(), p)).copied().unwrap_or(i64::MAX);
-                        crate::metrics::ConsumerLag { topic: &t, partition: p, lag: (high - next).max(0) }.emit();
-                        let now_idle = next >= high;
-                        all_idle &= now_idle;
-                        let k = (t.clone(), p);
-                        if cl.idle.get(&k).copied() != Some(now_idle) {
-                            cl.idle.insert(k, now_idle);
-                            batcher.push(EngineMsg::Idle((cl.topics[&t], p), now_idle));
-                        }
-                    }
+                    let all_idle = parts.refresh_all(&consumer, &mut batcher, true);
                     if exit_when_idle && all_idle {
                         let since = *idle_since.get_or_insert_with(Instant::now);
                         if since.elapsed() >= Duration::from_secs(2) {
@@ -330,8 +371,8 @@ fn consumer_thread(
                     }
                 }
             }
-            for (t, p) in cl.next.keys() {
-                batcher.push(EngineMsg::Done((cl.topics[t], *p)));
+            for part in &parts.parts {
+                batcher.push(EngineMsg::Done((part.topic, part.partition)));
             }
             batcher.flush();
             Ok(())
@@ -367,37 +408,41 @@ pub fn run(
     ensure_topics(cfg).context("creating topics")?;
     let store = LocalDirStore::new(&cfg.checkpoint_dir)?;
     let restored = store.load()?;
-    let marks = HighWatermarks::default();
-    let consumer: BaseConsumer<HighWatermarks> = ClientConfig::new()
+    let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
-        .set("statistics.interval.ms", "100")
         .set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("queued.max.messages.kbytes", "65536")
-        .create_with_context(marks.clone())?;
+        .create()?;
     let mut tpl = TopicPartitionList::new();
-    let mut topics = HashMap::new();
-    let mut next = HashMap::new();
-    let mut sources = Vec::new();
+    let mut parts = Vec::new();
+    let mut index: HashMap<String, HashMap<i32, usize>> = HashMap::new();
     for t in Topic::ALL {
         let name = cfg.input_topic(t);
-        topics.insert(name.clone(), t);
         let md = consumer.fetch_metadata(Some(&name), Duration::from_secs(10))?;
         for mt in md.topics() {
             for p in mt.partitions() {
                 let from = restored.as_ref().and_then(|c| c.offsets.get(&name)).and_then(|m| m.get(&p.id())).copied();
                 let (low, high) = consumer.fetch_watermarks(&name, p.id(), Duration::from_secs(10))?;
-                marks.hi.lock().expect("not poisoned").insert((name.clone(), p.id()), high);
                 let start = from.unwrap_or(low).max(low);
                 tpl.add_partition_offset(&name, p.id(), Offset::Offset(start))?;
-                next.insert((name.clone(), p.id()), start);
-                sources.push((t, p.id()));
+                index.entry(name.clone()).or_default().insert(p.id(), parts.len());
+                parts.push(Part {
+                    topic: t,
+                    name: name.clone(),
+                    cname: CString::new(name.as_str()).context("topic name")?,
+                    partition: p.id(),
+                    next: start,
+                    high,
+                    idle: false,
+                });
             }
         }
     }
+    let sources: Vec<SourceId> = parts.iter().map(|p| (p.topic, p.partition)).collect();
     consumer.assign(&tpl)?;
     if restored.is_some() {
         eprintln!("cbec: restored checkpoint from {}", cfg.checkpoint_dir);
@@ -406,9 +451,7 @@ pub fn run(
     stop_on_signals(stop.clone());
     let (tx, rx) = bounded(batches_for(cfg.queue_capacity, 256));
     let (ctx, crx) = bounded(4);
-    let idle = next.keys().map(|k| (k.clone(), false)).collect();
-    let h =
-        consumer_thread(ConsumerLoop { consumer, marks, topics, next, idle }, tx, crx, stop.clone(), exit_when_idle);
+    let h = consumer_thread(consumer, Parts { parts, index }, tx, crx, stop.clone(), exit_when_idle);
     let (sink_tx, sink_h) = spawn_sink(Box::new(KafkaSink::new(cfg)?), cfg.queue_capacity);
     let run = EngineRun {
         end_of_time_when_done: exit_when_idle,

@@ -96,15 +96,16 @@ impl<T> Sequencer<T> {
         }
     }
 
-    /// Adds an item from `source` at `offset` with event time `time`.
+    /// Adds an item from `source` at `offset` with event time `time`. Idleness is the
+    /// reader's to say ([`Sequencer::set_idle`]): an item read from a source that is still
+    /// caught up after it (the last message of a fetch) leaves it idle.
     pub fn push(&mut self, source: SourceId, offset: i64, time: EventTime, item: T) {
         let st = self.sources.entry(source).or_default();
-        let was = (st.idle, st.seen, st.max_time);
-        st.idle = false;
+        let was = (st.seen, st.max_time);
         let eff = if st.seen { time.0.max(st.max_time) } else { time.0 };
         st.seen = true;
         st.max_time = eff;
-        if was != (st.idle, st.seen, st.max_time) {
+        if was != (st.seen, st.max_time) {
             self.cached.set(None);
         }
         self.max_time = self.max_time.max(eff);
@@ -233,6 +234,24 @@ mod tests {
         s.set_idle(a, true);
         assert_eq!(s.pop().unwrap().item, "o30");
         assert_eq!(s.min_pending_offsets().len(), 0);
+    }
+
+    #[test]
+    fn an_item_from_a_caught_up_source_does_not_hold_the_watermark() {
+        let a = (Topic::Orders, 0);
+        let b = (Topic::Payments, 0);
+        let mut s: Sequencer<&str> = Sequencer::new([a, b], 0);
+        s.push(a, 0, EventTime(10), "o10");
+        s.push(b, 0, EventTime(20), "p20");
+        s.set_idle(b, true);
+        s.push(b, 1, EventTime(40), "p40");
+        s.push(a, 1, EventTime(30), "o30");
+        let order: Vec<&str> = std::iter::from_fn(|| s.pop().map(|p| p.item)).collect();
+        assert_eq!(order, ["o10", "p20"], "payments is caught up; orders (at 30) holds the rest");
+        s.set_idle(b, false);
+        s.push(a, 2, EventTime(50), "o50");
+        let order: Vec<&str> = std::iter::from_fn(|| s.pop().map(|p| p.item)).collect();
+        assert_eq!(order, ["o30"], "payments reads again and holds the watermark at its 40");
     }
 
     #[test]
