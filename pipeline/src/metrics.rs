@@ -82,8 +82,8 @@ impl ConsumerLag<'_> {
     }
 }
 
-/// `cbec_checkpoint_snapshot_seconds`: how long the engine thread stopped to serialize its
-/// state for a checkpoint (the rest of the checkpoint runs off the engine thread).
+/// `cbec_checkpoint_snapshot_seconds`: how long the engine thread stopped to copy its state
+/// for a checkpoint (serializing and saving the copy run off the engine thread).
 pub struct CheckpointSnapshot {
     /// Duration.
     pub seconds: f64,

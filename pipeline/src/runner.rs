@@ -655,9 +655,9 @@ fn flush(sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
     rx.recv().map_err(|_| anyhow::anyhow!("sink stopped"))?
 }
 
-/// Takes a checkpoint: the state is serialized here, on the engine thread (a consistent
-/// cut); the sink thread flushes the outputs that precede it, and the writer thread saves
-/// it and then lets the consumer group commit its offsets. When `wait`, returns after the
+/// Takes a checkpoint: the state is copied here, on the engine thread (a consistent cut);
+/// the sink thread flushes the outputs that precede it, and the writer thread serializes
+/// and saves the copy and then lets the consumer group commit its offsets. When `wait`, returns after the
 /// save (end of run).
 fn checkpoint(
     st: &mut State,
@@ -674,11 +674,9 @@ fn checkpoint(
         let name = run.topic_names.get(&src.0).cloned().unwrap_or_else(|| src.0.default_name());
         offsets.entry(name).or_default().insert(src.1, resume);
     }
-    let cp = Checkpoint {
-        offsets: offsets.clone(),
-        engine: st.engine.snapshot(),
-        summarize: serde_json::to_vec(&st.summarize)?,
-    };
+    // A copy of the state is the consistent cut; serializing it (hundreds of milliseconds
+    // for a large state) happens on the writer thread, not here on the decision path.
+    let (engine, summarize) = (st.engine.clone(), st.summarize.clone());
     m::CheckpointSnapshot { seconds: t.elapsed().as_secs_f64() }.emit();
     st.stats.checkpoints += 1;
     let (d, c) = st.engine.state_size();
@@ -687,6 +685,12 @@ fn checkpoint(
     m::StateSize { operator: "summarize", bytes: st.summarize.state_size() }.emit();
     let (store, commits) = (store.clone(), run.commits.clone());
     let save = move || {
+        let cp = Checkpoint {
+            offsets: offsets.clone(),
+            engine: engine.snapshot(),
+            summarize: serde_json::to_vec(&summarize)?,
+        };
+        drop((engine, summarize));
         let bytes = store.save(&cp)?;
         m::CheckpointDone { seconds: t.elapsed().as_secs_f64(), bytes }.emit();
         if let Some(tx) = commits {

@@ -35,7 +35,8 @@ pub enum HsCheck {
 /// The loaded nomenclature, or none (structural checks only).
 #[derive(Debug, Clone, Default)]
 pub struct Nomenclature {
-    codes: HashMap<String, HsEntry>,
+    /// Shared: read-only once loaded, so a clone (an engine copied for a checkpoint) is cheap.
+    codes: std::sync::Arc<HashMap<String, HsEntry>>,
     source: Option<PathBuf>,
 }
 
@@ -83,7 +84,7 @@ impl Nomenclature {
             }
             codes.insert(f[1].clone(), HsEntry { section: f[0].clone(), description: f[2].clone() });
         }
-        Ok(Nomenclature { codes, source: None })
+        Ok(Nomenclature { codes: std::sync::Arc::new(codes), source: None })
     }
 
     /// Loads a CSV file.
