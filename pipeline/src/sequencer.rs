@@ -4,10 +4,13 @@
 //!
 //! Each source is assumed in order; a late event (time below what its source already
 //! showed) takes its source's current time (it is processed where it arrived, as in Flink).
-//! The global watermark is the minimum over active sources of their latest time, less the
-//! allowed lateness; idle sources (at end of partition or file) do not hold it back.
-//! Ties break by topic rank (goods, controls, orders, lists, payments, waybills, arrivals,
-//! scans, seals, departures), then source, then offset.
+//! Items are ordered by (time, topic rank, partition, offset); ties in time break by topic
+//! rank (goods, controls, orders, lists, payments, waybills, arrivals, scans, seals,
+//! departures). An item is released once nothing that can still arrive sorts before it:
+//! each active source can only send keys from (its latest time less the allowed lateness,
+//! its rank, its partition, its next offset) on, and the item must sort below the least of
+//! those bounds. Idle sources (at end of partition or file) do not bound anything. The
+//! event-time watermark (for timers) is the time of that least bound.
 
 use cbec_schemas::{EventTime, Topic};
 use std::cmp::Reverse;
@@ -35,9 +38,14 @@ pub type SourceId = (Topic, i32);
 #[derive(Debug, Default, Clone)]
 struct SourceState {
     max_time: i64,
+    /// Key offset of the latest item.
+    last: i64,
     seen: bool,
     idle: bool,
 }
+
+/// An ordering key: (time, topic rank, partition, offset).
+type Key = (i64, u8, i32, i64);
 
 /// An item waiting in the sequencer.
 #[derive(Debug)]
@@ -66,8 +74,8 @@ enum Sources {
     NotReady,
     /// Every source is idle.
     AllIdle,
-    /// The minimum over active sources of their latest time.
-    Min(i64),
+    /// The least key any active source can still send, and that source.
+    Min(Key, SourceId),
 }
 
 /// The merge of all sources.
@@ -101,12 +109,16 @@ impl<T> Sequencer<T> {
     /// caught up after it (the last message of a fetch) leaves it idle.
     pub fn push(&mut self, source: SourceId, offset: i64, time: EventTime, item: T) {
         let st = self.sources.entry(source).or_default();
-        let was = (st.seen, st.max_time);
         let eff = if st.seen { time.0.max(st.max_time) } else { time.0 };
+        let first = !st.seen;
         st.seen = true;
         st.max_time = eff;
-        if was != (st.seen, st.max_time) {
-            self.cached.set(None);
+        st.last = offset;
+        // A source's bound only grows with its items: the least bound changes only when
+        // it was this source's (or this source had none yet).
+        match self.cached.get() {
+            Some(Sources::Min(_, s)) if s != source && !first => {}
+            _ => self.cached.set(None),
         }
         self.max_time = self.max_time.max(eff);
         let slot = match self.free.pop() {
@@ -135,13 +147,26 @@ impl<T> Sequencer<T> {
         if let Some(c) = self.cached.get() {
             return c;
         }
-        let mut active = self.sources.values().filter(|s| !s.idle).peekable();
+        let mut active = self.sources.iter().filter(|(_, s)| !s.idle).peekable();
         let state = if active.peek().is_none() {
             Sources::AllIdle
         } else {
-            active
-                .try_fold(i64::MAX, |m, s| s.seen.then_some(m.min(s.max_time)))
-                .map_or(Sources::NotReady, Sources::Min)
+            let mut least: Option<(Key, SourceId)> = None;
+            let mut ready = true;
+            for (id, s) in active {
+                if !s.seen {
+                    ready = false;
+                    break;
+                }
+                let bound = (s.max_time.saturating_sub(self.lateness), rank(id.0), id.1, s.last.saturating_add(1));
+                if least.is_none_or(|(k, _)| bound < k) {
+                    least = Some((bound, *id));
+                }
+            }
+            match least {
+                Some((k, id)) if ready => Sources::Min(k, id),
+                _ => Sources::NotReady,
+            }
         };
         self.cached.set(Some(state));
         state
@@ -153,7 +178,7 @@ impl<T> Sequencer<T> {
             Sources::NotReady => None,
             // Everything idle: all that is buffered may go.
             Sources::AllIdle => (!self.heap.is_empty()).then_some(EventTime(self.max_time)),
-            Sources::Min(m) => Some(EventTime(m.saturating_sub(self.lateness))),
+            Sources::Min(k, _) => Some(EventTime(k.0)),
         }
     }
 
@@ -170,7 +195,7 @@ impl<T> Sequencer<T> {
         let ready = match self.sources_state() {
             Sources::NotReady => return None,
             Sources::AllIdle => self.heap.peek().is_some(),
-            Sources::Min(m) => self.heap.peek()?.0.key.0 < m.saturating_sub(self.lateness),
+            Sources::Min(k, _) => self.heap.peek()?.0.key < k,
         };
         if ready {
             let q = self.heap.pop()?.0;
@@ -211,6 +236,10 @@ impl<T> Sequencer<T> {
 mod tests {
     use super::*;
 
+    fn pops(s: &mut Sequencer<&'static str>) -> Vec<&'static str> {
+        std::iter::from_fn(|| s.pop().map(|p| p.item)).collect()
+    }
+
     #[test]
     fn merges_by_event_time_with_per_source_watermarks() {
         let a = (Topic::Orders, 0);
@@ -220,20 +249,32 @@ mod tests {
         s.push(a, 1, EventTime(30), "o30");
         assert!(s.pop().is_none(), "payments has shown nothing yet");
         s.push(b, 0, EventTime(20), "p20");
-        assert_eq!(s.pop().unwrap().item, "o10");
-        assert!(s.pop().is_none(), "p20 waits: payments may still send more at 20");
+        assert_eq!(pops(&mut s), ["o10", "p20"], "nothing payments can still send sorts before p20");
         s.push(b, 1, EventTime(5), "late");
-        assert!(s.pop().is_none(), "a late event takes its source's time (20)");
+        assert_eq!(pops(&mut s), ["late"], "a late event takes its source's time (20)");
         s.push(b, 2, EventTime(25), "p25");
-        assert_eq!(s.pop().unwrap().item, "p20");
-        assert_eq!(s.pop().unwrap().item, "late");
-        assert!(s.pop().is_none(), "o30 and p25 wait for payments to pass 25");
+        assert_eq!(pops(&mut s), ["p25"], "o30 waits for payments to pass 30");
+        assert_eq!(s.watermark(), Some(EventTime(25)));
         s.set_idle(b, true);
-        assert_eq!(s.pop().unwrap().item, "p25");
-        assert!(s.pop().is_none(), "o30 waits: orders may still send more at 30");
-        s.set_idle(a, true);
-        assert_eq!(s.pop().unwrap().item, "o30");
+        assert_eq!(pops(&mut s), ["o30"], "orders can only send after its own o30");
         assert_eq!(s.min_pending_offsets().len(), 0);
+    }
+
+    #[test]
+    fn equal_times_wait_for_a_topic_that_sorts_first() {
+        let goods = (Topic::Goods, 0);
+        let controls = (Topic::Controls, 0);
+        let mut s: Sequencer<&str> = Sequencer::new([goods, controls], 0);
+        s.push(controls, 0, EventTime(100), "c100");
+        s.push(goods, 0, EventTime(100), "g100a");
+        assert_eq!(pops(&mut s), ["g100a"], "c100 waits: more goods may come at 100, and goods sort first");
+        s.push(goods, 1, EventTime(100), "g100b");
+        s.push(goods, 2, EventTime(200), "g200");
+        s.push(controls, 1, EventTime(300), "c300");
+        assert_eq!(pops(&mut s), ["g100b", "c100", "g200"]);
+        s.set_idle(goods, true);
+        s.set_idle(controls, true);
+        assert_eq!(pops(&mut s), ["c300"]);
     }
 
     #[test]
@@ -246,30 +287,24 @@ mod tests {
         s.set_idle(b, true);
         s.push(b, 1, EventTime(40), "p40");
         s.push(a, 1, EventTime(30), "o30");
-        let order: Vec<&str> = std::iter::from_fn(|| s.pop().map(|p| p.item)).collect();
-        assert_eq!(order, ["o10", "p20"], "payments is caught up; orders (at 30) holds the rest");
+        assert_eq!(pops(&mut s), ["o10", "p20", "o30"], "payments is caught up; orders bounds the rest");
         s.set_idle(b, false);
         s.push(a, 2, EventTime(50), "o50");
-        let order: Vec<&str> = std::iter::from_fn(|| s.pop().map(|p| p.item)).collect();
-        assert_eq!(order, ["o30"], "payments reads again and holds the watermark at its 40");
+        assert_eq!(pops(&mut s), ["p40"], "payments reads again and bounds the release at its 40");
     }
 
     #[test]
-    fn equal_times_wait_for_a_topic_that_sorts_first() {
-        let goods = (Topic::Goods, 0);
-        let controls = (Topic::Controls, 0);
-        let mut s: Sequencer<&str> = Sequencer::new([goods, controls], 0);
-        s.push(controls, 0, EventTime(100), "c100");
-        s.push(goods, 0, EventTime(100), "g100a");
-        assert!(s.pop().is_none(), "more goods may come at 100, and goods sort before controls");
-        s.push(goods, 1, EventTime(100), "g100b");
-        s.push(goods, 2, EventTime(200), "g200");
-        s.push(controls, 1, EventTime(300), "c300");
-        let order: Vec<&str> = std::iter::from_fn(|| s.pop().map(|p| p.item)).collect();
-        assert_eq!(order, ["g100a", "g100b", "c100"]);
-        s.set_idle(goods, true);
-        s.set_idle(controls, true);
-        let rest: Vec<&str> = std::iter::from_fn(|| s.pop().map(|p| p.item)).collect();
-        assert_eq!(rest, ["g200", "c300"]);
+    fn many_items_at_one_time_from_one_source_do_not_wait() {
+        // A burst at a single timestamp (registrations, a scan line's batch) is released as
+        // it arrives: nothing its own source can still send sorts before it.
+        let a = (Topic::Goods, 0);
+        let b = (Topic::Orders, 0);
+        let mut s: Sequencer<&str> = Sequencer::new([a, b], 0);
+        s.push(b, 0, EventTime(500), "o500");
+        for i in 0..1000 {
+            s.push(a, i, EventTime(100), "g100");
+            assert_eq!(s.len(), 2, "at most the newest goods item and o500 wait");
+            assert_eq!(s.pop().map(|p| p.item), Some("g100"));
+        }
     }
 }
