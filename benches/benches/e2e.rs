@@ -156,12 +156,18 @@ fn main() {
         let produce_s = t.elapsed().as_secs_f64();
         let s = cbec_pipeline::kafka::run(&c, h.clone(), true, None).expect("kafka run");
         println!(
-            "kafka ({b}): produced {sent} in {produce_s:.1} s ({:.0} msg/s); pipeline consumed {} in {:.2} s incl. 2 s idle detection = {:.0} msg/s; {} output records",
+            "kafka ({b}): produced {sent} in {produce_s:.1} s ({:.0} msg/s); pipeline consumed {} in {:.2} s incl. 2 s idle detection = {:.0} msg/s; {} output records, {} released early by the sequencer bound",
             sent as f64 / produce_s,
             s.total_in(),
             s.elapsed.as_secs_f64(),
             s.total_in() as f64 / (s.elapsed.as_secs_f64() - 2.0).max(0.1),
-            s.output.values().sum::<u64>()
+            s.output.values().sum::<u64>(),
+            s.forced
+        );
+        let e = embedded::run(&cfg, h.clone(), inputs(&g), Box::new(NullSink), None).expect("run");
+        println!(
+            "  the embedded run of the same story: {} output records (the Kafka run must match)",
+            e.output.values().sum::<u64>()
         );
     }
 

@@ -21,7 +21,7 @@ use crate::record::{OUTPUTS, Record};
 use crate::runner::{
     Batch, Batcher, EngineMsg, EngineRun, RunStats, batches_for, decode_message, run_engine, spawn_sink,
 };
-use crate::sequencer::SourceId;
+use crate::sequencer::{SourceId, rank};
 use crate::sink::Sink;
 use anyhow::Context;
 use cbec_schemas::hs::Nomenclature;
@@ -30,7 +30,8 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, DefaultConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -216,8 +217,8 @@ fn cached_high(consumer: &BaseConsumer, topic: &CStr, partition: i32) -> Option<
     (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
-/// One assigned input partition.
-struct Part {
+/// What the consumer knows about one assigned input partition.
+struct PartState {
     topic: Topic,
     name: String,
     cname: CString,
@@ -229,72 +230,142 @@ struct Part {
     high: i64,
     /// Caught up with `high`, as last told to the engine.
     idle: bool,
+    /// Latest event time read from it.
+    time: i64,
+    /// Since when it has been waited for without delivering.
+    stalled_since: Option<Instant>,
 }
 
-impl Part {
+impl PartState {
     /// Re-reads the cached high watermark; tells the engine when idleness changes.
     fn refresh(&mut self, consumer: &BaseConsumer, batcher: &mut Batcher) {
         if let Some(h) = cached_high(consumer, &self.cname, self.partition) {
             self.high = self.high.max(h);
         }
-        let idle = self.next >= self.high;
+        self.set_idle(self.next >= self.high, batcher);
+    }
+
+    fn set_idle(&mut self, idle: bool, batcher: &mut Batcher) {
         if idle != self.idle {
             self.idle = idle;
             batcher.push(EngineMsg::Idle((self.topic, self.partition), idle));
         }
     }
-}
 
-/// The assigned input partitions.
-struct Parts {
-    parts: Vec<Part>,
-    /// Topic name → partition id → index in `parts`.
-    index: HashMap<String, HashMap<i32, usize>>,
-}
-
-impl Parts {
-    /// Takes one consumed message: offset and idleness bookkeeping, then decoding into the
-    /// batch. False when the topic is not an input.
+    /// Takes one message of this partition: offset, idleness and event-time bookkeeping,
+    /// then decoding into the batch.
     ///
     /// A partition is idle exactly when everything up to the high watermark of librdkafka's
     /// latest fetch has been read, decided per message: the last message of a fetch leaves
     /// its partition idle at once instead of holding the engine's watermark until a
-    /// periodic check (which was most of the scan → decision latency through Kafka).
-    fn accept(
+    /// periodic check.
+    fn take(
         &mut self,
         consumer: &BaseConsumer,
         m: &rdkafka::message::BorrowedMessage<'_>,
         dec: &mut Decoder,
         batcher: &mut Batcher,
-    ) -> bool {
-        let Some(&i) = self.index.get(m.topic()).and_then(|ps| ps.get(&m.partition())) else { return false };
-        let part = &mut self.parts[i];
-        part.next = m.offset() + 1;
-        if part.next >= part.high {
-            part.refresh(consumer, batcher);
-        } else if part.idle {
-            part.idle = false;
-            batcher.push(EngineMsg::Idle((part.topic, part.partition), false));
+    ) {
+        self.next = m.offset() + 1;
+        self.stalled_since = None;
+        if self.next >= self.high {
+            self.refresh(consumer, batcher);
+        } else {
+            self.set_idle(false, batcher);
         }
-        let mut send = |x: EngineMsg| batcher.push(x);
+        let time = &mut self.time;
+        let mut send = |x: EngineMsg| {
+            if let EngineMsg::Event(e) = &x {
+                *time = (*time).max(e.time.0);
+            }
+            batcher.push(x)
+        };
         decode_message(
             dec,
-            part.topic,
-            &part.name,
-            (part.topic, part.partition),
+            self.topic,
+            &self.name,
+            (self.topic, self.partition),
             m.offset(),
             m.key(),
             m.payload().unwrap_or(&[]),
             Instant::now(),
             &mut send,
         );
-        true
+    }
+}
+
+/// The assigned input partitions, each with its own librdkafka queue, read in event-time
+/// order: always from the partition the engine's watermark waits for. The engine's
+/// sequencer then holds only a few messages per partition, whatever the backlog, and never
+/// has to release anything early; a partition that is ahead waits in librdkafka's bounded
+/// prefetch (`queued.max.messages.kbytes` per partition), which stops fetching it.
+struct Parts {
+    queues: Vec<PartitionQueue<DefaultConsumerContext>>,
+    state: Vec<PartState>,
+}
+
+/// Where a partition stands in the sequencer's order: (latest event time, topic rank,
+/// partition).
+type Position = (i64, u8, i32);
+
+/// A partition the engine waits for but that delivers nothing for this long is treated as
+/// idle (as in Flink's source idleness), so a partition whose remaining offsets hold no
+/// deliverable message (transaction markers, say) cannot stall the pipeline.
+const STALL: Duration = Duration::from_millis(500);
+
+impl Parts {
+    fn order(&self, i: usize) -> Position {
+        (self.state[i].time, rank(self.state[i].topic), self.state[i].partition)
+    }
+
+    /// The partition the engine's watermark waits for — not caught up, lowest (event time,
+    /// topic rank, partition), the sequencer's own order — and the next one's position.
+    fn laggard(&self) -> Option<(usize, Option<Position>)> {
+        let mut first: Option<usize> = None;
+        let mut second: Option<Position> = None;
+        for i in (0..self.state.len()).filter(|&i| !self.state[i].idle) {
+            let o = self.order(i);
+            match first {
+                Some(f) if self.order(f) <= o => {
+                    if second.is_none_or(|s| o < s) {
+                        second = Some(o);
+                    }
+                }
+                _ => {
+                    second = first.map(|f| self.order(f));
+                    first = Some(i);
+                }
+            }
+        }
+        first.map(|f| (f, second))
+    }
+
+    /// Reads one message of partition `i`, waiting up to `wait`; true when one was read.
+    fn read_one(
+        &mut self,
+        i: usize,
+        consumer: &BaseConsumer,
+        dec: &mut Decoder,
+        batcher: &mut Batcher,
+        wait: Duration,
+    ) -> bool {
+        match self.queues[i].poll(wait) {
+            Some(Ok(m)) => {
+                self.state[i].take(consumer, &m, dec, batcher);
+                true
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => false,
+            Some(Err(e)) => {
+                eprintln!("warning: consumer ({} {}): {e}", self.state[i].name, self.state[i].partition);
+                false
+            }
+        }
     }
 
     /// Refreshes every partition's idleness; true when all are idle.
     fn refresh_all(&mut self, consumer: &BaseConsumer, batcher: &mut Batcher, lag_metrics: bool) -> bool {
         let mut all_idle = true;
-        for part in &mut self.parts {
+        for part in &mut self.state {
             part.refresh(consumer, batcher);
             all_idle &= part.idle;
             if lag_metrics {
@@ -303,6 +374,48 @@ impl Parts {
             }
         }
         all_idle
+    }
+
+    /// One step: a message from the partition the engine waits for, else (everything
+    /// caught up) whatever arrived anywhere. True when something was read.
+    fn step(&mut self, consumer: &BaseConsumer, dec: &mut Decoder, batcher: &mut Batcher, wake: &Receiver<()>) -> bool {
+        if let Some((i, next)) = self.laggard() {
+            // Read it until it passes the next partition in line (a bounded run).
+            let mut read = 0;
+            while read < 256
+                && next.is_none_or(|n| self.order(i) <= n)
+                && self.read_one(i, consumer, dec, batcher, Duration::ZERO)
+            {
+                read += 1;
+            }
+            if read > 0 {
+                return true;
+            }
+            // Its queue is empty: caught up by now, or its messages are on their way.
+            batcher.flush();
+            self.state[i].refresh(consumer, batcher);
+            if self.state[i].idle {
+                return false;
+            }
+            if self.read_one(i, consumer, dec, batcher, Duration::from_millis(5)) {
+                return true;
+            }
+            let since = *self.state[i].stalled_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= STALL {
+                self.state[i].set_idle(true, batcher);
+            }
+            return false;
+        }
+        let mut any = false;
+        for i in 0..self.queues.len() {
+            any |= self.read_one(i, consumer, dec, batcher, Duration::ZERO);
+        }
+        if !any {
+            batcher.flush();
+            // Woken by librdkafka when a partition queue receives messages.
+            let _ = wake.recv_timeout(Duration::from_millis(50));
+        }
+        any
     }
 }
 
@@ -322,8 +435,9 @@ fn commit(consumer: &BaseConsumer, offsets: BTreeMap<String, BTreeMap<i32, i64>>
 }
 
 fn consumer_thread(
-    consumer: BaseConsumer,
+    consumer: Arc<BaseConsumer>,
     mut parts: Parts,
+    wake: Receiver<()>,
     tx: Sender<Batch>,
     commits: Receiver<BTreeMap<String, BTreeMap<i32, i64>>>,
     stop: Arc<AtomicBool>,
@@ -336,6 +450,7 @@ fn consumer_thread(
             let mut last_check = Instant::now();
             let mut idle_since: Option<Instant> = None;
             let mut batcher = Batcher::new(tx, 256);
+            let mut steps = 0u64;
             loop {
                 if stop.load(Ordering::Relaxed) {
                     break;
@@ -343,20 +458,17 @@ fn consumer_thread(
                 while let Ok(offsets) = commits.try_recv() {
                     commit(&consumer, offsets)?;
                 }
-                let polled = match consumer.poll(Duration::ZERO) {
-                    // Nothing buffered by librdkafka: hand over what we have, then wait.
-                    None => {
-                        batcher.flush();
-                        consumer.poll(Duration::from_millis(50))
+                // Serves librdkafka's callbacks and errors (messages come on the partition
+                // queues), not on every message.
+                steps += 1;
+                if steps.is_multiple_of(256) {
+                    match consumer.poll(Duration::ZERO) {
+                        Some(Err(KafkaError::PartitionEOF(_))) | None | Some(Ok(_)) => {}
+                        Some(Err(e)) => eprintln!("warning: consumer: {e}"),
                     }
-                    other => other,
-                };
-                match polled {
-                    None => {}
-                    Some(Ok(m)) if parts.accept(&consumer, &m, &mut dec, &mut batcher) => idle_since = None,
-                    Some(Ok(_)) => {}
-                    Some(Err(KafkaError::PartitionEOF(_))) => {}
-                    Some(Err(e)) => eprintln!("warning: consumer: {e}"),
+                }
+                if parts.step(&consumer, &mut dec, &mut batcher, &wake) {
+                    idle_since = None;
                 }
                 // A periodic sweep catches partitions whose high watermark moved without a
                 // message reaching us yet, and reports consumer lag.
@@ -371,7 +483,7 @@ fn consumer_thread(
                     }
                 }
             }
-            for part in &parts.parts {
+            for part in &parts.state {
                 batcher.push(EngineMsg::Done((part.topic, part.partition)));
             }
             batcher.flush();
@@ -408,18 +520,21 @@ pub fn run(
     ensure_topics(cfg).context("creating topics")?;
     let store = LocalDirStore::new(&cfg.checkpoint_dir)?;
     let restored = store.load()?;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
-        .set("group.id", &cfg.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("queued.max.messages.kbytes", "65536")
-        .create()?;
+    let consumer: Arc<BaseConsumer> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("group.id", &cfg.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            // Prefetch per partition: the bound on what waits in memory for its turn.
+            .set("queued.max.messages.kbytes", "8192")
+            .set("queued.min.messages", "20000")
+            .create()?,
+    );
     let mut tpl = TopicPartitionList::new();
-    let mut parts = Vec::new();
-    let mut index: HashMap<String, HashMap<i32, usize>> = HashMap::new();
+    let mut state = Vec::new();
     for t in Topic::ALL {
         let name = cfg.input_topic(t);
         let md = consumer.fetch_metadata(Some(&name), Duration::from_secs(10))?;
@@ -429,8 +544,7 @@ pub fn run(
                 let (low, high) = consumer.fetch_watermarks(&name, p.id(), Duration::from_secs(10))?;
                 let start = from.unwrap_or(low).max(low);
                 tpl.add_partition_offset(&name, p.id(), Offset::Offset(start))?;
-                index.entry(name.clone()).or_default().insert(p.id(), parts.len());
-                parts.push(Part {
+                state.push(PartState {
                     topic: t,
                     name: name.clone(),
                     cname: CString::new(name.as_str()).context("topic name")?,
@@ -438,12 +552,28 @@ pub fn run(
                     next: start,
                     high,
                     idle: false,
+                    time: i64::MIN,
+                    stalled_since: None,
                 });
             }
         }
     }
-    let sources: Vec<SourceId> = parts.iter().map(|p| (p.topic, p.partition)).collect();
+    let sources: Vec<SourceId> = state.iter().map(|p| (p.topic, p.partition)).collect();
     consumer.assign(&tpl)?;
+    // One queue per partition (after `assign`, before the first poll), each waking the
+    // consumer thread when it receives messages.
+    let (wake_tx, wake) = bounded::<()>(1);
+    let mut queues = Vec::new();
+    for p in &state {
+        let mut q = consumer
+            .split_partition_queue(&p.name, p.partition)
+            .with_context(|| format!("partition queue of {} {}", p.name, p.partition))?;
+        let w = wake_tx.clone();
+        q.set_nonempty_callback(move || {
+            let _ = w.try_send(());
+        });
+        queues.push(q);
+    }
     if restored.is_some() {
         eprintln!("cbec: restored checkpoint from {}", cfg.checkpoint_dir);
     }
@@ -451,7 +581,7 @@ pub fn run(
     stop_on_signals(stop.clone());
     let (tx, rx) = bounded(batches_for(cfg.queue_capacity, 256));
     let (ctx, crx) = bounded(4);
-    let h = consumer_thread(consumer, Parts { parts, index }, tx, crx, stop.clone(), exit_when_idle);
+    let h = consumer_thread(consumer, Parts { queues, state }, wake, tx, crx, stop.clone(), exit_when_idle);
     let (sink_tx, sink_h) = spawn_sink(Box::new(KafkaSink::new(cfg)?), cfg.queue_capacity);
     let run = EngineRun {
         end_of_time_when_done: exit_when_idle,

@@ -34,6 +34,9 @@ fn config(brokers: &str, prefix: &str, dir: &Path) -> Config {
         output_prefix: prefix.into(),
         group_id: format!("{prefix}group"),
         checkpoint_interval_ms: 300,
+        // A small sequencer bound (8 × this): reading the partitions out of step in event
+        // time would overflow it and release items early, out of canonical order.
+        queue_capacity: 32,
         ..Config::default()
     };
     c.checkpoint_dir = dir.join("checkpoints").display().to_string();
