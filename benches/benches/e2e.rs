@@ -201,9 +201,11 @@ fn main() {
                 p(1.0),
                 r.decisions
             );
+            let us = |v: Option<u32>| v.map_or("-".into(), |v| format!("{v} µs"));
             println!(
-                "  of which inside cbec (consumer read → decision to the producer): p50 {:?} µs p99 {:?} µs",
-                r.inside_us.0, r.inside_us.1
+                "  of which inside cbec (consumer read → decision to the producer): p50 {} p99 {}",
+                us(r.inside_us.0),
+                us(r.inside_us.1)
             );
         }
         println!(
