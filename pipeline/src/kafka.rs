@@ -234,6 +234,16 @@ struct PartState {
     time: i64,
     /// Since when it has been waited for without delivering.
     stalled_since: Option<Instant>,
+    /// (next offset, high watermark) when librdkafka last reported the end of the
+    /// partition: offsets below the high watermark that hold no deliverable message
+    /// (transaction markers) do not make it look behind.
+    eof: Option<(i64, i64)>,
+}
+
+/// Whether a partition is caught up: read up to the high watermark, or at the end
+/// librdkafka reported with nothing new since.
+fn caught_up(next: i64, high: i64, eof: Option<(i64, i64)>) -> bool {
+    next >= high || eof == Some((next, high))
 }
 
 impl PartState {
@@ -242,7 +252,21 @@ impl PartState {
         if let Some(h) = cached_high(consumer, &self.cname, self.partition) {
             self.high = self.high.max(h);
         }
-        self.set_idle(self.next >= self.high, batcher);
+        self.set_idle(caught_up(self.next, self.high, self.eof), batcher);
+    }
+
+    /// librdkafka reached the end of the partition (in queue order, after its last message).
+    /// If its high watermark moved since we last looked, messages fetched after that end
+    /// wait behind it in the queue: not at the end then.
+    fn at_end(&mut self, consumer: &BaseConsumer, batcher: &mut Batcher) {
+        let before = self.high;
+        if let Some(h) = cached_high(consumer, &self.cname, self.partition) {
+            self.high = self.high.max(h);
+        }
+        if self.high == before {
+            self.eof = Some((self.next, self.high));
+        }
+        self.set_idle(caught_up(self.next, self.high, self.eof), batcher);
     }
 
     fn set_idle(&mut self, idle: bool, batcher: &mut Batcher) {
@@ -268,6 +292,7 @@ impl PartState {
     ) {
         self.next = m.offset() + 1;
         self.stalled_since = None;
+        self.eof = None;
         if self.next >= self.high {
             self.refresh(consumer, batcher);
         } else {
@@ -308,10 +333,10 @@ struct Parts {
 /// partition).
 type Position = (i64, u8, i32);
 
-/// A partition the engine waits for but that delivers nothing for this long is treated as
-/// idle (as in Flink's source idleness), so a partition whose remaining offsets hold no
-/// deliverable message (transaction markers, say) cannot stall the pipeline.
-const STALL: Duration = Duration::from_millis(500);
+/// A partition the engine waits for but that delivers nothing, not even its end, for this
+/// long is treated as idle (as in Flink's source idleness): a safety net, so a stuck fetch
+/// cannot stall the pipeline for ever.
+const STALL: Duration = Duration::from_secs(5);
 
 impl Parts {
     fn order(&self, i: usize) -> Position {
@@ -354,7 +379,11 @@ impl Parts {
                 self.state[i].take(consumer, &m, dec, batcher);
                 true
             }
-            Some(Err(KafkaError::PartitionEOF(_))) | None => false,
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                self.state[i].at_end(consumer, batcher);
+                false
+            }
+            None => false,
             Some(Err(e)) => {
                 eprintln!("warning: consumer ({} {}): {e}", self.state[i].name, self.state[i].partition);
                 false
@@ -402,6 +431,13 @@ impl Parts {
             }
             let since = *self.state[i].stalled_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= STALL {
+                let p = &self.state[i];
+                eprintln!(
+                    "warning: {} partition {} delivered nothing for {STALL:?} while behind its high watermark ({} < {}); treated as idle",
+                    p.name, p.partition, p.next, p.high
+                );
+                // As if librdkafka had reported the end here: idle until something new.
+                self.state[i].eof = Some((p.next, p.high));
                 self.state[i].set_idle(true, batcher);
             }
             return false;
@@ -527,7 +563,9 @@ pub fn run(
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
+            // End-of-partition events (on each partition's own queue) say a partition is
+            // caught up even when transaction markers keep it below its high watermark.
+            .set("enable.partition.eof", "true")
             // Prefetch per partition: the bound on what waits in memory for its turn.
             .set("queued.max.messages.kbytes", "8192")
             .set("queued.min.messages", "20000")
@@ -554,6 +592,7 @@ pub fn run(
                     idle: false,
                     time: i64::MIN,
                     stalled_since: None,
+                    eof: None,
                 });
             }
         }
@@ -596,4 +635,18 @@ pub fn run(
     h.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
     sink_h.join().map_err(|_| anyhow::anyhow!("sink panicked"))??;
     stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::caught_up;
+
+    #[test]
+    fn a_partition_is_caught_up_at_its_high_watermark_or_at_a_reported_end() {
+        assert!(!caught_up(10, 12, None), "two messages behind");
+        assert!(caught_up(12, 12, None));
+        assert!(caught_up(11, 12, Some((11, 12))), "the end reported at 11 (a transaction marker at 11)");
+        assert!(!caught_up(11, 14, Some((11, 12))), "the high watermark moved since: new messages");
+        assert!(!caught_up(11, 12, Some((10, 12))), "read on since the end was reported");
+    }
 }
