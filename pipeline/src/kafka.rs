@@ -569,6 +569,12 @@ pub fn run(
             // Prefetch per partition: the bound on what waits in memory for its turn.
             .set("queued.max.messages.kbytes", "8192")
             .set("queued.min.messages", "20000")
+            // The partition the engine waits for must not run dry: refetch a partition soon
+            // after its queue drops below the thresholds (librdkafka's default waits 1 s)
+            // and bring more of it per fetch. Measured: the consumer waited 3.1-4.1 s of a
+            // 16 s run for empty queues before, 0.4-0.6 s after.
+            .set("fetch.queue.backoff.ms", "10")
+            .set("max.partition.fetch.bytes", "4194304")
             .create()?,
     );
     let mut tpl = TopicPartitionList::new();
