@@ -36,8 +36,7 @@ pub struct KafkaLatency {
 impl KafkaLatency {
     /// The `p` quantile (0..1) in µs.
     pub fn pct(&self, p: f64) -> Option<u64> {
-        let v = &self.latencies_us;
-        (!v.is_empty()).then(|| v[((v.len() as f64 * p) as usize).min(v.len() - 1)])
+        cbec_pipeline::runner::percentile(&self.latencies_us, p)
     }
 }
 

@@ -210,6 +210,12 @@ pub fn decode_message(
 /// A progress callback, called about once a second with the counts so far.
 pub type Progress = Box<dyn FnMut(&RunStats) + Send>;
 
+/// The `p` quantile (0..=1) of sorted values: the nearest rank, `None` when empty.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let last = sorted.len().checked_sub(1)?;
+    Some(sorted[((last as f64 * p.clamp(0.0, 1.0)).round() as usize).min(last)])
+}
+
 /// Counts and latencies of a run.
 #[derive(Debug, Default, Clone)]
 pub struct RunStats {
@@ -245,13 +251,9 @@ impl RunStats {
 
     /// Latency percentile in microseconds.
     pub fn latency_pct(&self, p: f64) -> Option<u32> {
-        if self.latencies_us.is_empty() {
-            return None;
-        }
         let mut v = self.latencies_us.clone();
         v.sort_unstable();
-        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-        Some(v[i])
+        percentile(&v, p)
     }
 }
 
@@ -736,6 +738,17 @@ mod tests {
         sink_h.join().unwrap().unwrap();
         let cp = store.load().unwrap().expect("a final checkpoint");
         assert_eq!(cp.offsets[&cfg.input_topic(Topic::Orders)][&0], 42);
+    }
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        assert_eq!(percentile::<u32>(&[], 0.5), None);
+        assert_eq!(percentile(&[7u64], 0.99), Some(7));
+        let v: Vec<u32> = (1..=101).collect();
+        assert_eq!(percentile(&v, 0.0), Some(1));
+        assert_eq!(percentile(&v, 0.5), Some(51));
+        assert_eq!(percentile(&v, 0.99), Some(100));
+        assert_eq!(percentile(&v, 1.0), Some(101));
     }
 
     struct Failing;
