@@ -4,6 +4,10 @@
 //! * Offsets are owned by the pipeline: partitions are assigned explicitly and consumption
 //!   starts from the last checkpoint's offsets (else the beginning); consumer-group commits
 //!   follow each checkpoint (for lag monitoring).
+//! * Each partition has its own librdkafka queue; the consumer thread reads the partition
+//!   the engine's sequencer waits for (lowest event time), so the sequencer stays small and
+//!   the order is canonical whatever the backlog. A partition is idle (does not hold the
+//!   others back) once read up to librdkafka's cached high watermark or its reported end.
 //! * A checkpoint first flushes the producers (every output of what was processed is
 //!   acknowledged by the broker), then saves offsets + state atomically. After a crash the
 //!   replay from those offsets reproduces the same records with the same identities.
