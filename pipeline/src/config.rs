@@ -45,6 +45,10 @@ pub struct Config {
     /// A hash map that doubles copies and rehashes every entry at once: a pause of a few
     /// milliseconds on the decision path at peak. Set it to the peak's parcels in flight.
     pub state_capacity: usize,
+    /// Memory for input messages fetched ahead of their turn (Kafka mode), in MiB, shared
+    /// by all input partitions: per partition two thirds for librdkafka's queue and one
+    /// third for a fetch.
+    pub input_prefetch_mb: usize,
     /// Supervision rules.
     pub rules: Rules,
 }
@@ -66,6 +70,7 @@ impl Default for Config {
             queue_capacity: 8192,
             parquet_rows: 200_000,
             state_capacity: 0,
+            input_prefetch_mb: 512,
             rules: Rules::default(),
         }
     }
@@ -123,6 +128,9 @@ impl Config {
         }
         if self.queue_capacity == 0 {
             return Err("queue_capacity must be positive".into());
+        }
+        if self.input_prefetch_mb == 0 {
+            return Err("input_prefetch_mb must be positive".into());
         }
         for k in self.input_topics.keys() {
             if Topic::from_name(k).is_none() {

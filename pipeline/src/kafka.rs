@@ -459,6 +459,14 @@ impl Parts {
     }
 }
 
+/// librdkafka's queue limit (KiB) and fetch size (bytes) per partition for a prefetch
+/// budget of `mb` MiB over `partitions` input partitions: two thirds queue, one third
+/// fetch, capped at 8 MiB and 4 MiB (more did not help) and at least 256 KiB and 64 KiB.
+fn prefetch_per_partition(mb: usize, partitions: usize) -> (usize, usize) {
+    let per = mb * 1024 / partitions.max(1);
+    ((per * 2 / 3).clamp(256, 8192), (per / 3 * 1024).clamp(64 * 1024, 4 << 20))
+}
+
 /// Commits a checkpoint's offsets to the consumer group (for lag monitoring; the pipeline
 /// restarts from its checkpoint, not from these).
 fn commit(consumer: &BaseConsumer, offsets: BTreeMap<String, BTreeMap<i32, i64>>) -> anyhow::Result<()> {
@@ -560,6 +568,39 @@ pub fn run(
     ensure_topics(cfg).context("creating topics")?;
     let store = LocalDirStore::new(&cfg.checkpoint_dir)?;
     let restored = store.load()?;
+    // The input partitions and where to start, read with a short-lived client: the
+    // consumer's prefetch is sized by their number.
+    let mut tpl = TopicPartitionList::new();
+    let mut state = Vec::new();
+    {
+        let meta: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &cfg.brokers).create()?;
+        for t in Topic::ALL {
+            let name = cfg.input_topic(t);
+            let md = meta.fetch_metadata(Some(&name), Duration::from_secs(10))?;
+            for mt in md.topics() {
+                for p in mt.partitions() {
+                    let from =
+                        restored.as_ref().and_then(|c| c.offsets.get(&name)).and_then(|m| m.get(&p.id())).copied();
+                    let (low, high) = meta.fetch_watermarks(&name, p.id(), Duration::from_secs(10))?;
+                    let start = from.unwrap_or(low).max(low);
+                    tpl.add_partition_offset(&name, p.id(), Offset::Offset(start))?;
+                    state.push(PartState {
+                        topic: t,
+                        name: name.clone(),
+                        cname: CString::new(name.as_str()).context("topic name")?,
+                        partition: p.id(),
+                        next: start,
+                        high,
+                        idle: false,
+                        time: i64::MIN,
+                        stalled_since: None,
+                        eof: None,
+                    });
+                }
+            }
+        }
+    }
+    let (queue_kb, fetch_bytes) = prefetch_per_partition(cfg.input_prefetch_mb, state.len());
     let consumer: Arc<BaseConsumer> = Arc::new(
         ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
@@ -571,42 +612,16 @@ pub fn run(
             // caught up even when transaction markers keep it below its high watermark.
             .set("enable.partition.eof", "true")
             // Prefetch per partition: the bound on what waits in memory for its turn.
-            .set("queued.max.messages.kbytes", "8192")
+            .set("queued.max.messages.kbytes", queue_kb.to_string())
             .set("queued.min.messages", "20000")
             // The partition the engine waits for must not run dry: refetch a partition soon
             // after its queue drops below the thresholds (librdkafka's default waits 1 s)
             // and bring more of it per fetch. Measured: the consumer waited 3.1-4.1 s of a
             // 16 s run for empty queues before, 0.4-0.6 s after.
             .set("fetch.queue.backoff.ms", "10")
-            .set("max.partition.fetch.bytes", "4194304")
+            .set("max.partition.fetch.bytes", fetch_bytes.to_string())
             .create()?,
     );
-    let mut tpl = TopicPartitionList::new();
-    let mut state = Vec::new();
-    for t in Topic::ALL {
-        let name = cfg.input_topic(t);
-        let md = consumer.fetch_metadata(Some(&name), Duration::from_secs(10))?;
-        for mt in md.topics() {
-            for p in mt.partitions() {
-                let from = restored.as_ref().and_then(|c| c.offsets.get(&name)).and_then(|m| m.get(&p.id())).copied();
-                let (low, high) = consumer.fetch_watermarks(&name, p.id(), Duration::from_secs(10))?;
-                let start = from.unwrap_or(low).max(low);
-                tpl.add_partition_offset(&name, p.id(), Offset::Offset(start))?;
-                state.push(PartState {
-                    topic: t,
-                    name: name.clone(),
-                    cname: CString::new(name.as_str()).context("topic name")?,
-                    partition: p.id(),
-                    next: start,
-                    high,
-                    idle: false,
-                    time: i64::MIN,
-                    stalled_since: None,
-                    eof: None,
-                });
-            }
-        }
-    }
     let sources: Vec<SourceId> = state.iter().map(|p| (p.topic, p.partition)).collect();
     consumer.assign(&tpl)?;
     // One queue per partition (after `assign`, before the first poll), each waking the
@@ -650,6 +665,16 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::caught_up;
+
+    #[test]
+    fn the_prefetch_budget_is_shared_by_the_partitions() {
+        use super::prefetch_per_partition as per;
+        assert_eq!(per(512, 40), (8192, 4 << 20), "the measured setting for 40 partitions");
+        assert_eq!(per(512, 160), (2184, 1092 * 1024));
+        let (q, f) = per(512, 400);
+        assert!(400 * (q * 1024 + f) <= 512 << 20, "within the budget");
+        assert_eq!(per(1, 1000), (256, 64 * 1024), "floors");
+    }
 
     #[test]
     fn a_partition_is_caught_up_at_its_high_watermark_or_at_a_reported_end() {
