@@ -251,11 +251,16 @@ fn caught_up(next: i64, high: i64, eof: Option<(i64, i64)>) -> bool {
 }
 
 impl PartState {
-    /// Re-reads the cached high watermark; tells the engine when idleness changes.
-    fn refresh(&mut self, consumer: &BaseConsumer, batcher: &mut Batcher) {
+    /// Takes in librdkafka's cached high watermark (it only grows here).
+    fn observe_high(&mut self, consumer: &BaseConsumer) {
         if let Some(h) = cached_high(consumer, &self.cname, self.partition) {
             self.high = self.high.max(h);
         }
+    }
+
+    /// Re-reads the cached high watermark; tells the engine when idleness changes.
+    fn refresh(&mut self, consumer: &BaseConsumer, batcher: &mut Batcher) {
+        self.observe_high(consumer);
         self.set_idle(caught_up(self.next, self.high, self.eof), batcher);
     }
 
@@ -264,9 +269,7 @@ impl PartState {
     /// wait behind it in the queue: not at the end then.
     fn at_end(&mut self, consumer: &BaseConsumer, batcher: &mut Batcher) {
         let before = self.high;
-        if let Some(h) = cached_high(consumer, &self.cname, self.partition) {
-            self.high = self.high.max(h);
-        }
+        self.observe_high(consumer);
         if self.high == before {
             self.eof = Some((self.next, self.high));
         }
@@ -283,8 +286,7 @@ impl PartState {
     /// Takes one message of this partition: offset, idleness and event-time bookkeeping,
     /// then decoding into the batch.
     ///
-    /// A partition is idle exactly when everything up to the high watermark of librdkafka's
-    /// latest fetch has been read, decided per message: the last message of a fetch leaves
+    /// Idleness is decided per message ([`caught_up`]): the last message of a fetch leaves
     /// its partition idle at once instead of holding the engine's watermark until a
     /// periodic check.
     fn take(
