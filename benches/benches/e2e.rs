@@ -33,6 +33,11 @@ fn hs() -> Nomenclature {
     Nomenclature::load(std::path::Path::new(&p)).expect("HS nomenclature")
 }
 
+/// A latency figure in µs, or `-` when there is none.
+fn us(v: Option<impl std::fmt::Display>) -> String {
+    v.map_or("-".into(), |v| format!("{v} µs"))
+}
+
 fn inputs(g: &Generated) -> Vec<(Topic, TopicInput)> {
     g.topics.iter().map(|(t, v)| (*t, TopicInput::Messages(v.iter().map(|(_, p)| p.clone()).collect()))).collect()
 }
@@ -102,7 +107,7 @@ fn main() {
             // (`state_capacity`): no map resizes on the decision path.
             let sized = Config { state_capacity: lat_orders, ..cfg.clone() };
             let s = embedded::run_replay(&sized, h.clone(), part, per_sec, Box::new(NullSink)).expect("run");
-            let p = |q| s.latency_pct(q).map_or("-".into(), |v| format!("{v} µs"));
+            let p = |q| us(s.latency_pct(q));
             println!(
                 "latency at {scan_rate:.0} scans/s ({per_sec:.0} msg/s offered in all, {n} messages, state_capacity {lat_orders}): scan→decision p50 {} p99 {} p99.9 {} over {} decisions",
                 p(0.5),
@@ -156,13 +161,15 @@ fn main() {
         let produce_s = t.elapsed().as_secs_f64();
         let s = cbec_pipeline::kafka::run(&c, h.clone(), true, None).expect("kafka run");
         println!(
-            "kafka ({b}): produced {sent} in {produce_s:.1} s ({:.0} msg/s); pipeline consumed {} in {:.2} s incl. 2 s idle detection = {:.0} msg/s; {} output records, {} released early by the sequencer bound",
+            "kafka ({b}): produced {sent} in {produce_s:.1} s ({:.0} msg/s); pipeline consumed {} in {:.2} s incl. 2 s idle detection = {:.0} msg/s; {} output records, {} released early by the sequencer bound; {} checkpoints, longest engine pause for one {:.0} ms",
             sent as f64 / produce_s,
             s.total_in(),
             s.elapsed.as_secs_f64(),
             s.total_in() as f64 / (s.elapsed.as_secs_f64() - 2.0).max(0.1),
             s.output.values().sum::<u64>(),
-            s.forced
+            s.forced,
+            s.checkpoints,
+            s.checkpoint_pause.as_secs_f64() * 1000.0
         );
         let e = embedded::run(&cfg, h.clone(), inputs(&g), Box::new(NullSink), None).expect("run");
         println!(
@@ -189,7 +196,7 @@ fn main() {
             let n = ((per_sec * 6.0) as usize).min(feed.len() - head);
             let pfx = format!("klat{}r{scan_rate}.", std::process::id());
             let r = cbec_benches::kafka_latency::measure(b, h.clone(), &feed[..head + n], per_sec, &pfx);
-            let p = |q| r.pct(q).map_or("-".into(), |v| format!("{v} µs"));
+            let p = |q| us(r.pct(q));
             println!(
                 "kafka latency at {scan_rate:.0} scans/s ({per_sec:.0} msg/s asked, {:.0} msg/s offered, {} messages, {} scans): scan→decision p50 {} p99 {} p99.9 {} max {} over {} decisions",
                 r.offered_per_sec,
@@ -201,7 +208,6 @@ fn main() {
                 p(1.0),
                 r.decisions
             );
-            let us = |v: Option<u32>| v.map_or("-".into(), |v| format!("{v} µs"));
             println!(
                 "  of which inside cbec (consumer read → decision to the producer): p50 {} p99 {}",
                 us(r.inside_us.0),

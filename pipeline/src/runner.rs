@@ -239,6 +239,8 @@ pub struct RunStats {
     pub keys: (usize, usize),
     /// Checkpoints written.
     pub checkpoints: u64,
+    /// The longest the engine thread stopped to copy its state for a checkpoint.
+    pub checkpoint_pause: Duration,
     /// Wall time of the run.
     pub elapsed: Duration,
 }
@@ -659,8 +661,8 @@ fn flush(sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
 
 /// Takes a checkpoint: the state is copied here, on the engine thread (a consistent cut);
 /// the sink thread flushes the outputs that precede it, and the writer thread serializes
-/// and saves the copy and then lets the consumer group commit its offsets. When `wait`, returns after the
-/// save (end of run).
+/// and saves the copy and then lets the consumer group commit its offsets. When `wait`,
+/// returns after the save (end of run).
 fn checkpoint(
     st: &mut State,
     seq: &Sequencer<Item>,
@@ -679,24 +681,22 @@ fn checkpoint(
     // A copy of the state is the consistent cut; serializing it (hundreds of milliseconds
     // for a large state) happens on the writer thread, not here on the decision path.
     let (engine, summarize) = (st.engine.clone(), st.summarize.clone());
-    m::CheckpointSnapshot { seconds: t.elapsed().as_secs_f64() }.emit();
+    let pause = t.elapsed();
+    m::CheckpointSnapshot { seconds: pause.as_secs_f64() }.emit();
     st.stats.checkpoints += 1;
+    st.stats.checkpoint_pause = st.stats.checkpoint_pause.max(pause);
     let (d, c) = st.engine.state_size();
     m::StateSize { operator: "declare", bytes: d }.emit();
     m::StateSize { operator: "clear", bytes: c }.emit();
     m::StateSize { operator: "summarize", bytes: st.summarize.state_size() }.emit();
     let (store, commits) = (store.clone(), run.commits.clone());
     let save = move || {
-        let cp = Checkpoint {
-            offsets: offsets.clone(),
-            engine: engine.snapshot(),
-            summarize: serde_json::to_vec(&summarize)?,
-        };
+        let cp = Checkpoint { offsets, engine: engine.snapshot(), summarize: serde_json::to_vec(&summarize)? };
         drop((engine, summarize));
         let bytes = store.save(&cp)?;
         m::CheckpointDone { seconds: t.elapsed().as_secs_f64(), bytes }.emit();
         if let Some(tx) = commits {
-            let _ = tx.try_send(offsets);
+            let _ = tx.try_send(cp.offsets);
         }
         Ok(())
     };
