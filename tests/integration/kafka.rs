@@ -52,15 +52,19 @@ fn write_config(c: &Config, dir: &Path) -> std::path::PathBuf {
     p
 }
 
-fn spawn(cfg_path: &Path, extra: &[&str]) -> Child {
-    Command::new(cbec_bin())
-        .args(["run", "--metrics-addr", "", "--config"])
+/// `cbec run` with this configuration, its standard output discarded.
+fn command(cfg_path: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(cbec_bin());
+    c.args(["run", "--metrics-addr", "", "--config"])
         .arg(cfg_path)
         .args(extra)
         .env("CBEC_HS_FILE", shared().join("data/hs/harmonized-system.csv"))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn cbec")
+        .stdout(Stdio::null());
+    c
+}
+
+fn spawn(cfg_path: &Path, extra: &[&str]) -> Child {
+    command(cfg_path, extra).spawn().expect("spawn cbec")
 }
 
 /// Every record of every output topic: (topic short name, id, JSON).
@@ -148,6 +152,12 @@ fn embedded_expected(g: &cbec_pipeline::generator::Generated) -> Comparable {
     comparable(record_map(&records))
 }
 
+/// What the Kafka run left on the output topics, and what the embedded run of the same
+/// story gives.
+fn kafka_and_embedded(c: &Config, g: &cbec_pipeline::generator::Generated) -> (Comparable, Comparable) {
+    (comparable(by_identity(consume_outputs(c))), embedded_expected(g))
+}
+
 fn unique_prefix(tag: &str) -> String {
     format!("t{}{}{}.", tag, std::process::id(), cbec_schemas::time::wall_clock().0 % 1_000_000_000)
 }
@@ -161,8 +171,7 @@ fn kafka_mode_matches_the_embedded_run() {
     produce_story(&b, &c, &g, 0, false).unwrap();
     let status = spawn(&write_config(&c, dir.path()), &["--exit-when-idle"]).wait().unwrap();
     assert!(status.success());
-    let got = comparable(by_identity(consume_outputs(&c)));
-    let want = embedded_expected(&g);
+    let (got, want) = kafka_and_embedded(&c, &g);
     assert_eq!(got.0.len(), want.0.len());
     assert!(got.0 == want.0, "Kafka outputs differ from the embedded run");
     assert_eq!(got.1, want.1, "dead letters differ");
@@ -196,9 +205,7 @@ fn sigkill_at_several_points_then_restart_gives_the_same_outputs() {
     assert!(checkpoints > 0, "the killed runs must leave a checkpoint to restart from");
     let status = spawn(&cfg, &["--exit-when-idle"]).wait().unwrap();
     assert!(status.success());
-    let all = consume_outputs(&c);
-    let got = comparable(by_identity(all));
-    let want = embedded_expected(&g);
+    let (got, want) = kafka_and_embedded(&c, &g);
     assert!(
         got.0 == want.0,
         "after de-duplication by identity the outputs must equal the uninterrupted run ({} vs {})",
@@ -212,12 +219,14 @@ fn sigkill_at_several_points_then_restart_gives_the_same_outputs() {
 /// transactional producer would: every partition then ends with a commit marker, an offset
 /// below the high watermark that no consumer ever receives.
 fn produce_in_transactions(brokers: &str, c: &Config, g: &cbec_pipeline::generator::Generated) {
-    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-    cbec_pipeline::kafka::ensure_topics(c).unwrap();
-    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+    use cbec_pipeline::kafka::{Deliveries, ensure_topics, send_blocking};
+    use rdkafka::producer::{Producer, ThreadedProducer};
+    ensure_topics(c).unwrap();
+    let delivered = Deliveries::default();
+    let p: ThreadedProducer<Deliveries> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("transactional.id", format!("{}tx", c.output_prefix))
-        .create()
+        .create_with_context(delivered.clone())
         .unwrap();
     p.init_transactions(Duration::from_secs(30)).unwrap();
     let all: Vec<(String, &String, &Vec<u8>)> =
@@ -225,19 +234,11 @@ fn produce_in_transactions(brokers: &str, c: &Config, g: &cbec_pipeline::generat
     for chunk in all.chunks(500) {
         p.begin_transaction().unwrap();
         for (topic, key, payload) in chunk {
-            let mut rec = BaseRecord::to(topic).key(key.as_str()).payload(payload.as_slice());
-            loop {
-                match p.send(rec) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        rec = r;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            }
+            send_blocking(&p, topic, key, payload).unwrap();
         }
         p.commit_transaction(Duration::from_secs(30)).unwrap();
     }
+    assert_eq!(delivered.failed(), 0, "every input message delivered");
 }
 
 #[test]
@@ -247,11 +248,7 @@ fn transactional_inputs_are_read_to_their_end_and_match_the_embedded_run() {
     let c = config(&b, &unique_prefix("x"), dir.path());
     let g = story(600, 41);
     produce_in_transactions(&b, &c, &g);
-    let out = Command::new(cbec_bin())
-        .args(["run", "--metrics-addr", "", "--exit-when-idle", "--config"])
-        .arg(write_config(&c, dir.path()))
-        .env("CBEC_HS_FILE", shared().join("data/hs/harmonized-system.csv"))
-        .stdout(Stdio::null())
+    let out = command(&write_config(&c, dir.path()), &["--exit-when-idle"])
         .stderr(Stdio::piped())
         .output()
         .expect("run cbec");
@@ -261,8 +258,7 @@ fn transactional_inputs_are_read_to_their_end_and_match_the_embedded_run() {
     // librdkafka's end-of-partition event says it is caught up. Without it each partition
     // would hold the pipeline until the stall safety net gave up on it.
     assert!(!stderr.contains("treated as idle"), "a partition stalled: {stderr}");
-    let got = comparable(by_identity(consume_outputs(&c)));
-    let want = embedded_expected(&g);
+    let (got, want) = kafka_and_embedded(&c, &g);
     assert!(got.0 == want.0, "Kafka outputs differ from the embedded run ({} vs {})", got.0.len(), want.0.len());
     assert_eq!(got.1, want.1, "dead letters differ");
 }
