@@ -5,6 +5,7 @@
 
 use cbec_operators::Operator;
 use cbec_operators::clear::{Clear, ClearIn, Shared};
+use cbec_operators::compact::StoredList;
 use cbec_operators::declare::{Declare, DeclareIn};
 use cbec_operators::engine::Engine;
 use cbec_operators::rules::Rules;
@@ -130,7 +131,7 @@ fn bench(c: &mut Criterion) {
         .filter_map(|(_, e)| if let Entity::List(l) = e { Some(l) } else { None })
         .enumerate()
         .map(|(i, l)| cbec_operators::engine::Exited {
-            invt_no: format!("51412026E{i:011}"),
+            invt_no: format!("51412026E{i:011}").into(),
             summarizable: true,
             list: l.clone().into(),
         })
@@ -149,6 +150,34 @@ fn bench(c: &mut Criterion) {
             },
             BatchSize::LargeInput,
         )
+    });
+    g.finish();
+
+    // The compact at-rest form of a stored list: pack (interning its codes; the list is
+    // dropped as clear drops it) and unpack (as activation and exit do; dropped after).
+    let lists: Vec<cbec_schemas::Inventory> =
+        all.iter().filter_map(|(_, e)| if let Entity::List(l) = e { Some(l.clone()) } else { None }).collect();
+    let mut codes = cbec_operators::compact::Codes::default();
+    let packed: Vec<StoredList> = lists.iter().map(|l| StoredList::pack(l, &mut codes)).collect();
+    let mut g = c.benchmark_group("compact");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(lists.len() as u64));
+    g.bench_function("pack_list", |b| {
+        b.iter_batched(
+            || (lists.clone(), codes.clone()),
+            |(input, mut codes)| {
+                let v: Vec<StoredList> = input.into_iter().map(|l| StoredList::pack(&l, &mut codes)).collect();
+                (v, codes)
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("unpack_list", |b| {
+        b.iter(|| {
+            for (p, l) in packed.iter().zip(&lists) {
+                black_box(p.unpack(&l.logistics_no, &codes));
+            }
+        })
     });
     g.finish();
 

@@ -3,6 +3,7 @@
 //! sorting-line decisions (§4.4), port release and exit (§4.5, §4.6), and the receipts
 //! timeline in CEB status codes.
 
+use crate::compact::{Codes, StoredList};
 use crate::controls::{ControlTable, ListIds};
 use crate::declare::{Comparison, ListStatus};
 use crate::engine::{Exited, Out};
@@ -12,9 +13,10 @@ use crate::{Collector, Map, Operator, Set};
 use cbec_schemas::hs::Nomenclature;
 use cbec_schemas::{
     ChannelDecision, ChannelReason, ControlKind, DeclaredList, EventTime, Inventory, Receipt, Scan, SortingDecision,
-    StatisticsFlag, Waybill, Xray, status,
+    StatisticsFlag, Text, Waybill, Xray, status,
 };
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Broadcast state every clear partition reads, plus the `invtNo` serials in use (unique
 /// across partitions).
@@ -71,34 +73,82 @@ pub enum ClearIn {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Decl {
-    invt_no: String,
-    hash: String,
+    invt_no: Text,
+    hash: Text,
     red: bool,
     certificate: bool,
     tax: bool,
 }
 
+/// What clear holds per parcel. Kept small: most parcels wait (for their waybill, a scan,
+/// the port, the exit) with their list at rest in compact form.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Parcel {
-    list: Option<std::sync::Arc<Inventory>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "stored_hex")]
+    list: Option<StoredList>,
     comparison: Option<Comparison>,
-    pay_code: Option<String>,
+    /// Payment firm, as an id in the partition's code table.
+    pay_code: Option<u32>,
     waybill: Option<EventTime>,
-    decl: Option<Decl>,
+    decl: Option<Box<Decl>>,
     arrived: bool,
     inspected: bool,
     verified_receipt: bool,
     site_released: bool,
-    port_released: Option<String>,
+    port_released: Option<Box<str>>,
     exited: bool,
+}
+
+mod stored_hex {
+    use crate::compact::{StoredList, deserialize_hex, serialize_hex};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(l: &Option<StoredList>, s: S) -> Result<S::Ok, S::Error> {
+        match l {
+            Some(l) => serialize_hex(l.bytes(), s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Unchecked here; [`super::Clear`]'s deserializer checks every list against its codes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StoredList>, D::Error> {
+        deserialize_hex(d).map(|b| Some(StoredList::unchecked(b)))
+    }
 }
 
 /// The clear operator: state per `logisticsNo`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(try_from = "ClearSnapshot")]
 pub struct Clear {
     /// Boxed: a growing map moves 32-byte buckets when it resizes, not whole parcels (a
     /// resize of a large map was a multi-millisecond pause on the decision path).
     parcels: Map<String, Box<Parcel>>,
+    /// The codes of the lists at rest.
+    codes: Codes,
+}
+
+#[derive(Deserialize)]
+struct ClearSnapshot {
+    parcels: Map<String, Box<Parcel>>,
+    codes: Codes,
+}
+
+impl TryFrom<ClearSnapshot> for Clear {
+    type Error = String;
+
+    fn try_from(s: ClearSnapshot) -> Result<Clear, String> {
+        for (k, p) in &s.parcels {
+            if let Some(l) = &p.list {
+                l.check(&s.codes).map_err(|e| format!("parcel {k}: {e}"))?;
+            }
+            if let Some(c) = p.pay_code
+                && c as usize >= s.codes.len()
+            {
+                return Err(format!("parcel {k}: payment firm code {c} is not in the code table"));
+            }
+        }
+        Ok(Clear { parcels: s.parcels, codes: s.codes })
+    }
 }
 
 /// Emits a receipt for a parcel (identity: list or parcel key + status + `tag`).
@@ -108,15 +158,16 @@ fn receipt(
     p: &Parcel,
     logistics_no: &str,
     st: i32,
-    info: String,
+    info: Text,
     time: EventTime,
     tag: &str,
-    controls: Vec<String>,
+    controls: Vec<Text>,
 ) {
     let invt = p.decl.as_ref().map(|d| d.invt_no.clone());
+    let order_no = p.list.as_ref().map(|l| Text::from(l.order_no()));
     let key = invt.as_deref().unwrap_or(logistics_no);
     // `{key}/{status}{tag}`
-    let mut id = String::with_capacity(key.len() + 8 + tag.len());
+    let mut id = Text::with_capacity(key.len() + 8 + tag.len());
     id.push_str(key);
     id.push('/');
     if st < 0 {
@@ -127,22 +178,13 @@ fn receipt(
     out.collect(Out::Receipt(Receipt {
         id,
         invt_no: invt,
-        order_no: p.list.as_ref().map(|l| l.order_no.clone()),
-        logistics_no: Some(logistics_no.to_string()),
+        order_no,
+        logistics_no: Some(logistics_no.into()),
         return_status: st,
         return_info: info,
         return_time: time,
         control_ids: controls,
     }));
-}
-
-fn list_ids<'a>(p: &'a Parcel, l: &'a Inventory) -> ListIds<'a> {
-    ListIds {
-        invt_no: p.decl.as_ref().map(|d| d.invt_no.as_str()),
-        order_no: &l.order_no,
-        logistics_no: &l.logistics_no,
-        ebc_code: &l.ebc_code,
-    }
 }
 
 impl Clear {
@@ -166,8 +208,9 @@ impl Clear {
         self.parcels.is_empty()
     }
 
-    fn activate(ctx: &mut Shared, logistics_no: &str, p: &mut Parcel, out: &mut dyn Collector<Out>) {
-        let (Some(l), Some(t), None) = (&p.list, p.waybill, &p.decl) else { return };
+    fn activate(ctx: &mut Shared, codes: &Codes, logistics_no: &str, p: &mut Parcel, out: &mut dyn Collector<Out>) {
+        let (Some(packed), Some(t), None) = (&p.list, p.waybill, &p.decl) else { return };
+        let l = Arc::new(packed.unpack(logistics_no, codes));
         let year = (cbec_schemas::time::period_of(t) / 100) as i32;
         let mut attempt = 0;
         let serial = loop {
@@ -178,8 +221,8 @@ impl Clear {
             attempt += 1;
         };
         let invt_no = ids::invt_no(&l.customs_code, year, serial);
-        let hash = ids::content_hash(l);
-        let comparison = p.comparison.clone().unwrap_or(Comparison::Pending);
+        let hash = Text::from(ids::content_hash(&l));
+        let comparison = p.comparison.unwrap_or(Comparison::Pending);
 
         // Channel (§4.3) with every reason that fired.
         let mut reasons = Vec::new();
@@ -189,23 +232,24 @@ impl Clear {
             if let Some(rule) = ctx.rules.certificate_rule(&it.gcode) {
                 certificate = true;
                 reasons.push(ChannelReason {
-                    code: "certificate_required".into(),
-                    detail: format!("item {} gcode {} matches certificate rule {rule}", it.gnum, it.gcode),
+                    code: Text::const_new("certificate_required"),
+                    detail: format!("item {} gcode {} matches certificate rule {rule}", it.gnum, it.gcode).into(),
                     control_id: None,
                 });
             }
             if ctx.rules.tax_rule(&it.gcode).is_some() {
                 tax = true;
             }
-            match ctx.goods.get(&l.ebc_code).and_then(|m| m.get(&it.item_no)) {
+            match ctx.goods.get(l.ebc_code.as_str()).and_then(|m| m.get(it.item_no.as_str())) {
                 None => reasons.push(ChannelReason {
-                    code: "goods_unregistered".into(),
-                    detail: format!("item {} itemNo {} is not registered for {}", it.gnum, it.item_no, l.ebc_code),
+                    code: Text::const_new("goods_unregistered"),
+                    detail: format!("item {} itemNo {} is not registered for {}", it.gnum, it.item_no, l.ebc_code)
+                        .into(),
                     control_id: None,
                 }),
                 Some(g) if *g != it.gcode => reasons.push(ChannelReason {
-                    code: "hs_mismatch".into(),
-                    detail: format!("item {} declares gcode {} but {} is registered", it.gnum, it.gcode, g),
+                    code: Text::const_new("hs_mismatch"),
+                    detail: format!("item {} declares gcode {} but {} is registered", it.gnum, it.gcode, g).into(),
                     control_id: None,
                 }),
                 Some(_) => {}
@@ -214,9 +258,9 @@ impl Clear {
         let (rate, rate_control) = ctx.controls.rate(ctx.rules.inspection_rate);
         if sampled(&ctx.rules.sampling_key, &invt_no, rate) {
             reasons.push(ChannelReason {
-                code: "sampled".into(),
-                detail: format!("random control at rate {rate}"),
-                control_id: rate_control.map(String::from),
+                code: Text::const_new("sampled"),
+                detail: format!("random control at rate {rate}").into(),
+                control_id: rate_control.map(Text::from),
             });
         }
         let gcodes: Vec<&str> = l.items.iter().map(|i| i.gcode.as_str()).collect();
@@ -228,9 +272,9 @@ impl Clear {
         };
         for c in ctx.controls.matching(ControlKind::Control, ids, &gcodes) {
             reasons.push(ChannelReason {
-                code: "manual_control".into(),
-                detail: format!("control by {}: {}", c.officer, c.reason),
-                control_id: Some(c.id.clone()),
+                code: Text::const_new("manual_control"),
+                detail: format!("control by {}: {}", c.officer, c.reason).into(),
+                control_id: Some(c.id.as_str().into()),
             });
         }
         let red = !reasons.is_empty();
@@ -238,29 +282,29 @@ impl Clear {
             invt_no: invt_no.clone(),
             decl_time: t,
             content_hash: hash.clone(),
-            comparison: comparison.as_str().to_string(),
-            pay_code: p.pay_code.clone(),
+            comparison: Text::const_new(comparison.as_str()),
+            pay_code: p.pay_code.map(|c| Text::from(codes.get(c))),
             list: l.clone(),
         }));
-        p.decl = Some(Decl { invt_no: invt_no.clone(), hash, red, certificate, tax });
+        p.decl = Some(Box::new(Decl { invt_no: invt_no.clone(), hash, red, certificate, tax }));
         receipt(
             out,
             p,
             logistics_no,
             status::ACCEPTED,
-            "declared: list activated by logistics collection".into(),
+            Text::const_new("declared: list activated by logistics collection"),
             t,
             "",
             vec![],
         );
-        let control_ids: Vec<String> = reasons.iter().filter_map(|r| r.control_id.clone()).collect();
+        let control_ids: Vec<Text> = reasons.iter().filter_map(|r| r.control_id.clone()).collect();
         out.collect(Out::Channel(ChannelDecision {
-            id: format!("{invt_no}/channel"),
+            id: compact_str::format_compact!("{invt_no}/channel"),
             invt_no: invt_no.clone(),
-            logistics_no: logistics_no.to_string(),
+            logistics_no: logistics_no.into(),
             order_no: l.order_no.clone(),
             ebc_code: l.ebc_code.clone(),
-            channel: if red { "red" } else { "green" }.into(),
+            channel: Text::const_new(if red { "red" } else { "green" }),
             reasons,
             tax_related: tax,
             certificate_related: certificate,
@@ -272,7 +316,7 @@ impl Clear {
                 p,
                 logistics_no,
                 status::MANUAL_REVIEW,
-                "red channel: on-site review".into(),
+                Text::const_new("red channel: on-site review"),
                 t,
                 "",
                 control_ids,
@@ -280,28 +324,34 @@ impl Clear {
         }
     }
 
-    fn scan(ctx: &mut Shared, s: Scan, p: &mut Parcel, out: &mut dyn Collector<Out>) {
-        let mut reasons: Vec<String> = Vec::new();
-        let mut control_ids: Vec<String> = Vec::new();
+    fn scan(ctx: &mut Shared, codes: &Codes, s: Scan, p: &mut Parcel, out: &mut dyn Collector<Out>) {
+        let mut reasons: Vec<Text> = Vec::new();
+        let mut control_ids: Vec<Text> = Vec::new();
         let port = match (&p.decl, &p.list) {
             (Some(d), Some(l)) if !matches!(p.comparison, Some(Comparison::Returned { .. })) => {
-                let gcodes: Vec<&str> = l.items.iter().map(|i| i.gcode.as_str()).collect();
-                let ids = list_ids(p, l);
+                let mut gcodes = Vec::new();
+                let head = l.scan_view(codes, &mut gcodes);
+                let ids = ListIds {
+                    invt_no: Some(&d.invt_no),
+                    order_no: head.order_no,
+                    logistics_no: &s.logistics_no,
+                    ebc_code: head.ebc_code,
+                };
                 let verified = ctx.controls.matching(ControlKind::Verified, ids, &[]);
                 for c in &verified {
-                    control_ids.push(c.id.clone());
+                    control_ids.push(c.id.as_str().into());
                 }
                 let mut hit = Vec::new();
                 if !p.site_released {
                     for c in ctx.controls.matching(ControlKind::Review, ids, &[]) {
-                        hit.push(("review", c.id.clone()));
+                        hit.push(("review", c.id.as_str()));
                     }
                 }
                 for c in ctx.controls.matching(ControlKind::Control, ids, &gcodes) {
-                    hit.push(("manual_control", c.id.clone()));
+                    hit.push(("manual_control", c.id.as_str()));
                 }
                 if !verified.is_empty() {
-                    reasons.push("verified".into());
+                    reasons.push(Text::const_new("verified"));
                     if !p.verified_receipt {
                         p.verified_receipt = true;
                         receipt(
@@ -309,7 +359,7 @@ impl Clear {
                             p,
                             &s.logistics_no,
                             status::REVIEW_CONCLUDED,
-                            "review concluded: verified by on-site customs".into(),
+                            Text::const_new("review concluded: verified by on-site customs"),
                             s.scan_time,
                             "",
                             control_ids.clone(),
@@ -317,32 +367,32 @@ impl Clear {
                     }
                 }
                 if d.certificate && verified.is_empty() {
-                    reasons.push("certificate_required".into());
+                    reasons.push(Text::const_new("certificate_required"));
                     "certificate"
                 } else {
                     let suspect = s.xray == Some(Xray::Suspect);
                     if d.red {
-                        reasons.push("red_channel".into());
+                        reasons.push(Text::const_new("red_channel"));
                     }
                     if suspect {
-                        reasons.push("xray_suspect".into());
+                        reasons.push(Text::const_new("xray_suspect"));
                     }
                     for (r, id) in &hit {
                         reasons.push((*r).into());
-                        control_ids.push(id.clone());
+                        control_ids.push(Text::from(*id));
                     }
                     if (d.red || suspect || !hit.is_empty()) && verified.is_empty() {
                         "inspect"
                     } else {
                         if reasons.is_empty() {
-                            reasons.push("green".into());
+                            reasons.push(Text::const_new("green"));
                         }
                         "release"
                     }
                 }
             }
             (Some(_), _) => {
-                reasons.push("returned".into());
+                reasons.push(Text::const_new("returned"));
                 "hold"
             }
             _ => {
@@ -359,7 +409,7 @@ impl Clear {
             _ => false,
         };
         let for_receipt = first.then(|| (s.logistics_no.clone(), control_ids.clone()));
-        let mut id = String::with_capacity(s.line_id.len() + 1 + s.scan_id.len());
+        let mut id = Text::with_capacity(s.line_id.len() + 1 + s.scan_id.len());
         id.push_str(&s.line_id);
         id.push('/');
         id.push_str(&s.scan_id);
@@ -369,7 +419,7 @@ impl Clear {
             invt_no: p.decl.as_ref().map(|d| d.invt_no.clone()),
             scan_id: s.scan_id,
             line_id: s.line_id,
-            port: port.to_string(),
+            port: Text::const_new(port),
             reasons,
             control_ids,
             scan_time: s.scan_time,
@@ -387,14 +437,14 @@ impl Clear {
         }
     }
 
-    fn exited(p: &Parcel) -> Option<Exited> {
+    fn exited(p: &Parcel, logistics_no: &str, codes: &Codes) -> Option<Exited> {
         let (Some(d), Some(l)) = (&p.decl, &p.list) else { return None };
         Some(Exited {
             invt_no: d.invt_no.clone(),
             summarizable: !d.tax
-                && l.statistics_flag == StatisticsFlag::B
+                && l.list_head(codes).statistics_flag == StatisticsFlag::B
                 && p.comparison == Some(Comparison::Consistent),
-            list: l.clone(),
+            list: Arc::new(l.unpack(logistics_no, codes)),
         })
     }
 }
@@ -405,19 +455,20 @@ impl Operator for Clear {
     type Ctx = Shared;
 
     fn process(&mut self, ctx: &mut Shared, input: ClearIn, out: &mut dyn Collector<Out>) {
+        let Clear { parcels, codes } = self;
         match input {
             ClearIn::List(l) => {
                 let key = l.logistics_no.clone();
-                let p = crate::state_of(&mut self.parcels, &key);
+                let p = crate::state_of(parcels, &key);
                 if let Some(d) = &p.decl {
-                    let hash = ids::content_hash(&l);
+                    let hash = Text::from(ids::content_hash(&l));
                     if hash != d.hash {
                         receipt(
                             out,
                             p,
                             &key,
                             status::ERR_IMMUTABLE,
-                            format!("declared list {} is immutable: changed stored list refused", d.invt_no),
+                            format!("declared list {} is immutable: changed stored list refused", d.invt_no).into(),
                             l.app_time,
                             &format!("/{hash}"),
                             vec![],
@@ -429,14 +480,14 @@ impl Operator for Clear {
                     p.list = None;
                     return;
                 }
-                p.list = Some(std::sync::Arc::new(l));
-                Clear::activate(ctx, &key, p, out);
+                p.list = Some(StoredList::pack(&l, codes));
+                Clear::activate(ctx, codes, &key, p, out);
             }
             ClearIn::Status(s) => {
-                let p = crate::state_of(&mut self.parcels, &s.logistics_no);
-                let was = p.comparison.replace(s.comparison.clone());
-                if s.pay_code.is_some() {
-                    p.pay_code = s.pay_code.clone();
+                let p = crate::state_of(parcels, &s.logistics_no);
+                let was = p.comparison.replace(s.comparison);
+                if let Some(c) = &s.pay_code {
+                    p.pay_code = Some(codes.id(c));
                 }
                 if let Comparison::Returned { reasons } = &s.comparison
                     && (p.decl.is_some() || p.list.is_some())
@@ -446,7 +497,7 @@ impl Operator for Clear {
                         p,
                         &s.logistics_no,
                         status::RETURNED,
-                        format!("returned by the order-number comparison: {}", reasons.join(",")),
+                        format!("returned by the order-number comparison: {}", reasons).into(),
                         s.time,
                         &format!("/{}", s.time.0),
                         vec![],
@@ -454,17 +505,18 @@ impl Operator for Clear {
                 }
                 if p.exited
                     && was != p.comparison
-                    && let Some(e) = Clear::exited(p)
+                    && let Some(e) = Clear::exited(p, &s.logistics_no, codes)
                 {
                     out.collect(Out::Exited(e));
                 }
             }
             ClearIn::Waybill(w) => {
                 let key = w.logistics_no.clone();
-                let p = crate::state_of(&mut self.parcels, &key);
+                let p = crate::state_of(parcels, &key);
                 match (p.waybill, &p.decl) {
                     (Some(t), Some(d)) if t != w.app_time => {
-                        let info = format!("declared list {} already activated: second activation refused", d.invt_no);
+                        let info: Text =
+                            format!("declared list {} already activated: second activation refused", d.invt_no).into();
                         receipt(
                             out,
                             p,
@@ -479,12 +531,12 @@ impl Operator for Clear {
                     (Some(_), _) => {}
                     (None, _) => {
                         p.waybill = Some(w.app_time);
-                        Clear::activate(ctx, &key, p, out);
+                        Clear::activate(ctx, codes, &key, p, out);
                     }
                 }
             }
             ClearIn::Arrived { logistics_no, time } => {
-                let p = crate::state_of(&mut self.parcels, &logistics_no);
+                let p = crate::state_of(parcels, &logistics_no);
                 if !p.arrived {
                     p.arrived = true;
                     if p.decl.is_none() {
@@ -493,7 +545,7 @@ impl Operator for Clear {
                             p,
                             &logistics_no,
                             -403,
-                            "arrived at the supervised site without a declared list".into(),
+                            Text::const_new("arrived at the supervised site without a declared list"),
                             time,
                             "/arrival",
                             vec![],
@@ -502,22 +554,22 @@ impl Operator for Clear {
                 }
             }
             ClearIn::Scan(s) => {
-                let p = crate::state_of(&mut self.parcels, &s.logistics_no);
-                Clear::scan(ctx, s, p, out);
+                let p = crate::state_of(parcels, &s.logistics_no);
+                Clear::scan(ctx, codes, s, p, out);
             }
             ClearIn::PortRelease { logistics_no, seal_no, .. } => {
-                let p = crate::state_of(&mut self.parcels, &logistics_no);
-                p.port_released = Some(seal_no);
+                let p = crate::state_of(parcels, &logistics_no);
+                p.port_released = Some(seal_no.into_boxed_str());
             }
             ClearIn::Departed { logistics_no, time } => {
-                let p = crate::state_of(&mut self.parcels, &logistics_no);
+                let p = crate::state_of(parcels, &logistics_no);
                 if p.exited {
                     return;
                 }
                 if p.port_released.is_some() && p.decl.is_some() {
                     p.exited = true;
-                    receipt(out, p, &logistics_no, status::CLOSED, "exit confirmed".into(), time, "", vec![]);
-                    if let Some(e) = Clear::exited(p) {
+                    receipt(out, p, &logistics_no, status::CLOSED, Text::const_new("exit confirmed"), time, "", vec![]);
+                    if let Some(e) = Clear::exited(p, &logistics_no, codes) {
                         out.collect(Out::Exited(e));
                     }
                 } else {
@@ -526,7 +578,7 @@ impl Operator for Clear {
                         p,
                         &logistics_no,
                         status::ERR_EXIT_NOT_RELEASED,
-                        "exit of a parcel whose list was not released at the port".into(),
+                        Text::const_new("exit of a parcel whose list was not released at the port"),
                         time,
                         &format!("/{}", time.0),
                         vec![],
@@ -537,22 +589,27 @@ impl Operator for Clear {
     }
 
     fn state_size(&self) -> usize {
-        self.parcels
-            .iter()
-            .map(|(k, p)| {
-                k.len()
-                    + std::mem::size_of::<(String, Box<Parcel>)>()
-                    + std::mem::size_of::<Parcel>()
-                    + p.list.as_ref().map_or(0, |l| inventory_bytes(l))
-                    + p.decl.as_ref().map_or(0, |d| std::mem::size_of::<Decl>() + d.invt_no.len() + d.hash.len())
-            })
-            .sum()
+        self.codes.state_size()
+            + self
+                .parcels
+                .iter()
+                .map(|(k, p)| {
+                    k.capacity()
+                        + std::mem::size_of::<(String, Box<Parcel>)>()
+                        + std::mem::size_of::<Parcel>()
+                        + p.list.as_ref().map_or(0, |l| l.state_size() - std::mem::size_of::<StoredList>())
+                        + p.decl
+                            .as_ref()
+                            .map_or(0, |d| std::mem::size_of::<Decl>() + d.invt_no.capacity() + d.hash.capacity())
+                        + p.port_released.as_ref().map_or(0, |s| s.len())
+                })
+                .sum::<usize>()
     }
 }
 
-/// Heap bytes of a stored list (strings and rows).
+/// Bytes of a list in its owned form (the struct, its rows and texts too long to be inline).
 pub fn inventory_bytes(l: &Inventory) -> usize {
-    let s = |x: &String| x.capacity();
+    let s = |x: &cbec_schemas::Text| if x.is_heap_allocated() { x.capacity() } else { 0 };
     std::mem::size_of::<Inventory>()
         + s(&l.customs_code)
         + s(&l.ebp_code)

@@ -3,14 +3,97 @@
 //! whenever it changes, and returns (or the clearing of a return).
 
 use crate::Map;
+use crate::compact::{Codes, Damaged, Reader, Writer};
 use crate::rules::Rules;
 use crate::{Collector, Operator};
 use cbec_schemas::{AppType, Compared, Dec, EventTime, Inventory, Order, Payment, Return};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
+/// The reasons of a return (CONTRACT §4.2) as a set, listed in name order. Serialized as
+/// the list of names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reasons(u8);
+
+impl Reasons {
+    /// Every reason, in name order (bit `i` is `NAMES[i]`).
+    pub const NAMES: [&'static str; 6] = [
+        "amount_mismatch",
+        "currency_mismatch",
+        "duplicate_payment",
+        "ebc_mismatch",
+        "order_missing",
+        "payment_missing",
+    ];
+    /// List total or payment charge does not agree with the order.
+    pub const AMOUNT_MISMATCH: Reasons = Reasons(1);
+    /// Payment currency differs from the order's.
+    pub const CURRENCY_MISMATCH: Reasons = Reasons(1 << 1);
+    /// More than one payment for the order.
+    pub const DUPLICATE_PAYMENT: Reasons = Reasons(1 << 2);
+    /// `ebcCode` differs between list and order or payment.
+    pub const EBC_MISMATCH: Reasons = Reasons(1 << 3);
+    /// No order by the end of the wait.
+    pub const ORDER_MISSING: Reasons = Reasons(1 << 4);
+    /// No payment by the end of the wait.
+    pub const PAYMENT_MISSING: Reasons = Reasons(1 << 5);
+
+    /// Adds `r`.
+    pub fn insert(&mut self, r: Reasons) {
+        self.0 |= r.0;
+    }
+
+    /// True when there is none.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The names, in name order.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Reasons::NAMES.into_iter().enumerate().filter(move |(i, _)| self.0 & (1 << i) != 0).map(|(_, n)| n)
+    }
+
+    /// The names as owned strings (for records).
+    pub fn to_vec(self) -> Vec<String> {
+        self.names().map(String::from).collect()
+    }
+}
+
+impl std::fmt::Display for Reasons {
+    /// Comma-separated names.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, n) in self.names().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(n)?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Reasons {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.names())
+    }
+}
+
+impl<'de> Deserialize<'de> for Reasons {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Reasons, D::Error> {
+        let mut r = Reasons::default();
+        for name in Vec::<std::borrow::Cow<'de, str>>::deserialize(d)? {
+            let i = Reasons::NAMES
+                .iter()
+                .position(|n| *n == name)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown return reason '{name}'")))?;
+            r.0 |= 1 << i;
+        }
+        Ok(r)
+    }
+}
+
 /// Comparison status of a list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Comparison {
     /// Not yet decidable (order or payment not yet seen, wait not over).
@@ -19,8 +102,8 @@ pub enum Comparison {
     Consistent,
     /// Returned with these reasons.
     Returned {
-        /// Reason codes, sorted.
-        reasons: Vec<String>,
+        /// Reason codes.
+        reasons: Reasons,
     },
 }
 
@@ -75,35 +158,118 @@ pub enum DeclareOut {
     Return(Return),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// An order's facts, codes as ids in the partition's [`Codes`].
+#[derive(Debug, Clone, Copy)]
 struct OrderFacts {
-    ebc: String,
+    ebc: u32,
+    currency: u32,
     value: Dec,
     freight: Dec,
-    currency: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct PaymentFacts {
-    pay_no: String,
-    ebc: String,
+#[derive(Debug, Clone, Copy)]
+struct PaymentFacts<'a> {
+    pay_no: &'a str,
+    ebc: u32,
     charge: Dec,
-    currency: String,
-    pay_code: String,
+    currency: u32,
+    pay_code: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ListFacts {
-    logistics_no: String,
-    ebc: String,
+#[derive(Debug, Clone, Copy)]
+struct ListFacts<'a> {
+    logistics_no: &'a str,
+    ebc: u32,
     total: Dec,
 }
 
+/// What the comparison reads: at rest one compact buffer per order
+/// ([`crate::compact`]), read into this view when an input or a timer touches the order.
+#[derive(Debug, Default)]
+struct Facts<'a> {
+    order: Option<OrderFacts>,
+    payments: Vec<PaymentFacts<'a>>,
+    list: Option<ListFacts<'a>>,
+}
+
+impl<'a> Facts<'a> {
+    /// Reads a buffer written by [`Facts::pack`] (empty: no facts yet).
+    fn read(b: &'a [u8], codes: &Codes) -> Result<Facts<'a>, Damaged> {
+        let mut f = Facts::default();
+        if b.is_empty() {
+            return Ok(f);
+        }
+        let mut r = Reader::new(b);
+        if r.u()? == 1 {
+            f.order = Some(OrderFacts {
+                ebc: r.code_id(codes)?,
+                currency: r.code_id(codes)?,
+                value: r.dec()?,
+                freight: r.dec()?,
+            });
+        }
+        let n = r.u()? as usize;
+        if n > b.len() {
+            return Err(Damaged(0));
+        }
+        for _ in 0..n {
+            f.payments.push(PaymentFacts {
+                pay_no: r.str()?,
+                ebc: r.code_id(codes)?,
+                charge: r.dec()?,
+                currency: r.code_id(codes)?,
+                pay_code: r.code_id(codes)?,
+            });
+        }
+        if r.u()? == 1 {
+            f.list = Some(ListFacts { logistics_no: r.str()?, ebc: r.code_id(codes)?, total: r.dec()? });
+        }
+        if !r.at_end() {
+            return Err(Damaged(b.len()));
+        }
+        Ok(f)
+    }
+
+    fn pack(&self) -> Box<[u8]> {
+        let mut w = Writer::with_capacity(48 + 32 * self.payments.len());
+        match &self.order {
+            None => w.u(0),
+            Some(o) => {
+                w.u(1);
+                w.u(u64::from(o.ebc));
+                w.u(u64::from(o.currency));
+                w.dec(o.value);
+                w.dec(o.freight);
+            }
+        }
+        w.u(self.payments.len() as u64);
+        for p in &self.payments {
+            w.str(p.pay_no);
+            w.u(u64::from(p.ebc));
+            w.dec(p.charge);
+            w.u(u64::from(p.currency));
+            w.u(u64::from(p.pay_code));
+        }
+        match &self.list {
+            None => w.u(0),
+            Some(l) => {
+                w.u(1);
+                w.str(l.logistics_no);
+                w.u(u64::from(l.ebc));
+                w.dec(l.total);
+            }
+        }
+        w.finish()
+    }
+}
+
+const CHECKED: &str = "order facts checked when made";
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Entry {
-    order: Option<OrderFacts>,
-    payments: Vec<PaymentFacts>,
-    list: Option<ListFacts>,
+    /// [`Facts`], packed.
+    #[serde(serialize_with = "crate::compact::serialize_hex", deserialize_with = "crate::compact::deserialize_hex")]
+    facts: Box<[u8]>,
     deadline: Option<i64>,
     expired: bool,
     last: Option<Comparison>,
@@ -112,114 +278,129 @@ struct Entry {
 
 /// The declare operator: state per `orderNo` plus event-time timers for the wait.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(try_from = "DeclareSnapshot")]
 pub struct Declare {
     /// Boxed, like clear's parcels: a resize moves 32-byte buckets.
     entries: Map<String, Box<Entry>>,
-    timers: BTreeSet<(i64, String)>,
+    timers: BTreeSet<(i64, Box<str>)>,
+    /// The codes of the facts at rest.
+    codes: Codes,
 }
 
-fn compared(e: &Entry) -> Compared {
-    let l = e.list.as_ref();
-    let p = e.payments.last();
-    Compared {
-        list_ebc_code: l.map(|l| l.ebc.clone()).unwrap_or_default(),
-        order_ebc_code: e.order.as_ref().map(|o| o.ebc.clone()),
-        payment_ebc_code: p.map(|p| p.ebc.clone()),
-        list_total: l.map_or(Dec::ZERO, |l| l.total),
-        order_goods_value: e.order.as_ref().map(|o| o.value),
-        order_freight: e.order.as_ref().map(|o| o.freight),
-        payment_charge: p.map(|p| p.charge),
-        order_currency: e.order.as_ref().map(|o| o.currency.clone()),
-        payment_currency: p.map(|p| p.currency.clone()),
-        pay_nos: e.payments.iter().map(|p| p.pay_no.clone()).collect(),
-        pay_code: p.map(|p| p.pay_code.clone()),
+#[derive(Deserialize)]
+struct DeclareSnapshot {
+    entries: Map<String, Box<Entry>>,
+    timers: BTreeSet<(i64, Box<str>)>,
+    codes: Codes,
+}
+
+impl TryFrom<DeclareSnapshot> for Declare {
+    type Error = String;
+
+    fn try_from(s: DeclareSnapshot) -> Result<Declare, String> {
+        for (k, e) in &s.entries {
+            Facts::read(&e.facts, &s.codes).map_err(|err| format!("order {k}: {err}"))?;
+        }
+        Ok(Declare { entries: s.entries, timers: s.timers, codes: s.codes })
     }
 }
 
-fn evaluate(e: &Entry, rules: &Rules) -> Comparison {
-    let Some(list) = &e.list else { return Comparison::Pending };
-    let mut r: Vec<&str> = Vec::new();
-    match &e.order {
-        None if e.expired => r.push("order_missing"),
+fn compared(f: &Facts<'_>, codes: &Codes) -> Compared {
+    let l = f.list.as_ref();
+    let p = f.payments.last();
+    let o = f.order.as_ref();
+    let text = |id: u32| codes.get(id).to_string();
+    Compared {
+        list_ebc_code: l.map(|l| text(l.ebc)).unwrap_or_default(),
+        order_ebc_code: o.map(|o| text(o.ebc)),
+        payment_ebc_code: p.map(|p| text(p.ebc)),
+        list_total: l.map_or(Dec::ZERO, |l| l.total),
+        order_goods_value: o.map(|o| o.value),
+        order_freight: o.map(|o| o.freight),
+        payment_charge: p.map(|p| p.charge),
+        order_currency: o.map(|o| text(o.currency)),
+        payment_currency: p.map(|p| text(p.currency)),
+        pay_nos: f.payments.iter().map(|p| p.pay_no.to_string()).collect(),
+        pay_code: p.map(|p| text(p.pay_code)),
+    }
+}
+
+fn evaluate(f: &Facts<'_>, expired: bool, rules: &Rules) -> Comparison {
+    let Some(list) = &f.list else { return Comparison::Pending };
+    let mut r = Reasons::default();
+    match &f.order {
+        None if expired => r.insert(Reasons::ORDER_MISSING),
         None => {}
         Some(o) => {
             if o.ebc != list.ebc {
-                r.push("ebc_mismatch");
+                r.insert(Reasons::EBC_MISMATCH);
             }
             if !rules.amounts_agree(list.total, o.value) {
-                r.push("amount_mismatch");
+                r.insert(Reasons::AMOUNT_MISMATCH);
             }
         }
     }
     // A payment with a known `payNo` replaces it in place, so two entries are two payments.
-    if e.payments.len() > 1 {
-        r.push("duplicate_payment");
+    if f.payments.len() > 1 {
+        r.insert(Reasons::DUPLICATE_PAYMENT);
     }
-    match e.payments.last() {
-        None if e.expired => r.push("payment_missing"),
+    match f.payments.last() {
+        None if expired => r.insert(Reasons::PAYMENT_MISSING),
         None => {}
         Some(p) => {
             if p.ebc != list.ebc {
-                r.push("ebc_mismatch");
+                r.insert(Reasons::EBC_MISMATCH);
             }
-            if let Some(o) = &e.order {
+            if let Some(o) = &f.order {
                 if p.currency != o.currency {
-                    r.push("currency_mismatch");
+                    r.insert(Reasons::CURRENCY_MISMATCH);
                 }
                 if !rules.amounts_agree(p.charge, o.value.add(o.freight)) {
-                    r.push("amount_mismatch");
+                    r.insert(Reasons::AMOUNT_MISMATCH);
                 }
             }
         }
     }
-    if r.is_empty() {
-        if e.order.is_some() && !e.payments.is_empty() { Comparison::Consistent } else { Comparison::Pending }
+    if !r.is_empty() {
+        Comparison::Returned { reasons: r }
+    } else if f.order.is_some() && !f.payments.is_empty() {
+        Comparison::Consistent
     } else {
-        r.sort_unstable();
-        r.dedup();
-        Comparison::Returned { reasons: r.into_iter().map(String::from).collect() }
+        Comparison::Pending
     }
 }
 
 impl Declare {
     fn emit(&mut self, rules: &Rules, order_no: &str, time: EventTime, out: &mut dyn Collector<DeclareOut>) {
         let Some(e) = self.entries.get_mut(order_no) else { return };
-        let Some(list) = &e.list else { return };
-        let new = evaluate(e, rules);
-        if e.last.as_ref() == Some(&new) {
+        let f = Facts::read(&e.facts, &self.codes).expect(CHECKED);
+        let Some(list) = &f.list else { return };
+        let new = evaluate(&f, e.expired, rules);
+        if e.last == Some(new) {
             return;
         }
-        let logistics_no = list.logistics_no.clone();
-        let pay_code = e.payments.last().map(|p| p.pay_code.clone()).filter(|c| !c.is_empty());
+        let logistics_no = list.logistics_no.to_string();
+        let pay_code =
+            f.payments.last().map(|p| self.codes.get(p.pay_code)).filter(|c| !c.is_empty()).map(String::from);
         let was_returned = matches!(e.last, Some(Comparison::Returned { .. }));
-        match &new {
-            Comparison::Returned { reasons } => {
-                e.revision += 1;
-                out.collect(DeclareOut::Return(Return {
-                    id: format!("{order_no}/{}", e.revision),
-                    order_no: order_no.to_string(),
-                    logistics_no: logistics_no.clone(),
-                    reasons: reasons.clone(),
-                    cleared: false,
-                    compared: compared(e),
-                    time,
-                }));
-            }
-            Comparison::Consistent if was_returned => {
-                e.revision += 1;
-                out.collect(DeclareOut::Return(Return {
-                    id: format!("{order_no}/{}", e.revision),
-                    order_no: order_no.to_string(),
-                    logistics_no: logistics_no.clone(),
-                    reasons: Vec::new(),
-                    cleared: true,
-                    compared: compared(e),
-                    time,
-                }));
-            }
-            _ => {}
+        let (reasons, cleared) = match new {
+            Comparison::Returned { reasons } => (reasons.to_vec(), false),
+            Comparison::Consistent if was_returned => (Vec::new(), true),
+            _ => (Vec::new(), false),
+        };
+        if !reasons.is_empty() || cleared {
+            e.revision += 1;
+            out.collect(DeclareOut::Return(Return {
+                id: format!("{order_no}/{}", e.revision),
+                order_no: order_no.to_string(),
+                logistics_no: logistics_no.clone(),
+                reasons,
+                cleared,
+                compared: compared(&f, &self.codes),
+                time,
+            }));
         }
-        e.last = Some(new.clone());
+        e.last = Some(new);
         out.collect(DeclareOut::Status(ListStatus {
             order_no: order_no.to_string(),
             logistics_no,
@@ -230,7 +411,7 @@ impl Declare {
     }
 
     /// The earliest pending timer: (due time, `orderNo`).
-    pub fn next_timer(&self) -> Option<&(i64, String)> {
+    pub fn next_timer(&self) -> Option<&(i64, Box<str>)> {
         self.timers.first()
     }
 
@@ -241,7 +422,7 @@ impl Declare {
             _ => return false,
         }
         let Some((t, key)) = self.timers.pop_first() else { return false };
-        if let Some(e) = self.entries.get_mut(&key) {
+        if let Some(e) = self.entries.get_mut(&*key) {
             e.expired = true;
         }
         self.emit(rules, &key, EventTime(t), out);
@@ -272,39 +453,47 @@ impl Operator for Declare {
     fn process(&mut self, rules: &mut Rules, input: DeclareIn, out: &mut dyn Collector<DeclareOut>) {
         let (key, time) = match input {
             DeclareIn::Order(o) => {
+                let order = (o.app_type != AppType::Delete).then(|| OrderFacts {
+                    ebc: self.codes.id(&o.ebc_code),
+                    currency: self.codes.id(&o.currency),
+                    value: o.goods_value,
+                    freight: o.freight,
+                });
                 let e = crate::state_of(&mut self.entries, &o.order_no);
-                e.order = if o.app_type == AppType::Delete {
-                    None
-                } else {
-                    Some(OrderFacts { ebc: o.ebc_code, value: o.goods_value, freight: o.freight, currency: o.currency })
-                };
+                let old = std::mem::take(&mut e.facts);
+                let mut f = Facts::read(&old, &self.codes).expect(CHECKED);
+                f.order = order;
+                e.facts = f.pack();
                 (o.order_no, o.app_time)
             }
             DeclareIn::Payment(p) => {
+                let (ebc, currency, pay_code) =
+                    (self.codes.id(&p.ebc_code), self.codes.id(&p.currency), self.codes.id(&p.pay_code));
                 let e = crate::state_of(&mut self.entries, &p.order_no);
-                let f = PaymentFacts {
-                    pay_no: p.pay_no,
-                    ebc: p.ebc_code,
-                    charge: p.charge,
-                    currency: p.currency,
-                    pay_code: p.pay_code,
-                };
-                match e.payments.iter_mut().find(|x| x.pay_no == f.pay_no) {
-                    Some(x) => *x = f,
-                    None => e.payments.push(f),
+                let old = std::mem::take(&mut e.facts);
+                let mut f = Facts::read(&old, &self.codes).expect(CHECKED);
+                let new = PaymentFacts { pay_no: &p.pay_no, ebc, charge: p.charge, currency, pay_code };
+                match f.payments.iter_mut().find(|x| x.pay_no == new.pay_no) {
+                    Some(x) => *x = new,
+                    None => f.payments.push(new),
                 }
+                e.facts = f.pack();
                 (p.order_no, p.accounting_date)
             }
             DeclareIn::List(l) => {
-                let e = crate::state_of(&mut self.entries, &l.order_no);
                 let total = l.items.iter().map(|i| i.total_price).sum();
+                let ebc = self.codes.id(&l.ebc_code);
+                let deadline = l.app_time.plus_ms(rules.payment_wait_ms()).0;
+                let e = crate::state_of(&mut self.entries, &l.order_no);
                 if e.deadline.is_none() {
-                    let d = l.app_time.plus_ms(rules.payment_wait_ms()).0;
-                    e.deadline = Some(d);
-                    self.timers.insert((d, l.order_no.clone()));
+                    e.deadline = Some(deadline);
+                    self.timers.insert((deadline, l.order_no.as_str().into()));
                 }
-                e.list = Some(ListFacts { logistics_no: l.logistics_no.clone(), ebc: l.ebc_code.clone(), total });
-                let (key, time) = (l.order_no.clone(), l.app_time);
+                let old = std::mem::take(&mut e.facts);
+                let mut f = Facts::read(&old, &self.codes).expect(CHECKED);
+                f.list = Some(ListFacts { logistics_no: &l.logistics_no, ebc, total });
+                e.facts = f.pack();
+                let (key, time) = (l.order_no.to_string(), l.app_time);
                 out.collect(DeclareOut::List(l));
                 (key, time)
             }
@@ -317,19 +506,17 @@ impl Operator for Declare {
     }
 
     fn state_size(&self) -> usize {
-        self.entries
-            .iter()
-            .map(|(k, e)| {
-                k.len()
-                    + std::mem::size_of::<(String, Box<Entry>)>()
-                    + std::mem::size_of::<Entry>()
-                    + e.payments.len() * (std::mem::size_of::<PaymentFacts>() + 48)
-                    + e.order.as_ref().map_or(0, |o| o.ebc.len() + o.currency.len())
-                    + e.list
-                        .as_ref()
-                        .map_or(0, |l| std::mem::size_of::<ListFacts>() + l.logistics_no.len() + l.ebc.len())
-            })
-            .sum::<usize>()
-            + self.timers.len() * 48
+        self.codes.state_size()
+            + self
+                .entries
+                .iter()
+                .map(|(k, e)| {
+                    k.capacity()
+                        + std::mem::size_of::<(String, Box<Entry>)>()
+                        + std::mem::size_of::<Entry>()
+                        + e.facts.len()
+                })
+                .sum::<usize>()
+            + self.timers.iter().map(|(_, k)| std::mem::size_of::<(i64, Box<str>)>() + k.len()).sum::<usize>()
     }
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exited {
     /// Declared list number.
-    pub invt_no: String,
+    pub invt_no: cbec_schemas::Text,
     /// Consistent, non-tax-related, `statisticsFlag` B: goes into a summary declaration.
     pub summarizable: bool,
     /// The list.
@@ -146,12 +146,12 @@ impl Engine {
             }
         };
         out.push(Out::Receipt(Receipt {
-            id: format!("goods/{key}/{}/{}", g.app_time.0, st),
+            id: format!("goods/{key}/{}/{}", g.app_time.0, st).into(),
             invt_no: None,
             order_no: None,
             logistics_no: None,
             return_status: st,
-            return_info: format!("{key}: {info}"),
+            return_info: format!("{key}: {info}").into(),
             return_time: g.app_time,
             control_ids: Vec::new(),
         }));

@@ -41,8 +41,8 @@ pub fn invt_serial(instance: u8, customs: &str, year: i32, logistics_no: &str, a
 }
 
 /// Formats an `invtNo`.
-pub fn invt_no(customs: &str, year: i32, serial: u64) -> String {
-    let mut s = String::with_capacity(customs.len() + 16);
+pub fn invt_no(customs: &str, year: i32, serial: u64) -> cbec_schemas::Text {
+    let mut s = cbec_schemas::Text::with_capacity(customs.len() + 16);
     s.push_str(customs);
     push_padded(&mut s, year.max(0) as u64, 4);
     s.push('E');
@@ -52,7 +52,7 @@ pub fn invt_no(customs: &str, year: i32, serial: u64) -> String {
 
 /// Appends `v` in decimal, zero-padded to at least `width` digits (what `{v:0width$}` does,
 /// without the formatting machinery on the activation path).
-pub fn push_padded(s: &mut String, v: u64, width: usize) {
+pub fn push_padded<W: std::fmt::Write>(s: &mut W, v: u64, width: usize) {
     let mut buf = [b'0'; 20];
     let mut i = buf.len();
     let mut n = v;
@@ -65,7 +65,7 @@ pub fn push_padded(s: &mut String, v: u64, width: usize) {
         }
     }
     let start = i.min(buf.len().saturating_sub(width));
-    s.push_str(std::str::from_utf8(&buf[start..]).expect("ASCII digits"));
+    s.write_str(std::str::from_utf8(&buf[start..]).expect("ASCII digits")).expect("writing to memory");
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 #![forbid(missing_docs)]
 
 pub mod clear;
+pub mod compact;
 pub mod controls;
 pub mod declare;
 pub mod engine;

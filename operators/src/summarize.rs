@@ -167,9 +167,9 @@ impl Operator for Summarize {
         let period = e.list.ie_date.period();
         let open = self.open.entry(period).or_default();
         if e.summarizable {
-            open.insert(e.invt_no.clone(), e);
+            open.insert(e.invt_no.to_string(), e);
         } else {
-            open.remove(&e.invt_no);
+            open.remove(e.invt_no.as_str());
         }
     }
 

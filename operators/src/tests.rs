@@ -126,7 +126,7 @@ fn run(engine: &mut Engine, input: Vec<Entity>) -> Vec<Out> {
 }
 
 fn ports(out: &[Out]) -> Vec<String> {
-    out.iter().filter_map(|o| if let Out::Sorting(s) = o { Some(s.port.clone()) } else { None }).collect()
+    out.iter().filter_map(|o| if let Out::Sorting(s) = o { Some(s.port.to_string()) } else { None }).collect()
 }
 fn statuses(out: &[Out]) -> Vec<i32> {
     out.iter().filter_map(|o| if let Out::Receipt(r) = o { Some(r.return_status) } else { None }).collect()
@@ -135,7 +135,7 @@ fn channel(out: &[Out]) -> (String, Vec<String>) {
     out.iter()
         .find_map(|o| {
             if let Out::Channel(c) = o {
-                Some((c.channel.clone(), c.reasons.iter().map(|r| r.code.clone()).collect()))
+                Some((c.channel.to_string(), c.reasons.iter().map(|r| r.code.to_string()).collect()))
             } else {
                 None
             }

@@ -74,11 +74,11 @@ impl Record {
     /// Stable identity for de-duplication after a replay.
     pub fn id(&self) -> String {
         match self {
-            Record::Declared(x) => x.invt_no.clone(),
-            Record::Receipt(x) => x.id.clone(),
+            Record::Declared(x) => x.invt_no.to_string(),
+            Record::Receipt(x) => x.id.to_string(),
             Record::Return(x) => x.id.clone(),
-            Record::Channel(x) => x.id.clone(),
-            Record::Sorting(x) => x.id.clone(),
+            Record::Channel(x) => x.id.to_string(),
+            Record::Sorting(x) => x.id.to_string(),
             Record::Release(x) => x.id.clone(),
             Record::Summary(x) => x.summary_id.clone(),
             Record::Dead(x) => {

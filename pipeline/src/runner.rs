@@ -407,7 +407,7 @@ impl State {
     fn send(&mut self, r: Record, read_at: Option<Instant>, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
         match &r {
             Record::Sorting(s) => {
-                *self.stats.ports.entry(s.port.clone()).or_default() += 1;
+                *self.stats.ports.entry(s.port.to_string()).or_default() += 1;
                 if let Some(t) = read_at {
                     let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
                     self.stats.latencies_us.push(us);

@@ -65,13 +65,13 @@ pub fn u32_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 }
 
 /// A code sent as a string or number (`currency: 142`); kept as text.
-pub fn code<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    Ok(StrOrNum::deserialize(d)?.as_str().trim().to_string())
+pub fn code<'de, D: Deserializer<'de>, T: for<'a> From<&'a str>>(d: D) -> Result<T, D::Error> {
+    Ok(T::from(StrOrNum::deserialize(d)?.as_str().trim()))
 }
 
 /// An optional text where an empty element (`<totalPackageNo></totalPackageNo>`) or JSON
 /// `null` means absent.
-pub fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub fn opt_text<'de, D: Deserializer<'de>, T: for<'a> From<&'a str>>(d: D) -> Result<Option<T>, D::Error> {
     let v: Option<StrOrNum<'de>> = Option::deserialize(d)?;
-    Ok(v.map(|s| s.as_str().trim().to_string()).filter(|s| !s.is_empty()))
+    Ok(v.as_ref().map(|s| s.as_str().trim()).filter(|s| !s.is_empty()).map(T::from))
 }

@@ -2,6 +2,7 @@
 //! names; JSON and CEB XML decode into these same types, then [`crate::validate`] checks
 //! every field rule.
 
+use crate::Text;
 use crate::de::{code, opt_text, u32_lenient};
 use crate::decimal::Dec;
 use crate::time::{CebDate, EventTime, ceb_format, rfc3339_format};
@@ -156,32 +157,32 @@ pub struct InventoryItem {
     pub gnum: u32,
     /// Enterprise item number (must be registered).
     #[serde(default)]
-    pub item_no: String,
+    pub item_no: Text,
     /// 10-digit HS code.
     #[serde(default, deserialize_with = "code")]
-    pub gcode: String,
+    pub gcode: Text,
     /// Customs goods name.
     #[serde(default)]
-    pub gname: String,
+    pub gname: Text,
     /// Specification / model.
     #[serde(default)]
-    pub gmodel: String,
+    pub gmodel: Text,
     /// Destination country code.
     #[serde(default, deserialize_with = "code")]
-    pub country: String,
+    pub country: Text,
     /// Currency code.
     #[serde(default, deserialize_with = "code")]
-    pub currency: String,
+    pub currency: Text,
     /// Declared quantity.
     pub qty: Dec,
     /// First legal quantity.
     pub qty1: Dec,
     /// Declared unit.
     #[serde(default, deserialize_with = "code")]
-    pub unit: String,
+    pub unit: Text,
     /// First legal unit.
     #[serde(default, deserialize_with = "code")]
-    pub unit1: String,
+    pub unit1: Text,
     /// Unit price.
     pub price: Dec,
     /// Row total.
@@ -203,25 +204,25 @@ pub struct Inventory {
     pub app_status: AppStatus,
     /// Declaring customs (4 digits).
     #[serde(default, deserialize_with = "code")]
-    pub customs_code: String,
+    pub customs_code: Text,
     /// Platform code.
     #[serde(default)]
-    pub ebp_code: String,
+    pub ebp_code: Text,
     /// Order number.
     #[serde(default)]
-    pub order_no: String,
+    pub order_no: Text,
     /// Logistics firm code.
     #[serde(default)]
-    pub logistics_code: String,
+    pub logistics_code: Text,
     /// Waybill number (key of the clear stage).
     #[serde(default)]
-    pub logistics_no: String,
+    pub logistics_no: Text,
     /// Enterprise internal number.
     #[serde(default)]
-    pub cop_no: String,
+    pub cop_no: Text,
     /// Exit port customs (4 digits).
     #[serde(default, deserialize_with = "code")]
-    pub port_code: String,
+    pub port_code: Text,
     /// Export date.
     pub ie_date: CebDate,
     /// A simplified, B summary declaration.
@@ -229,25 +230,25 @@ pub struct Inventory {
     pub statistics_flag: StatisticsFlag,
     /// Declaring agent code.
     #[serde(default)]
-    pub agent_code: String,
+    pub agent_code: Text,
     /// E-commerce company code.
     #[serde(default)]
-    pub ebc_code: String,
+    pub ebc_code: Text,
     /// Producer/seller code.
     #[serde(default)]
-    pub owner_code: String,
+    pub owner_code: Text,
     /// Trade mode (9610).
     #[serde(default, deserialize_with = "code")]
-    pub trade_mode: String,
+    pub trade_mode: Text,
     /// Transport mode.
     #[serde(default, deserialize_with = "code")]
-    pub traf_mode: String,
+    pub traf_mode: Text,
     /// Destination country.
     #[serde(default, deserialize_with = "code")]
-    pub country: String,
+    pub country: Text,
     /// Port of destination.
     #[serde(rename = "POD", default, deserialize_with = "code")]
-    pub pod: String,
+    pub pod: Text,
     /// Freight.
     pub freight: Dec,
     /// Insurance.
@@ -261,7 +262,7 @@ pub struct Inventory {
     pub net_weight: Dec,
     /// Master bill / total package number, when known.
     #[serde(default, deserialize_with = "opt_text", skip_serializing_if = "Option::is_none")]
-    pub total_package_no: Option<String>,
+    pub total_package_no: Option<Text>,
     /// Rows.
     #[serde(default)]
     pub items: Vec<InventoryItem>,
@@ -423,13 +424,13 @@ pub struct WayBill {
 pub struct Scan {
     /// Barcode = waybill number.
     #[serde(default)]
-    pub logistics_no: String,
+    pub logistics_no: Text,
     /// Sorting line.
     #[serde(default)]
-    pub line_id: String,
+    pub line_id: Text,
     /// Scan identity (unique per line).
     #[serde(default)]
-    pub scan_id: String,
+    pub scan_id: Text,
     /// Scan time.
     #[serde(with = "rfc3339_format")]
     pub scan_time: EventTime,
@@ -623,11 +624,11 @@ impl Entity {
         match self {
             Entity::Goods(g) => ("itemNo", format!("{}/{}", g.ebc_code, g.item_no)),
             Entity::Order(o) => ("orderNo", o.order_no.clone()),
-            Entity::List(l) => ("orderNo", l.order_no.clone()),
+            Entity::List(l) => ("orderNo", l.order_no.to_string()),
             Entity::Waybill(w) => ("logisticsNo", w.logistics_no.clone()),
             Entity::Payment(p) => ("orderNo", p.order_no.clone()),
             Entity::Arrival(a) => ("items", a.items.len().to_string()),
-            Entity::Scan(s) => ("logisticsNo", s.logistics_no.clone()),
+            Entity::Scan(s) => ("logisticsNo", s.logistics_no.to_string()),
             Entity::Seal(s) => ("sealNo", s.seal_no().to_string()),
             Entity::Departure(d) => ("items", d.items.len().to_string()),
             Entity::Control(c) => ("id", c.id.clone()),

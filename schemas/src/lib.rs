@@ -27,6 +27,10 @@ pub use outputs::*;
 pub use time::{CebDate, EventTime};
 pub use topic::Topic;
 
+/// Text of a stored list's fields: inline up to 24 bytes (codes, numbers, most names), so
+/// decoding, copying and dropping a list does not allocate per field. Derefs to `str`.
+pub type Text = compact_str::CompactString;
+
 /// Largest payload decoded (Kafka's default message limit is 1 MiB; a 100-entity XML
 /// document is far below this).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

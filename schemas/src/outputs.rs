@@ -1,6 +1,7 @@
 //! Output records of CONTRACT §3. Each has a stable identity (`id` or its key) so a consumer
 //! can de-duplicate after a replay, and carries enough to be read alone.
 
+use crate::Text;
 use crate::decimal::Dec;
 use crate::entities::Inventory;
 use crate::time::{EventTime, rfc3339_format};
@@ -41,17 +42,17 @@ pub mod status {
 #[serde(rename_all = "camelCase")]
 pub struct DeclaredList {
     /// Customs list number: customsCode + year + `E` + 10-digit serial.
-    pub invt_no: String,
+    pub invt_no: Text,
     /// Declaration (activation) time.
     #[serde(with = "rfc3339_format")]
     pub decl_time: EventTime,
     /// Hex hash of the list content as declared.
-    pub content_hash: String,
+    pub content_hash: Text,
     /// Order-number comparison status at declaration: `consistent`, `returned`, `pending`.
-    pub comparison: String,
+    pub comparison: Text,
     /// Payment firm (`payCode`) of the order's payment, when known at declaration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pay_code: Option<String>,
+    pub pay_code: Option<Text>,
     /// The stored list as activated (shared with the operator state that keeps it).
     #[serde(flatten)]
     pub list: std::sync::Arc<Inventory>,
@@ -62,26 +63,26 @@ pub struct DeclaredList {
 #[serde(rename_all = "camelCase")]
 pub struct Receipt {
     /// Stable identity.
-    pub id: String,
+    pub id: Text,
     /// `invtNo` when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub invt_no: Option<String>,
+    pub invt_no: Option<Text>,
     /// `orderNo` when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub order_no: Option<String>,
+    pub order_no: Option<Text>,
     /// `logisticsNo` when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logistics_no: Option<String>,
+    pub logistics_no: Option<Text>,
     /// CEB status (negative: error).
     pub return_status: i32,
     /// Human text.
-    pub return_info: String,
+    pub return_info: Text,
     /// Event time of the status.
     #[serde(with = "rfc3339_format")]
     pub return_time: EventTime,
     /// Controls that caused this status.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub control_ids: Vec<String>,
+    pub control_ids: Vec<Text>,
 }
 
 impl Receipt {
@@ -157,12 +158,12 @@ pub struct Return {
 pub struct ChannelReason {
     /// `certificate_required`, `sampled`, `manual_control`, `goods_unregistered`, `hs_mismatch`,
     /// `review`.
-    pub code: String,
+    pub code: Text,
     /// Detail (rule, item, draw).
-    pub detail: String,
+    pub detail: Text,
     /// The control behind it, for `manual_control` / `review`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub control_id: Option<String>,
+    pub control_id: Option<Text>,
 }
 
 /// `cbec.channels`: red/green channel assignment.
@@ -170,17 +171,17 @@ pub struct ChannelReason {
 #[serde(rename_all = "camelCase")]
 pub struct ChannelDecision {
     /// Stable identity (`invtNo` + revision).
-    pub id: String,
+    pub id: Text,
     /// Key.
-    pub invt_no: String,
+    pub invt_no: Text,
     /// Parcel.
-    pub logistics_no: String,
+    pub logistics_no: Text,
     /// Order.
-    pub order_no: String,
+    pub order_no: Text,
     /// Company.
-    pub ebc_code: String,
+    pub ebc_code: Text,
     /// `red` or `green`.
-    pub channel: String,
+    pub channel: Text,
     /// Every reason that fired (empty when green).
     pub reasons: Vec<ChannelReason>,
     /// Tax-related: transferred to a declaration form, not summarized.
@@ -197,23 +198,23 @@ pub struct ChannelDecision {
 #[serde(rename_all = "camelCase")]
 pub struct SortingDecision {
     /// Stable identity: `lineId/scanId`.
-    pub id: String,
+    pub id: Text,
     /// Key (barcode).
-    pub logistics_no: String,
+    pub logistics_no: Text,
     /// Declared list, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub invt_no: Option<String>,
+    pub invt_no: Option<Text>,
     /// Scan identity.
-    pub scan_id: String,
+    pub scan_id: Text,
     /// Sorting line.
-    pub line_id: String,
+    pub line_id: Text,
     /// `release`, `inspect`, `certificate` or `hold`.
-    pub port: String,
+    pub port: Text,
     /// Why.
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Text>,
     /// Controls that affected the decision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub control_ids: Vec<String>,
+    pub control_ids: Vec<Text>,
     /// Scan time.
     #[serde(with = "rfc3339_format")]
     pub scan_time: EventTime,

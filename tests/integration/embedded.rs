@@ -49,7 +49,7 @@ fn pipeline_concludes_what_the_generator_expects() {
             }
             Record::Channel(c) => {
                 for reason in &c.reasons {
-                    red.entry(reason.code.clone()).or_default().insert(c.invt_no.clone());
+                    red.entry(reason.code.to_string()).or_default().insert(c.invt_no.to_string());
                 }
                 sampled += c.reasons.iter().any(|r| r.code == "sampled") as u64;
                 tax += c.tax_related as u64;
