@@ -14,9 +14,26 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 /// 128-bit content hash in hex of any hashable content (the declared list: every field,
 /// every item, in order): XXH3-128 with a fixed seed, fed by the content's `Hash`.
 pub fn content_hash<T: std::hash::Hash>(content: &T) -> String {
-    let mut h = xxhash_rust::xxh3::Xxh3::with_seed(0x6362_6563_2d63_6f6e);
-    content.hash(&mut h);
-    hex128(h.digest128())
+    // The content's `Hash` writes many short pieces; gathering them and hashing once is the
+    // same XXH3 digest as streaming them (the tests check), at a fraction of the cost.
+    let mut b = Gather(Vec::with_capacity(512));
+    content.hash(&mut b);
+    hex128(xxhash_rust::xxh3::xxh3_128_with_seed(&b.0, CONTENT_SEED))
+}
+
+const CONTENT_SEED: u64 = 0x6362_6563_2d63_6f6e;
+
+/// A `Hasher` that only gathers the bytes it is given.
+struct Gather(Vec<u8>);
+
+impl Hasher for Gather {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(&self.0)
+    }
 }
 
 /// 32 lowercase hex digits.
@@ -70,6 +87,15 @@ pub fn push_padded<W: std::fmt::Write>(s: &mut W, v: u64, width: usize) {
 
 #[cfg(test)]
 mod hex_tests {
+    #[test]
+    fn gathered_content_hash_is_the_streamed_xxh3_digest() {
+        use std::hash::Hash;
+        let v = (String::from("EBC1"), vec![1u32, 2, 3], Some(-7i128), "蓝牙".to_string(), [0u8; 300]);
+        let mut h = xxhash_rust::xxh3::Xxh3::with_seed(super::CONTENT_SEED);
+        v.hash(&mut h);
+        assert_eq!(super::content_hash(&v), super::hex128(h.digest128()));
+    }
+
     #[test]
     fn hex128_matches_the_formatter() {
         for v in [0u128, 1, 0xf, u128::MAX, 0xdead_beef_u128 << 64, 0x0123_4567_89ab_cdef_0011_2233_4455_6677] {

@@ -28,18 +28,16 @@ use serde::{Serialize, de::DeserializeOwned};
 /// The hash map of keyed state: foldhash, seeded per process, instead of SipHash (keys are
 /// short identifiers; lookups are on every event's path). Nothing iterates it for output
 /// order, so the hasher does not reach the outputs. Partitioning uses [`ids::stable_hash`].
-pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
 
-/// The boxed state of `key`, created (default) when missing; the key is copied only then.
+/// The boxed state of `key`, created (default) when missing; one lookup, and the key is
+/// copied only when it is inserted.
 pub fn state_of<'a, V: Default>(map: &'a mut Map<String, Box<V>>, key: &str) -> &'a mut V {
-    if !map.contains_key(key) {
-        map.insert(key.to_string(), Box::default());
-    }
-    map.get_mut(key).expect("just inserted")
+    map.entry_ref(key).or_default()
 }
 
 /// The hash set of keyed state, on the same terms as [`Map`].
-pub type Set<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+pub type Set<K> = hashbrown::HashSet<K, foldhash::fast::RandomState>;
 
 /// Where an operator writes its output.
 pub trait Collector<T> {

@@ -494,6 +494,48 @@ fn same_output_at_1_2_and_4_partitions_and_after_restore() {
     }
 }
 
+/// Applies `f` to the first value under `key` anywhere in `v`; true when there was one.
+fn edit_first(v: &mut serde_json::Value, key: &str, f: &dyn Fn(&mut serde_json::Value)) -> bool {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(x) = m.get_mut(key).filter(|x| !x.is_null()) {
+                f(x);
+                return true;
+            }
+            m.values_mut().any(|x| edit_first(x, key, f))
+        }
+        serde_json::Value::Array(a) => a.iter_mut().any(|x| edit_first(x, key, f)),
+        _ => false,
+    }
+}
+
+#[test]
+fn a_damaged_snapshot_of_compact_state_is_refused() {
+    let input = story(50, 5);
+    let mut e = Engine::new(Rules::default(), hs(), 2);
+    let mut out = Vec::new();
+    for x in &input[..input.len() / 2] {
+        e.process(x.clone(), &mut out);
+    }
+    let good: serde_json::Value = serde_json::from_slice(&e.snapshot()).unwrap();
+    assert!(Engine::restore(&serde_json::to_vec(&good).unwrap(), hs()).is_ok());
+    let cut = |x: &mut serde_json::Value| {
+        let s = x.as_str().expect("hex").to_string();
+        *x = serde_json::Value::String(s[..s.len() - 2].to_string());
+    };
+    // A stored list (clear) and an order's facts (declare), each one byte short.
+    for key in ["list", "facts"] {
+        let mut bad = good.clone();
+        assert!(edit_first(&mut bad, key, &cut), "no {key} in the snapshot");
+        let err = Engine::restore(&serde_json::to_vec(&bad).unwrap(), hs()).err();
+        assert!(err.is_some_and(|e| e.to_string().contains("damaged")), "{key}");
+    }
+    // Code tables emptied: the ids in the buffers no longer resolve.
+    let mut bad = good.clone();
+    assert!(edit_first(&mut bad, "codes", &|x| *x = serde_json::json!([])));
+    assert!(Engine::restore(&serde_json::to_vec(&bad).unwrap(), hs()).is_err());
+}
+
 #[test]
 fn summaries_cover_each_exited_list_once_with_exact_sums() {
     let input = story(500, 11);
