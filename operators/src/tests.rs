@@ -697,3 +697,21 @@ fn sizing_the_state_up_front_changes_no_output() {
     assert!(lines.len() > 200 * 5);
     assert_eq!(lines, plain);
 }
+
+#[test]
+fn return_reasons_are_a_set_listed_and_serialized_in_name_order() {
+    use crate::declare::Reasons;
+    let mut r = Reasons::default();
+    for x in [Reasons::PAYMENT_MISSING, Reasons::AMOUNT_MISMATCH, Reasons::EBC_MISMATCH, Reasons::AMOUNT_MISMATCH] {
+        r.insert(x);
+    }
+    assert_eq!(r.to_vec(), ["amount_mismatch", "ebc_mismatch", "payment_missing"]);
+    assert_eq!(r.to_string(), "amount_mismatch,ebc_mismatch,payment_missing");
+    let json = serde_json::to_string(&r).unwrap();
+    assert_eq!(json, r#"["amount_mismatch","ebc_mismatch","payment_missing"]"#);
+    assert_eq!(serde_json::from_str::<Reasons>(&json).unwrap(), r);
+    assert!(serde_json::from_str::<Reasons>(r#"["no_such_reason"]"#).is_err());
+    let mut names = Reasons::NAMES.to_vec();
+    names.sort_unstable();
+    assert_eq!(names, Reasons::NAMES, "bit order is name order");
+}
