@@ -263,7 +263,8 @@ impl Clear {
                 control_id: rate_control.map(Text::from),
             });
         }
-        let gcodes: Vec<&str> = l.items.iter().map(|i| i.gcode.as_str()).collect();
+        let gcodes: Vec<&str> =
+            if ctx.controls.by_gcode() { l.items.iter().map(|i| i.gcode.as_str()).collect() } else { Vec::new() };
         let ids = ListIds {
             invt_no: Some(&invt_no),
             order_no: &l.order_no,
@@ -330,7 +331,7 @@ impl Clear {
         let port = match (&p.decl, &p.list) {
             (Some(d), Some(l)) if !matches!(p.comparison, Some(Comparison::Returned { .. })) => {
                 let mut gcodes = Vec::new();
-                let head = l.scan_view(codes, &mut gcodes);
+                let head = l.scan_view(codes, ctx.controls.by_gcode().then_some(&mut gcodes));
                 let ids = ListIds {
                     invt_no: Some(&d.invt_no),
                     order_no: head.order_no,

@@ -432,12 +432,15 @@ impl StoredList {
         Ok((ListHead { order_no, ebc_code, statistics_flag }, r))
     }
 
-    /// The fields read on every scan; the HS codes of the items are pushed onto `gcodes`.
-    pub fn scan_view<'a>(&'a self, codes: &'a Codes, gcodes: &mut Vec<&'a str>) -> ListHead<'a> {
+    /// The fields read on every scan; the HS codes of the items are pushed onto `gcodes`
+    /// when it is given.
+    pub fn scan_view<'a>(&'a self, codes: &'a Codes, gcodes: Option<&mut Vec<&'a str>>) -> ListHead<'a> {
         let (head, mut r) = self.head(codes).expect("stored list checked when made");
-        let n = r.u().expect("stored list checked when made");
-        for _ in 0..n {
-            gcodes.push(r.code(codes).expect("stored list checked when made"));
+        if let Some(gcodes) = gcodes {
+            let n = r.u().expect("stored list checked when made");
+            for _ in 0..n {
+                gcodes.push(r.code(codes).expect("stored list checked when made"));
+            }
         }
         head
     }
@@ -459,9 +462,10 @@ impl StoredList {
         if n > self.0.len() {
             return Err(Damaged(r.pos));
         }
-        let mut gcodes = Vec::with_capacity(n);
+        // The items' HS codes come first (for scans); read them alongside the items below.
+        let mut gcodes = r.clone();
         for _ in 0..n {
-            gcodes.push(r.code(codes)?);
+            r.code(codes)?;
         }
         let app_type = match r.u()? {
             0 => AppType::New,
@@ -503,11 +507,11 @@ impl StoredList {
             total_package_no: r.opt_str()?.map(Text::from),
             items: Vec::with_capacity(n),
         };
-        for gcode in gcodes {
+        for _ in 0..n {
             l.items.push(InventoryItem {
                 gnum: r.u32()?,
                 item_no: r.code(codes)?.into(),
-                gcode: gcode.into(),
+                gcode: gcodes.code(codes)?.into(),
                 gname: r.code(codes)?.into(),
                 gmodel: r.code(codes)?.into(),
                 country: r.code(codes)?.into(),
@@ -662,7 +666,7 @@ mod tests {
             assert_eq!(packed.unpack(&l.logistics_no, &codes), l);
             assert_eq!(packed.order_no(), l.order_no);
             let mut gcodes = Vec::new();
-            let head = packed.scan_view(&codes, &mut gcodes);
+            let head = packed.scan_view(&codes, Some(&mut gcodes));
             assert_eq!(
                 (head.order_no, head.ebc_code, head.statistics_flag),
                 (&*l.order_no, &*l.ebc_code, l.statistics_flag)

@@ -103,6 +103,9 @@ impl ControlTable {
     /// Active controls of `kind` matching a list (by ids, company, or a gcode prefix of
     /// any of `gcodes`), sorted by id.
     pub fn matching<'a>(&'a self, kind: ControlKind, ids: ListIds<'_>, gcodes: &[&str]) -> Vec<&'a Control> {
+        if self.active.is_empty() {
+            return Vec::new();
+        }
         let keys = [
             (ORDER, Some(ids.order_no)),
             (LOGISTICS, Some(ids.logistics_no)),
@@ -128,6 +131,12 @@ impl ControlTable {
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out.dedup_by(|a, b| a.id == b.id);
         out
+    }
+
+    /// True when some control targets a gcode prefix (only then does [`Self::matching`]
+    /// read the list's gcodes).
+    pub fn by_gcode(&self) -> bool {
+        !self.prefixes.is_empty()
     }
 
     /// The `vehicle` control filing `vehicle_no`, if any.

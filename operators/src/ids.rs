@@ -27,8 +27,14 @@ const CONTENT_SEED: u64 = 0x6362_6563_2d63_6f6e;
 struct Gather(Vec<u8>);
 
 impl Hasher for Gather {
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
         self.0.extend_from_slice(bytes);
+    }
+
+    #[inline]
+    fn write_u8(&mut self, v: u8) {
+        self.0.push(v);
     }
 
     fn finish(&self) -> u64 {

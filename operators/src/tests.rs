@@ -251,6 +251,27 @@ fn red_channel_reasons_and_sorting_ports() {
     assert_eq!(ports(&out), ["inspect"]);
     assert!(statuses(&out).contains(&500));
 
+    // Manual control on a commodity group (gcode prefix): the list with such goods is red
+    // and inspected, a list with other goods is not.
+    for (n, prefix, channel_is, port) in [(18, "8517", "red", "inspect"), (19, "6109", "green", "release")] {
+        let s = Story::new(n);
+        let mut e = Engine::new(rules(), hs(), 1);
+        let mut out = run(&mut e, vec![s.goods(), control("G1", "control", json!({"gcodePrefix": prefix}))]);
+        out.extend(run(&mut e, s.happy()));
+        out.extend(run(&mut e, vec![s.scan("S1", None, 40)]));
+        assert_eq!(channel(&out).0, channel_is, "prefix {prefix}");
+        assert_eq!(ports(&out), [port], "prefix {prefix}");
+    }
+    // ... and a control on the group placed after the list was declared green holds its
+    // parcels at the sorting line.
+    let s = Story::new(20);
+    let mut e = Engine::new(rules(), hs(), 1);
+    let mut out = run(&mut e, vec![s.goods()]);
+    out.extend(run(&mut e, s.happy()));
+    assert_eq!(channel(&out).0, "green");
+    let out = run(&mut e, vec![control("G2", "control", json!({"gcodePrefix": "85171"})), s.scan("S1", None, 40)]);
+    assert_eq!(ports(&out), ["inspect"]);
+
     let s = Story::new(12);
     let mut e = Engine::new(rules(), hs(), 1);
     let mut out = run(&mut e, vec![s.goods()]);
