@@ -74,7 +74,9 @@ pub enum ClearIn {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Decl {
     invt_no: Text,
-    hash: Text,
+    /// Content digest of the declared list (its hex is the record's `contentHash`).
+    #[serde(with = "digest_hex")]
+    hash: u128,
     red: bool,
     certificate: bool,
     tax: bool,
@@ -97,6 +99,19 @@ struct Parcel {
     site_released: bool,
     port_released: Option<Box<str>>,
     exited: bool,
+}
+
+mod digest_hex {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(d: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::ids::hex128(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        u128::from_str_radix(&s, 16).map_err(|_| D::Error::custom(format!("'{s}' is not a 128-bit hex digest")))
+    }
 }
 
 mod stored_hex {
@@ -122,14 +137,14 @@ mod stored_hex {
 pub struct Clear {
     /// Boxed: a growing map moves 32-byte buckets when it resizes, not whole parcels (a
     /// resize of a large map was a multi-millisecond pause on the decision path).
-    parcels: Map<String, Box<Parcel>>,
+    parcels: Map<Text, Box<Parcel>>,
     /// The codes of the lists at rest.
     codes: Codes,
 }
 
 #[derive(Deserialize)]
 struct ClearSnapshot {
-    parcels: Map<String, Box<Parcel>>,
+    parcels: Map<Text, Box<Parcel>>,
     codes: Codes,
 }
 
@@ -221,7 +236,7 @@ impl Clear {
             attempt += 1;
         };
         let invt_no = ids::invt_no(&l.customs_code, year, serial);
-        let hash = Text::from(ids::content_hash(&l));
+        let hash = ids::content_digest(&l);
         let comparison = p.comparison.unwrap_or(Comparison::Pending);
 
         // Channel (§4.3) with every reason that fired.
@@ -282,7 +297,7 @@ impl Clear {
         out.collect(Out::Declared(DeclaredList {
             invt_no: invt_no.clone(),
             decl_time: t,
-            content_hash: hash.clone(),
+            content_hash: ids::hex128(hash).into(),
             comparison: Text::const_new(comparison.as_str()),
             pay_code: p.pay_code.map(|c| Text::from(codes.get(c))),
             list: l.clone(),
@@ -459,15 +474,16 @@ impl Operator for Clear {
         let Clear { parcels, codes } = self;
         match input {
             ClearIn::List(l) => {
-                let key = l.logistics_no.clone();
-                let p = crate::state_of(parcels, &key);
+                let key = l.logistics_no.as_str();
+                let p = crate::state_of(parcels, key);
                 if let Some(d) = &p.decl {
-                    let hash = Text::from(ids::content_hash(&l));
+                    let hash = ids::content_digest(&l);
                     if hash != d.hash {
+                        let hash = ids::hex128(hash);
                         receipt(
                             out,
                             p,
-                            &key,
+                            key,
                             status::ERR_IMMUTABLE,
                             format!("declared list {} is immutable: changed stored list refused", d.invt_no).into(),
                             l.app_time,
@@ -482,7 +498,7 @@ impl Operator for Clear {
                     return;
                 }
                 p.list = Some(StoredList::pack(&l, codes));
-                Clear::activate(ctx, codes, &key, p, out);
+                Clear::activate(ctx, codes, key, p, out);
             }
             ClearIn::Status(s) => {
                 let p = crate::state_of(parcels, &s.logistics_no);
@@ -512,8 +528,8 @@ impl Operator for Clear {
                 }
             }
             ClearIn::Waybill(w) => {
-                let key = w.logistics_no.clone();
-                let p = crate::state_of(parcels, &key);
+                let key = w.logistics_no.as_str();
+                let p = crate::state_of(parcels, key);
                 match (p.waybill, &p.decl) {
                     (Some(t), Some(d)) if t != w.app_time => {
                         let info: Text =
@@ -521,7 +537,7 @@ impl Operator for Clear {
                         receipt(
                             out,
                             p,
-                            &key,
+                            key,
                             status::ERR_IMMUTABLE,
                             info,
                             w.app_time,
@@ -532,7 +548,7 @@ impl Operator for Clear {
                     (Some(_), _) => {}
                     (None, _) => {
                         p.waybill = Some(w.app_time);
-                        Clear::activate(ctx, codes, &key, p, out);
+                        Clear::activate(ctx, codes, key, p, out);
                     }
                 }
             }
@@ -595,13 +611,14 @@ impl Operator for Clear {
                 .parcels
                 .iter()
                 .map(|(k, p)| {
-                    k.capacity()
-                        + std::mem::size_of::<(String, Box<Parcel>)>()
+                    (if k.is_heap_allocated() { k.capacity() } else { 0 })
+                        + std::mem::size_of::<(Text, Box<Parcel>)>()
                         + std::mem::size_of::<Parcel>()
                         + p.list.as_ref().map_or(0, |l| l.state_size() - std::mem::size_of::<StoredList>())
-                        + p.decl
-                            .as_ref()
-                            .map_or(0, |d| std::mem::size_of::<Decl>() + d.invt_no.capacity() + d.hash.capacity())
+                        + p.decl.as_ref().map_or(0, |d| {
+                            std::mem::size_of::<Decl>()
+                                + if d.invt_no.is_heap_allocated() { d.invt_no.capacity() } else { 0 }
+                        })
                         + p.port_released.as_ref().map_or(0, |s| s.len())
                 })
                 .sum::<usize>()

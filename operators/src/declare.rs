@@ -6,7 +6,7 @@ use crate::Map;
 use crate::compact::{Codes, Damaged, Reader, Writer};
 use crate::rules::Rules;
 use crate::{Collector, Operator};
-use cbec_schemas::{AppType, Compared, Dec, EventTime, Inventory, Order, Payment, Return};
+use cbec_schemas::{AppType, Compared, Dec, EventTime, Inventory, Order, Payment, Return, Text};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -281,7 +281,7 @@ struct Entry {
 #[serde(try_from = "DeclareSnapshot")]
 pub struct Declare {
     /// Boxed, like clear's parcels: a resize moves 32-byte buckets.
-    entries: Map<String, Box<Entry>>,
+    entries: Map<Text, Box<Entry>>,
     timers: BTreeSet<(i64, Box<str>)>,
     /// The codes of the facts at rest.
     codes: Codes,
@@ -289,7 +289,7 @@ pub struct Declare {
 
 #[derive(Deserialize)]
 struct DeclareSnapshot {
-    entries: Map<String, Box<Entry>>,
+    entries: Map<Text, Box<Entry>>,
     timers: BTreeSet<(i64, Box<str>)>,
     codes: Codes,
 }
@@ -511,8 +511,8 @@ impl Operator for Declare {
                 .entries
                 .iter()
                 .map(|(k, e)| {
-                    k.capacity()
-                        + std::mem::size_of::<(String, Box<Entry>)>()
+                    (if k.is_heap_allocated() { k.capacity() } else { 0 })
+                        + std::mem::size_of::<(Text, Box<Entry>)>()
                         + std::mem::size_of::<Entry>()
                         + e.facts.len()
                 })

@@ -14,11 +14,16 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 /// 128-bit content hash in hex of any hashable content (the declared list: every field,
 /// every item, in order): XXH3-128 with a fixed seed, fed by the content's `Hash`.
 pub fn content_hash<T: std::hash::Hash>(content: &T) -> String {
+    hex128(content_digest(content))
+}
+
+/// The 128-bit digest that [`content_hash`] writes in hex.
+pub fn content_digest<T: std::hash::Hash>(content: &T) -> u128 {
     // The content's `Hash` writes many short pieces; gathering them and hashing once is the
     // same XXH3 digest as streaming them (the tests check), at a fraction of the cost.
     let mut b = Gather(Vec::with_capacity(512));
     content.hash(&mut b);
-    hex128(xxhash_rust::xxh3::xxh3_128_with_seed(&b.0, CONTENT_SEED))
+    xxhash_rust::xxh3::xxh3_128_with_seed(&b.0, CONTENT_SEED)
 }
 
 const CONTENT_SEED: u64 = 0x6362_6563_2d63_6f6e;
@@ -43,7 +48,7 @@ impl Hasher for Gather {
 }
 
 /// 32 lowercase hex digits.
-fn hex128(v: u128) -> String {
+pub fn hex128(v: u128) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let s: Vec<u8> = (0..32).rev().map(|i| DIGITS[((v >> (i * 4)) & 0xf) as usize]).collect();
     String::from_utf8(s).expect("ASCII hex")

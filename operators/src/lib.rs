@@ -32,7 +32,7 @@ pub type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The boxed state of `key`, created (default) when missing; one lookup, and the key is
 /// copied only when it is inserted.
-pub fn state_of<'a, V: Default>(map: &'a mut Map<String, Box<V>>, key: &str) -> &'a mut V {
+pub fn state_of<'a, V: Default>(map: &'a mut Map<cbec_schemas::Text, Box<V>>, key: &str) -> &'a mut V {
     map.entry_ref(key).or_default()
 }
 
