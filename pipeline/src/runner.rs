@@ -270,6 +270,11 @@ fn sink_loop(
     let writer_failed = || errors.try_recv().ok().map(|e| e.context("checkpoint writer"));
     for msg in rx {
         if let Some(e) = writer_failed() {
+            // A flush waiting here is answered with the failure (not with a hang-up, which
+            // its caller could only report as "sink stopped").
+            if let SinkMsg::Flush(ack) = msg {
+                let _ = ack.send(Err(anyhow::anyhow!("{e:#}")));
+            }
             return Err(e);
         }
         match msg {
@@ -777,6 +782,23 @@ mod tests {
         assert!(format!("{:#}", res.unwrap_err()).contains("disk full"), "the final checkpoint could not be saved");
         let sink = sink_h.join().unwrap();
         assert!(format!("{:#}", sink.unwrap_err()).contains("disk full"));
+    }
+
+    /// A flush that reaches the sink after the writer has already failed gets that failure
+    /// (it was dropped unanswered, so the engine reported only "sink stopped"; CI saw it
+    /// once under load in `a_failed_checkpoint_save_fails_the_run`).
+    #[test]
+    fn a_flush_after_a_failed_save_gets_the_failure() {
+        let (sink_tx, sink_h) = spawn_sink(Box::new(crate::sink::NullSink), 16);
+        let fail: Box<dyn FnOnce() -> anyhow::Result<()> + Send> = Box::new(|| anyhow::bail!("disk full"));
+        sink_tx.send(SinkMsg::AfterDurable(fail)).unwrap();
+        // Let the writer run and fail before the flush arrives (the case under test; if it
+        // were slower the flush would meet the failure through its barrier instead).
+        std::thread::sleep(Duration::from_millis(300));
+        let err = flush(&sink_tx).unwrap_err();
+        assert!(format!("{err:#}").contains("disk full"), "{err:#}");
+        drop(sink_tx);
+        assert!(format!("{:#}", sink_h.join().unwrap().unwrap_err()).contains("disk full"));
     }
 
     /// The CI deadlock: a flush's barrier queued behind a save that then fails must still be
