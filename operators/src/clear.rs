@@ -3,7 +3,7 @@
 //! sorting-line decisions (§4.4), port release and exit (§4.5, §4.6), and the receipts
 //! timeline in CEB status codes.
 
-use crate::compact::{Codes, StoredList};
+use crate::compact::{Codes, StoredList, heap_bytes};
 use crate::controls::{ControlTable, ListIds};
 use crate::declare::{Comparison, ListStatus};
 use crate::engine::{Exited, Out};
@@ -455,12 +455,13 @@ impl Clear {
 
     fn exited(p: &Parcel, logistics_no: &str, codes: &Codes) -> Option<Exited> {
         let (Some(d), Some(l)) = (&p.decl, &p.list) else { return None };
+        let list = l.unpack(logistics_no, codes);
         Some(Exited {
             invt_no: d.invt_no.clone(),
             summarizable: !d.tax
-                && l.list_head(codes).statistics_flag == StatisticsFlag::B
+                && list.statistics_flag == StatisticsFlag::B
                 && p.comparison == Some(Comparison::Consistent),
-            list: Arc::new(l.unpack(logistics_no, codes)),
+            list: Arc::new(list),
         })
     }
 }
@@ -611,14 +612,11 @@ impl Operator for Clear {
                 .parcels
                 .iter()
                 .map(|(k, p)| {
-                    (if k.is_heap_allocated() { k.capacity() } else { 0 })
+                    heap_bytes(k)
                         + std::mem::size_of::<(Text, Box<Parcel>)>()
                         + std::mem::size_of::<Parcel>()
                         + p.list.as_ref().map_or(0, |l| l.state_size() - std::mem::size_of::<StoredList>())
-                        + p.decl.as_ref().map_or(0, |d| {
-                            std::mem::size_of::<Decl>()
-                                + if d.invt_no.is_heap_allocated() { d.invt_no.capacity() } else { 0 }
-                        })
+                        + p.decl.as_ref().map_or(0, |d| std::mem::size_of::<Decl>() + heap_bytes(&d.invt_no))
                         + p.port_released.as_ref().map_or(0, |s| s.len())
                 })
                 .sum::<usize>()
@@ -627,7 +625,7 @@ impl Operator for Clear {
 
 /// Bytes of a list in its owned form (the struct, its rows and texts too long to be inline).
 pub fn inventory_bytes(l: &Inventory) -> usize {
-    let s = |x: &cbec_schemas::Text| if x.is_heap_allocated() { x.capacity() } else { 0 };
+    let s = heap_bytes;
     std::mem::size_of::<Inventory>()
         + s(&l.customs_code)
         + s(&l.ebp_code)

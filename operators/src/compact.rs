@@ -14,6 +14,11 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::sync::Arc;
 
+/// Heap bytes of a text (none when it is inline).
+pub fn heap_bytes(t: &Text) -> usize {
+    if t.is_heap_allocated() { t.capacity() } else { 0 }
+}
+
 /// Interned texts of one operator partition: each distinct text once, lists hold its id.
 /// Ids are given in first-seen order, so the same input gives the same table; the table is
 /// part of the operator's snapshot.
@@ -258,11 +263,7 @@ impl<'a> Reader<'a> {
     /// Text by its id in `codes`.
     #[inline]
     pub fn code<'c>(&mut self, codes: &'c Codes) -> Result<&'c str, Damaged> {
-        let id = self.u32()?;
-        if id as usize >= codes.len() {
-            return Err(Damaged(self.pos));
-        }
-        Ok(codes.get(id))
+        Ok(codes.get(self.code_id(codes)?))
     }
     /// An id in `codes`, unresolved.
     #[inline]
@@ -277,13 +278,7 @@ impl<'a> Reader<'a> {
 
 /// Serializes a compact buffer as lowercase hex (for JSON snapshots).
 pub fn serialize_hex<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(b.len() * 2);
-    for &x in b {
-        out.push(DIGITS[usize::from(x >> 4)] as char);
-        out.push(DIGITS[usize::from(x & 15)] as char);
-    }
-    s.serialize_str(&out)
+    s.serialize_str(&crate::ids::hex(b))
 }
 
 /// Reads what [`serialize_hex`] wrote.
@@ -443,11 +438,6 @@ impl StoredList {
             }
         }
         head
-    }
-
-    /// `orderNo`, `ebcCode` and the statistics flag.
-    pub fn list_head<'a>(&'a self, codes: &'a Codes) -> ListHead<'a> {
-        self.head(codes).expect("stored list checked when made").0
     }
 
     /// The whole list back, with its key.

@@ -3,7 +3,7 @@
 //! whenever it changes, and returns (or the clearing of a return).
 
 use crate::Map;
-use crate::compact::{Codes, Damaged, Reader, Writer};
+use crate::compact::{Codes, Damaged, Reader, Writer, heap_bytes};
 use crate::rules::Rules;
 use crate::{Collector, Operator};
 use cbec_schemas::{AppType, Compared, Dec, EventTime, Inventory, Order, Payment, Return, Text};
@@ -511,7 +511,7 @@ impl Operator for Declare {
                 .entries
                 .iter()
                 .map(|(k, e)| {
-                    (if k.is_heap_allocated() { k.capacity() } else { 0 })
+                    heap_bytes(k)
                         + std::mem::size_of::<(Text, Box<Entry>)>()
                         + std::mem::size_of::<Entry>()
                         + e.facts.len()

@@ -49,9 +49,18 @@ impl Hasher for Gather {
 
 /// 32 lowercase hex digits.
 pub fn hex128(v: u128) -> String {
+    hex(&v.to_be_bytes())
+}
+
+/// Lowercase hex of `bytes`, two digits each.
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let s: Vec<u8> = (0..32).rev().map(|i| DIGITS[((v >> (i * 4)) & 0xf) as usize]).collect();
-    String::from_utf8(s).expect("ASCII hex")
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &x in bytes {
+        out.push(DIGITS[usize::from(x >> 4)] as char);
+        out.push(DIGITS[usize::from(x & 15)] as char);
+    }
+    out
 }
 
 /// Digits of the `invtNo` serial (`customsCode` 4 + year 4 + `E` + 11).

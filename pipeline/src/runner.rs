@@ -412,7 +412,12 @@ impl State {
     fn send(&mut self, r: Record, read_at: Option<Instant>, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
         match &r {
             Record::Sorting(s) => {
-                *self.stats.ports.entry(s.port.to_string()).or_default() += 1;
+                match self.stats.ports.get_mut(s.port.as_str()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.stats.ports.insert(s.port.to_string(), 1);
+                    }
+                }
                 if let Some(t) = read_at {
                     let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
                     self.stats.latencies_us.push(us);
