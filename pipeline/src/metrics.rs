@@ -3,27 +3,25 @@
 
 use metrics::{counter, gauge, histogram};
 
-/// `cbec_messages_in_total{topic}`: input entities processed.
-pub struct MessageIn {
-    /// Input topic short name.
-    pub topic: &'static str,
+/// `cbec_messages_in_total{topic}` (input entities processed) and
+/// `cbec_messages_out_total{topic}` (output records): the engine counts per message in its
+/// run statistics and publishes the totals at least once a second and at the end (a
+/// registry lookup per message would cost more than some operators do).
+pub struct MessageCounts<'a> {
+    /// Input entities per topic short name, since the process started.
+    pub input: &'a std::collections::BTreeMap<&'static str, u64>,
+    /// Output records per topic short name, since the process started.
+    pub output: &'a std::collections::BTreeMap<&'static str, u64>,
 }
-impl MessageIn {
-    /// Records it.
+impl MessageCounts<'_> {
+    /// Records them.
     pub fn emit(&self) {
-        counter!("cbec_messages_in_total", "topic" => self.topic).increment(1);
-    }
-}
-
-/// `cbec_messages_out_total{topic}`: output records.
-pub struct MessageOut {
-    /// Output topic short name.
-    pub topic: &'static str,
-}
-impl MessageOut {
-    /// Records it.
-    pub fn emit(&self) {
-        counter!("cbec_messages_out_total", "topic" => self.topic).increment(1);
+        for (t, n) in self.input {
+            counter!("cbec_messages_in_total", "topic" => *t).absolute(*n);
+        }
+        for (t, n) in self.output {
+            counter!("cbec_messages_out_total", "topic" => *t).absolute(*n);
+        }
     }
 }
 
@@ -133,15 +131,79 @@ impl SequencerForced {
     }
 }
 
+/// The Prometheus recorder's settings (the decision latency's buckets).
+fn builder() -> anyhow::Result<metrics_exporter_prometheus::PrometheusBuilder> {
+    Ok(metrics_exporter_prometheus::PrometheusBuilder::new().set_buckets_for_metric(
+        metrics_exporter_prometheus::Matcher::Full("cbec_decision_latency_seconds".into()),
+        &[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.1, 1.0],
+    )?)
+}
+
 /// Installs the Prometheus endpoint at `addr` (`host:port`).
 pub fn install(addr: &str) -> anyhow::Result<()> {
     let addr: std::net::SocketAddr = addr.parse()?;
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full("cbec_decision_latency_seconds".into()),
-            &[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.1, 1.0],
-        )?
-        .install()?;
+    builder()?.with_http_listener(addr).install()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::embedded::{self, TopicInput};
+    use crate::generator::{GenConfig, generate};
+    use cbec_schemas::hs::Nomenclature;
+
+    /// The value of the sample `name{labels}` in a Prometheus text exposition.
+    fn sample(text: &str, name_labels: &str) -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(name_labels)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// What the endpoint would serve after an embedded run equals the run's own counts:
+    /// messages in and out per topic, dead letters by code, one latency sample per decision.
+    /// (The engine thread is the caller's, so a thread-local recorder sees its metrics.)
+    #[test]
+    fn the_exposition_counts_what_the_run_counted() {
+        let cfg = Config::default();
+        let g = generate(
+            &GenConfig { orders: 300, malformed: 0.02, ..GenConfig::default() },
+            &cfg.rules,
+            &Nomenclature::default(),
+        );
+        let inputs = g
+            .topics
+            .iter()
+            .map(|(t, v)| (*t, TopicInput::Messages(v.iter().map(|(_, p)| p.clone()).collect())))
+            .collect();
+        let recorder = super::builder().unwrap().build_recorder();
+        let handle = recorder.handle();
+        let stats = metrics::with_local_recorder(&recorder, || {
+            embedded::run(&cfg, Nomenclature::default(), inputs, Box::new(crate::sink::NullSink), None).unwrap()
+        });
+        let text = handle.render();
+        assert!(!stats.input.is_empty() && !stats.dead.is_empty() && stats.latencies_us.len() > 100, "{stats:?}");
+        for (t, n) in &stats.input {
+            assert_eq!(
+                sample(&text, &format!("cbec_messages_in_total{{topic=\"{t}\"}}")),
+                Some(*n as f64),
+                "in {t}\n{text}"
+            );
+        }
+        for (t, n) in &stats.output {
+            assert_eq!(
+                sample(&text, &format!("cbec_messages_out_total{{topic=\"{t}\"}}")),
+                Some(*n as f64),
+                "out {t}\n{text}"
+            );
+        }
+        for (code, n) in &stats.dead {
+            assert_eq!(
+                sample(&text, &format!("cbec_dlq_total{{code=\"{code}\"}}")),
+                Some(*n as f64),
+                "dlq {code}\n{text}"
+            );
+        }
+        let decisions = stats.latencies_us.len() as f64;
+        assert_eq!(sample(&text, "cbec_decision_latency_seconds_count"), Some(decisions), "{text}");
+        assert_eq!(sample(&text, "cbec_decision_latency_seconds_bucket{le=\"+Inf\"}"), Some(decisions), "{text}");
+    }
 }

@@ -101,8 +101,9 @@ pub fn batches_for(messages: usize, batch: usize) -> usize {
 
 /// What the engine thread sends to the sink thread.
 pub enum SinkMsg {
-    /// A record to write.
-    Record(Record),
+    /// Records to write, in order (one channel operation and at most one wake-up of the
+    /// sink thread per batch; a sorting decision ends its batch at once).
+    Records(Vec<Record>),
     /// Flush, then acknowledge (after any pending [`SinkMsg::AfterDurable`] work is done).
     Flush(Sender<anyhow::Result<()>>),
     /// Work to run once every record sent before this message is durable (a checkpoint
@@ -278,7 +279,11 @@ fn sink_loop(
             return Err(e);
         }
         match msg {
-            SinkMsg::Record(r) => sink.write(&r)?,
+            SinkMsg::Records(rs) => {
+                for r in &rs {
+                    sink.write(r)?;
+                }
+            }
             SinkMsg::AfterDurable(f) => {
                 sink.flush()?;
                 jobs.send(WriterJob::Run(f)).map_err(|_| anyhow::anyhow!("checkpoint writer stopped"))?;
@@ -393,7 +398,12 @@ struct State {
     summarize: Summarize,
     stats: RunStats,
     consumed: HashMap<SourceId, i64>,
+    /// Records not yet handed to the sink thread (see [`State::ship`]).
+    outbox: Vec<Record>,
 }
+
+/// Records handed to the sink thread at most this many at a time.
+const OUT_BATCH: usize = 256;
 
 impl State {
     fn emit(&mut self, out: Vec<Out>, read_at: Option<Instant>, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
@@ -437,8 +447,21 @@ impl State {
             _ => {}
         }
         *self.stats.output.entry(r.topic()).or_default() += 1;
-        m::MessageOut { topic: r.topic() }.emit();
-        sink.send(SinkMsg::Record(r)).map_err(|_| anyhow::anyhow!("sink stopped"))
+        let decision = matches!(r, Record::Sorting(_));
+        self.outbox.push(r);
+        // A sorting decision never waits for a batch; other records go together.
+        if decision || self.outbox.len() >= OUT_BATCH { self.ship(sink) } else { Ok(()) }
+    }
+
+    /// Hands the buffered records to the sink thread (blocking while its queue is full: a
+    /// slow sink slows the engine). Called when a batch is full, after a sorting decision,
+    /// and before the engine waits for input, checkpoints or flushes.
+    fn ship(&mut self, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.outbox, Vec::with_capacity(OUT_BATCH));
+        sink.send(SinkMsg::Records(batch)).map_err(|_| anyhow::anyhow!("sink stopped"))
     }
 
     fn watermark(&mut self, wm: EventTime, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
@@ -478,7 +501,6 @@ fn process_item(st: &mut State, at: i64, item: Item, sink: &Sender<SinkMsg>) -> 
 
 fn process_event(st: &mut State, ev: Event, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
     *st.stats.input.entry(ev.topic.short()).or_default() += 1;
-    m::MessageIn { topic: ev.topic.short() }.emit();
     let mut out = Vec::new();
     st.engine.process(ev.entity, &mut out);
     st.emit(out, Some(ev.read_at), sink)
@@ -512,6 +534,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
             // The restored positions carry into the next checkpoint: a partition that sees
             // nothing new before it must not lose its offset (and be replayed from the start).
             consumed: restored_positions(&cp, &run.topic_names),
+            outbox: Vec::new(),
         },
         None => State {
             rules: run.rules.clone(),
@@ -519,6 +542,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
             summarize: Summarize::default(),
             stats: RunStats::default(),
             consumed: HashMap::new(),
+            outbox: Vec::new(),
         },
     };
     st.engine.reserve(run.state_capacity);
@@ -526,6 +550,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
     let mut group_time: Vec<i64> = vec![i64::MIN; run.inputs.len()];
     let mut last_cp = Instant::now();
     let mut last_progress = Instant::now();
+    let mut last_counts = Instant::now();
     loop {
         // Release what the watermark allows.
         while let Some(p) = seq.pop() {
@@ -542,6 +567,12 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
             st.watermark(EventTime(wm.0.saturating_sub(1)), &run.sink)?;
         }
         m::QueueDepth { queue: "sequencer", depth: seq.len() }.emit();
+        // What this round produced goes to the sink before the engine may wait for input.
+        st.ship(&run.sink)?;
+        if last_counts.elapsed() >= Duration::from_secs(1) {
+            last_counts = Instant::now();
+            m::MessageCounts { input: &st.stats.input, output: &st.stats.output }.emit();
+        }
         if let Some(cb) = &mut run.progress
             && last_progress.elapsed() >= Duration::from_secs(1)
         {
@@ -602,6 +633,8 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
             st.watermark(EventTime::MAX, &run.sink)?;
         }
     }
+    st.ship(&run.sink)?;
+    m::MessageCounts { input: &st.stats.input, output: &st.stats.output }.emit();
     if let Some((store, _)) = &run.checkpoint {
         checkpoint(&mut st, &seq, store, &run, true)?;
     } else {
@@ -680,6 +713,8 @@ fn checkpoint(
     run: &EngineRun,
     wait: bool,
 ) -> anyhow::Result<()> {
+    // The records that precede the cut are in the sink's queue before the save is.
+    st.ship(&run.sink)?;
     let t = Instant::now();
     let pending = seq.min_pending_offsets();
     let mut offsets: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
