@@ -8,6 +8,7 @@ use crate::controls::{ControlTable, ListIds};
 use crate::declare::{Comparison, ListStatus};
 use crate::engine::{Exited, Out};
 use crate::ids;
+use crate::retention::Retention;
 use crate::rules::{Rules, sampled};
 use crate::{Collector, Map, Operator, Set};
 use cbec_schemas::hs::Nomenclature;
@@ -28,8 +29,11 @@ pub struct Shared {
     pub goods: Map<String, Map<String, String>>,
     /// Officer controls.
     pub controls: ControlTable,
-    /// `invtNo` serials assigned.
+    /// `invtNo` serials assigned, with their declaration year ([`ids::serial_key`]).
     pub serials: Set<u64>,
+    /// Serials of years before this one have been dropped (retention).
+    #[serde(default)]
+    pub serials_from_year: u32,
     /// HS nomenclature (loaded by the runtime; not checkpointed).
     #[serde(skip)]
     pub hs: Nomenclature,
@@ -99,6 +103,9 @@ struct Parcel {
     site_released: bool,
     port_released: Option<Box<str>>,
     exited: bool,
+    /// Day of the last message about the parcel ([`Retention`]).
+    #[serde(default)]
+    touched: i32,
 }
 
 mod digest_hex {
@@ -140,12 +147,16 @@ pub struct Clear {
     parcels: Map<Text, Box<Parcel>>,
     /// The codes of the lists at rest.
     codes: Codes,
+    /// Parcels by the day they were last touched.
+    retention: Retention,
 }
 
 #[derive(Deserialize)]
 struct ClearSnapshot {
     parcels: Map<Text, Box<Parcel>>,
     codes: Codes,
+    #[serde(default)]
+    retention: Retention,
 }
 
 impl TryFrom<ClearSnapshot> for Clear {
@@ -162,8 +173,24 @@ impl TryFrom<ClearSnapshot> for Clear {
                 return Err(format!("parcel {k}: payment firm code {c} is not in the code table"));
             }
         }
-        Ok(Clear { parcels: s.parcels, codes: s.codes })
+        Ok(Clear { parcels: s.parcels, codes: s.codes, retention: s.retention })
     }
+}
+
+/// The state of parcel `key`, touched at `t`: created when missing, started afresh when
+/// stale.
+fn parcel<'a>(
+    parcels: &'a mut Map<Text, Box<Parcel>>,
+    retention: &mut Retention,
+    key: &str,
+    t: EventTime,
+) -> &'a mut Parcel {
+    let p = crate::state_of(parcels, key);
+    if retention.stale(p.touched) {
+        *p = Parcel::default();
+    }
+    retention.touch(&mut p.touched, key, t);
+    p
 }
 
 /// Emits a receipt for a parcel (identity: list or parcel key + status + `tag`).
@@ -205,7 +232,18 @@ fn receipt(
 impl Clear {
     /// True when the parcel's list was released at the site (for seals).
     pub fn site_released(&self, logistics_no: &str) -> bool {
-        self.parcels.get(logistics_no).is_some_and(|p| p.site_released)
+        self.parcels.get(logistics_no).is_some_and(|p| p.site_released && !self.retention.stale(p.touched))
+    }
+
+    /// Drops the state of parcels not touched since before day `cutoff` (up to
+    /// [`crate::retention::SWEEP_BUDGET`] per call; see [`crate::retention`]). Returns how
+    /// many were dropped.
+    pub fn expire(&mut self, cutoff: i32) -> usize {
+        let parcels = &mut self.parcels;
+        self.retention.expire(cutoff, |key, day| match parcels.get(key) {
+            Some(p) if p.touched == day => parcels.remove(key).is_some(),
+            _ => false,
+        })
     }
 
     /// Room for `n` more parcels without a resize.
@@ -230,7 +268,7 @@ impl Clear {
         let mut attempt = 0;
         let serial = loop {
             let s = ids::invt_serial(ctx.rules.instance, &l.customs_code, year, logistics_no, attempt);
-            if ctx.serials.insert(s) {
+            if ctx.serials.insert(ids::serial_key(year, s)) {
                 break s;
             }
             attempt += 1;
@@ -472,11 +510,11 @@ impl Operator for Clear {
     type Ctx = Shared;
 
     fn process(&mut self, ctx: &mut Shared, input: ClearIn, out: &mut dyn Collector<Out>) {
-        let Clear { parcels, codes } = self;
+        let Clear { parcels, codes, retention } = self;
         match input {
             ClearIn::List(l) => {
                 let key = l.logistics_no.as_str();
-                let p = crate::state_of(parcels, key);
+                let p = parcel(parcels, retention, key, l.app_time);
                 if let Some(d) = &p.decl {
                     let hash = ids::content_digest(&l);
                     if hash != d.hash {
@@ -502,7 +540,7 @@ impl Operator for Clear {
                 Clear::activate(ctx, codes, key, p, out);
             }
             ClearIn::Status(s) => {
-                let p = crate::state_of(parcels, &s.logistics_no);
+                let p = parcel(parcels, retention, &s.logistics_no, s.time);
                 let was = p.comparison.replace(s.comparison);
                 if let Some(c) = &s.pay_code {
                     p.pay_code = Some(codes.id(c));
@@ -530,7 +568,7 @@ impl Operator for Clear {
             }
             ClearIn::Waybill(w) => {
                 let key = w.logistics_no.as_str();
-                let p = crate::state_of(parcels, key);
+                let p = parcel(parcels, retention, key, w.app_time);
                 match (p.waybill, &p.decl) {
                     (Some(t), Some(d)) if t != w.app_time => {
                         let info: Text =
@@ -554,7 +592,7 @@ impl Operator for Clear {
                 }
             }
             ClearIn::Arrived { logistics_no, time } => {
-                let p = crate::state_of(parcels, &logistics_no);
+                let p = parcel(parcels, retention, &logistics_no, time);
                 if !p.arrived {
                     p.arrived = true;
                     if p.decl.is_none() {
@@ -572,15 +610,15 @@ impl Operator for Clear {
                 }
             }
             ClearIn::Scan(s) => {
-                let p = crate::state_of(parcels, &s.logistics_no);
+                let p = parcel(parcels, retention, &s.logistics_no, s.scan_time);
                 Clear::scan(ctx, codes, s, p, out);
             }
-            ClearIn::PortRelease { logistics_no, seal_no, .. } => {
-                let p = crate::state_of(parcels, &logistics_no);
+            ClearIn::PortRelease { logistics_no, seal_no, time } => {
+                let p = parcel(parcels, retention, &logistics_no, time);
                 p.port_released = Some(seal_no.into_boxed_str());
             }
             ClearIn::Departed { logistics_no, time } => {
-                let p = crate::state_of(parcels, &logistics_no);
+                let p = parcel(parcels, retention, &logistics_no, time);
                 if p.exited {
                     return;
                 }
@@ -608,6 +646,7 @@ impl Operator for Clear {
 
     fn state_size(&self) -> usize {
         self.codes.state_size()
+            + self.retention.state_size()
             + self
                 .parcels
                 .iter()

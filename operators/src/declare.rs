@@ -4,6 +4,7 @@
 
 use crate::Map;
 use crate::compact::{Codes, Damaged, Reader, Writer, heap_bytes};
+use crate::retention::Retention;
 use crate::rules::Rules;
 use crate::{Collector, Operator};
 use cbec_schemas::{AppType, Compared, Dec, EventTime, Inventory, Order, Payment, Return, Text};
@@ -274,6 +275,16 @@ struct Entry {
     expired: bool,
     last: Option<Comparison>,
     revision: u32,
+    /// Day of the last message or timer about the order ([`Retention`]).
+    #[serde(default)]
+    touched: i32,
+}
+
+impl Entry {
+    /// The payment wait is running (its timer has not fired).
+    fn waiting(&self) -> bool {
+        self.deadline.is_some() && !self.expired
+    }
 }
 
 /// The declare operator: state per `orderNo` plus event-time timers for the wait.
@@ -285,6 +296,8 @@ pub struct Declare {
     timers: BTreeSet<(i64, Box<str>)>,
     /// The codes of the facts at rest.
     codes: Codes,
+    /// Orders by the day they were last touched.
+    retention: Retention,
 }
 
 #[derive(Deserialize)]
@@ -292,6 +305,8 @@ struct DeclareSnapshot {
     entries: Map<Text, Box<Entry>>,
     timers: BTreeSet<(i64, Box<str>)>,
     codes: Codes,
+    #[serde(default)]
+    retention: Retention,
 }
 
 impl TryFrom<DeclareSnapshot> for Declare {
@@ -301,7 +316,7 @@ impl TryFrom<DeclareSnapshot> for Declare {
         for (k, e) in &s.entries {
             Facts::read(&e.facts, &s.codes).map_err(|err| format!("order {k}: {err}"))?;
         }
-        Ok(Declare { entries: s.entries, timers: s.timers, codes: s.codes })
+        Ok(Declare { entries: s.entries, timers: s.timers, codes: s.codes, retention: s.retention })
     }
 }
 
@@ -424,9 +439,21 @@ impl Declare {
         let Some((t, key)) = self.timers.pop_first() else { return false };
         if let Some(e) = self.entries.get_mut(&*key) {
             e.expired = true;
+            self.retention.touch(&mut e.touched, &key, EventTime(t));
         }
         self.emit(rules, &key, EventTime(t), out);
         true
+    }
+
+    /// Drops the state of orders not touched since before day `cutoff` (up to
+    /// [`crate::retention::SWEEP_BUDGET`] per call; see [`crate::retention`]). Returns how
+    /// many were dropped.
+    pub fn expire(&mut self, cutoff: i32) -> usize {
+        let entries = &mut self.entries;
+        self.retention.expire(cutoff, |key, day| match entries.get(key) {
+            Some(e) if e.touched == day && !e.waiting() => entries.remove(key).is_some(),
+            _ => false,
+        })
     }
 
     /// Room for `n` more orders without a resize.
@@ -445,6 +472,21 @@ impl Declare {
     }
 }
 
+/// The state of `key`, touched at `t`: created when missing, started afresh when stale.
+fn entry<'a>(
+    entries: &'a mut Map<Text, Box<Entry>>,
+    retention: &mut Retention,
+    key: &str,
+    t: EventTime,
+) -> &'a mut Entry {
+    let e = crate::state_of(entries, key);
+    if retention.stale(e.touched) && !e.waiting() {
+        *e = Entry::default();
+    }
+    retention.touch(&mut e.touched, key, t);
+    e
+}
+
 impl Operator for Declare {
     type In = DeclareIn;
     type Out = DeclareOut;
@@ -459,7 +501,7 @@ impl Operator for Declare {
                     value: o.goods_value,
                     freight: o.freight,
                 });
-                let e = crate::state_of(&mut self.entries, &o.order_no);
+                let e = entry(&mut self.entries, &mut self.retention, &o.order_no, o.app_time);
                 let old = std::mem::take(&mut e.facts);
                 let mut f = Facts::read(&old, &self.codes).expect(CHECKED);
                 f.order = order;
@@ -469,7 +511,7 @@ impl Operator for Declare {
             DeclareIn::Payment(p) => {
                 let (ebc, currency, pay_code) =
                     (self.codes.id(&p.ebc_code), self.codes.id(&p.currency), self.codes.id(&p.pay_code));
-                let e = crate::state_of(&mut self.entries, &p.order_no);
+                let e = entry(&mut self.entries, &mut self.retention, &p.order_no, p.accounting_date);
                 let old = std::mem::take(&mut e.facts);
                 let mut f = Facts::read(&old, &self.codes).expect(CHECKED);
                 let new = PaymentFacts { pay_no: &p.pay_no, ebc, charge: p.charge, currency, pay_code };
@@ -484,7 +526,7 @@ impl Operator for Declare {
                 let total = l.items.iter().map(|i| i.total_price).sum();
                 let ebc = self.codes.id(&l.ebc_code);
                 let deadline = l.app_time.plus_ms(rules.payment_wait_ms()).0;
-                let e = crate::state_of(&mut self.entries, &l.order_no);
+                let e = entry(&mut self.entries, &mut self.retention, &l.order_no, l.app_time);
                 if e.deadline.is_none() {
                     e.deadline = Some(deadline);
                     self.timers.insert((deadline, l.order_no.as_str().into()));
@@ -507,6 +549,7 @@ impl Operator for Declare {
 
     fn state_size(&self) -> usize {
         self.codes.state_size()
+            + self.retention.state_size()
             + self
                 .entries
                 .iter()

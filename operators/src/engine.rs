@@ -6,9 +6,10 @@
 
 use crate::clear::{Clear, ClearIn, Shared};
 use crate::declare::{Declare, DeclareIn, DeclareOut};
+use crate::retention::day_of;
 use crate::rules::Rules;
 use crate::seal::SealOp;
-use crate::{Operator, partition_of};
+use crate::{Operator, ids, partition_of};
 use cbec_schemas::hs::{HsCheck, Nomenclature};
 use cbec_schemas::{
     AppType, ChannelDecision, DeclaredList, Entity, EventTime, Inventory, Receipt, Return, SealVerdict,
@@ -54,6 +55,9 @@ pub struct Engine {
     clear: Vec<Clear>,
     seals: SealOp,
     watermark: EventTime,
+    /// State dropped by retention so far: (orders, parcels).
+    #[serde(default)]
+    expired: (u64, u64),
 }
 
 impl Engine {
@@ -66,6 +70,7 @@ impl Engine {
             clear: (0..n).map(|_| Clear::default()).collect(),
             seals: SealOp::default(),
             watermark: EventTime::MIN,
+            expired: (0, 0),
         }
     }
 
@@ -105,7 +110,7 @@ impl Engine {
                 DeclareOut::Return(r) => out.push(Out::Return(Box::new(r))),
                 DeclareOut::List(l) => {
                     if let Some(t) = &l.total_package_no {
-                        self.seals.bill(t, &l.logistics_no);
+                        self.seals.bill(t, &l.logistics_no, l.app_time);
                     }
                     let key = l.logistics_no.clone();
                     self.clear(&key, ClearIn::List(l), out);
@@ -184,7 +189,7 @@ impl Engine {
             Entity::Arrival(a) => {
                 for it in a.items {
                     if let Some(t) = &it.total_package_no {
-                        self.seals.bill(t, &it.logistics_no);
+                        self.seals.bill(t, &it.logistics_no, a.app_time);
                     }
                     let k = it.logistics_no.clone();
                     self.clear(&k, ClearIn::Arrived { logistics_no: it.logistics_no, time: a.app_time }, out);
@@ -232,6 +237,45 @@ impl Engine {
             self.declare[p].fire_next(&self.shared.rules, wm, &mut d);
             self.route_declare(d, out);
         }
+        // Retention (after the timers: a wait that ends now still fires). The end of time
+        // of a finite input drops nothing: the run's final state is reported.
+        if let Some(r) = self.shared.rules.retention_ms()
+            && wm < EventTime::MAX
+        {
+            let horizon = EventTime(wm.0.saturating_sub(r));
+            let cutoff = day_of(horizon);
+            for d in &mut self.declare {
+                self.expired.0 += d.expire(cutoff) as u64;
+            }
+            for c in &mut self.clear {
+                self.expired.1 += c.expire(cutoff) as u64;
+            }
+            self.seals.expire(cutoff);
+            // `invtNo` serials of a declaration year no activation can still be in (its
+            // waybill would be older than the retention: dead-lettered as expired).
+            let year = cbec_schemas::time::period_of(horizon) / 100;
+            if self.shared.serials_from_year < year {
+                self.shared.serials_from_year = year;
+                self.shared.serials.retain(|s| ids::serial_year(*s) >= year);
+            }
+        }
+    }
+
+    /// True when a message about keyed state at event time `t` is older than the retention
+    /// before the watermark: it would find its key's state dropped and start it afresh
+    /// (a spurious wait, a second return), so the runtime dead-letters it (`expired`).
+    pub fn expired(&self, t: EventTime) -> bool {
+        match self.shared.rules.retention_ms() {
+            Some(r) if self.watermark > EventTime::MIN && self.watermark < EventTime::MAX => {
+                t.0 < self.watermark.0.saturating_sub(r)
+            }
+            _ => false,
+        }
+    }
+
+    /// State dropped by retention so far: (orders, parcels).
+    pub fn expired_keys(&self) -> (u64, u64) {
+        self.expired
     }
 
     /// Serializes the whole state (checkpoint).

@@ -77,6 +77,18 @@ pub fn invt_serial(instance: u8, customs: &str, year: i32, logistics_no: &str, a
     (instance as u64 % 10) * 10_000_000_000 + (base + attempt) % 10_000_000_000
 }
 
+/// The key of an assigned serial in the set of serials in use: the declaration year in
+/// the bits above the serial's 37 (serials are unique per year; a year's serials can be
+/// dropped as a whole).
+pub fn serial_key(year: i32, serial: u64) -> u64 {
+    (u64::from(year.max(0) as u32) << 40) | serial
+}
+
+/// The declaration year of a [`serial_key`].
+pub fn serial_year(key: u64) -> u32 {
+    (key >> 40) as u32
+}
+
 /// Formats an `invtNo`.
 pub fn invt_no(customs: &str, year: i32, serial: u64) -> cbec_schemas::Text {
     let mut s = cbec_schemas::Text::with_capacity(customs.len() + 16);

@@ -18,6 +18,7 @@ pub mod controls;
 pub mod declare;
 pub mod engine;
 pub mod ids;
+pub mod retention;
 pub mod rules;
 pub mod seal;
 pub mod summarize;

@@ -33,6 +33,14 @@ pub struct Rules {
     pub summary_flag: u8,
     /// Instance digit (0-9) in `invtNo` serials; distinct per process of one deployment.
     pub instance: u8,
+    /// Event-time days an order's, a parcel's, a seal's or a master bill's state is kept
+    /// after the last message about it (default 30; 0: kept forever). Then it is dropped,
+    /// and a message whose event time is more than this before the watermark goes to the
+    /// dead-letter topic (`expired`) instead of starting it afresh. Declaration years'
+    /// `invtNo` serials are kept until this long after the year ends, so numbers stay
+    /// unique. Never shorter than the payment wait (a shorter value counts as the wait), so
+    /// no wait outlives its parcel; an order whose wait runs is never dropped.
+    pub state_retention_days: u32,
 }
 
 impl Default for Rules {
@@ -52,6 +60,7 @@ impl Default for Rules {
             summary_grace_hours: 72,
             summary_flag: 1,
             instance: 0,
+            state_retention_days: 30,
         }
     }
 }
@@ -87,6 +96,13 @@ impl Rules {
     /// Milliseconds of the payment wait.
     pub fn payment_wait_ms(&self) -> i64 {
         self.payment_wait_hours as i64 * 3_600_000
+    }
+
+    /// Milliseconds of the state retention (at least the payment wait); `None` when state
+    /// is kept forever.
+    pub fn retention_ms(&self) -> Option<i64> {
+        (self.state_retention_days > 0)
+            .then(|| (self.state_retention_days as i64 * crate::retention::DAY_MS).max(self.payment_wait_ms()))
     }
 
     /// Milliseconds of the summary grace.

@@ -9,6 +9,7 @@ use crate::clear::Clear;
 use crate::controls::ControlTable;
 use crate::engine::Out;
 use crate::partition_of;
+use crate::retention::day_of;
 use cbec_schemas::{EventTime, SealEvent, SealVerdict};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -19,13 +20,38 @@ struct SealState {
     parcels: Vec<String>,
     accepted: bool,
     verdict_at_port: bool,
+    /// Day of the last event about the seal ([`crate::retention`]).
+    #[serde(default)]
+    touched: i32,
+}
+
+/// The parcels of a master bill (`totalPackageNo`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Bill {
+    parcels: BTreeSet<String>,
+    /// Day of the last list or arrival naming the bill.
+    touched: i32,
 }
 
 /// Seal state: seals by number and the parcels of each master bill (`totalPackageNo`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Few keys next to the parcels', so retention sweeps them whole once per cutoff day.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SealOp {
     seals: HashMap<String, SealState>,
-    bills: HashMap<String, BTreeSet<String>>,
+    bills: HashMap<String, Bill>,
+    /// Seals and bills last touched before this day are stale (as if unknown).
+    #[serde(default = "no_cutoff")]
+    cutoff: i32,
+}
+
+fn no_cutoff() -> i32 {
+    i32::MIN
+}
+
+impl Default for SealOp {
+    fn default() -> SealOp {
+        SealOp { seals: HashMap::new(), bills: HashMap::new(), cutoff: no_cutoff() }
+    }
 }
 
 /// A port release the engine must route to the parcel's clear partition.
@@ -40,9 +66,30 @@ pub struct PortRelease {
 }
 
 impl SealOp {
-    /// Records that a parcel belongs to a master bill (from lists and arrivals).
-    pub fn bill(&mut self, total_package_no: &str, logistics_no: &str) {
-        self.bills.entry(total_package_no.to_string()).or_default().insert(logistics_no.to_string());
+    /// Records that a parcel belongs to a master bill (from lists and arrivals at `t`).
+    pub fn bill(&mut self, total_package_no: &str, logistics_no: &str, t: EventTime) {
+        let b = self.bills.entry(total_package_no.to_string()).or_default();
+        if b.touched < self.cutoff {
+            *b = Bill::default();
+        }
+        b.touched = b.touched.max(day_of(t));
+        b.parcels.insert(logistics_no.to_string());
+    }
+
+    /// Moves the retention cutoff to day `cutoff` and drops the seals and bills last
+    /// touched before it (once per new cutoff day).
+    pub fn expire(&mut self, cutoff: i32) {
+        if cutoff <= self.cutoff {
+            return;
+        }
+        self.cutoff = cutoff;
+        self.seals.retain(|_, s| s.touched >= cutoff);
+        self.bills.retain(|_, b| b.touched >= cutoff);
+    }
+
+    /// Seals and master bills held: (seals, bills).
+    pub fn len(&self) -> (usize, usize) {
+        (self.seals.len(), self.bills.len())
     }
 
     /// Processes a seal event; returns the port releases to apply.
@@ -57,8 +104,8 @@ impl SealOp {
             SealEvent::Sealed { seal_no, vehicle_no, total_package_nos, logistics_nos, time } => {
                 let mut parcels: BTreeSet<String> = logistics_nos.into_iter().collect();
                 for b in &total_package_nos {
-                    if let Some(ls) = self.bills.get(b) {
-                        parcels.extend(ls.iter().cloned());
+                    if let Some(bill) = self.bills.get(b).filter(|b| b.touched >= self.cutoff) {
+                        parcels.extend(bill.parcels.iter().cloned());
                     }
                 }
                 let parcels: Vec<String> = parcels.into_iter().collect();
@@ -95,15 +142,19 @@ impl SealOp {
                     control_ids: vehicle.map(|c| vec![c.id.clone()]).unwrap_or_default(),
                     time,
                 }));
-                self.seals.insert(seal_no, SealState { vehicle_no, parcels, accepted, verdict_at_port: false });
+                let touched = day_of(time);
+                self.seals
+                    .insert(seal_no, SealState { vehicle_no, parcels, accepted, verdict_at_port: false, touched });
                 Vec::new()
             }
             SealEvent::Verified { seal_no, vehicle_no, port_code, intact, time } => {
-                let (verdict, reasons, parcels) = match self.seals.get_mut(&seal_no) {
+                let cutoff = self.cutoff;
+                let (verdict, reasons, parcels) = match self.seals.get_mut(&seal_no).filter(|s| s.touched >= cutoff) {
                     None => ("held", vec!["unknown seal".to_string()], Vec::new()),
                     Some(s) if s.verdict_at_port => return Vec::new(),
                     Some(s) => {
                         s.verdict_at_port = true;
+                        s.touched = s.touched.max(day_of(time));
                         let mut r = Vec::new();
                         if !intact {
                             r.push("seal broken".to_string());

@@ -6,7 +6,7 @@ use crate::rules::{Rules, sampled};
 use crate::summarize::Summarize;
 use crate::{Operator, ids};
 use cbec_schemas::hs::Nomenclature;
-use cbec_schemas::{Dec, Decoded, Decoder, Entity, EventTime, Summary, Topic};
+use cbec_schemas::{Dec, Decoded, Decoder, Entity, EventTime, Summary, Topic, status};
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
@@ -735,4 +735,130 @@ fn return_reasons_are_a_set_listed_and_serialized_in_name_order() {
     let mut names = Reasons::NAMES.to_vec();
     names.sort_unstable();
     assert_eq!(names, Reasons::NAMES, "bit order is name order");
+}
+
+/// Feeds `input` the way the runtime does: event time advanced to just before each entity.
+fn feed(e: &mut Engine, input: Vec<Entity>) -> Vec<Out> {
+    let mut out = Vec::new();
+    for x in input {
+        e.advance(EventTime(x.event_time().0 - 1), &mut out);
+        e.process(x, &mut out);
+    }
+    out
+}
+
+/// `x` with its event time moved to `t` (a later message about the same key).
+fn at(mut x: Entity, t: &str) -> Entity {
+    let t = EventTime::parse_ceb(t).unwrap();
+    match &mut x {
+        Entity::Waybill(w) => w.app_time = t,
+        Entity::List(l) => l.app_time = t,
+        other => panic!("not retimed here: {other:?}"),
+    }
+    x
+}
+
+/// A parcel's, its order's and its seal's state is dropped once event time is more than
+/// the retention past the last message about them; a later message starts afresh: a second
+/// waybill is then no refused second activation, a seal is unknown. Kept forever with 0.
+#[test]
+fn state_past_the_retention_is_dropped_and_a_later_message_starts_afresh() {
+    let s = Story::new(50);
+    let later = |minutes: i64| s.t(minutes);
+    let days = |d: i64| d * 24 * 60;
+    let outcome = |retention_days: u32| {
+        let mut e = Engine::new(Rules { state_retention_days: retention_days, ..rules() }, hs(), 2);
+        let mut input = s.happy();
+        input.push(ent(
+            Topic::Seals,
+            json!({"kind": "sealed", "sealNo": "SEAL1", "vehicleNo": "V1", "logisticsNos": [s.lno()], "time": s.rfc(50)}),
+        ));
+        let out = feed(&mut e, input);
+        assert_eq!(out.iter().filter(|o| matches!(o, Out::Declared(_))).count(), 1);
+        assert_eq!(e.keys(), (1, 1));
+        let mut none = Vec::new();
+        e.advance(EventTime::parse_ceb(&later(days(1))).unwrap(), &mut none);
+        let kept_a_day = e.keys();
+        e.advance(EventTime::parse_ceb(&later(days(4))).unwrap(), &mut none);
+        assert!(none.is_empty(), "dropping state emits nothing: {none:?}");
+        let old_is_expired = e.expired(EventTime::parse_ceb(&s.t(30)).unwrap());
+        let new_is_expired = e.expired(EventTime::parse_ceb(&later(days(4))).unwrap());
+        let keys = e.keys();
+        let out = feed(
+            &mut e,
+            vec![
+                at(s.waybill(), &later(days(4) + 1)),
+                ent(
+                    Topic::Seals,
+                    json!({"kind": "verified", "sealNo": "SEAL1", "vehicleNo": "V1", "portCode": "5141", "intact": true, "time": s.rfc(days(4) + 2)}),
+                ),
+            ],
+        );
+        let seal: Vec<String> =
+            out.iter().filter_map(|o| if let Out::Release(r) = o { Some(r.reasons.join(";")) } else { None }).collect();
+        (kept_a_day, keys, e.expired_keys(), old_is_expired, new_is_expired, statuses(&out), seal)
+    };
+    let (a_day, keys, expired, old, new, receipts, seal) = outcome(2);
+    assert_eq!((a_day, keys, expired), ((1, 1), (0, 0), (1, 1)));
+    assert!(old && !new, "a message from before the retention is expired, a current one is not");
+    assert_eq!(receipts, Vec::<i32>::new(), "a fresh waybill without a list activates nothing");
+    assert_eq!(seal, ["unknown seal"]);
+    let (a_day, keys, expired, old, new, receipts, seal) = outcome(0);
+    assert_eq!((a_day, keys, expired, old, new), ((1, 1), (1, 1), (0, 0), false, false));
+    assert_eq!(receipts, [status::ERR_IMMUTABLE], "kept forever: the second activation is refused");
+    assert_ne!(seal, ["unknown seal"]);
+}
+
+/// An order whose payment wait is still running is kept whatever the retention, and so is
+/// its parcel (the retention is at least the wait): the wait's return still reaches it.
+#[test]
+fn a_running_payment_wait_outlives_a_shorter_retention() {
+    let s = Story::new(60);
+    let mut e = Engine::new(Rules { state_retention_days: 1, payment_wait_hours: 72, ..rules() }, hs(), 1);
+    feed(&mut e, vec![s.order(), s.list(), s.waybill()]);
+    let mut out = Vec::new();
+    e.advance(EventTime::parse_ceb(&s.t(60 * 60)).unwrap(), &mut out);
+    assert!(out.is_empty() && e.keys() == (1, 1), "60 h: still waiting");
+    e.advance(EventTime::parse_ceb(&s.t(80 * 60)).unwrap(), &mut out);
+    let returns: Vec<_> =
+        out.iter().filter_map(|o| if let Out::Return(r) = o { Some(r.reasons.clone()) } else { None }).collect();
+    assert_eq!(returns, [vec!["payment_missing".to_string()]]);
+    assert_eq!(statuses(&out), [status::RETURNED], "the parcel answers the return");
+    e.advance(EventTime::parse_ceb(&s.t(30 * 24 * 60)).unwrap(), &mut out);
+    assert_eq!(e.keys(), (0, 0), "then both go");
+}
+
+/// Freeing memory is bounded per watermark step, so stale state may still be in memory
+/// when a message reaches it; it is treated as gone all the same. The outputs do not
+/// depend on how far the sweep got, nor on a snapshot taken mid-sweep.
+#[test]
+fn stale_state_is_gone_whether_or_not_the_sweep_reached_it() {
+    // More keys than the steps below can sweep (each step before an entity sweeps too).
+    let stories: Vec<Story> = (0..crate::retention::SWEEP_BUDGET * 4 + 40).map(|n| Story::new(1000 + n)).collect();
+    let last = stories.last().unwrap().clone();
+    let t = |d: i64, m: i64| last.t(d * 24 * 60 + m);
+    let run = |steps: i64, restore: bool| {
+        let mut e = Engine::new(Rules { state_retention_days: 2, ..rules() }, hs(), 1);
+        let mut input: Vec<Entity> = stories.iter().flat_map(Story::happy).collect();
+        input.sort_by_key(Entity::event_time);
+        feed(&mut e, input);
+        let mut out = Vec::new();
+        for i in 1..=steps {
+            e.advance(EventTime::parse_ceb(&t(10, 0)).unwrap().plus_ms(-(steps - i) * 3_600_000), &mut out);
+        }
+        if restore {
+            e = Engine::restore(&e.snapshot(), hs()).unwrap();
+        }
+        let in_memory = e.keys();
+        out.extend(feed(&mut e, vec![at(last.list(), &t(10, 1)), at(last.waybill(), &t(10, 2))]));
+        (in_memory, out.iter().map(|o| format!("{o:?}")).collect::<Vec<_>>())
+    };
+    let (swept, all) = run(500, false);
+    assert_eq!(swept, (0, 0));
+    assert!(all.iter().any(|o| o.starts_with("Declared")), "the list is declared afresh: {all:?}");
+    for restore in [false, true] {
+        let (left, out) = run(1, restore);
+        assert!(left.0 > 0 && left.1 > 0, "one step frees at most a budget: {left:?}");
+        assert_eq!(out, all);
+    }
 }

@@ -180,6 +180,7 @@ mod tests {
             ("CBEC_BROKERS", "127.0.0.1:9092"),
             ("CBEC_RULES__INSPECTION_RATE", "\"0.2\""),
             ("CBEC_PARTITIONS", "3"),
+            ("CBEC_RULES__STATE_RETENTION_DAYS", "7"),
             ("CBEC_TEST_BROKERS", "ignored"),
         ]
         .into_iter()
@@ -190,6 +191,7 @@ mod tests {
         assert_eq!(c.partitions, 3, "environment beats the file");
         assert_eq!(c.rules.summary_flag, 2);
         assert_eq!(c.rules.inspection_rate, cbec_schemas::Dec::parse("0.2").unwrap());
+        assert_eq!(c.rules.state_retention_days, 7);
         assert_eq!(c.rules.payment_wait_hours, 24, "defaults fill the rest");
         std::fs::write(&p, "bogus = 1\n").unwrap();
         assert!(Config::load(Some(&p), &BTreeMap::new()).is_err());

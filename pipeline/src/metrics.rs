@@ -122,6 +122,22 @@ impl StateSize<'_> {
     }
 }
 
+/// `cbec_state_expired_total{operator}`: keys whose state retention dropped (declare:
+/// orders, clear: parcels), since the state was created (it is checkpointed).
+pub struct StateExpired {
+    /// Orders dropped.
+    pub orders: u64,
+    /// Parcels dropped.
+    pub parcels: u64,
+}
+impl StateExpired {
+    /// Records it.
+    pub fn emit(&self) {
+        counter!("cbec_state_expired_total", "operator" => "declare").absolute(self.orders);
+        counter!("cbec_state_expired_total", "operator" => "clear").absolute(self.parcels);
+    }
+}
+
 /// `cbec_sequencer_forced_total`: items released before the watermark (bounded buffer).
 pub struct SequencerForced;
 impl SequencerForced {

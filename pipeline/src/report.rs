@@ -52,6 +52,9 @@ pub fn render(s: &RunStats) -> String {
         "  state at end: declare {d} B ({} orders), clear {c} B ({} parcels), summarize {m} B",
         s.keys.0, s.keys.1
     );
+    if s.expired != (0, 0) {
+        let _ = writeln!(r, "  dropped by the state retention: {} orders, {} parcels", s.expired.0, s.expired.1);
+    }
     if s.forced > 0 {
         let _ = writeln!(r, "  sequencer released {} items early (bounded buffer)", s.forced);
     }

@@ -238,6 +238,8 @@ pub struct RunStats {
     pub state_bytes: (usize, usize, usize),
     /// Keys with state at the end: (orders, parcels).
     pub keys: (usize, usize),
+    /// Keys whose state the retention dropped: (orders, parcels).
+    pub expired: (u64, u64),
     /// Checkpoints written.
     pub checkpoints: u64,
     /// The longest the engine thread stopped to copy its state for a checkpoint.
@@ -400,6 +402,8 @@ struct State {
     consumed: HashMap<SourceId, i64>,
     /// Records not yet handed to the sink thread (see [`State::ship`]).
     outbox: Vec<Record>,
+    /// Input topic names (for dead letters).
+    topic_names: HashMap<Topic, String>,
 }
 
 /// Records handed to the sink thread at most this many at a time.
@@ -500,10 +504,31 @@ fn process_item(st: &mut State, at: i64, item: Item, sink: &Sender<SinkMsg>) -> 
 }
 
 fn process_event(st: &mut State, ev: Event, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
+    let keyed = !matches!(ev.entity, Entity::Goods(_) | Entity::Control(_));
+    if keyed && st.engine.expired(ev.time) {
+        return st.send(Record::Dead(expired_letter(&st.topic_names, &ev)), None, sink);
+    }
     *st.stats.input.entry(ev.topic.short()).or_default() += 1;
     let mut out = Vec::new();
     st.engine.process(ev.entity, &mut out);
     st.emit(out, Some(ev.read_at), sink)
+}
+
+/// The dead letter of a message too old for the state retention. Decided after decoding,
+/// so its payload is the entity as JSON (not the original bytes).
+fn expired_letter(names: &HashMap<Topic, String>, ev: &Event) -> DeadLetter {
+    let err = cbec_schemas::DecodeError::new(
+        cbec_schemas::ErrorCode::Expired,
+        format!(
+            "event time {} is older than the state retention before the watermark: its key's state may be gone",
+            ev.time.to_rfc3339()
+        ),
+    );
+    let payload = serde_json::to_vec(&ev.entity).unwrap_or_default();
+    let name = names.get(&ev.topic).cloned().unwrap_or_else(|| ev.topic.default_name());
+    let mut d = DeadLetter::new(&name, ev.source.1, ev.offset, None, &err, &payload);
+    d.entity_index = (ev.sub > 0).then_some(u32::from(ev.sub));
+    d
 }
 
 /// The resume offsets of a checkpoint as consumed positions per source.
@@ -535,6 +560,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
             // nothing new before it must not lose its offset (and be replayed from the start).
             consumed: restored_positions(&cp, &run.topic_names),
             outbox: Vec::new(),
+            topic_names: run.topic_names.clone(),
         },
         None => State {
             rules: run.rules.clone(),
@@ -543,6 +569,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
             stats: RunStats::default(),
             consumed: HashMap::new(),
             outbox: Vec::new(),
+            topic_names: run.topic_names.clone(),
         },
     };
     st.engine.reserve(run.state_capacity);
@@ -572,6 +599,8 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
         if last_counts.elapsed() >= Duration::from_secs(1) {
             last_counts = Instant::now();
             m::MessageCounts { input: &st.stats.input, output: &st.stats.output }.emit();
+            let (orders, parcels) = st.engine.expired_keys();
+            m::StateExpired { orders, parcels }.emit();
         }
         if let Some(cb) = &mut run.progress
             && last_progress.elapsed() >= Duration::from_secs(1)
@@ -643,6 +672,8 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
     let (d, c) = st.engine.state_size();
     st.stats.state_bytes = (d, c, st.summarize.state_size());
     st.stats.keys = st.engine.keys();
+    st.stats.expired = st.engine.expired_keys();
+    m::StateExpired { orders: st.stats.expired.0, parcels: st.stats.expired.1 }.emit();
     st.stats.elapsed = started.elapsed();
     Ok(st.stats)
 }
@@ -783,6 +814,70 @@ mod tests {
         sink_h.join().unwrap().unwrap();
         let cp = store.load().unwrap().expect("a final checkpoint");
         assert_eq!(cp.offsets[&cfg.input_topic(Topic::Orders)][&0], 42);
+    }
+
+    /// A message about keyed state whose event time is older than the retention before the
+    /// watermark goes to the dead-letter topic as `expired` (its key's state may be gone);
+    /// a current one is processed, and so is reference data (goods) of any age.
+    #[test]
+    fn a_message_older_than_the_retention_is_dead_lettered_as_expired() {
+        let cfg = Config::default();
+        let mut st = State {
+            engine: Engine::new(cfg.rules.clone(), Nomenclature::default(), 1),
+            rules: cfg.rules.clone(),
+            summarize: Summarize::default(),
+            stats: RunStats::default(),
+            consumed: HashMap::new(),
+            outbox: Vec::new(),
+            topic_names: Topic::ALL.iter().map(|t| (*t, cfg.input_topic(*t))).collect(),
+        };
+        let (tx, rx) = bounded(64);
+        st.watermark(EventTime::parse_ceb("20261231000000").unwrap(), &tx).unwrap();
+        let order = |no: &str, t: &str| {
+            serde_json::json!({"orderNo": no, "orderType": "E", "ebpCode": "EBP1", "ebcCode": "EBC1", "goodsValue": "100", "freight": "10", "currency": "142", "appTime": t,
+                "items": [{"gnum": 1, "itemNo": "IT1", "itemName": "phone", "unit": "011", "currency": "142", "qty": "1", "price": "100", "totalPrice": "100"}]})
+        };
+        let goods = serde_json::json!({"ebcCode": "EBC1", "itemNo": "IT1", "itemName": "phone", "gcode": "8517130000", "gname": "phone", "gmodel": "x", "unit": "011", "appType": "1", "appTime": "20261101000000"});
+        let msgs = [
+            (Topic::Orders, order("OLD", "20261111000000")),
+            (Topic::Orders, order("NEW", "20261230000000")),
+            (Topic::Goods, goods),
+        ];
+        for (offset, (topic, v)) in msgs.into_iter().enumerate() {
+            let Decoded::One(Ok(entity)) = Decoder::new().decode(topic, &serde_json::to_vec(&v).unwrap()) else {
+                panic!("test message does not decode: {v}")
+            };
+            let time = entity.event_time();
+            let ev = Event {
+                topic,
+                source: (topic, 0),
+                offset: offset as i64,
+                sub: 0,
+                time,
+                entity,
+                read_at: Instant::now(),
+            };
+            process_item(&mut st, time.0, Item::Event(ev), &tx).unwrap();
+        }
+        st.ship(&tx).unwrap();
+        drop(tx);
+        let dead: Vec<DeadLetter> = rx
+            .iter()
+            .flat_map(|m| match m {
+                SinkMsg::Records(rs) => rs,
+                _ => Vec::new(),
+            })
+            .filter_map(|r| if let Record::Dead(d) = r { Some(d) } else { None })
+            .collect();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(
+            (dead[0].code.as_str(), dead[0].source_topic.as_str(), dead[0].offset),
+            ("expired", "cbec.orders", 0)
+        );
+        assert!(dead[0].payload.contains("\"OLD\""), "the entity rides along: {}", dead[0].payload);
+        assert_eq!(st.stats.input.get("orders"), Some(&1));
+        assert_eq!(st.stats.input.get("goods"), Some(&1));
+        assert_eq!(st.stats.dead.get("expired"), Some(&1));
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub enum ErrorCode {
     BadTarget,
     /// Defective XML whose meaning is not unambiguous.
     AmbiguousXml,
+    /// Event time older than the state retention before the watermark: the key's state may
+    /// be gone, so the message cannot be judged against it.
+    Expired,
 }
 
 impl ErrorCode {
@@ -77,6 +80,7 @@ impl ErrorCode {
             ErrorCode::WrongEntity => "wrong_entity",
             ErrorCode::BadTarget => "bad_target",
             ErrorCode::AmbiguousXml => "ambiguous_xml",
+            ErrorCode::Expired => "expired",
         }
     }
 
@@ -87,7 +91,7 @@ impl ErrorCode {
 }
 
 /// Every code, for documentation and metrics.
-pub const ALL_CODES: [ErrorCode; 21] = [
+pub const ALL_CODES: [ErrorCode; 22] = [
     ErrorCode::JsonInvalid,
     ErrorCode::XmlInvalid,
     ErrorCode::UnknownEncoding,
@@ -109,6 +113,7 @@ pub const ALL_CODES: [ErrorCode; 21] = [
     ErrorCode::WrongEntity,
     ErrorCode::BadTarget,
     ErrorCode::AmbiguousXml,
+    ErrorCode::Expired,
 ];
 
 impl fmt::Display for ErrorCode {

@@ -1,0 +1,157 @@
+//! State retention (`rules.state_retention_days`): keyed state is dropped once event time
+//! has moved more than the retention past the last message about its key.
+//!
+//! Deterministic by construction. The cutoff is a function of the engine's watermark only
+//! (a day: state last touched on an earlier day is *stale*). A keyed operator treats stale
+//! state as absent the moment an input reaches it, whether or not the background sweep has
+//! removed it yet; the sweep ([`Retention::expire`]) only frees memory, a bounded number of
+//! keys per watermark step, so no step pauses the engine for a day's worth of keys. So the
+//! outputs do not depend on when memory is freed, and a replay from a checkpoint gives the
+//! same outputs. The runtime sends a message whose event time is already older than the
+//! retention before the watermark to the dead-letter topic (`expired`) instead of letting
+//! it start a key afresh.
+
+use cbec_schemas::{EventTime, Text};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+/// Milliseconds of a day.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// Keys freed per operator per watermark step, at most.
+pub const SWEEP_BUDGET: usize = 256;
+
+/// Days since 1970-01-01 (UTC) of an event time.
+pub fn day_of(t: EventTime) -> i32 {
+    t.0.div_euclid(DAY_MS).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+}
+
+/// One keyed operator's retention: the cutoff day and its keys in the order they were
+/// touched, by day (a key touched on several days is queued once per day; the older
+/// entries are skipped when they come up).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Retention {
+    /// State last touched before this day is stale (`i32::MIN`: none is).
+    cutoff: i32,
+    /// False until the engine first sets a cutoff (no retention: nothing is queued).
+    on: bool,
+    queue: VecDeque<(i32, Text)>,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention { cutoff: i32::MIN, on: false, queue: VecDeque::new() }
+    }
+}
+
+impl Retention {
+    /// True when state last touched on day `touched` is past the retention.
+    #[inline]
+    pub fn stale(&self, touched: i32) -> bool {
+        touched < self.cutoff
+    }
+
+    /// Notes that `key`'s state, last touched on day `*touched`, is touched at `t`.
+    #[inline]
+    pub fn touch(&mut self, touched: &mut i32, key: &str, t: EventTime) {
+        let d = day_of(t);
+        if d > *touched {
+            *touched = d;
+            if self.on {
+                self.queue.push_back((d, Text::from(key)));
+            }
+        }
+    }
+
+    /// Moves the cutoff to `cutoff` (never back) and offers up to [`SWEEP_BUDGET`] queued
+    /// keys older than it to `free(key, day)`, which removes the key's state if it was
+    /// last touched on that day (and may keep it: a key with a running timer). Returns the
+    /// number of keys freed.
+    pub fn expire(&mut self, cutoff: i32, mut free: impl FnMut(&str, i32) -> bool) -> usize {
+        self.on = true;
+        self.cutoff = self.cutoff.max(cutoff);
+        let mut freed = 0;
+        for _ in 0..SWEEP_BUDGET {
+            match self.queue.front() {
+                Some((d, _)) if *d < self.cutoff => {}
+                _ => break,
+            }
+            let Some((d, key)) = self.queue.pop_front() else { break };
+            freed += usize::from(free(&key, d));
+        }
+        freed
+    }
+
+    /// Keys queued (for tests and reports).
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Approximate bytes held.
+    pub fn state_size(&self) -> usize {
+        self.queue.capacity() * std::mem::size_of::<(i32, Text)>()
+            + self.queue.iter().map(|(_, k)| crate::compact::heap_bytes(k)).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_are_utc_days_and_stale_means_before_the_cutoff() {
+        assert_eq!(day_of(EventTime(0)), 0);
+        assert_eq!(day_of(EventTime(DAY_MS - 1)), 0);
+        assert_eq!(day_of(EventTime(DAY_MS)), 1);
+        assert_eq!(day_of(EventTime(-1)), -1);
+        let mut r = Retention::default();
+        assert!(!r.stale(i32::MIN + 1), "no cutoff yet: nothing is stale");
+        r.expire(10, |_, _| true);
+        assert!(r.stale(9) && !r.stale(10));
+    }
+
+    #[test]
+    fn a_key_is_offered_once_per_day_it_was_touched_and_only_when_older_than_the_cutoff() {
+        let mut r = Retention::default();
+        r.expire(i32::MIN, |_, _| true);
+        let (mut a, mut b) = (0, 0);
+        r.touch(&mut a, "A", EventTime(DAY_MS + 5));
+        r.touch(&mut a, "A", EventTime(DAY_MS + 9)); // same day: not queued again
+        r.touch(&mut b, "B", EventTime(2 * DAY_MS));
+        r.touch(&mut a, "A", EventTime(3 * DAY_MS)); // a later day: queued again
+        r.touch(&mut a, "A", EventTime(DAY_MS)); // an earlier message never moves it back
+        assert_eq!((a, b, r.queued()), (3, 2, 3));
+        let mut seen = Vec::new();
+        assert_eq!(
+            r.expire(3, |k, d| {
+                seen.push((k.to_string(), d));
+                k == "B"
+            }),
+            1
+        );
+        assert_eq!(seen, [("A".to_string(), 1), ("B".to_string(), 2)]);
+        assert_eq!(r.queued(), 1, "A's day-3 entry waits for a later cutoff");
+    }
+
+    #[test]
+    fn the_sweep_is_bounded_per_step_and_resumes() {
+        let mut r = Retention::default();
+        r.expire(i32::MIN, |_, _| true);
+        for i in 0..(SWEEP_BUDGET * 2 + 7) {
+            let mut t = 0;
+            r.touch(&mut t, &format!("k{i}"), EventTime(DAY_MS));
+        }
+        assert_eq!(r.expire(5, |_, _| true), SWEEP_BUDGET);
+        assert_eq!(r.expire(5, |_, _| true), SWEEP_BUDGET);
+        assert_eq!(r.expire(2, |_, _| true), 7, "the cutoff never moves back");
+        assert_eq!(r.queued(), 0);
+    }
+
+    #[test]
+    fn without_a_cutoff_nothing_is_queued() {
+        let mut r = Retention::default();
+        let mut t = 0;
+        r.touch(&mut t, "A", EventTime(DAY_MS * 3));
+        assert_eq!((t, r.queued()), (3, 0), "the day is still kept on the state");
+    }
+}
