@@ -249,6 +249,7 @@ impl Clear {
     /// Room for `n` more parcels without a resize.
     pub fn reserve(&mut self, n: usize) {
         self.parcels.reserve(n);
+        self.retention.reserve(n);
     }
 
     /// Parcels with state.

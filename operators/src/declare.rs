@@ -437,9 +437,10 @@ impl Declare {
             _ => return false,
         }
         let Some((t, key)) = self.timers.pop_first() else { return false };
+        // Not a touch: the retention (at least the wait) counts from the last message, and
+        // the wait of a list ends before the list's state can go stale.
         if let Some(e) = self.entries.get_mut(&*key) {
             e.expired = true;
-            self.retention.touch(&mut e.touched, &key, EventTime(t));
         }
         self.emit(rules, &key, EventTime(t), out);
         true
@@ -459,6 +460,7 @@ impl Declare {
     /// Room for `n` more orders without a resize.
     pub fn reserve(&mut self, n: usize) {
         self.entries.reserve(n);
+        self.retention.reserve(n);
     }
 
     /// Orders with state (for reports and tests).
