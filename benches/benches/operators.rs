@@ -170,7 +170,7 @@ fn bench(c: &mut Criterion) {
     // The compact at-rest form of a stored list: pack (interning its codes; the list is
     // dropped as clear drops it) and unpack (as activation and exit do; dropped after).
     let lists: Vec<cbec_schemas::Inventory> =
-        all.iter().filter_map(|(_, e)| if let Entity::List(l) = e { Some(l.clone()) } else { None }).collect();
+        all.iter().filter_map(|(_, e)| if let Entity::List(l) = e { Some((**l).clone()) } else { None }).collect();
     let mut codes = cbec_operators::compact::Codes::default();
     let packed: Vec<StoredList> = lists.iter().map(|l| StoredList::pack(l, &mut codes)).collect();
     let mut g = c.benchmark_group("compact");

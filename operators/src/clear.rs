@@ -43,7 +43,7 @@ pub struct Shared {
 #[derive(Debug, Clone)]
 pub enum ClearIn {
     /// The stored list, from declare.
-    List(Inventory),
+    List(Box<Inventory>),
     /// Its comparison status, from declare.
     Status(ListStatus),
     /// CEB505 collection: activates the list.

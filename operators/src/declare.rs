@@ -143,7 +143,7 @@ pub enum DeclareIn {
     /// CEB303.
     Order(Order),
     /// CEB603.
-    List(Inventory),
+    List(Box<Inventory>),
     /// CEB403.
     Payment(Payment),
 }
@@ -152,7 +152,7 @@ pub enum DeclareIn {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeclareOut {
     /// The stored list, forwarded to clear.
-    List(Inventory),
+    List(Box<Inventory>),
     /// A status change, for clear.
     Status(ListStatus),
     /// A return or its clearing, for `cbec.returns`.

@@ -554,9 +554,10 @@ pub struct Control {
     pub time: EventTime,
 }
 
-/// Any decoded input entity. Not boxed: an entity is moved a few times per message and
-/// boxing would add an allocation on the hot path.
-#[allow(clippy::large_enum_variant)]
+/// Any decoded input entity. An entity is moved several times per message (batch,
+/// sequencer, engine, operator inputs), so the one large variant, the stored list, is
+/// boxed: its one allocation costs less than copying 480 bytes at every move of every
+/// entity (the enum is 192 bytes instead of 480).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "entity", rename_all = "camelCase")]
 pub enum Entity {
@@ -565,7 +566,7 @@ pub enum Entity {
     /// CEB303 order.
     Order(Order),
     /// CEB603 stored list.
-    List(Inventory),
+    List(Box<Inventory>),
     /// CEB505 waybill.
     Waybill(Waybill),
     /// CEB403 payment.

@@ -55,7 +55,7 @@ impl JsonDecoder {
         let e = match topic {
             Topic::Goods => Entity::Goods(self.parse()?),
             Topic::Orders => Entity::Order(self.parse()?),
-            Topic::Lists => Entity::List(self.parse()?),
+            Topic::Lists => Entity::List(Box::new(self.parse()?)),
             Topic::Waybills => Entity::Waybill(self.parse()?),
             Topic::Payments => Entity::Payment(self.parse()?),
             Topic::Arrivals => Entity::Arrival(self.parse()?),

@@ -157,7 +157,7 @@ fn list_item_gcode_must_be_ten_digits() {
     let doc = xml::decode_xml(&sample("603"), None).unwrap();
     let Ok(Entity::List(mut l)) = doc.entities[0].clone() else { panic!() };
     l.items[0].gcode = "85414010AB".into();
-    assert_eq!(validate::Validate::validate(&l).unwrap_err().code, ErrorCode::NotDigits);
+    assert_eq!(validate::Validate::validate(&*l).unwrap_err().code, ErrorCode::NotDigits);
 }
 
 #[test]

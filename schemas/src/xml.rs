@@ -195,7 +195,7 @@ fn to_entity(message: &str, v: Value) -> Result<Entity, DecodeError> {
         "CEB505Message" => Entity::Waybill(typed(v)?),
         "CEB507Message" => Entity::Arrival(typed(v)?),
         "CEB509Message" => Entity::Departure(typed(v)?),
-        "CEB603Message" => Entity::List(typed(v)?),
+        "CEB603Message" => Entity::List(Box::new(typed(v)?)),
         _ => Entity::WayBill(typed(v)?),
     };
     e.validate()?;
