@@ -15,6 +15,7 @@ pub mod report;
 pub mod runner;
 pub mod sequencer;
 pub mod sink;
+pub mod summary_stage;
 #[cfg(feature = "sql")]
 pub mod sql;
 

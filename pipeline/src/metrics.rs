@@ -25,6 +25,18 @@ impl MessageCounts<'_> {
     }
 }
 
+/// `cbec_messages_out_total{topic="summaries"}` from the summarize stage's thread.
+pub struct SummariesOut {
+    /// Summary declarations written since the process started.
+    pub total: u64,
+}
+impl SummariesOut {
+    /// Records it.
+    pub fn emit(&self) {
+        counter!("cbec_messages_out_total", "topic" => "summaries").absolute(self.total);
+    }
+}
+
 /// `cbec_dlq_total{code}`: dead letters by error code.
 pub struct DeadLetterEvent<'a> {
     /// Error code.

@@ -22,6 +22,15 @@ pub fn render(s: &RunStats) -> String {
     let total = s.total_in();
     let _ = writeln!(r, "cbec run report");
     let _ = writeln!(r, "  input messages/entities: {total} in {secs:.2} s = {:.0}/s", total as f64 / secs);
+    let input_secs = s.input_elapsed.as_secs_f64();
+    if input_secs > 0.0 {
+        let _ = writeln!(
+            r,
+            "    sustained: {:.0}/s until the last input ({input_secs:.2} s; then {:.2} s for the end of input: timers due, periods closed, outputs flushed)",
+            total as f64 / input_secs,
+            (secs - input_secs).max(0.0)
+        );
+    }
     for (k, v) in &s.input {
         let _ = writeln!(r, "    in  cbec.{k:<11} {v}");
     }

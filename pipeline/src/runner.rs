@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! source threads (read + decode, one per topic or consumer) ─bounded─▶ engine thread
-//!   (sequencer → declare/clear/seal engine → summarize) ─bounded─▶ sink thread
+//!   (sequencer → declare/clear/seal engine) ─bounded─▶ sink thread
+//!                                  └─bounded─▶ summarize thread ─▶ sink thread
 //! ```
 //! The engine thread pulls from the source that holds the watermark back, so the
 //! sequencer's buffer stays bounded with in-order sources; if it still exceeds
@@ -16,7 +17,7 @@ use crate::metrics as m;
 use crate::record::Record;
 use crate::sequencer::{Sequencer, SourceId};
 use crate::sink::Sink;
-use cbec_operators::Operator;
+use crate::summary_stage::{self, SumMsg};
 use cbec_operators::engine::{Engine, Out};
 use cbec_operators::rules::Rules;
 use cbec_operators::summarize::Summarize;
@@ -246,6 +247,10 @@ pub struct RunStats {
     pub checkpoint_pause: Duration,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// Wall time until the last input was processed: the run without what follows the end
+    /// of a finite input (every timer due, the closing of open periods: a month's summary
+    /// declarations at once) and the final flush. The sustained input rate divides by it.
+    pub input_elapsed: Duration,
 }
 
 impl RunStats {
@@ -395,9 +400,9 @@ impl EngineRun {
 
 struct State {
     engine: Engine,
-    /// The rules, for summarize (the engine keeps its own copy).
-    rules: Rules,
-    summarize: Summarize,
+    /// The summarize stage's queue, and what goes into it next (see [`State::ship`]).
+    summarize: Sender<Vec<SumMsg>>,
+    to_summarize: Vec<SumMsg>,
     stats: RunStats,
     consumed: HashMap<SourceId, i64>,
     /// Records not yet handed to the sink thread (see [`State::ship`]).
@@ -413,8 +418,7 @@ impl State {
     fn emit(&mut self, out: Vec<Out>, read_at: Option<Instant>, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
         for o in out {
             if let Out::Exited(x) = o {
-                let mut s = Vec::new();
-                self.summarize.process(&mut self.rules, x, &mut s);
+                self.to_summarize.push(SumMsg::Exited(x));
                 continue;
             }
             let Some(r) = Record::from_out(o) else { continue };
@@ -461,11 +465,22 @@ impl State {
     /// slow sink slows the engine). Called when a batch is full, after a sorting decision,
     /// and before the engine waits for input, checkpoints or flushes.
     fn ship(&mut self, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
-        if self.outbox.is_empty() {
-            return Ok(());
+        if !self.outbox.is_empty() {
+            let batch = std::mem::replace(&mut self.outbox, Vec::with_capacity(OUT_BATCH));
+            sink.send(SinkMsg::Records(batch)).map_err(|_| anyhow::anyhow!("sink stopped"))?;
         }
-        let batch = std::mem::replace(&mut self.outbox, Vec::with_capacity(OUT_BATCH));
-        sink.send(SinkMsg::Records(batch)).map_err(|_| anyhow::anyhow!("sink stopped"))
+        if !self.to_summarize.is_empty() {
+            let batch = std::mem::take(&mut self.to_summarize);
+            self.summarize.send(batch).map_err(|_| anyhow::anyhow!("summarize stage stopped"))?;
+        }
+        Ok(())
+    }
+
+    /// Ships what is buffered, then `msg` through the summarize stage to the sink (behind
+    /// every record before it).
+    fn control(&mut self, msg: SumMsg, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
+        self.ship(sink)?;
+        self.summarize.send(vec![msg]).map_err(|_| anyhow::anyhow!("summarize stage stopped"))
     }
 
     fn watermark(&mut self, wm: EventTime, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
@@ -475,10 +490,9 @@ impl State {
         let mut out = Vec::new();
         self.engine.advance(wm, &mut out);
         self.emit(out, None, sink)?;
-        let mut sums = Vec::new();
-        self.summarize.on_watermark(&mut self.rules, wm, &mut sums);
-        for s in sums {
-            self.send(Record::Summary(s), None, sink)?;
+        match self.to_summarize.last_mut() {
+            Some(SumMsg::Watermark(last)) => *last = wm,
+            _ => self.to_summarize.push(SumMsg::Watermark(wm)),
         }
         Ok(())
     }
@@ -550,11 +564,17 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
     let started = Instant::now();
     let all_sources: Vec<SourceId> = run.inputs.iter().flat_map(|(s, _)| s.iter().copied()).collect();
     let mut seq: Sequencer<Item> = Sequencer::new(all_sources.iter().copied(), run.lateness_ms);
+    let (summarize_state, engine) = match &restored {
+        Some(cp) => (serde_json::from_slice(&cp.summarize)?, Engine::restore(&cp.engine, run.hs.clone())?),
+        None => (Summarize::default(), Engine::new(run.rules.clone(), run.hs.clone(), run.partitions)),
+    };
+    let (summarize, summarize_h) =
+        summary_stage::spawn(summarize_state, run.rules.clone(), run.sink.clone(), batches_for(run.max_buffered / 8, 256));
     let mut st = match restored {
         Some(cp) => State {
-            rules: run.rules.clone(),
-            engine: Engine::restore(&cp.engine, run.hs.clone())?,
-            summarize: serde_json::from_slice(&cp.summarize)?,
+            engine,
+            summarize,
+            to_summarize: Vec::new(),
             stats: RunStats { checkpoints: 0, ..RunStats::default() },
             // The restored positions carry into the next checkpoint: a partition that sees
             // nothing new before it must not lose its offset (and be replayed from the start).
@@ -563,9 +583,9 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
             topic_names: run.topic_names.clone(),
         },
         None => State {
-            rules: run.rules.clone(),
-            engine: Engine::new(run.rules.clone(), run.hs.clone(), run.partitions),
-            summarize: Summarize::default(),
+            engine,
+            summarize,
+            to_summarize: Vec::new(),
             stats: RunStats::default(),
             consumed: HashMap::new(),
             outbox: Vec::new(),
@@ -658,19 +678,26 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
         while let Some(p) = seq.drain() {
             process_item(&mut st, p.key.0, p.item, &run.sink)?;
         }
+        st.stats.input_elapsed = started.elapsed();
         if run.end_of_time_when_done {
             st.watermark(EventTime::MAX, &run.sink)?;
         }
     }
     st.ship(&run.sink)?;
-    m::MessageCounts { input: &st.stats.input, output: &st.stats.output }.emit();
     if let Some((store, _)) = &run.checkpoint {
         checkpoint(&mut st, &seq, store, &run, true)?;
     } else {
-        flush(&run.sink)?;
+        flush_through(&mut st, &run.sink)?;
     }
+    let State { summarize, .. } = &mut st;
+    drop(std::mem::replace(summarize, bounded(0).0));
+    let stage = summarize_h.join().map_err(|_| anyhow::anyhow!("summarize stage panicked"))??;
+    if stage.summaries > 0 {
+        *st.stats.output.entry("summaries").or_default() += stage.summaries;
+    }
+    m::MessageCounts { input: &st.stats.input, output: &st.stats.output }.emit();
     let (d, c) = st.engine.state_size();
-    st.stats.state_bytes = (d, c, st.summarize.state_size());
+    st.stats.state_bytes = (d, c, stage.state_bytes);
     st.stats.keys = st.engine.keys();
     st.stats.expired = st.engine.expired_keys();
     m::StateExpired { orders: st.stats.expired.0, parcels: st.stats.expired.1 }.emit();
@@ -727,6 +754,15 @@ fn handle_one(
     }
 }
 
+/// Flushes the sink behind everything the engine and the summarize stage have sent, and
+/// waits for the checkpoint writer.
+fn flush_through(st: &mut State, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
+    let (tx, rx) = bounded(1);
+    st.control(SumMsg::Flush(tx), sink)?;
+    rx.recv().map_err(|_| anyhow::anyhow!("sink stopped"))?
+}
+
+#[cfg(test)]
 fn flush(sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
     let (tx, rx) = bounded(1);
     sink.send(SinkMsg::Flush(tx)).map_err(|_| anyhow::anyhow!("sink stopped"))?;
@@ -754,9 +790,10 @@ fn checkpoint(
         let name = run.topic_names.get(&src.0).cloned().unwrap_or_else(|| src.0.default_name());
         offsets.entry(name).or_default().insert(src.1, resume);
     }
-    // A copy of the state is the consistent cut; serializing it (hundreds of milliseconds
-    // for a large state) happens on the writer thread, not here on the decision path.
-    let (engine, summarize) = (st.engine.clone(), st.summarize.clone());
+    // A copy of the engine's state is the consistent cut (the summarize stage copies its
+    // own when the cut reaches it); serializing (hundreds of milliseconds for a large
+    // state) happens on the writer thread, not here on the decision path.
+    let engine = st.engine.clone();
     let pause = t.elapsed();
     m::CheckpointSnapshot { seconds: pause.as_secs_f64() }.emit();
     st.stats.checkpoints += 1;
@@ -764,21 +801,22 @@ fn checkpoint(
     let (d, c) = st.engine.state_size();
     m::StateSize { operator: "declare", bytes: d }.emit();
     m::StateSize { operator: "clear", bytes: c }.emit();
-    m::StateSize { operator: "summarize", bytes: st.summarize.state_size() }.emit();
     let (store, commits) = (store.clone(), run.commits.clone());
-    let save = move || {
-        let cp = Checkpoint { offsets, engine: engine.snapshot(), summarize: serde_json::to_vec(&summarize)? };
-        drop((engine, summarize));
-        let bytes = store.save(&cp)?;
-        m::CheckpointDone { seconds: t.elapsed().as_secs_f64(), bytes }.emit();
-        if let Some(tx) = commits {
-            let _ = tx.try_send(cp.offsets);
-        }
-        Ok(())
+    let cut = move |summarize: Summarize| -> SinkMsg {
+        SinkMsg::AfterDurable(Box::new(move || {
+            let cp = Checkpoint { offsets, engine: engine.snapshot(), summarize: serde_json::to_vec(&summarize)? };
+            drop((engine, summarize));
+            let bytes = store.save(&cp)?;
+            m::CheckpointDone { seconds: t.elapsed().as_secs_f64(), bytes }.emit();
+            if let Some(tx) = commits {
+                let _ = tx.try_send(cp.offsets);
+            }
+            Ok(())
+        }))
     };
-    run.sink.send(SinkMsg::AfterDurable(Box::new(save))).map_err(|_| anyhow::anyhow!("sink stopped"))?;
+    st.control(SumMsg::Cut(Box::new(cut)), &run.sink)?;
     if wait {
-        flush(&run.sink)?;
+        flush_through(st, &run.sink)?;
     }
     Ok(())
 }
@@ -822,10 +860,11 @@ mod tests {
     #[test]
     fn a_message_older_than_the_retention_is_dead_lettered_as_expired() {
         let cfg = Config::default();
+        let (summarize, _stage) = bounded(64);
         let mut st = State {
             engine: Engine::new(cfg.rules.clone(), Nomenclature::default(), 1),
-            rules: cfg.rules.clone(),
-            summarize: Summarize::default(),
+            summarize,
+            to_summarize: Vec::new(),
             stats: RunStats::default(),
             consumed: HashMap::new(),
             outbox: Vec::new(),
