@@ -5,7 +5,7 @@
 //! pending list.
 //!
 //! Run: `cargo bench -p cbec-benches --bench e2e`
-//! Only some phases: `CBEC_BENCH_ONLY=throughput,latency,state,kafka,kafka-latency` (default: all).
+//! Only some phases: `CBEC_BENCH_ONLY=throughput,latency,close,state,kafka,kafka-latency` (default: all).
 //! Size: `CBEC_BENCH_ORDERS` (default 820000 orders ≈ 5.1 million messages).
 //! Kafka phases need `CBEC_BENCH_BROKERS`; `CBEC_BENCH_KPARTS` sets the partitions of the
 //! latency phase's topics (default 4), `CBEC_BENCH_KRATES` its offered loads in scans/s
@@ -127,6 +127,45 @@ fn main() {
             }
         }
         drop(feed);
+    }
+
+    // 3b. Latency across a month's close: a four-day story from 30 November, replayed at
+    //     10,000 scans/s; when event time passes 4 December 00:00 (month end + the 72 h
+    //     grace) every list that exited in November is summarized at once, while scans keep
+    //     coming. The worst decision latencies show whether that work stops the decisions.
+    if phase("close") {
+        let n = (orders / 8).max(20_000);
+        let gc = GenConfig {
+            orders: n,
+            seed: 11,
+            start: "2026-11-30T12:00:00+08:00".into(),
+            duration_s: 4 * 86_400,
+            ..GenConfig::default()
+        };
+        let g = generate(&gc, &rules, &h);
+        let scans = g.topics.get(&Topic::Scans).map_or(1, Vec::len) as f64;
+        let feed: Vec<(Topic, Vec<u8>)> =
+            cbec_pipeline::generator::merged(&g).into_iter().map(|(t, _, p)| (t, p)).collect();
+        drop(g);
+        let per_sec = feed.len() as f64 * 10_000.0 / scans;
+        let n_msgs = feed.len();
+        let sized = Config { state_capacity: n, ..cfg.clone() };
+        let s = embedded::run_replay(&sized, h.clone(), feed, per_sec, Box::new(NullSink)).expect("run");
+        let p = |q| us(s.latency_pct(q));
+        println!(
+            "latency across a month's close at 10000 scans/s ({per_sec:.0} msg/s offered, {n_msgs} messages, {} summary declarations): scan→decision p50 {} p99 {} p99.9 {} max {} over {} decisions",
+            s.output.get("summaries").copied().unwrap_or(0),
+            p(0.5),
+            p(0.99),
+            p(0.999),
+            p(1.0),
+            s.latencies_us.len()
+        );
+        if std::env::var("CBEC_BENCH_DIAG").is_ok() {
+            let ch = (s.latencies_us.len() / 40).max(1);
+            let v: Vec<String> = s.latencies_us.chunks(ch).map(|c| format!("{}", c.iter().max().unwrap())).collect();
+            println!("max per 2.5% chunk: {}", v.join(" "));
+        }
     }
 
     // 4. State per pending list: lists stored but never collected.

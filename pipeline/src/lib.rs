@@ -15,9 +15,9 @@ pub mod report;
 pub mod runner;
 pub mod sequencer;
 pub mod sink;
-pub mod summary_stage;
 #[cfg(feature = "sql")]
 pub mod sql;
+pub mod summary_stage;
 
 use cbec_schemas::hs::Nomenclature;
 

@@ -23,7 +23,7 @@ use cbec_operators::rules::Rules;
 use cbec_operators::summarize::Summarize;
 use cbec_schemas::hs::Nomenclature;
 use cbec_schemas::{DeadLetter, Decoded, Decoder, Entity, EventTime, Topic};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TrySendError, bounded};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -414,6 +414,10 @@ struct State {
 /// Records handed to the sink thread at most this many at a time.
 const OUT_BATCH: usize = 256;
 
+/// Messages for the summarize stage kept on the engine thread while the stage is busy,
+/// before the engine waits for it.
+const SUMMARIZE_PENDING: usize = 65_536;
+
 impl State {
     fn emit(&mut self, out: Vec<Out>, read_at: Option<Instant>, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
         for o in out {
@@ -470,8 +474,17 @@ impl State {
             sink.send(SinkMsg::Records(batch)).map_err(|_| anyhow::anyhow!("sink stopped"))?;
         }
         if !self.to_summarize.is_empty() {
+            // While the stage is busy (a period close), the engine goes on: what is due for it
+            // waits here, watermarks coalesced, up to a bound; past it, backpressure.
             let batch = std::mem::take(&mut self.to_summarize);
-            self.summarize.send(batch).map_err(|_| anyhow::anyhow!("summarize stage stopped"))?;
+            match self.summarize.try_send(batch) {
+                Ok(()) => {}
+                Err(TrySendError::Full(batch)) if batch.len() < SUMMARIZE_PENDING => self.to_summarize = batch,
+                Err(TrySendError::Full(batch)) => {
+                    self.summarize.send(batch).map_err(|_| anyhow::anyhow!("summarize stage stopped"))?
+                }
+                Err(TrySendError::Disconnected(_)) => anyhow::bail!("summarize stage stopped"),
+            }
         }
         Ok(())
     }
@@ -480,7 +493,9 @@ impl State {
     /// every record before it).
     fn control(&mut self, msg: SumMsg, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
         self.ship(sink)?;
-        self.summarize.send(vec![msg]).map_err(|_| anyhow::anyhow!("summarize stage stopped"))
+        let mut batch = std::mem::take(&mut self.to_summarize);
+        batch.push(msg);
+        self.summarize.send(batch).map_err(|_| anyhow::anyhow!("summarize stage stopped"))
     }
 
     fn watermark(&mut self, wm: EventTime, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
@@ -568,8 +583,12 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
         Some(cp) => (serde_json::from_slice(&cp.summarize)?, Engine::restore(&cp.engine, run.hs.clone())?),
         None => (Summarize::default(), Engine::new(run.rules.clone(), run.hs.clone(), run.partitions)),
     };
-    let (summarize, summarize_h) =
-        summary_stage::spawn(summarize_state, run.rules.clone(), run.sink.clone(), batches_for(run.max_buffered / 8, 256));
+    let (summarize, summarize_h) = summary_stage::spawn(
+        summarize_state,
+        run.rules.clone(),
+        run.sink.clone(),
+        batches_for(run.max_buffered / 8, 256),
+    );
     let mut st = match restored {
         Some(cp) => State {
             engine,
