@@ -28,7 +28,11 @@ pub trait CheckpointStore: Send + Sync {
     fn save(&self, cp: &Checkpoint) -> anyhow::Result<u64>;
 }
 
-const MAGIC: &[u8; 8] = b"CBECCP1\n";
+/// Format 2: `invtNo` serials in use are kept with their declaration year (state
+/// retention). A format-1 checkpoint is refused: its serials carry no year, and reading them
+/// as format 2 would let new lists reuse their numbers.
+const MAGIC: &[u8; 8] = b"CBECCP2\n";
+const PREFIX: &[u8; 6] = b"CBECCP";
 
 /// Checkpoints as files in a local directory.
 pub struct LocalDirStore {
@@ -77,7 +81,17 @@ impl CheckpointStore for LocalDirStore {
     fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
         let Some((_, p)) = self.list()?.pop() else { return Ok(None) };
         let bytes = std::fs::read(&p)?;
-        anyhow::ensure!(bytes.starts_with(MAGIC), "{} is not a cbec checkpoint", p.display());
+        if !bytes.starts_with(MAGIC) {
+            let version = bytes.strip_prefix(PREFIX.as_slice()).and_then(|b| b.first()).map(|b| char::from(*b));
+            match version {
+                Some(v) => anyhow::bail!(
+                    "{} is a cbec checkpoint of format {v}; this cbec reads format {}: finish with the cbec that wrote it, or move the checkpoint directory away to rebuild the state from the start of the topics (outputs come again with the same identities)",
+                    p.display(),
+                    char::from(MAGIC[6])
+                ),
+                None => anyhow::bail!("{} is not a cbec checkpoint", p.display()),
+            }
+        }
         let mut b = &bytes[MAGIC.len()..];
         let offsets = serde_json::from_slice(read_section(&mut b)?)?;
         let engine = read_section(&mut b)?.to_vec();
@@ -120,5 +134,16 @@ mod tests {
         }
         assert_eq!(s.load().unwrap().unwrap(), cp);
         assert!(s.list().unwrap().len() <= 2);
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_format_is_refused_with_its_format_named() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalDirStore::new(d.path()).unwrap();
+        std::fs::write(d.path().join("checkpoint-1.bin"), b"CBECCP1\n0000").unwrap();
+        let e = format!("{:#}", s.load().unwrap_err());
+        assert!(e.contains("format 1") && e.contains("reads format 2"), "{e}");
+        std::fs::write(d.path().join("checkpoint-2.bin"), b"garbage").unwrap();
+        assert!(format!("{:#}", s.load().unwrap_err()).contains("is not a cbec checkpoint"));
     }
 }
