@@ -225,3 +225,46 @@ fn the_same_story_as_ceb_xml_gives_the_same_records() {
     assert!(a == b, "records from CEB XML differ from JSON lines");
     assert_eq!((da, db), (g.expected.malformed as usize, g.expected.malformed as usize));
 }
+
+/// Through `cbec run --input`: with the default retention (30 days), an order whose state
+/// is older than it when event time reaches 20 November is dropped (the report says so),
+/// and a message that arrives after that with an October time goes to `cbec.dlq` as
+/// `expired`; with `state_retention_days = 0` in the config file nothing is dropped and the
+/// late order is processed.
+#[test]
+fn the_state_retention_drops_old_state_and_dead_letters_expired_messages() {
+    let order = |no: &str, t: &str| {
+        serde_json::json!({"orderNo": no, "orderType": "E", "ebpCode": "EBP1", "ebcCode": "EBC1", "goodsValue": "100", "freight": "10", "currency": "142", "appTime": t,
+            "items": [{"gnum": 1, "itemNo": "IT1", "itemName": "phone", "unit": "011", "currency": "142", "qty": "1", "price": "100", "totalPrice": "100"}]})
+        .to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [order("O0", "20261001100000"), order("O2", "20261120100000"), order("O1", "20261001110000")];
+    std::fs::write(dir.path().join("orders.jsonl"), lines.join("\n")).unwrap();
+    let run = |config: Option<&str>| {
+        let o = tempfile::tempdir().unwrap();
+        let mut c = std::process::Command::new(cbec_bin());
+        c.args(["run", "--metrics-addr", "", "--no-parquet", "--input"]).arg(dir.path()).arg("--output").arg(o.path());
+        if let Some(text) = config {
+            let p = o.path().join("cbec.toml");
+            std::fs::write(&p, text).unwrap();
+            c.arg("--config").arg(p);
+        }
+        let out = c.env("CBEC_HS_FILE", shared().join("data/hs/harmonized-system.csv")).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let dlq = std::fs::read_to_string(o.path().join("cbec.dlq.jsonl")).unwrap_or_default();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), dlq)
+    };
+    let (report, dlq) = run(None);
+    assert!(report.contains("dropped by the state retention: 1 orders, 0 parcels"), "{report}");
+    assert!(report.contains("dead letters by code: expired=1"), "{report}");
+    assert!(report.contains("in  cbec.orders      2"), "{report}");
+    let dead: Vec<serde_json::Value> = dlq.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(dead.len(), 1, "{dlq}");
+    assert_eq!((dead[0]["code"].as_str(), dead[0]["offset"].as_i64()), (Some("expired"), Some(2)));
+    assert!(dead[0]["payload"].as_str().unwrap().contains("\"O1\""), "{dlq}");
+    let (report, dlq) = run(Some("[rules]\nstate_retention_days = 0\n"));
+    assert!(!report.contains("dropped by the state retention") && !report.contains("expired"), "{report}");
+    assert!(report.contains("in  cbec.orders      3"), "{report}");
+    assert_eq!(dlq.lines().count(), 0, "{dlq}");
+}
