@@ -10,7 +10,7 @@
 //! Kafka phases need `CBEC_BENCH_BROKERS`; `CBEC_BENCH_KPARTS` sets the partitions of the
 //! latency phase's topics (default 4), `CBEC_BENCH_KRATES` its offered loads in scans/s
 //! (default `50000,5000`). `CBEC_BENCH_DIAG=1` prints, for the in-process
-//! latency phase, the worst latency in each 2.5 % slice of the decisions (where stalls are).
+//! latency and close phases, the worst latency in each 2.5 % slice of the decisions (where stalls are).
 
 use cbec_benches::{machine, peak_rss_mib};
 use cbec_operators::rules::Rules;
@@ -36,6 +36,16 @@ fn hs() -> Nomenclature {
 /// A latency figure in µs, or `-` when there is none.
 fn us(v: Option<impl std::fmt::Display>) -> String {
     v.map_or("-".into(), |v| format!("{v} µs"))
+}
+
+/// With `CBEC_BENCH_DIAG` set: the worst latency in each 2.5 % slice of the decisions, in
+/// decision order (where in the run the stalls are).
+fn diag(s: &cbec_pipeline::runner::RunStats) {
+    if std::env::var("CBEC_BENCH_DIAG").is_ok() {
+        let ch = (s.latencies_us.len() / 40).max(1);
+        let v: Vec<String> = s.latencies_us.chunks(ch).map(|c| format!("{}", c.iter().max().unwrap())).collect();
+        println!("max per 2.5% chunk: {}", v.join(" "));
+    }
 }
 
 fn inputs(g: &Generated) -> Vec<(Topic, TopicInput)> {
@@ -119,12 +129,7 @@ fn main() {
                 p(0.999),
                 s.latencies_us.len()
             );
-            if std::env::var("CBEC_BENCH_DIAG").is_ok() {
-                let ch = (s.latencies_us.len() / 40).max(1);
-                let v: Vec<String> =
-                    s.latencies_us.chunks(ch).map(|c| format!("{}", c.iter().max().unwrap())).collect();
-                println!("max per 2.5% chunk: {}", v.join(" "));
-            }
+            diag(&s);
         }
         drop(feed);
     }
@@ -161,11 +166,7 @@ fn main() {
             p(1.0),
             s.latencies_us.len()
         );
-        if std::env::var("CBEC_BENCH_DIAG").is_ok() {
-            let ch = (s.latencies_us.len() / 40).max(1);
-            let v: Vec<String> = s.latencies_us.chunks(ch).map(|c| format!("{}", c.iter().max().unwrap())).collect();
-            println!("max per 2.5% chunk: {}", v.join(" "));
-        }
+        diag(&s);
     }
 
     // 4. State per pending list: lists stored but never collected.

@@ -8,7 +8,7 @@ use crate::controls::{ControlTable, ListIds};
 use crate::declare::{Comparison, ListStatus};
 use crate::engine::{Exited, Out};
 use crate::ids;
-use crate::retention::Retention;
+use crate::retention::{Aging, Retention};
 use crate::rules::{Rules, sampled};
 use crate::{Collector, Map, Operator, Set};
 use cbec_schemas::hs::Nomenclature;
@@ -177,20 +177,10 @@ impl TryFrom<ClearSnapshot> for Clear {
     }
 }
 
-/// The state of parcel `key`, touched at `t`: created when missing, started afresh when
-/// stale.
-fn parcel<'a>(
-    parcels: &'a mut Map<Text, Box<Parcel>>,
-    retention: &mut Retention,
-    key: &str,
-    t: EventTime,
-) -> &'a mut Parcel {
-    let p = crate::state_of(parcels, key);
-    if retention.stale(p.touched) {
-        *p = Parcel::default();
+impl Aging for Parcel {
+    fn touched(&mut self) -> &mut i32 {
+        &mut self.touched
     }
-    retention.touch(&mut p.touched, key, t);
-    p
 }
 
 /// Emits a receipt for a parcel (identity: list or parcel key + status + `tag`).
@@ -239,11 +229,7 @@ impl Clear {
     /// [`crate::retention::SWEEP_BUDGET`] per call; see [`crate::retention`]). Returns how
     /// many were dropped.
     pub fn expire(&mut self, cutoff: i32) -> usize {
-        let parcels = &mut self.parcels;
-        self.retention.expire(cutoff, |key, day| match parcels.get(key) {
-            Some(p) if p.touched == day => parcels.remove(key).is_some(),
-            _ => false,
-        })
+        self.retention.sweep(&mut self.parcels, cutoff)
     }
 
     /// Room for `n` more parcels without a resize.
@@ -515,7 +501,7 @@ impl Operator for Clear {
         match input {
             ClearIn::List(l) => {
                 let key = l.logistics_no.as_str();
-                let p = parcel(parcels, retention, key, l.app_time);
+                let p = retention.state_of(parcels, key, l.app_time);
                 if let Some(d) = &p.decl {
                     let hash = ids::content_digest(&l);
                     if hash != d.hash {
@@ -541,7 +527,7 @@ impl Operator for Clear {
                 Clear::activate(ctx, codes, key, p, out);
             }
             ClearIn::Status(s) => {
-                let p = parcel(parcels, retention, &s.logistics_no, s.time);
+                let p = retention.state_of(parcels, &s.logistics_no, s.time);
                 let was = p.comparison.replace(s.comparison);
                 if let Some(c) = &s.pay_code {
                     p.pay_code = Some(codes.id(c));
@@ -569,7 +555,7 @@ impl Operator for Clear {
             }
             ClearIn::Waybill(w) => {
                 let key = w.logistics_no.as_str();
-                let p = parcel(parcels, retention, key, w.app_time);
+                let p = retention.state_of(parcels, key, w.app_time);
                 match (p.waybill, &p.decl) {
                     (Some(t), Some(d)) if t != w.app_time => {
                         let info: Text =
@@ -593,7 +579,7 @@ impl Operator for Clear {
                 }
             }
             ClearIn::Arrived { logistics_no, time } => {
-                let p = parcel(parcels, retention, &logistics_no, time);
+                let p = retention.state_of(parcels, &logistics_no, time);
                 if !p.arrived {
                     p.arrived = true;
                     if p.decl.is_none() {
@@ -611,15 +597,15 @@ impl Operator for Clear {
                 }
             }
             ClearIn::Scan(s) => {
-                let p = parcel(parcels, retention, &s.logistics_no, s.scan_time);
+                let p = retention.state_of(parcels, &s.logistics_no, s.scan_time);
                 Clear::scan(ctx, codes, s, p, out);
             }
             ClearIn::PortRelease { logistics_no, seal_no, time } => {
-                let p = parcel(parcels, retention, &logistics_no, time);
+                let p = retention.state_of(parcels, &logistics_no, time);
                 p.port_released = Some(seal_no.into_boxed_str());
             }
             ClearIn::Departed { logistics_no, time } => {
-                let p = parcel(parcels, retention, &logistics_no, time);
+                let p = retention.state_of(parcels, &logistics_no, time);
                 if p.exited {
                     return;
                 }

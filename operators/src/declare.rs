@@ -4,7 +4,7 @@
 
 use crate::Map;
 use crate::compact::{Codes, Damaged, Reader, Writer, heap_bytes};
-use crate::retention::Retention;
+use crate::retention::{Aging, Retention};
 use crate::rules::Rules;
 use crate::{Collector, Operator};
 use cbec_schemas::{AppType, Compared, Dec, EventTime, Inventory, Order, Payment, Return, Text};
@@ -280,9 +280,13 @@ struct Entry {
     touched: i32,
 }
 
-impl Entry {
+impl Aging for Entry {
+    fn touched(&mut self) -> &mut i32 {
+        &mut self.touched
+    }
+
     /// The payment wait is running (its timer has not fired).
-    fn waiting(&self) -> bool {
+    fn pinned(&self) -> bool {
         self.deadline.is_some() && !self.expired
     }
 }
@@ -450,11 +454,7 @@ impl Declare {
     /// [`crate::retention::SWEEP_BUDGET`] per call; see [`crate::retention`]). Returns how
     /// many were dropped.
     pub fn expire(&mut self, cutoff: i32) -> usize {
-        let entries = &mut self.entries;
-        self.retention.expire(cutoff, |key, day| match entries.get(key) {
-            Some(e) if e.touched == day && !e.waiting() => entries.remove(key).is_some(),
-            _ => false,
-        })
+        self.retention.sweep(&mut self.entries, cutoff)
     }
 
     /// Room for `n` more orders without a resize.
@@ -474,21 +474,6 @@ impl Declare {
     }
 }
 
-/// The state of `key`, touched at `t`: created when missing, started afresh when stale.
-fn entry<'a>(
-    entries: &'a mut Map<Text, Box<Entry>>,
-    retention: &mut Retention,
-    key: &str,
-    t: EventTime,
-) -> &'a mut Entry {
-    let e = crate::state_of(entries, key);
-    if retention.stale(e.touched) && !e.waiting() {
-        *e = Entry::default();
-    }
-    retention.touch(&mut e.touched, key, t);
-    e
-}
-
 impl Operator for Declare {
     type In = DeclareIn;
     type Out = DeclareOut;
@@ -503,7 +488,7 @@ impl Operator for Declare {
                     value: o.goods_value,
                     freight: o.freight,
                 });
-                let e = entry(&mut self.entries, &mut self.retention, &o.order_no, o.app_time);
+                let e = self.retention.state_of(&mut self.entries, &o.order_no, o.app_time);
                 let old = std::mem::take(&mut e.facts);
                 let mut f = Facts::read(&old, &self.codes).expect(CHECKED);
                 f.order = order;
@@ -513,7 +498,7 @@ impl Operator for Declare {
             DeclareIn::Payment(p) => {
                 let (ebc, currency, pay_code) =
                     (self.codes.id(&p.ebc_code), self.codes.id(&p.currency), self.codes.id(&p.pay_code));
-                let e = entry(&mut self.entries, &mut self.retention, &p.order_no, p.accounting_date);
+                let e = self.retention.state_of(&mut self.entries, &p.order_no, p.accounting_date);
                 let old = std::mem::take(&mut e.facts);
                 let mut f = Facts::read(&old, &self.codes).expect(CHECKED);
                 let new = PaymentFacts { pay_no: &p.pay_no, ebc, charge: p.charge, currency, pay_code };
@@ -528,7 +513,7 @@ impl Operator for Declare {
                 let total = l.items.iter().map(|i| i.total_price).sum();
                 let ebc = self.codes.id(&l.ebc_code);
                 let deadline = l.app_time.plus_ms(rules.payment_wait_ms()).0;
-                let e = entry(&mut self.entries, &mut self.retention, &l.order_no, l.app_time);
+                let e = self.retention.state_of(&mut self.entries, &l.order_no, l.app_time);
                 if e.deadline.is_none() {
                     e.deadline = Some(deadline);
                     self.timers.insert((deadline, l.order_no.as_str().into()));

@@ -261,10 +261,16 @@ impl Engine {
         }
     }
 
-    /// True when a message about keyed state at event time `t` is older than the retention
-    /// before the watermark: it would find its key's state dropped and start it afresh
-    /// (a spurious wait, a second return), so the runtime dead-letters it (`expired`).
-    pub fn expired(&self, t: EventTime) -> bool {
+    /// True when `e` is about keyed state and its event time is older than the retention
+    /// before the watermark: it would find its key's state dropped and start it afresh (a
+    /// spurious wait, a second return), so the runtime dead-letters it (`expired`). Goods
+    /// registrations and controls are reference data and never expire.
+    pub fn expired(&self, e: &Entity) -> bool {
+        !matches!(e, Entity::Goods(_) | Entity::Control(_)) && self.expired_at(e.event_time())
+    }
+
+    /// True when event time `t` is older than the retention before the watermark.
+    pub(crate) fn expired_at(&self, t: EventTime) -> bool {
         match self.shared.rules.retention_ms() {
             Some(r) if self.watermark > EventTime::MIN && self.watermark < EventTime::MAX => {
                 t.0 < self.watermark.0.saturating_sub(r)

@@ -11,6 +11,7 @@
 //! retention before the watermark to the dead-letter topic (`expired`) instead of letting
 //! it start a key afresh.
 
+use crate::Map;
 use cbec_schemas::{EventTime, Text};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -24,6 +25,17 @@ pub const SWEEP_BUDGET: usize = 256;
 /// Days since 1970-01-01 (UTC) of an event time.
 pub fn day_of(t: EventTime) -> i32 {
     t.0.div_euclid(DAY_MS).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+}
+
+/// Keyed state that ages: the day it was last touched, and whether it must be kept
+/// whatever its age.
+pub trait Aging: Default {
+    /// Day of the last message about the key (0 for new state).
+    fn touched(&mut self) -> &mut i32;
+    /// Kept whatever its age (a running timer); never by default.
+    fn pinned(&self) -> bool {
+        false
+    }
 }
 
 /// One keyed operator's retention: the cutoff day and its keys in the order they were
@@ -79,6 +91,27 @@ impl Retention {
                 }
             }
         }
+    }
+
+    /// The state of `key` in `map`, touched at `t`: created when missing, started afresh
+    /// when stale (and not pinned). Every keyed input reaches its state through this.
+    #[inline]
+    pub fn state_of<'a, V: Aging>(&mut self, map: &'a mut Map<Text, Box<V>>, key: &str, t: EventTime) -> &'a mut V {
+        let v = crate::state_of(map, key);
+        if self.stale(*v.touched()) && !v.pinned() {
+            *v = V::default();
+        }
+        self.touch(v.touched(), key, t);
+        v
+    }
+
+    /// Moves the cutoff to `cutoff` and frees, within the sweep budget, the state in `map`
+    /// last touched before it (not pinned). Returns how many keys were freed.
+    pub fn sweep<V: Aging>(&mut self, map: &mut Map<Text, Box<V>>, cutoff: i32) -> usize {
+        self.expire(cutoff, |key, day| {
+            let idle = map.get_mut(key).is_some_and(|v| *v.touched() == day && !v.pinned());
+            idle && map.remove(key).is_some()
+        })
     }
 
     /// Moves the cutoff to `cutoff` (never back) and offers up to [`SWEEP_BUDGET`] queued

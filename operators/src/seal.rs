@@ -87,11 +87,6 @@ impl SealOp {
         self.bills.retain(|_, b| b.touched >= cutoff);
     }
 
-    /// Seals and master bills held: (seals, bills).
-    pub fn len(&self) -> (usize, usize) {
-        (self.seals.len(), self.bills.len())
-    }
-
     /// Processes a seal event; returns the port releases to apply.
     pub fn process(
         &mut self,

@@ -781,8 +781,8 @@ fn state_past_the_retention_is_dropped_and_a_later_message_starts_afresh() {
         let kept_a_day = e.keys();
         e.advance(EventTime::parse_ceb(&later(days(4))).unwrap(), &mut none);
         assert!(none.is_empty(), "dropping state emits nothing: {none:?}");
-        let old_is_expired = e.expired(EventTime::parse_ceb(&s.t(30)).unwrap());
-        let new_is_expired = e.expired(EventTime::parse_ceb(&later(days(4))).unwrap());
+        let old_is_expired = e.expired_at(EventTime::parse_ceb(&s.t(30)).unwrap());
+        let new_is_expired = e.expired_at(EventTime::parse_ceb(&later(days(4))).unwrap());
         let keys = e.keys();
         let out = feed(
             &mut e,

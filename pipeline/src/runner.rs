@@ -533,8 +533,7 @@ fn process_item(st: &mut State, at: i64, item: Item, sink: &Sender<SinkMsg>) -> 
 }
 
 fn process_event(st: &mut State, ev: Event, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
-    let keyed = !matches!(ev.entity, Entity::Goods(_) | Entity::Control(_));
-    if keyed && st.engine.expired(ev.time) {
+    if st.engine.expired(&ev.entity) {
         return st.send(Record::Dead(expired_letter(&st.topic_names, &ev)), None, sink);
     }
     *st.stats.input.entry(ev.topic.short()).or_default() += 1;
@@ -589,27 +588,16 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
         run.sink.clone(),
         batches_for(run.max_buffered / 8, 256),
     );
-    let mut st = match restored {
-        Some(cp) => State {
-            engine,
-            summarize,
-            to_summarize: Vec::new(),
-            stats: RunStats { checkpoints: 0, ..RunStats::default() },
-            // The restored positions carry into the next checkpoint: a partition that sees
-            // nothing new before it must not lose its offset (and be replayed from the start).
-            consumed: restored_positions(&cp, &run.topic_names),
-            outbox: Vec::new(),
-            topic_names: run.topic_names.clone(),
-        },
-        None => State {
-            engine,
-            summarize,
-            to_summarize: Vec::new(),
-            stats: RunStats::default(),
-            consumed: HashMap::new(),
-            outbox: Vec::new(),
-            topic_names: run.topic_names.clone(),
-        },
+    let mut st = State {
+        engine,
+        summarize,
+        to_summarize: Vec::new(),
+        stats: RunStats::default(),
+        // The restored positions carry into the next checkpoint: a partition that sees
+        // nothing new before it must not lose its offset (and be replayed from the start).
+        consumed: restored.as_ref().map(|cp| restored_positions(cp, &run.topic_names)).unwrap_or_default(),
+        outbox: Vec::new(),
+        topic_names: run.topic_names.clone(),
     };
     st.engine.reserve(run.state_capacity);
     let mut done: HashMap<usize, bool> = HashMap::new();
@@ -702,14 +690,13 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
             st.watermark(EventTime::MAX, &run.sink)?;
         }
     }
-    st.ship(&run.sink)?;
+    // Both ship what is buffered first (`State::control`).
     if let Some((store, _)) = &run.checkpoint {
         checkpoint(&mut st, &seq, store, &run, true)?;
     } else {
         flush_through(&mut st, &run.sink)?;
     }
-    let State { summarize, .. } = &mut st;
-    drop(std::mem::replace(summarize, bounded(0).0));
+    drop(st.summarize); // the stage ends once it has done what was sent
     let stage = summarize_h.join().map_err(|_| anyhow::anyhow!("summarize stage panicked"))??;
     if stage.summaries > 0 {
         *st.stats.output.entry("summaries").or_default() += stage.summaries;
@@ -799,8 +786,6 @@ fn checkpoint(
     run: &EngineRun,
     wait: bool,
 ) -> anyhow::Result<()> {
-    // The records that precede the cut are in the sink's queue before the save is.
-    st.ship(&run.sink)?;
     let t = Instant::now();
     let pending = seq.min_pending_offsets();
     let mut offsets: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
@@ -833,6 +818,7 @@ fn checkpoint(
             Ok(())
         }))
     };
+    // The records that precede the cut reach the sink's queue before the cut does.
     st.control(SumMsg::Cut(Box::new(cut)), &run.sink)?;
     if wait {
         flush_through(st, &run.sink)?;
