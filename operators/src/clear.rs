@@ -8,8 +8,9 @@ use crate::controls::{ControlTable, ListIds};
 use crate::declare::{Comparison, ListStatus};
 use crate::engine::{Exited, Out};
 use crate::ids;
-use crate::retention::{Aging, Retention};
+use crate::retention::{Aging, Retention, RetentionChanges};
 use crate::rules::{Rules, sampled};
+use crate::tracked::{Change, Tracked};
 use crate::{Collector, Map, Operator, Set};
 use cbec_schemas::hs::Nomenclature;
 use cbec_schemas::{
@@ -26,7 +27,7 @@ pub struct Shared {
     /// Rules file.
     pub rules: Rules,
     /// Registered goods: `ebcCode` → `itemNo` → `gcode`.
-    pub goods: Map<String, Map<String, String>>,
+    pub goods: Tracked<String, Map<String, String>>,
     /// Officer controls.
     pub controls: ControlTable,
     /// `invtNo` serials assigned, with their declaration year ([`ids::serial_key`]).
@@ -34,6 +35,10 @@ pub struct Shared {
     /// Serials of years before this one have been dropped (retention).
     #[serde(default)]
     pub serials_from_year: u32,
+    /// Serials assigned since the last [`crate::engine::Engine::changes`], while the engine
+    /// records its changes.
+    #[serde(skip)]
+    pub new_serials: Option<Vec<u64>>,
     /// HS nomenclature (loaded by the runtime; not checkpointed).
     #[serde(skip)]
     pub hs: Nomenclature,
@@ -144,16 +149,27 @@ mod stored_hex {
 pub struct Clear {
     /// Boxed: a growing map moves 32-byte buckets when it resizes, not whole parcels (a
     /// resize of a large map was a multi-millisecond pause on the decision path).
-    parcels: Map<Text, Box<Parcel>>,
+    parcels: Tracked<Text, Box<Parcel>>,
     /// The codes of the lists at rest.
     codes: Codes,
     /// Parcels by the day they were last touched.
     retention: Retention,
+    /// Codes already in the last [`Clear::changes`] (the table only grows).
+    #[serde(skip)]
+    codes_sent: usize,
+}
+
+/// What changed in a clear partition since the last [`Clear::changes`].
+#[derive(Debug)]
+pub struct ClearChanges {
+    parcels: Vec<Change<Text, Box<Parcel>>>,
+    codes: Vec<std::sync::Arc<str>>,
+    retention: RetentionChanges,
 }
 
 #[derive(Deserialize)]
 struct ClearSnapshot {
-    parcels: Map<Text, Box<Parcel>>,
+    parcels: Tracked<Text, Box<Parcel>>,
     codes: Codes,
     #[serde(default)]
     retention: Retention,
@@ -163,7 +179,7 @@ impl TryFrom<ClearSnapshot> for Clear {
     type Error = String;
 
     fn try_from(s: ClearSnapshot) -> Result<Clear, String> {
-        for (k, p) in &s.parcels {
+        for (k, p) in s.parcels.iter() {
             if let Some(l) = &p.list {
                 l.check(&s.codes).map_err(|e| format!("parcel {k}: {e}"))?;
             }
@@ -173,13 +189,17 @@ impl TryFrom<ClearSnapshot> for Clear {
                 return Err(format!("parcel {k}: payment firm code {c} is not in the code table"));
             }
         }
-        Ok(Clear { parcels: s.parcels, codes: s.codes, retention: s.retention })
+        Ok(Clear { parcels: s.parcels, codes: s.codes, retention: s.retention, codes_sent: 0 })
     }
 }
 
 impl Aging for Parcel {
     fn touched(&mut self) -> &mut i32 {
         &mut self.touched
+    }
+
+    fn touched_day(&self) -> i32 {
+        self.touched
     }
 }
 
@@ -232,6 +252,33 @@ impl Clear {
         self.retention.sweep(&mut self.parcels, cutoff)
     }
 
+    /// Keys changed since the last changes were taken, and keys held.
+    pub fn changed(&self) -> (usize, usize) {
+        (self.parcels.changed(), self.parcels.len())
+    }
+
+    /// Starts recording what changes (incremental checkpoints).
+    pub fn track(&mut self) {
+        self.parcels.track();
+        self.retention.track();
+        self.codes_sent = self.codes.len();
+    }
+
+    /// What changed since [`Clear::track`] or the last call: the parcels written (copied),
+    /// the codes added, and what the retention queue did.
+    pub fn changes(&mut self) -> ClearChanges {
+        let codes = self.codes.since(self.codes_sent);
+        self.codes_sent = self.codes.len();
+        ClearChanges { parcels: self.parcels.changes(), codes, retention: self.retention.changes() }
+    }
+
+    /// Applies [`Clear::changes`] of the partition this one is a copy of.
+    pub fn apply(&mut self, c: ClearChanges) {
+        self.codes.extend(c.codes);
+        self.parcels.apply(c.parcels);
+        self.retention.apply(c.retention);
+    }
+
     /// Room for `n` more parcels without a resize.
     pub fn reserve(&mut self, n: usize) {
         self.parcels.reserve(n);
@@ -255,7 +302,11 @@ impl Clear {
         let mut attempt = 0;
         let serial = loop {
             let s = ids::invt_serial(ctx.rules.instance, &l.customs_code, year, logistics_no, attempt);
-            if ctx.serials.insert(ids::serial_key(year, s)) {
+            let key = ids::serial_key(year, s);
+            if ctx.serials.insert(key) {
+                if let Some(v) = &mut ctx.new_serials {
+                    v.push(key);
+                }
                 break s;
             }
             attempt += 1;
@@ -497,7 +548,7 @@ impl Operator for Clear {
     type Ctx = Shared;
 
     fn process(&mut self, ctx: &mut Shared, input: ClearIn, out: &mut dyn Collector<Out>) {
-        let Clear { parcels, codes, retention } = self;
+        let Clear { parcels, codes, retention, .. } = self;
         match input {
             ClearIn::List(l) => {
                 let key = l.logistics_no.as_str();

@@ -45,6 +45,23 @@ impl Codes {
         id
     }
 
+    /// The texts added since the table had `n` (for an incremental checkpoint: the table
+    /// only grows).
+    pub fn since(&self, n: usize) -> Vec<Arc<str>> {
+        self.texts.get(n..).unwrap_or_default().to_vec()
+    }
+
+    /// Adds texts taken from a copy of this table with [`Codes::since`]`(self.len())`.
+    ///
+    /// # Panics
+    /// When a text is already here (they were not taken from where this table ends).
+    pub fn extend(&mut self, texts: Vec<Arc<str>>) {
+        for t in texts {
+            let n = self.len();
+            assert_eq!(self.id(&t) as usize, n, "code table extended out of order");
+        }
+    }
+
     /// The text of `id`.
     ///
     /// # Panics

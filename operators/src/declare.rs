@@ -2,10 +2,10 @@
 //! payment (CONTRACT §4.2). Emits the list for the clear stage, its comparison status
 //! whenever it changes, and returns (or the clearing of a return).
 
-use crate::Map;
 use crate::compact::{Codes, Damaged, Reader, Writer, heap_bytes};
-use crate::retention::{Aging, Retention};
+use crate::retention::{Aging, Retention, RetentionChanges};
 use crate::rules::Rules;
+use crate::tracked::{Change, Tracked};
 use crate::{Collector, Operator};
 use cbec_schemas::{AppType, Compared, Dec, EventTime, Inventory, Order, Payment, Return, Text};
 use serde::{Deserialize, Serialize};
@@ -285,6 +285,10 @@ impl Aging for Entry {
         &mut self.touched
     }
 
+    fn touched_day(&self) -> i32 {
+        self.touched
+    }
+
     /// The payment wait is running (its timer has not fired).
     fn pinned(&self) -> bool {
         self.deadline.is_some() && !self.expired
@@ -296,17 +300,30 @@ impl Aging for Entry {
 #[serde(try_from = "DeclareSnapshot")]
 pub struct Declare {
     /// Boxed, like clear's parcels: a resize moves 32-byte buckets.
-    entries: Map<Text, Box<Entry>>,
+    entries: Tracked<Text, Box<Entry>>,
     timers: BTreeSet<(i64, Box<str>)>,
     /// The codes of the facts at rest.
     codes: Codes,
     /// Orders by the day they were last touched.
     retention: Retention,
+    /// Codes already in the last [`Declare::changes`] (the table only grows).
+    #[serde(skip)]
+    codes_sent: usize,
+}
+
+/// What changed in a declare partition since the last [`Declare::changes`]. The timers
+/// are not in it: a timer runs exactly while its order's entry is pinned (its wait has a
+/// deadline and has not ended), so they follow from the entries.
+#[derive(Debug)]
+pub struct DeclareChanges {
+    entries: Vec<Change<Text, Box<Entry>>>,
+    codes: Vec<std::sync::Arc<str>>,
+    retention: RetentionChanges,
 }
 
 #[derive(Deserialize)]
 struct DeclareSnapshot {
-    entries: Map<Text, Box<Entry>>,
+    entries: Tracked<Text, Box<Entry>>,
     timers: BTreeSet<(i64, Box<str>)>,
     codes: Codes,
     #[serde(default)]
@@ -317,10 +334,10 @@ impl TryFrom<DeclareSnapshot> for Declare {
     type Error = String;
 
     fn try_from(s: DeclareSnapshot) -> Result<Declare, String> {
-        for (k, e) in &s.entries {
+        for (k, e) in s.entries.iter() {
             Facts::read(&e.facts, &s.codes).map_err(|err| format!("order {k}: {err}"))?;
         }
-        Ok(Declare { entries: s.entries, timers: s.timers, codes: s.codes, retention: s.retention })
+        Ok(Declare { entries: s.entries, timers: s.timers, codes: s.codes, retention: s.retention, codes_sent: 0 })
     }
 }
 
@@ -443,7 +460,7 @@ impl Declare {
         let Some((t, key)) = self.timers.pop_first() else { return false };
         // Not a touch: the retention (at least the wait) counts from the last message, and
         // the wait of a list ends before the list's state can go stale.
-        if let Some(e) = self.entries.get_mut(&*key) {
+        if let Some(e) = self.entries.get_mut(&key) {
             e.expired = true;
         }
         self.emit(rules, &key, EventTime(t), out);
@@ -455,6 +472,48 @@ impl Declare {
     /// many were dropped.
     pub fn expire(&mut self, cutoff: i32) -> usize {
         self.retention.sweep(&mut self.entries, cutoff)
+    }
+
+    /// Keys changed since the last changes were taken, and keys held.
+    pub fn changed(&self) -> (usize, usize) {
+        (self.entries.changed(), self.entries.len())
+    }
+
+    /// Starts recording what changes (incremental checkpoints).
+    pub fn track(&mut self) {
+        self.entries.track();
+        self.retention.track();
+        self.codes_sent = self.codes.len();
+    }
+
+    /// What changed since [`Declare::track`] or the last call: the orders written (copied),
+    /// the codes added, and what the retention queue did.
+    pub fn changes(&mut self) -> DeclareChanges {
+        let codes = self.codes.since(self.codes_sent);
+        self.codes_sent = self.codes.len();
+        DeclareChanges { entries: self.entries.changes(), codes, retention: self.retention.changes() }
+    }
+
+    /// Applies [`Declare::changes`] of the partition this one is a copy of; the timers
+    /// follow the entries.
+    pub fn apply(&mut self, c: DeclareChanges) {
+        self.codes.extend(c.codes);
+        for (k, e) in c.entries {
+            if let Some(old) = self.entries.get(&k)
+                && old.pinned()
+                && let Some(d) = old.deadline
+            {
+                self.timers.remove(&(d, Box::from(k.as_str())));
+            }
+            if let Some(new) = &e
+                && new.pinned()
+                && let Some(d) = new.deadline
+            {
+                self.timers.insert((d, Box::from(k.as_str())));
+            }
+            self.entries.apply([(k, e)]);
+        }
+        self.retention.apply(c.retention);
     }
 
     /// Room for `n` more orders without a resize.

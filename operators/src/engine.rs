@@ -4,11 +4,12 @@
 //! order, it produces the same records in the same order at any partition count.
 //! Summarize runs downstream of [`Out::Exited`] (the runtime may put it on its own thread).
 
-use crate::clear::{Clear, ClearIn, Shared};
-use crate::declare::{Declare, DeclareIn, DeclareOut};
+use crate::clear::{Clear, ClearChanges, ClearIn, Shared};
+use crate::declare::{Declare, DeclareChanges, DeclareIn, DeclareOut};
 use crate::retention::day_of;
 use crate::rules::Rules;
-use crate::seal::SealOp;
+use crate::seal::{SealChanges, SealOp};
+use crate::tracked::Change;
 use crate::{Operator, ids, partition_of};
 use cbec_schemas::hs::{HsCheck, Nomenclature};
 use cbec_schemas::{
@@ -58,6 +59,52 @@ pub struct Engine {
     /// State dropped by retention so far: (orders, parcels).
     #[serde(default)]
     expired: (u64, u64),
+    /// Recording changes for [`Engine::changes`].
+    #[serde(skip)]
+    tracking: Tracking,
+    /// A control was applied since the last [`Engine::changes`].
+    #[serde(skip)]
+    controls_changed: bool,
+}
+
+/// Whether an engine records its changes; a copy does not.
+#[derive(Debug, Default)]
+struct Tracking(bool);
+
+impl Clone for Tracking {
+    fn clone(&self) -> Tracking {
+        Tracking(false)
+    }
+}
+
+/// The engine's state for a checkpoint: all of it the first time, then what changed since
+/// the previous one ([`Engine::changes`]).
+#[derive(Debug)]
+pub enum Changes {
+    /// A copy of the whole state.
+    Full(Box<Engine>),
+    /// What changed, to [`Engine::apply`] to the copy made from the previous ones.
+    Delta(Box<EngineChanges>),
+}
+
+/// What changed in the engine since the last [`Engine::changes`]: the keyed entries
+/// written (orders, parcels, seals, bills, goods registrations by company), the codes and
+/// `invtNo` serials added, the control table if a control came, and copies of the flat or
+/// small parts (retention queues, rules).
+#[derive(Debug)]
+pub struct EngineChanges {
+    declare: Vec<DeclareChanges>,
+    clear: Vec<ClearChanges>,
+    seals: SealChanges,
+    goods: Vec<Change<String, crate::Map<String, String>>>,
+    /// The control table when a control came since the previous changes.
+    controls: Option<crate::controls::ControlTable>,
+    /// `invtNo` serials assigned since the previous changes.
+    serials: Vec<u64>,
+    serials_from_year: u32,
+    rules: Rules,
+    watermark: EventTime,
+    expired: (u64, u64),
 }
 
 impl Engine {
@@ -71,7 +118,95 @@ impl Engine {
             seals: SealOp::default(),
             watermark: EventTime::MIN,
             expired: (0, 0),
+            tracking: Tracking(false),
+            controls_changed: false,
         }
+    }
+
+    /// Starts recording what changes, for [`Engine::changes`] (on a restored engine whose
+    /// checkpoint writer holds a copy of it already).
+    pub fn track(&mut self) {
+        self.tracking = Tracking(true);
+        self.declare.iter_mut().for_each(Declare::track);
+        self.clear.iter_mut().for_each(Clear::track);
+        self.seals.track();
+        self.shared.goods.track();
+        self.shared.new_serials = Some(Vec::new());
+        self.controls_changed = false;
+    }
+
+    /// Orders and parcels changed since the last [`Engine::changes`], and held.
+    pub fn changed_keys(&self) -> (usize, usize) {
+        let d = self.declare.iter().map(Declare::changed);
+        let c = self.clear.iter().map(Clear::changed);
+        d.chain(c).fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
+    }
+
+    /// The state for a checkpoint: a copy of all of it the first time (and from then on
+    /// the engine records what changes), afterwards only what changed since the previous
+    /// call (again all of it when more than half of the keys changed). The cost on the engine thread is that of the copy: O(what changed) plus the
+    /// flat parts, instead of O(state).
+    pub fn changes(&mut self) -> Changes {
+        // Copying a changed entry costs about twice what copying it with the whole state
+        // does (a lookup by key, not a sequential walk; `--bench e2e`, phase checkpoint):
+        // when most keys changed, the whole state is the cheaper copy.
+        let (changed, held) = self.changed_keys();
+        if !self.tracking.0 || changed * 2 > held {
+            self.track();
+            return Changes::Full(Box::new(self.clone()));
+        }
+        Changes::Delta(Box::new(EngineChanges {
+            declare: self.declare.iter_mut().map(Declare::changes).collect(),
+            clear: self.clear.iter_mut().map(Clear::changes).collect(),
+            seals: self.seals.changes(),
+            goods: self.shared.goods.changes(),
+            controls: std::mem::take(&mut self.controls_changed).then(|| self.shared.controls.clone()),
+            serials: self.shared.new_serials.replace(Vec::new()).unwrap_or_default(),
+            serials_from_year: self.shared.serials_from_year,
+            rules: self.shared.rules.clone(),
+            watermark: self.watermark,
+            expired: self.expired,
+        }))
+    }
+
+    /// Applies [`Engine::changes`] of the engine this one is a copy of (the checkpoint
+    /// writer's copy): afterwards it equals that engine.
+    ///
+    /// # Panics
+    /// When the partition counts differ (not a copy of that engine).
+    pub fn apply(&mut self, c: Changes) {
+        let c = match c {
+            Changes::Full(e) => {
+                let hs = std::mem::take(&mut self.shared.hs);
+                *self = *e;
+                self.shared.hs = hs;
+                return;
+            }
+            Changes::Delta(c) => *c,
+        };
+        assert!(
+            c.declare.len() == self.declare.len() && c.clear.len() == self.clear.len(),
+            "changes of an engine with other partitions"
+        );
+        for (d, ch) in self.declare.iter_mut().zip(c.declare) {
+            d.apply(ch);
+        }
+        for (p, ch) in self.clear.iter_mut().zip(c.clear) {
+            p.apply(ch);
+        }
+        self.seals.apply(c.seals);
+        self.shared.goods.apply(c.goods);
+        if let Some(controls) = c.controls {
+            self.shared.controls = controls;
+        }
+        self.shared.serials.extend(c.serials);
+        if self.shared.serials_from_year < c.serials_from_year {
+            self.shared.serials_from_year = c.serials_from_year;
+            self.shared.serials.retain(|s| ids::serial_year(*s) >= c.serials_from_year);
+        }
+        self.shared.rules = c.rules;
+        self.watermark = c.watermark;
+        self.expired = c.expired;
     }
 
     /// Sizes the keyed state for `keys` orders and parcels in all (spread over the
@@ -145,7 +280,7 @@ impl Engine {
                     format!("gcode '{}': {} is not a subheading of the HS nomenclature", g.gcode, &g.gcode[..6]),
                 ),
                 HsCheck::Known | HsCheck::Unverified => {
-                    self.shared.goods.entry(g.ebc_code.clone()).or_default().insert(g.item_no.clone(), g.gcode.clone());
+                    self.shared.goods.or_default(&g.ebc_code).insert(g.item_no.clone(), g.gcode.clone());
                     (status::ACCEPTED, "goods registered".to_string())
                 }
             }
@@ -214,6 +349,7 @@ impl Engine {
             }
             Entity::Control(c) => {
                 self.shared.controls.apply(c);
+                self.controls_changed = true;
             }
             Entity::WayBill(_) => {}
         }

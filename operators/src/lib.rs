@@ -22,6 +22,7 @@ pub mod retention;
 pub mod rules;
 pub mod seal;
 pub mod summarize;
+pub mod tracked;
 
 use cbec_schemas::EventTime;
 use serde::{Serialize, de::DeserializeOwned};
@@ -30,12 +31,6 @@ use serde::{Serialize, de::DeserializeOwned};
 /// short identifiers; lookups are on every event's path). Nothing iterates it for output
 /// order, so the hasher does not reach the outputs. Partitioning uses [`ids::stable_hash`].
 pub type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
-
-/// The boxed state of `key`, created (default) when missing; one lookup, and the key is
-/// copied only when it is inserted.
-pub fn state_of<'a, V: Default>(map: &'a mut Map<cbec_schemas::Text, Box<V>>, key: &str) -> &'a mut V {
-    map.entry_ref(key).or_default()
-}
 
 /// The hash set of keyed state, on the same terms as [`Map`].
 pub type Set<K> = hashbrown::HashSet<K, foldhash::fast::RandomState>;

@@ -11,7 +11,7 @@
 //! retention before the watermark to the dead-letter topic (`expired`) instead of letting
 //! it start a key afresh.
 
-use crate::Map;
+use crate::tracked::Tracked;
 use cbec_schemas::{EventTime, Text};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -32,6 +32,8 @@ pub fn day_of(t: EventTime) -> i32 {
 pub trait Aging: Default {
     /// Day of the last message about the key (0 for new state).
     fn touched(&mut self) -> &mut i32;
+    /// The day of the last message about the key.
+    fn touched_day(&self) -> i32;
     /// Kept whatever its age (a running timer); never by default.
     fn pinned(&self) -> bool {
         false
@@ -55,11 +57,44 @@ pub struct Retention {
     /// order: a range check instead of a division per event).
     #[serde(skip)]
     last_day: (i64, i32),
+    /// What the queue did since the last [`Retention::changes`], while recording.
+    #[serde(skip)]
+    log: Log,
+}
+
+/// Keys queued and taken from the queue since the last [`Retention::changes`]; a copy
+/// does not record.
+#[derive(Debug, Default)]
+struct Log(Option<RetentionChanges>);
+
+impl Clone for Log {
+    fn clone(&self) -> Log {
+        Log(None)
+    }
+}
+
+/// What a retention queue did since the last [`Retention::changes`]: its cutoff now, the
+/// keys queued (with their day), and how many were taken from its front. A queue is
+/// first in, first out, so these give the queue now from the queue before, whatever the
+/// order they happened in.
+#[derive(Debug, Default)]
+pub struct RetentionChanges {
+    cutoff: i32,
+    on: bool,
+    queued: Vec<(i32, Text)>,
+    taken: usize,
 }
 
 impl Default for Retention {
     fn default() -> Retention {
-        Retention { cutoff: i32::MIN, on: false, keys: VecDeque::new(), days: VecDeque::new(), last_day: (0, 0) }
+        Retention {
+            cutoff: i32::MIN,
+            on: false,
+            keys: VecDeque::new(),
+            days: VecDeque::new(),
+            last_day: (0, 0),
+            log: Log(None),
+        }
     }
 }
 
@@ -84,20 +119,70 @@ impl Retention {
         if d > *touched {
             *touched = d;
             if self.on {
-                self.keys.push_back(Text::from(key));
-                match self.days.back_mut() {
-                    Some((day, n)) if *day == d => *n += 1,
-                    _ => self.days.push_back((d, 1)),
-                }
+                self.queue(d, Text::from(key));
             }
         }
+    }
+
+    #[inline]
+    fn queue(&mut self, d: i32, key: Text) {
+        if let Some(log) = &mut self.log.0 {
+            log.queued.push((d, key.clone()));
+        }
+        self.keys.push_back(key);
+        match self.days.back_mut() {
+            Some((day, n)) if *day == d => *n += 1,
+            _ => self.days.push_back((d, 1)),
+        }
+    }
+
+    /// Takes the key at the front of the queue, with its day.
+    fn take(&mut self) -> Option<(Text, i32)> {
+        let (d, n) = self.days.front_mut()?;
+        let d = *d;
+        *n -= 1;
+        if *n == 0 {
+            self.days.pop_front();
+        }
+        let key = self.keys.pop_front()?;
+        if let Some(log) = &mut self.log.0 {
+            log.taken += 1;
+        }
+        Some((key, d))
+    }
+
+    /// Starts (or restarts) recording what the queue does (incremental checkpoints).
+    pub fn track(&mut self) {
+        self.log = Log(Some(RetentionChanges::default()));
+    }
+
+    /// What the queue did since [`Retention::track`] or the last call.
+    ///
+    /// # Panics
+    /// When not recording.
+    pub fn changes(&mut self) -> RetentionChanges {
+        let log =
+            self.log.0.replace(RetentionChanges::default()).expect("changes asked of a queue that does not record");
+        RetentionChanges { cutoff: self.cutoff, on: self.on, ..log }
+    }
+
+    /// Applies [`Retention::changes`] of the queue this one is a copy of.
+    pub fn apply(&mut self, c: RetentionChanges) {
+        for (d, key) in c.queued {
+            self.queue(d, key);
+        }
+        for _ in 0..c.taken {
+            self.take();
+        }
+        self.cutoff = c.cutoff;
+        self.on = c.on;
     }
 
     /// The state of `key` in `map`, touched at `t`: created when missing, started afresh
     /// when stale (and not pinned). Every keyed input reaches its state through this.
     #[inline]
-    pub fn state_of<'a, V: Aging>(&mut self, map: &'a mut Map<Text, Box<V>>, key: &str, t: EventTime) -> &'a mut V {
-        let v = crate::state_of(map, key);
+    pub fn state_of<'a, V: Aging>(&mut self, map: &'a mut Tracked<Text, Box<V>>, key: &str, t: EventTime) -> &'a mut V {
+        let v: &mut V = map.or_default(key);
         if self.stale(*v.touched()) && !v.pinned() {
             *v = V::default();
         }
@@ -107,9 +192,9 @@ impl Retention {
 
     /// Moves the cutoff to `cutoff` and frees, within the sweep budget, the state in `map`
     /// last touched before it (not pinned). Returns how many keys were freed.
-    pub fn sweep<V: Aging>(&mut self, map: &mut Map<Text, Box<V>>, cutoff: i32) -> usize {
+    pub fn sweep<V: Aging>(&mut self, map: &mut Tracked<Text, Box<V>>, cutoff: i32) -> usize {
         self.expire(cutoff, |key, day| {
-            let idle = map.get_mut(key).is_some_and(|v| *v.touched() == day && !v.pinned());
+            let idle = map.get(key).is_some_and(|v| v.touched_day() == day && !v.pinned());
             idle && map.remove(key).is_some()
         })
     }
@@ -123,16 +208,10 @@ impl Retention {
         self.cutoff = self.cutoff.max(cutoff);
         let mut freed = 0;
         for _ in 0..SWEEP_BUDGET {
-            let Some((d, n)) = self.days.front_mut() else { break };
-            if *d >= self.cutoff {
+            if self.days.front().is_none_or(|(d, _)| *d >= self.cutoff) {
                 break;
             }
-            let d = *d;
-            *n -= 1;
-            if *n == 0 {
-                self.days.pop_front();
-            }
-            let Some(key) = self.keys.pop_front() else { break };
+            let Some((key, d)) = self.take() else { break };
             freed += usize::from(free(&key, d));
         }
         freed
@@ -231,6 +310,44 @@ mod tests {
         });
         assert_eq!(seen, ["a1", "b1", "c3", "d2", "e1"]);
         assert_eq!(r.queued(), 0);
+    }
+
+    /// Keys queued and taken in any interleaving between two checkpoints: the copy kept by
+    /// the changes equals the queue (keys, days and their runs, cutoff) — also when the
+    /// queue ran empty in between and a day's run started again.
+    #[test]
+    fn a_copy_kept_by_the_changes_equals_the_queue() {
+        let mut r = Retention::default();
+        r.expire(i32::MIN, |_, _| true);
+        r.track();
+        let mut copy = r.clone();
+        let mut touched = std::collections::HashMap::<String, i32>::new();
+        let mut taken_in_a_delta = 0;
+        for step in 0..60i64 {
+            let day = step / 4;
+            for i in 0..(step % 7) * 20 {
+                let k = format!("k{}", (step * 37 + i * 11) % 300);
+                r.touch(touched.entry(k.clone()).or_default(), &k, EventTime(day * DAY_MS + i));
+            }
+            if step % 3 != 0 {
+                let before = r.queued();
+                r.expire((day - 1) as i32, |_, _| true);
+                r.touch(touched.entry("late".into()).or_default(), "late", EventTime(day * DAY_MS + 5));
+                taken_in_a_delta += before.saturating_sub(r.queued());
+            }
+            copy.apply(r.changes());
+            assert_eq!(serde_json::to_value(&copy).unwrap(), serde_json::to_value(&r).unwrap(), "step {step}");
+        }
+        assert!(taken_in_a_delta > 500, "{taken_in_a_delta}");
+        // Keys queued and taken again before the next checkpoint.
+        r.expire(i32::MAX - 1, |_, _| true);
+        r.expire(i32::MAX - 1, |_, _| true);
+        let mut t = 0;
+        r.touch(&mut t, "brief", EventTime(100 * DAY_MS));
+        r.expire(i32::MAX, |_, _| true);
+        copy.apply(r.changes());
+        assert_eq!(r.queued(), 0);
+        assert_eq!(serde_json::to_value(&copy).unwrap(), serde_json::to_value(&r).unwrap());
     }
 
     #[test]

@@ -10,9 +10,10 @@ use crate::controls::ControlTable;
 use crate::engine::Out;
 use crate::partition_of;
 use crate::retention::day_of;
+use crate::tracked::{Change, Tracked};
 use cbec_schemas::{EventTime, SealEvent, SealVerdict};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SealState {
@@ -37,8 +38,8 @@ struct Bill {
 /// Few keys next to the parcels', so retention sweeps them whole once per cutoff day.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SealOp {
-    seals: HashMap<String, SealState>,
-    bills: HashMap<String, Bill>,
+    seals: Tracked<String, SealState>,
+    bills: Tracked<String, Bill>,
     /// Seals and bills last touched before this day are stale (as if unknown).
     #[serde(default = "no_cutoff")]
     cutoff: i32,
@@ -50,7 +51,7 @@ fn no_cutoff() -> i32 {
 
 impl Default for SealOp {
     fn default() -> SealOp {
-        SealOp { seals: HashMap::new(), bills: HashMap::new(), cutoff: no_cutoff() }
+        SealOp { seals: Tracked::default(), bills: Tracked::default(), cutoff: no_cutoff() }
     }
 }
 
@@ -65,10 +66,36 @@ pub struct PortRelease {
     pub time: EventTime,
 }
 
+/// What changed in the seal operator since the last [`SealOp::changes`].
+#[derive(Debug)]
+pub struct SealChanges {
+    seals: Vec<Change<String, SealState>>,
+    bills: Vec<Change<String, Bill>>,
+    cutoff: i32,
+}
+
 impl SealOp {
+    /// Starts recording what changes (incremental checkpoints).
+    pub fn track(&mut self) {
+        self.seals.track();
+        self.bills.track();
+    }
+
+    /// The seals and bills written since [`SealOp::track`] or the last call (copied).
+    pub fn changes(&mut self) -> SealChanges {
+        SealChanges { seals: self.seals.changes(), bills: self.bills.changes(), cutoff: self.cutoff }
+    }
+
+    /// Applies [`SealOp::changes`] of the operator this one is a copy of.
+    pub fn apply(&mut self, c: SealChanges) {
+        self.seals.apply(c.seals);
+        self.bills.apply(c.bills);
+        self.cutoff = c.cutoff;
+    }
+
     /// Records that a parcel belongs to a master bill (from lists and arrivals at `t`).
     pub fn bill(&mut self, total_package_no: &str, logistics_no: &str, t: EventTime) {
-        let b = self.bills.entry(total_package_no.to_string()).or_default();
+        let b = self.bills.or_default(total_package_no);
         if b.touched < self.cutoff {
             *b = Bill::default();
         }

@@ -862,3 +862,71 @@ fn stale_state_is_gone_whether_or_not_the_sweep_reached_it() {
         assert_eq!(out, all);
     }
 }
+
+/// The state as a value (maps compare whatever their iteration order; so does the set of
+/// `invtNo` serials, a list in the snapshot).
+fn state_value(e: &Engine) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_slice(&e.snapshot()).unwrap();
+    if let Some(serde_json::Value::Array(s)) = v.pointer_mut("/shared/serials") {
+        s.sort_by_key(|x| x.as_u64());
+    }
+    v
+}
+
+/// Incremental checkpoints: a copy kept up to date with [`Engine::changes`] equals the
+/// engine at every checkpoint — through orders, lists, payments, parcels, seals, goods
+/// and controls, timers firing, and the retention dropping state — also when the engine was
+/// restored from a checkpoint and its copy made from that.
+#[test]
+fn a_copy_kept_by_the_changes_equals_the_engine_at_every_checkpoint() {
+    use crate::engine::Changes;
+    let input = story(600, 5);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let rules = Rules { state_retention_days: 1, ..rules() };
+    let mut e = Engine::new(rules.clone(), hs(), 2);
+    let mut copy = Engine::new(rules, hs(), 2);
+    let mut out = Vec::new();
+    let (mut full, mut deltas) = (0, 0);
+    let mut checkpoint = |e: &mut Engine, copy: &mut Engine, at: &str| {
+        let (changed, held) = e.changed_keys();
+        let c = e.changes();
+        let whole = matches!(c, Changes::Full(_));
+        assert_eq!(whole, full + deltas == 0 || changed * 2 > held, "{changed} of {held} keys changed {at}");
+        *(if whole { &mut full } else { &mut deltas }) += 1;
+        copy.apply(c);
+        assert!(state_value(copy) == state_value(e), "the copy differs from the engine {at}");
+    };
+    let last = input.last().unwrap().event_time();
+    for (i, x) in input.into_iter().enumerate() {
+        e.advance(EventTime(x.event_time().0 - 1), &mut out);
+        e.process(x, &mut out);
+        if rng.random::<f64>() < 0.01 {
+            checkpoint(&mut e, &mut copy, &format!("after input {i}"));
+        }
+        if i == 2500 {
+            // An officer's control in the middle of the stream.
+            e.process(control("M2", "control", json!({"ebcCode": "EBC001"})), &mut out);
+        }
+        if i == 1500 {
+            // A restart: the engine from its checkpoint, the writer's copy made from it.
+            e = Engine::restore(&copy.snapshot(), hs()).unwrap();
+            copy = e.clone();
+            e.track();
+        }
+    }
+    // Days pass: the payment waits fire, the retention drops everything, step by step
+    // (a step sweeps a bounded number of keys: the changes carry keys taken from the
+    // retention queues).
+    for h in 1..=72 {
+        e.advance(last.plus_ms(h * 3_600_000), &mut out);
+        if h % 6 == 0 || (30..40).contains(&h) {
+            checkpoint(&mut e, &mut copy, &format!("{h} h after the last input"));
+        }
+    }
+    assert_eq!(e.keys(), (0, 0), "the retention dropped every key");
+    // A year later the serials of the story's year are dropped too.
+    e.advance(EventTime::parse_ceb("20280102000000").unwrap(), &mut out);
+    checkpoint(&mut e, &mut copy, "in the next year but one");
+    assert!(out.iter().any(|o| matches!(o, Out::Return(_))), "a payment wait fired");
+    assert!(full >= 2 && deltas > 10, "{full} whole copies, {deltas} of the changes only");
+}

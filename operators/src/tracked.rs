@@ -1,0 +1,239 @@
+//! Keyed maps that can record which keys changed since they were last asked: what makes a
+//! checkpoint incremental. The engine thread then copies only the changed entries at a
+//! checkpoint (a pause proportional to what changed since the last one, not to the whole
+//! state); the checkpoint writer applies them to its own copy of the state
+//! ([`crate::engine::Engine::apply`]).
+//!
+//! A `Tracked` map serializes as the plain map, so checkpoints are unchanged.
+
+use crate::Map;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Borrow;
+use std::hash::Hash;
+
+/// One changed key: its value now, or `None` when it was removed.
+pub type Change<K, V> = (K, Option<V>);
+
+/// A keyed map that records the keys written through it while tracking is on.
+#[derive(Debug)]
+pub struct Tracked<K, V> {
+    map: Map<K, V>,
+    /// Keys inserted, changed or removed since the last [`Tracked::changes`]; `None` while
+    /// not tracking (embedded runs without checkpoints pay nothing).
+    changed: Option<crate::Set<K>>,
+}
+
+impl<K, V> Default for Tracked<K, V> {
+    fn default() -> Self {
+        Tracked { map: Map::default(), changed: None }
+    }
+}
+
+/// A copy does not track (it is someone else's state).
+impl<K: Clone, V: Clone> Clone for Tracked<K, V> {
+    fn clone(&self) -> Self {
+        Tracked { map: self.map.clone(), changed: None }
+    }
+}
+
+impl<K: Serialize + Eq + Hash, V: Serialize> Serialize for Tracked<K, V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.map.serialize(s)
+    }
+}
+
+impl<'de, K: Deserialize<'de> + Eq + Hash, V: Deserialize<'de>> Deserialize<'de> for Tracked<K, V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Tracked { map: Map::deserialize(d)?, changed: None })
+    }
+}
+
+impl<K: Eq + Hash + Clone + Borrow<str> + for<'a> From<&'a str>, V> Tracked<K, V> {
+    #[inline]
+    fn mark(&mut self, key: &str) {
+        if let Some(c) = &mut self.changed
+            && !c.contains(key)
+        {
+            c.insert(K::from(key));
+        }
+    }
+
+    /// The value of `key`.
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    /// The value of `key`, to change (recorded as changed when present).
+    #[inline]
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        if self.map.contains_key(key) {
+            self.mark(key);
+        }
+        self.map.get_mut(key)
+    }
+
+    /// The value of `key`, created (default) when missing; one lookup, and the key is
+    /// copied only when it is inserted. Recorded as changed.
+    #[inline]
+    pub fn or_default(&mut self, key: &str) -> &mut V
+    where
+        V: Default,
+    {
+        self.mark(key);
+        self.map.entry_ref(key).or_default()
+    }
+
+    /// Inserts `value` at `key` (recorded); returns the value it replaced.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        self.mark(key.borrow());
+        self.map.insert(key, value)
+    }
+
+    /// Removes `key` (recorded when it was present).
+    pub fn remove(&mut self, key: &str) -> Option<V> {
+        let v = self.map.remove(key);
+        if v.is_some() {
+            self.mark(key);
+        }
+        v
+    }
+
+    /// Keeps the entries `keep` accepts (the others are recorded as removed).
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+        let changed = &mut self.changed;
+        self.map.retain(|k, v| {
+            let kept = keep(k, v);
+            if !kept && let Some(c) = changed {
+                c.insert(k.clone());
+            }
+            kept
+        });
+    }
+
+    /// Starts (or restarts) recording changes from now on.
+    pub fn track(&mut self) {
+        self.changed = Some(crate::Set::default());
+    }
+
+    /// True while recording changes.
+    pub fn tracking(&self) -> bool {
+        self.changed.is_some()
+    }
+
+    /// Keys changed since the last [`Tracked::changes`].
+    pub fn changed(&self) -> usize {
+        self.changed.as_ref().map_or(0, |c| c.len())
+    }
+
+    /// The keys changed since tracking started or since the last call, with their values
+    /// now (copied); recording goes on.
+    ///
+    /// # Panics
+    /// When not tracking (the caller would lose changes silently otherwise).
+    pub fn changes(&mut self) -> Vec<Change<K, V>>
+    where
+        V: Clone,
+    {
+        let changed = self.changed.replace(crate::Set::default()).expect("changes asked of a map that does not track");
+        changed
+            .into_iter()
+            .map(|k| {
+                let v = self.map.get(k.borrow()).cloned();
+                (k, v)
+            })
+            .collect()
+    }
+
+    /// Applies changes taken from another map by [`Tracked::changes`] (recorded too, when
+    /// this map tracks).
+    pub fn apply(&mut self, changes: impl IntoIterator<Item = Change<K, V>>) {
+        for (k, v) in changes {
+            self.mark(k.borrow());
+            match v {
+                Some(v) => {
+                    self.map.insert(k, v);
+                }
+                None => {
+                    self.map.remove(k.borrow());
+                }
+            }
+        }
+    }
+
+    /// Room for `n` more entries without a resize.
+    pub fn reserve(&mut self, n: usize) {
+        self.map.reserve(n);
+    }
+}
+
+impl<K, V> Tracked<K, V> {
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when none is.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.map.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cbec_schemas::Text;
+
+    fn sorted<V: Clone + Ord>(mut v: Vec<Change<Text, V>>) -> Vec<Change<Text, V>> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn every_kind_of_write_is_recorded_once_and_applies_to_a_copy() {
+        let mut a: Tracked<Text, u32> = Tracked::default();
+        *a.or_default("kept") = 1;
+        *a.or_default("gone") = 2;
+        *a.or_default("dropped") = 3;
+        a.track();
+        let mut copy = a.clone();
+        assert!(!copy.tracking(), "a copy does not track");
+        *a.or_default("new") = 4;
+        *a.get_mut("kept").unwrap() += 10;
+        *a.get_mut("kept").unwrap() += 10;
+        assert!(a.get_mut("absent").is_none());
+        a.remove("gone");
+        a.remove("never there");
+        a.retain(|k, _| k != "dropped");
+        let ch = sorted(a.changes());
+        assert_eq!(
+            ch,
+            [("dropped".into(), None), ("gone".into(), None), ("kept".into(), Some(21)), ("new".into(), Some(4)),]
+        );
+        copy.apply(ch);
+        let all = |m: &Tracked<Text, u32>| {
+            let mut v: Vec<(Text, u32)> = m.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(all(&copy), all(&a));
+        assert!(a.changes().is_empty(), "recorded since the last call only");
+        *a.get_mut("new").unwrap() = 5;
+        assert_eq!(a.changes(), [("new".into(), Some(5))]);
+    }
+
+    #[test]
+    fn a_map_that_does_not_track_records_nothing_and_serializes_as_the_map() {
+        let mut a: Tracked<Text, u32> = Tracked::default();
+        *a.or_default("k") = 1;
+        assert!(!a.tracking());
+        assert_eq!(serde_json::to_string(&a).unwrap(), r#"{"k":1}"#);
+        let b: Tracked<Text, u32> = serde_json::from_str(r#"{"k":1}"#).unwrap();
+        assert_eq!(b.get("k"), Some(&1));
+    }
+}
