@@ -92,16 +92,20 @@ impl ConsumerLag<'_> {
     }
 }
 
-/// `cbec_checkpoint_snapshot_seconds`: how long the engine thread stopped to copy its state
-/// for a checkpoint (serializing and saving the copy run off the engine thread).
+/// `cbec_checkpoint_snapshot_seconds{copy}`: how long the engine thread stopped to copy its
+/// state for a checkpoint (applying, serializing and saving run off the engine thread);
+/// `copy` is `whole` (the first checkpoint, or when most keys changed) or `changes`.
 pub struct CheckpointSnapshot {
     /// Duration.
     pub seconds: f64,
+    /// The whole state was copied, not only what changed.
+    pub whole: bool,
 }
 impl CheckpointSnapshot {
     /// Records it.
     pub fn emit(&self) {
-        histogram!("cbec_checkpoint_snapshot_seconds").record(self.seconds);
+        let copy = if self.whole { "whole" } else { "changes" };
+        histogram!("cbec_checkpoint_snapshot_seconds", "copy" => copy).record(self.seconds);
     }
 }
 

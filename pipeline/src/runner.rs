@@ -18,15 +18,15 @@ use crate::record::Record;
 use crate::sequencer::{Sequencer, SourceId};
 use crate::sink::Sink;
 use crate::summary_stage::{self, SumMsg};
-use cbec_operators::engine::{Engine, Out};
+use cbec_operators::engine::{Changes, Engine, Out};
 use cbec_operators::rules::Rules;
 use cbec_operators::summarize::Summarize;
 use cbec_schemas::hs::Nomenclature;
 use cbec_schemas::{DeadLetter, Decoded, Decoder, Entity, EventTime, Topic};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TrySendError, bounded};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A decoded input entity with where it came from.
@@ -409,6 +409,9 @@ struct State {
     outbox: Vec<Record>,
     /// Input topic names (for dead letters).
     topic_names: HashMap<Topic, String>,
+    /// The checkpoint writer's copy of the engine state, kept up to date with the changes
+    /// each checkpoint takes ([`Engine::changes`]); `None` until the first.
+    copy: Arc<Mutex<Option<Engine>>>,
 }
 
 /// Records handed to the sink thread at most this many at a time.
@@ -598,8 +601,15 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
         consumed: restored.as_ref().map(|cp| restored_positions(cp, &run.topic_names)).unwrap_or_default(),
         outbox: Vec::new(),
         topic_names: run.topic_names.clone(),
+        copy: Arc::default(),
     };
     st.engine.reserve(run.state_capacity);
+    if run.checkpoint.is_some() && restored.is_some() {
+        // The writer's copy starts from the restored state (copied now, before any input,
+        // instead of at the first checkpoint on the decision path).
+        *st.copy.lock().expect("copy lock") = Some(st.engine.clone());
+        st.engine.track();
+    }
     let mut done: HashMap<usize, bool> = HashMap::new();
     let mut group_time: Vec<i64> = vec![i64::MIN; run.inputs.len()];
     let mut last_cp = Instant::now();
@@ -794,22 +804,32 @@ fn checkpoint(
         let name = run.topic_names.get(&src.0).cloned().unwrap_or_else(|| src.0.default_name());
         offsets.entry(name).or_default().insert(src.1, resume);
     }
-    // A copy of the engine's state is the consistent cut (the summarize stage copies its
-    // own when the cut reaches it); serializing (hundreds of milliseconds for a large
-    // state) happens on the writer thread, not here on the decision path.
-    let engine = st.engine.clone();
+    // What changed in the engine's state since the last checkpoint (all of it the first
+    // time) is the consistent cut: a copy of the changed entries, applied to the writer's
+    // copy of the state on the writer thread (the summarize stage copies its own when the
+    // cut reaches it). Applying and serializing happen there, not here on the decision path.
+    let changes = st.engine.changes();
     let pause = t.elapsed();
-    m::CheckpointSnapshot { seconds: pause.as_secs_f64() }.emit();
+    m::CheckpointSnapshot { seconds: pause.as_secs_f64(), whole: matches!(changes, Changes::Full(_)) }.emit();
     st.stats.checkpoints += 1;
     st.stats.checkpoint_pause = st.stats.checkpoint_pause.max(pause);
     let (d, c) = st.engine.state_size();
     m::StateSize { operator: "declare", bytes: d }.emit();
     m::StateSize { operator: "clear", bytes: c }.emit();
-    let (store, commits) = (store.clone(), run.commits.clone());
+    let (store, commits, copy) = (store.clone(), run.commits.clone(), st.copy.clone());
     let cut = move |summarize: Summarize| -> SinkMsg {
         SinkMsg::AfterDurable(Box::new(move || {
+            let mut copy = copy.lock().map_err(|_| anyhow::anyhow!("checkpoint copy poisoned"))?;
+            let engine = match (changes, copy.as_mut()) {
+                (Changes::Full(e), _) => copy.insert(*e),
+                (delta, Some(e)) => {
+                    e.apply(delta);
+                    e
+                }
+                (Changes::Delta(_), None) => anyhow::bail!("checkpoint changes without the state they change"),
+            };
             let cp = Checkpoint { offsets, engine: engine.snapshot(), summarize: serde_json::to_vec(&summarize)? };
-            drop((engine, summarize));
+            drop((copy, summarize));
             let bytes = store.save(&cp)?;
             m::CheckpointDone { seconds: t.elapsed().as_secs_f64(), bytes }.emit();
             if let Some(tx) = commits {
@@ -874,6 +894,7 @@ mod tests {
             consumed: HashMap::new(),
             outbox: Vec::new(),
             topic_names: Topic::ALL.iter().map(|t| (*t, cfg.input_topic(*t))).collect(),
+            copy: Arc::default(),
         };
         let (tx, rx) = bounded(64);
         st.watermark(EventTime::parse_ceb("20261231000000").unwrap(), &tx).unwrap();
