@@ -5,7 +5,7 @@
 //! pending list.
 //!
 //! Run: `cargo bench -p cbec-benches --bench e2e`
-//! Only some phases: `CBEC_BENCH_ONLY=throughput,latency,close,state,kafka,kafka-latency` (default: all).
+//! Only some phases: `CBEC_BENCH_ONLY=throughput,latency,close,state,checkpoint,kafka,kafka-latency` (default: all).
 //! Size: `CBEC_BENCH_ORDERS` (default 820000 orders ≈ 5.1 million messages).
 //! Kafka phases need `CBEC_BENCH_BROKERS`; `CBEC_BENCH_KPARTS` sets the partitions of the
 //! latency phase's topics (default 4), `CBEC_BENCH_KRATES` its offered loads in scans/s
@@ -180,6 +180,59 @@ fn main() {
             (d + c) as f64 / n as f64,
             d as f64 / n as f64,
             c as f64 / n as f64
+        );
+    }
+    // 4b. A checkpoint's pause on the engine thread: a copy of the whole state (the first
+    //     checkpoint; every checkpoint before they were incremental) against a copy of what
+    //     changed since the previous checkpoint, as more input arrives.
+    if phase("checkpoint") {
+        let n = (orders * 3 / 8).max(20_000);
+        let g = generate(&GenConfig { orders: n, malformed: 0.0, seed: 5, ..GenConfig::default() }, &rules, &h);
+        let feed = cbec_pipeline::generator::merged(&g);
+        drop(g);
+        let mut e = cbec_operators::engine::Engine::new(rules.clone(), h.clone(), cfg.partitions);
+        let mut decoder = cbec_schemas::Decoder::new();
+        let mut out = Vec::new();
+        let mut feed_to = |e: &mut cbec_operators::engine::Engine, msgs: &[(Topic, String, Vec<u8>)]| {
+            for (t, _, m) in msgs {
+                if let cbec_schemas::Decoded::One(Ok(x)) = decoder.decode(*t, m) {
+                    e.advance(cbec_schemas::EventTime(x.event_time().0 - 1), &mut out);
+                    e.process(x, &mut out);
+                    out.clear();
+                }
+            }
+        };
+        let slices = [10_000usize, 100_000, 400_000];
+        let state_end = feed.len() - slices.iter().sum::<usize>();
+        feed_to(&mut e, &feed[..state_end]);
+        let t = Instant::now();
+        let first = e.changes();
+        let whole = t.elapsed();
+        drop(first);
+        let (orders_held, parcels_held) = e.keys();
+        let mut at = state_end;
+        let mut deltas = Vec::new();
+        for len in slices {
+            feed_to(&mut e, &feed[at..at + len]);
+            at += len;
+            let (changed, held) = e.changed_keys();
+            let t = Instant::now();
+            let d = e.changes();
+            deltas.push(format!(
+                "{:.1} ms after {len} more messages ({changed} of {held} keys changed)",
+                t.elapsed().as_secs_f64() * 1e3
+            ));
+            drop(d);
+        }
+        let t = Instant::now();
+        let again = e.clone();
+        let whole_end = t.elapsed();
+        drop(again);
+        println!(
+            "checkpoint pause on the engine thread, state of {orders_held} orders and {parcels_held} parcels: a copy of the whole state {:.1} ms (at the end {:.1} ms); a copy of the changes since the previous checkpoint {}",
+            whole.as_secs_f64() * 1e3,
+            whole_end.as_secs_f64() * 1e3,
+            deltas.join(", ")
         );
     }
     println!("peak RSS: {} MiB", peak_rss_mib());
