@@ -257,6 +257,8 @@ fn main() {
         let sent = cbec_pipeline::kafka::produce_story(b, &c, &g, 0, false).expect("produce");
         let produce_s = t.elapsed().as_secs_f64();
         let s = cbec_pipeline::kafka::run(&c, h.clone(), true, None).expect("kafka run");
+        // The run's checkpoints (hundreds of MB each run) are not kept.
+        let _ = std::fs::remove_dir_all(&c.checkpoint_dir);
         println!(
             "kafka ({b}): produced {sent} in {produce_s:.1} s ({:.0} msg/s); pipeline consumed {} in {:.2} s incl. 2 s idle detection = {:.0} msg/s; {} output records, {} released early by the sequencer bound; {} checkpoints, longest engine pause for one {:.0} ms",
             sent as f64 / produce_s,

@@ -165,6 +165,8 @@ pub fn measure(
     done.store(true, Ordering::Relaxed);
     let mut latencies_us = watcher.join().expect("watcher thread");
     latencies_us.sort_unstable();
+    // The run's checkpoints (hundreds of MB each run) are not kept.
+    let _ = std::fs::remove_dir_all(&cfg.checkpoint_dir);
     KafkaLatency {
         messages: paced.len(),
         scans: ids.iter().filter(|i| i.is_some()).count(),
