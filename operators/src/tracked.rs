@@ -48,14 +48,20 @@ impl<'de, K: Deserialize<'de> + Eq + Hash, V: Deserialize<'de>> Deserialize<'de>
     }
 }
 
+/// Records `key` in `changed` while tracking.
+#[inline]
+fn mark<K: Eq + Hash + Borrow<str> + for<'a> From<&'a str>>(changed: &mut Option<crate::Set<K>>, key: &str) {
+    if let Some(c) = changed
+        && !c.contains(key)
+    {
+        c.insert(K::from(key));
+    }
+}
+
 impl<K: Eq + Hash + Clone + Borrow<str> + for<'a> From<&'a str>, V> Tracked<K, V> {
     #[inline]
     fn mark(&mut self, key: &str) {
-        if let Some(c) = &mut self.changed
-            && !c.contains(key)
-        {
-            c.insert(K::from(key));
-        }
+        mark(&mut self.changed, key);
     }
 
     /// The value of `key`.
@@ -67,10 +73,9 @@ impl<K: Eq + Hash + Clone + Borrow<str> + for<'a> From<&'a str>, V> Tracked<K, V
     /// The value of `key`, to change (recorded as changed when present).
     #[inline]
     pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
-        if self.map.contains_key(key) {
-            self.mark(key);
-        }
-        self.map.get_mut(key)
+        let v = self.map.get_mut(key)?;
+        mark(&mut self.changed, key);
+        Some(v)
     }
 
     /// The value of `key`, created (default) when missing; one lookup, and the key is
