@@ -218,9 +218,11 @@ fn main() {
             let (changed, held) = e.changed_keys();
             let t = Instant::now();
             let d = e.changes();
+            let whole = matches!(d, cbec_operators::engine::Changes::Full(_));
             deltas.push(format!(
-                "{:.1} ms after {len} more messages ({changed} of {held} keys changed)",
-                t.elapsed().as_secs_f64() * 1e3
+                "{:.1} ms after {len} more messages ({changed} of {held} keys changed{})",
+                t.elapsed().as_secs_f64() * 1e3,
+                if whole { ": more than half, so the whole state was copied" } else { "" }
             ));
             drop(d);
         }
