@@ -8,9 +8,12 @@ use crate::controls::{ControlTable, ListIds};
 use crate::declare::{Comparison, ListStatus};
 use crate::engine::{Exited, Out};
 use crate::ids;
-use crate::retention::{Aging, Retention, RetentionChanges};
+use crate::retention::{Aging, Retention};
 use crate::rules::{Rules, sampled};
-use crate::tracked::{Change, Tracked};
+use crate::tracked::{Keyed, KeyedChanges, Tracked};
+
+/// What changed in a clear partition since the last [`Clear::changes`].
+pub(crate) type ClearChanges = KeyedChanges<Parcel>;
 use crate::{Collector, Map, Operator, Set};
 use cbec_schemas::hs::Nomenclature;
 use cbec_schemas::{
@@ -94,7 +97,7 @@ struct Decl {
 /// What clear holds per parcel. Kept small: most parcels wait (for their waybill, a scan,
 /// the port, the exit) with their list at rest in compact form.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Parcel {
+pub(crate) struct Parcel {
     #[serde(default, skip_serializing_if = "Option::is_none", with = "stored_hex")]
     list: Option<StoredList>,
     comparison: Option<Comparison>,
@@ -157,14 +160,6 @@ pub struct Clear {
     /// Codes already in the last [`Clear::changes`] (the table only grows).
     #[serde(skip)]
     codes_sent: usize,
-}
-
-/// What changed in a clear partition since the last [`Clear::changes`].
-#[derive(Debug)]
-pub struct ClearChanges {
-    parcels: Vec<Change<Text, Box<Parcel>>>,
-    codes: Vec<std::sync::Arc<str>>,
-    retention: RetentionChanges,
 }
 
 #[derive(Deserialize)]
@@ -257,26 +252,24 @@ impl Clear {
         (self.parcels.changed(), self.parcels.len())
     }
 
-    /// Starts recording what changes (incremental checkpoints).
-    pub fn track(&mut self) {
-        self.parcels.track();
-        self.retention.track();
-        self.codes_sent = self.codes.len();
+    fn keyed(&mut self) -> Keyed<'_, Parcel> {
+        let Clear { parcels: map, codes, retention, codes_sent } = self;
+        Keyed { map, codes, codes_sent, retention }
     }
 
-    /// What changed since [`Clear::track`] or the last call: the parcels written (copied),
-    /// the codes added, and what the retention queue did.
-    pub fn changes(&mut self) -> ClearChanges {
-        let codes = self.codes.since(self.codes_sent);
-        self.codes_sent = self.codes.len();
-        ClearChanges { parcels: self.parcels.changes(), codes, retention: self.retention.changes() }
+    /// Starts recording what changes (incremental checkpoints).
+    pub(crate) fn track(&mut self) {
+        self.keyed().track();
+    }
+
+    /// What changed since [`Clear::track`] or the last call.
+    pub(crate) fn changes(&mut self) -> ClearChanges {
+        self.keyed().changes()
     }
 
     /// Applies [`Clear::changes`] of the partition this one is a copy of.
-    pub fn apply(&mut self, c: ClearChanges) {
-        self.codes.extend(c.codes);
-        self.parcels.apply(c.parcels);
-        self.retention.apply(c.retention);
+    pub(crate) fn apply(&mut self, c: ClearChanges) {
+        self.keyed().apply(c);
     }
 
     /// Room for `n` more parcels without a resize.

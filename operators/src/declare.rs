@@ -3,9 +3,9 @@
 //! whenever it changes, and returns (or the clearing of a return).
 
 use crate::compact::{Codes, Damaged, Reader, Writer, heap_bytes};
-use crate::retention::{Aging, Retention, RetentionChanges};
+use crate::retention::{Aging, Retention};
 use crate::rules::Rules;
-use crate::tracked::{Change, Tracked};
+use crate::tracked::{Keyed, KeyedChanges, Tracked};
 use crate::{Collector, Operator};
 use cbec_schemas::{AppType, Compared, Dec, EventTime, Inventory, Order, Payment, Return, Text};
 use serde::{Deserialize, Serialize};
@@ -264,10 +264,13 @@ impl<'a> Facts<'a> {
     }
 }
 
+/// What changed in a declare partition since the last [`Declare::changes`].
+pub(crate) type DeclareChanges = KeyedChanges<Entry>;
+
 const CHECKED: &str = "order facts checked when made";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Entry {
+pub(crate) struct Entry {
     /// [`Facts`], packed.
     #[serde(serialize_with = "crate::compact::serialize_hex", deserialize_with = "crate::compact::deserialize_hex")]
     facts: Box<[u8]>,
@@ -309,16 +312,6 @@ pub struct Declare {
     /// Codes already in the last [`Declare::changes`] (the table only grows).
     #[serde(skip)]
     codes_sent: usize,
-}
-
-/// What changed in a declare partition since the last [`Declare::changes`]. The timers
-/// are not in it: a timer runs exactly while its order's entry is pinned (its wait has a
-/// deadline and has not ended), so they follow from the entries.
-#[derive(Debug)]
-pub struct DeclareChanges {
-    entries: Vec<Change<Text, Box<Entry>>>,
-    codes: Vec<std::sync::Arc<str>>,
-    retention: RetentionChanges,
 }
 
 #[derive(Deserialize)]
@@ -479,41 +472,41 @@ impl Declare {
         (self.entries.changed(), self.entries.len())
     }
 
-    /// Starts recording what changes (incremental checkpoints).
-    pub fn track(&mut self) {
-        self.entries.track();
-        self.retention.track();
-        self.codes_sent = self.codes.len();
+    fn keyed(&mut self) -> Keyed<'_, Entry> {
+        let Declare { entries: map, codes, retention, codes_sent, .. } = self;
+        Keyed { map, codes, codes_sent, retention }
     }
 
-    /// What changed since [`Declare::track`] or the last call: the orders written (copied),
-    /// the codes added, and what the retention queue did.
-    pub fn changes(&mut self) -> DeclareChanges {
-        let codes = self.codes.since(self.codes_sent);
-        self.codes_sent = self.codes.len();
-        DeclareChanges { entries: self.entries.changes(), codes, retention: self.retention.changes() }
+    /// Starts recording what changes (incremental checkpoints).
+    pub(crate) fn track(&mut self) {
+        self.keyed().track();
+    }
+
+    /// What changed since [`Declare::track`] or the last call. The timers are not in it: a
+    /// timer runs exactly while its order's entry is pinned (its wait has a deadline and
+    /// has not ended), so they follow from the entries.
+    pub(crate) fn changes(&mut self) -> DeclareChanges {
+        self.keyed().changes()
     }
 
     /// Applies [`Declare::changes`] of the partition this one is a copy of; the timers
     /// follow the entries.
-    pub fn apply(&mut self, c: DeclareChanges) {
-        self.codes.extend(c.codes);
-        for (k, e) in c.entries {
-            if let Some(old) = self.entries.get(&k)
+    pub(crate) fn apply(&mut self, c: DeclareChanges) {
+        for (k, e) in &c.entries {
+            if let Some(old) = self.entries.get(k)
                 && old.pinned()
                 && let Some(d) = old.deadline
             {
                 self.timers.remove(&(d, Box::from(k.as_str())));
             }
-            if let Some(new) = &e
+            if let Some(new) = e
                 && new.pinned()
                 && let Some(d) = new.deadline
             {
                 self.timers.insert((d, Box::from(k.as_str())));
             }
-            self.entries.apply([(k, e)]);
         }
-        self.retention.apply(c.retention);
+        self.keyed().apply(c);
     }
 
     /// Room for `n` more orders without a resize.

@@ -7,9 +7,13 @@
 //! A `Tracked` map serializes as the plain map, so checkpoints are unchanged.
 
 use crate::Map;
+use crate::compact::Codes;
+use crate::retention::{Retention, RetentionChanges};
+use cbec_schemas::Text;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Borrow;
 use std::hash::Hash;
+use std::sync::Arc;
 
 /// One changed key: its value now, or `None` when it was removed.
 pub type Change<K, V> = (K, Option<V>);
@@ -189,10 +193,55 @@ impl<K, V> Tracked<K, V> {
     }
 }
 
+/// What changed in a keyed operator partition (declare's orders, clear's parcels) since
+/// its last changes: the entries written (copied), the codes of their compact form added
+/// (the code table only grows), and what the retention queue did.
+#[derive(Debug)]
+pub struct KeyedChanges<V> {
+    /// Entries written.
+    pub entries: Vec<Change<Text, Box<V>>>,
+    codes: Vec<Arc<str>>,
+    retention: RetentionChanges,
+}
+
+/// The parts of a keyed operator partition that [`KeyedChanges`] follow.
+pub struct Keyed<'a, V> {
+    /// Entries by key.
+    pub map: &'a mut Tracked<Text, Box<V>>,
+    /// Their code table.
+    pub codes: &'a mut Codes,
+    /// Codes already in the last changes.
+    pub codes_sent: &'a mut usize,
+    /// Their retention queue.
+    pub retention: &'a mut Retention,
+}
+
+impl<V: Clone> Keyed<'_, V> {
+    /// Starts recording what changes.
+    pub fn track(self) {
+        self.map.track();
+        self.retention.track();
+        *self.codes_sent = self.codes.len();
+    }
+
+    /// What changed since [`Keyed::track`] or the last call.
+    pub fn changes(self) -> KeyedChanges<V> {
+        let codes = self.codes.since(*self.codes_sent);
+        *self.codes_sent = self.codes.len();
+        KeyedChanges { entries: self.map.changes(), codes, retention: self.retention.changes() }
+    }
+
+    /// Applies the changes of the partition this one is a copy of.
+    pub fn apply(self, c: KeyedChanges<V>) {
+        self.codes.extend(c.codes);
+        self.map.apply(c.entries);
+        self.retention.apply(c.retention);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cbec_schemas::Text;
 
     fn sorted<V: Clone + Ord>(mut v: Vec<Change<Text, V>>) -> Vec<Change<Text, V>> {
         v.sort();
