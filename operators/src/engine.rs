@@ -91,7 +91,7 @@ pub enum Changes {
 /// written (orders, parcels, seals, bills, goods registrations by company), the codes and
 /// `invtNo` serials added, the control table if a control came, and copies of the flat or
 /// small parts (retention queues, rules).
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct EngineChanges {
     declare: Vec<DeclareChanges>,
     clear: Vec<ClearChanges>,
@@ -105,6 +105,18 @@ pub struct EngineChanges {
     rules: Rules,
     watermark: EventTime,
     expired: (u64, u64),
+}
+
+impl EngineChanges {
+    /// Serializes the changes (an incremental checkpoint).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("engine changes serialize")
+    }
+
+    /// Reads changes written by [`EngineChanges::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<EngineChanges, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
 }
 
 impl Engine {

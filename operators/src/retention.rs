@@ -77,7 +77,7 @@ impl Clone for Log {
 /// keys queued (with their day), and how many were taken from its front. A queue is
 /// first in, first out, so these give the queue now from the queue before, whatever the
 /// order they happened in.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct RetentionChanges {
     cutoff: i32,
     on: bool,

@@ -67,7 +67,7 @@ pub struct PortRelease {
 }
 
 /// What changed in the seal operator since the last [`SealOp::changes`].
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct SealChanges {
     seals: Vec<Change<String, SealState>>,
     bills: Vec<Change<String, Bill>>,

@@ -196,7 +196,7 @@ impl<K, V> Tracked<K, V> {
 /// What changed in a keyed operator partition (declare's orders, clear's parcels) since
 /// its last changes: the entries written (copied), the codes of their compact form added
 /// (the code table only grows), and what the retention queue did.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct KeyedChanges<V> {
     /// Entries written.
     pub entries: Vec<Change<Text, Box<V>>>,

@@ -1,31 +1,50 @@
 //! Checkpoints: input offsets recorded together with operator state, behind a small
-//! interface. [`LocalDirStore`] keeps them in a local directory (atomic rename, last two
-//! kept). Several processes of one consumer group need a store that moves state with its
-//! partitions (a Kafka changelog topic or object storage): implement [`CheckpointStore`]
-//! for it; nothing else assumes one process.
+//! interface. [`LocalDirStore`] keeps them in a local directory (atomic renames): a whole
+//! snapshot of the engine state now and then, and between two of them only what changed
+//! (incremental checkpoints, [`cbec_operators::engine::EngineChanges`]). Several processes of
+//! one consumer group need a store that moves state with its partitions (a Kafka changelog
+//! topic or object storage): implement [`CheckpointStore`] for it; nothing else assumes one
+//! process.
 
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
-/// One consistent cut: resume offsets per topic and partition, and operator state.
+/// Next offset to consume, per topic and partition.
+pub type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
+
+/// One consistent cut, as loaded: resume offsets per topic and partition, and operator
+/// state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
     /// Next offset to consume, per topic and partition.
-    pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
-    /// Engine snapshot (declare, clear, seals, broadcast tables).
+    pub offsets: Offsets,
+    /// Engine snapshot (declare, clear, seals, broadcast tables): the whole state.
     pub engine: Vec<u8>,
+    /// The engine's changes saved after that snapshot, oldest first, to apply to it
+    /// ([`cbec_operators::engine::EngineChanges::decode`]).
+    pub engine_changes: Vec<Vec<u8>>,
     /// Summarize snapshot.
     pub summarize: Vec<u8>,
+}
+
+/// The engine state of a checkpoint being saved.
+#[derive(Debug, Clone, Copy)]
+pub enum EngineSave<'a> {
+    /// A snapshot of the whole state.
+    Whole(&'a [u8]),
+    /// What changed since the checkpoint saved last (whole or changes itself).
+    Changes(&'a [u8]),
 }
 
 /// Where checkpoints live.
 pub trait CheckpointStore: Send + Sync {
     /// The latest complete checkpoint, if any.
     fn load(&self) -> anyhow::Result<Option<Checkpoint>>;
-    /// Saves a checkpoint atomically; returns its size in bytes.
-    fn save(&self, cp: &Checkpoint) -> anyhow::Result<u64>;
+    /// Saves a checkpoint atomically; returns its size in bytes. Changes continue the
+    /// checkpoint saved last: a store without one refuses them.
+    fn save(&self, offsets: &Offsets, engine: EngineSave<'_>, summarize: &[u8]) -> anyhow::Result<u64>;
 }
 
 /// Format 2: `invtNo` serials in use are kept with their declaration year (state
@@ -33,11 +52,19 @@ pub trait CheckpointStore: Send + Sync {
 /// as format 2 would let new lists reuse their numbers.
 const MAGIC: &[u8; 8] = b"CBECCP2\n";
 const PREFIX: &[u8; 6] = b"CBECCP";
+/// Changes files: what changed after the checkpoint numbered one less.
+const CHANGES_MAGIC: &[u8; 8] = b"CBECCH2\n";
 
-/// Checkpoints as files in a local directory.
+/// Checkpoints as files in a local directory: `checkpoint-N.bin` (the whole state) and
+/// `changes-N.bin` (what changed since number N − 1), numbered in the order saved. Loading
+/// takes the last whole checkpoint and the unbroken run of changes after it; saving a whole
+/// one removes everything before the previous whole one (the last two are kept).
 pub struct LocalDirStore {
     dir: PathBuf,
 }
+
+/// A file of the store: its number, whether it holds changes, its path.
+type Entry = (u64, bool, PathBuf);
 
 impl LocalDirStore {
     /// Uses (and creates) `dir`.
@@ -47,19 +74,32 @@ impl LocalDirStore {
         Ok(LocalDirStore { dir })
     }
 
-    fn list(&self) -> anyhow::Result<Vec<(u64, PathBuf)>> {
+    fn list(&self) -> anyhow::Result<Vec<Entry>> {
         let mut v = Vec::new();
         for e in std::fs::read_dir(&self.dir)? {
             let p = e?.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if let Some(n) = name.strip_prefix("checkpoint-").and_then(|s| s.strip_suffix(".bin"))
-                && let Ok(n) = n.parse()
-            {
-                v.push((n, p));
+            let Some(stem) = name.strip_suffix(".bin") else { continue };
+            let (changes, n) = match (stem.strip_prefix("checkpoint-"), stem.strip_prefix("changes-")) {
+                (Some(n), _) => (false, n),
+                (_, Some(n)) => (true, n),
+                _ => continue,
+            };
+            if let Ok(n) = n.parse() {
+                v.push((n, changes, p));
             }
         }
         v.sort();
         Ok(v)
+    }
+
+    fn write(&self, name: &str, out: &[u8]) -> anyhow::Result<()> {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(out)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(name))?;
+        Ok(())
     }
 }
 
@@ -77,42 +117,79 @@ fn read_section<'a>(b: &mut &'a [u8]) -> anyhow::Result<&'a [u8]> {
     Ok(s)
 }
 
+/// The sections of a checkpoint or changes file: offsets, engine state or changes,
+/// summarize.
+fn read_file(p: &std::path::Path, magic: &[u8; 8]) -> anyhow::Result<(Offsets, Vec<u8>, Vec<u8>)> {
+    let bytes = std::fs::read(p)?;
+    if !bytes.starts_with(magic) {
+        let version = bytes.strip_prefix(PREFIX.as_slice()).and_then(|b| b.first()).map(|b| char::from(*b));
+        match version {
+            Some(v) if magic == MAGIC => anyhow::bail!(
+                "{} is a cbec checkpoint of format {v}; this cbec reads format {}: finish with the cbec that wrote it, or move the checkpoint directory away to rebuild the state from the start of the topics (outputs come again with the same identities)",
+                p.display(),
+                char::from(MAGIC[6])
+            ),
+            _ => anyhow::bail!("{} is not a cbec checkpoint", p.display()),
+        }
+    }
+    let mut b = &bytes[magic.len()..];
+    let offsets = serde_json::from_slice(read_section(&mut b)?)?;
+    let engine = read_section(&mut b)?.to_vec();
+    let summarize = read_section(&mut b)?.to_vec();
+    Ok((offsets, engine, summarize))
+}
+
 impl CheckpointStore for LocalDirStore {
     fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
-        let Some((_, p)) = self.list()?.pop() else { return Ok(None) };
-        let bytes = std::fs::read(&p)?;
-        if !bytes.starts_with(MAGIC) {
-            let version = bytes.strip_prefix(PREFIX.as_slice()).and_then(|b| b.first()).map(|b| char::from(*b));
-            match version {
-                Some(v) => anyhow::bail!(
-                    "{} is a cbec checkpoint of format {v}; this cbec reads format {}: finish with the cbec that wrote it, or move the checkpoint directory away to rebuild the state from the start of the topics (outputs come again with the same identities)",
-                    p.display(),
-                    char::from(MAGIC[6])
-                ),
-                None => anyhow::bail!("{} is not a cbec checkpoint", p.display()),
+        let files = self.list()?;
+        let Some(w) = files.iter().rposition(|(_, changes, _)| !changes) else {
+            anyhow::ensure!(files.is_empty(), "{}: changes without the checkpoint they change", self.dir.display());
+            return Ok(None);
+        };
+        let (offsets, engine, summarize) = read_file(&files[w].2, MAGIC)?;
+        let mut cp = Checkpoint { offsets, engine, engine_changes: Vec::new(), summarize };
+        // The unbroken run of changes after it (a gap ends it: what follows continues a
+        // state that is not here).
+        for (i, (n, changes, p)) in files[w + 1..].iter().enumerate() {
+            if !changes || *n != files[w].0 + 1 + i as u64 {
+                break;
             }
+            let (offsets, engine_changes, summarize) = read_file(p, CHANGES_MAGIC)?;
+            cp.offsets = offsets;
+            cp.engine_changes.push(engine_changes);
+            cp.summarize = summarize;
         }
-        let mut b = &bytes[MAGIC.len()..];
-        let offsets = serde_json::from_slice(read_section(&mut b)?)?;
-        let engine = read_section(&mut b)?.to_vec();
-        let summarize = read_section(&mut b)?.to_vec();
-        Ok(Some(Checkpoint { offsets, engine, summarize }))
+        Ok(Some(cp))
     }
 
-    fn save(&self, cp: &Checkpoint) -> anyhow::Result<u64> {
+    fn save(&self, offsets: &Offsets, engine: EngineSave<'_>, summarize: &[u8]) -> anyhow::Result<u64> {
         let existing = self.list()?;
-        let n = existing.last().map_or(1, |(n, _)| n + 1);
-        let mut out = MAGIC.to_vec();
-        section(&mut out, &serde_json::to_vec(&cp.offsets)?);
-        section(&mut out, &cp.engine);
-        section(&mut out, &cp.summarize);
-        let tmp = self.dir.join(format!(".checkpoint-{n}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&out)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(format!("checkpoint-{n}.bin")))?;
-        for (_, p) in existing.iter().rev().skip(1) {
-            let _ = std::fs::remove_file(p);
+        let n = existing.last().map_or(1, |(n, ..)| n + 1);
+        let (magic, name, state) = match engine {
+            EngineSave::Whole(b) => (MAGIC, format!("checkpoint-{n}.bin"), b),
+            EngineSave::Changes(b) => {
+                anyhow::ensure!(
+                    existing.iter().any(|(_, changes, _)| !changes),
+                    "checkpoint changes saved before any whole checkpoint"
+                );
+                (CHANGES_MAGIC, format!("changes-{n}.bin"), b)
+            }
+        };
+        let mut out = magic.to_vec();
+        section(&mut out, &serde_json::to_vec(offsets)?);
+        section(&mut out, state);
+        section(&mut out, summarize);
+        self.write(&name, &out)?;
+        if matches!(engine, EngineSave::Whole(_)) {
+            // Keep the previous whole checkpoint and its changes; drop what is before it.
+            let wholes: Vec<u64> = existing.iter().filter(|(_, c, _)| !c).map(|(n, ..)| *n).collect();
+            if let Some(&keep_from) = wholes.last() {
+                for (m, _, p) in &existing {
+                    if *m < keep_from {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+            }
         }
         Ok(out.len() as u64)
     }
@@ -122,18 +199,67 @@ impl CheckpointStore for LocalDirStore {
 mod tests {
     use super::*;
 
+    fn offsets(i: i64) -> Offsets {
+        [("cbec.orders".to_string(), [(0, i)].into())].into()
+    }
+
     #[test]
     fn saves_and_loads_the_latest() {
         let d = tempfile::tempdir().unwrap();
         let s = LocalDirStore::new(d.path()).unwrap();
         assert!(s.load().unwrap().is_none());
-        let mut cp = Checkpoint { offsets: BTreeMap::new(), engine: b"{}".to_vec(), summarize: b"[]".to_vec() };
         for i in 0..4 {
-            cp.offsets.entry("cbec.orders".into()).or_default().insert(0, i);
-            s.save(&cp).unwrap();
+            s.save(&offsets(i), EngineSave::Whole(b"{}"), b"[]").unwrap();
         }
-        assert_eq!(s.load().unwrap().unwrap(), cp);
+        let cp = s.load().unwrap().unwrap();
+        assert_eq!(
+            cp,
+            Checkpoint {
+                offsets: offsets(3),
+                engine: b"{}".to_vec(),
+                engine_changes: vec![],
+                summarize: b"[]".to_vec()
+            }
+        );
         assert!(s.list().unwrap().len() <= 2);
+    }
+
+    /// Changes load with the whole checkpoint before them, in order, with the offsets and
+    /// summarize state of the last; a whole checkpoint later starts a new run, and the
+    /// files before the previous whole one are removed.
+    #[test]
+    fn changes_load_on_top_of_the_whole_checkpoint_before_them() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalDirStore::new(d.path()).unwrap();
+        assert!(s.save(&offsets(0), EngineSave::Changes(b"c0"), b"s0").is_err(), "nothing to change yet");
+        s.save(&offsets(1), EngineSave::Whole(b"w1"), b"s1").unwrap();
+        s.save(&offsets(2), EngineSave::Changes(b"c2"), b"s2").unwrap();
+        s.save(&offsets(3), EngineSave::Changes(b"c3"), b"s3").unwrap();
+        let cp = s.load().unwrap().unwrap();
+        assert_eq!(
+            cp,
+            Checkpoint {
+                offsets: offsets(3),
+                engine: b"w1".to_vec(),
+                engine_changes: vec![b"c2".to_vec(), b"c3".to_vec()],
+                summarize: b"s3".to_vec()
+            }
+        );
+        s.save(&offsets(4), EngineSave::Whole(b"w4"), b"s4").unwrap();
+        s.save(&offsets(5), EngineSave::Changes(b"c5"), b"s5").unwrap();
+        let cp = s.load().unwrap().unwrap();
+        assert_eq!((cp.engine, cp.engine_changes, cp.offsets), (b"w4".to_vec(), vec![b"c5".to_vec()], offsets(5)));
+        assert_eq!(s.list().unwrap().len(), 5, "the previous whole checkpoint and its changes are kept");
+        s.save(&offsets(6), EngineSave::Whole(b"w6"), b"s6").unwrap();
+        let left: Vec<u64> = s.list().unwrap().iter().map(|(n, ..)| *n).collect();
+        assert_eq!(left, [4, 5, 6]);
+        // A missing changes file ends the run: what follows it changes a state not here.
+        s.save(&offsets(7), EngineSave::Changes(b"c7"), b"s7").unwrap();
+        s.save(&offsets(8), EngineSave::Changes(b"c8"), b"s8").unwrap();
+        s.save(&offsets(9), EngineSave::Changes(b"c9"), b"s9").unwrap();
+        std::fs::remove_file(d.path().join("changes-8.bin")).unwrap();
+        let cp = s.load().unwrap().unwrap();
+        assert_eq!((cp.engine_changes, cp.offsets), (vec![b"c7".to_vec()], offsets(7)));
     }
 
     #[test]

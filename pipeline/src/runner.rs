@@ -12,13 +12,14 @@
 //! sink as soon as the scan is processed; their latency (source read → decision) is
 //! measured here.
 
-use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::checkpoint::{Checkpoint, CheckpointStore, EngineSave};
 use crate::metrics as m;
 use crate::record::Record;
 use crate::sequencer::{Sequencer, SourceId};
 use crate::sink::Sink;
 use crate::summary_stage::{self, SumMsg};
-use cbec_operators::engine::{Changes, Engine, Out};
+use anyhow::Context;
+use cbec_operators::engine::{Changes, Engine, EngineChanges, Out};
 use cbec_operators::rules::Rules;
 use cbec_operators::summarize::Summarize;
 use cbec_schemas::hs::Nomenclature;
@@ -410,8 +411,8 @@ struct State {
     /// Input topic names (for dead letters).
     topic_names: HashMap<Topic, String>,
     /// The checkpoint writer's copy of the engine state, kept up to date with the changes
-    /// each checkpoint takes ([`Engine::changes`]); `None` until the first.
-    copy: Arc<Mutex<Option<Engine>>>,
+    /// each checkpoint takes ([`Engine::changes`]); empty until the first.
+    copy: Arc<Mutex<WriterCopy>>,
 }
 
 /// Records handed to the sink thread at most this many at a time.
@@ -582,7 +583,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
     let all_sources: Vec<SourceId> = run.inputs.iter().flat_map(|(s, _)| s.iter().copied()).collect();
     let mut seq: Sequencer<Item> = Sequencer::new(all_sources.iter().copied(), run.lateness_ms);
     let (summarize_state, engine) = match &restored {
-        Some(cp) => (serde_json::from_slice(&cp.summarize)?, Engine::restore(&cp.engine, run.hs.clone())?),
+        Some(cp) => (serde_json::from_slice(&cp.summarize)?, restored_engine(cp, run.hs.clone())?),
         None => (Summarize::default(), Engine::new(run.rules.clone(), run.hs.clone(), run.partitions)),
     };
     let (summarize, summarize_h) = summary_stage::spawn(
@@ -607,7 +608,9 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
     if run.checkpoint.is_some() && restored.is_some() {
         // The writer's copy starts from the restored state (copied now, before any input,
         // instead of at the first checkpoint on the decision path).
-        *st.copy.lock().expect("copy lock") = Some(st.engine.clone());
+        // Its first checkpoint is whole (`whole` 0): a new run of changes files starts
+        // from this state, whatever the files before it were.
+        st.copy.lock().expect("copy lock").engine = Some(st.engine.clone());
         st.engine.track();
     }
     let mut done: HashMap<usize, bool> = HashMap::new();
@@ -785,6 +788,67 @@ fn flush(sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
     rx.recv().map_err(|_| anyhow::anyhow!("sink stopped"))?
 }
 
+/// The engine state of a checkpoint: its whole snapshot with the changes saved after it.
+fn restored_engine(cp: &Checkpoint, hs: Nomenclature) -> anyhow::Result<Engine> {
+    let mut engine = Engine::restore(&cp.engine, hs)?;
+    for (i, c) in cp.engine_changes.iter().enumerate() {
+        let c = EngineChanges::decode(c)
+            .with_context(|| format!("checkpoint changes {} of {}", i + 1, cp.engine_changes.len()))?;
+        engine.apply(Changes::Delta(Box::new(c)));
+    }
+    Ok(engine)
+}
+
+/// The checkpoint writer's copy of the engine state, and what its checkpoint files hold.
+#[derive(Default)]
+struct WriterCopy {
+    engine: Option<Engine>,
+    /// Bytes of the last whole checkpoint saved (0: the next one is whole).
+    whole: u64,
+    /// Bytes of the changes saved since.
+    changes: u64,
+}
+
+impl WriterCopy {
+    /// Brings the copy up to date with `changes` and saves a checkpoint: the changes, or
+    /// the whole state when the changes since the last whole checkpoint would outgrow it
+    /// (loading reads the whole one and every change after it). Returns the bytes saved.
+    fn save(
+        &mut self,
+        changes: Changes,
+        store: &dyn CheckpointStore,
+        offsets: &crate::checkpoint::Offsets,
+        summarize: &[u8],
+    ) -> anyhow::Result<u64> {
+        let delta = match changes {
+            Changes::Full(e) => {
+                self.engine = Some(*e);
+                None
+            }
+            Changes::Delta(d) => {
+                let bytes = d.encode();
+                let engine = self.engine.as_mut().context("checkpoint changes without the state they change")?;
+                engine.apply(Changes::Delta(d));
+                Some(bytes)
+            }
+        };
+        let engine = self.engine.as_ref().context("no engine state to checkpoint")?;
+        match delta {
+            Some(d) if self.whole > 0 && self.changes + d.len() as u64 <= self.whole => {
+                let n = store.save(offsets, EngineSave::Changes(&d), summarize)?;
+                self.changes += d.len() as u64;
+                Ok(n)
+            }
+            _ => {
+                let whole = engine.snapshot();
+                let n = store.save(offsets, EngineSave::Whole(&whole), summarize)?;
+                (self.whole, self.changes) = (whole.len() as u64, 0);
+                Ok(n)
+            }
+        }
+    }
+}
+
 /// Takes a checkpoint: the state is copied here, on the engine thread (a consistent cut);
 /// the sink thread flushes the outputs that precede it, and the writer thread serializes
 /// and saves the copy and then lets the consumer group commit its offsets. When `wait`,
@@ -820,20 +884,12 @@ fn checkpoint(
     let cut = move |summarize: Summarize| -> SinkMsg {
         SinkMsg::AfterDurable(Box::new(move || {
             let mut copy = copy.lock().map_err(|_| anyhow::anyhow!("checkpoint copy poisoned"))?;
-            let engine = match (changes, copy.as_mut()) {
-                (Changes::Full(e), _) => copy.insert(*e),
-                (delta, Some(e)) => {
-                    e.apply(delta);
-                    e
-                }
-                (Changes::Delta(_), None) => anyhow::bail!("checkpoint changes without the state they change"),
-            };
-            let cp = Checkpoint { offsets, engine: engine.snapshot(), summarize: serde_json::to_vec(&summarize)? };
-            drop((copy, summarize));
-            let bytes = store.save(&cp)?;
+            let summarize = serde_json::to_vec(&summarize)?;
+            let bytes = copy.save(changes, &*store, &offsets, &summarize)?;
+            drop(copy);
             m::CheckpointDone { seconds: t.elapsed().as_secs_f64(), bytes }.emit();
             if let Some(tx) = commits {
-                let _ = tx.try_send(cp.offsets);
+                let _ = tx.try_send(offsets);
             }
             Ok(())
         }))
@@ -853,6 +909,59 @@ mod tests {
     use crate::config::Config;
     use cbec_schemas::hs::Nomenclature;
 
+    /// The checkpoint files of a run — whole checkpoints and the changes between them, as
+    /// the writer chooses — load back into the engine state of the last checkpoint.
+    #[test]
+    fn checkpoint_files_load_back_into_the_state_they_saved() {
+        let hs = Nomenclature::default();
+        let rules = Rules::default();
+        let g = crate::generator::generate(
+            &crate::generator::GenConfig { orders: 1500, malformed: 0.0, ..Default::default() },
+            &rules,
+            &hs,
+        );
+        let mut decoder = Decoder::new();
+        let feed: Vec<Entity> = crate::generator::merged(&g)
+            .into_iter()
+            .filter_map(|(t, _, m)| match decoder.decode(t, &m) {
+                Decoded::One(Ok(e)) => Some(e),
+                _ => None,
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::new(dir.path()).unwrap();
+        let mut engine = Engine::new(rules, hs.clone(), 2);
+        let mut writer = WriterCopy::default();
+        let value = |e: &Engine| -> serde_json::Value {
+            let mut v: serde_json::Value = serde_json::from_slice(&e.snapshot()).unwrap();
+            if let Some(serde_json::Value::Array(s)) = v.pointer_mut("/shared/serials") {
+                s.sort_by_key(|x| x.as_u64());
+            }
+            v
+        };
+        let (mut out, mut kinds) = (Vec::new(), Vec::new());
+        // Most of the story, then small slices of it: checkpoints after each.
+        let mut at = 0;
+        for len in [feed.len() * 3 / 4, 50, 50, 3000, 50, 0, 50] {
+            for e in &feed[at..(at + len).min(feed.len())] {
+                engine.advance(EventTime(e.event_time().0 - 1), &mut out);
+                engine.process(e.clone(), &mut out);
+            }
+            at = (at + len).min(feed.len());
+            let offsets = [("cbec.orders".to_string(), [(0, at as i64)].into())].into();
+            writer.save(engine.changes(), &store, &offsets, b"[]").unwrap();
+            let cp = store.load().unwrap().unwrap();
+            kinds.push(cp.engine_changes.len());
+            assert_eq!(cp.offsets, offsets);
+            assert!(value(&restored_engine(&cp, hs.clone()).unwrap()) == value(&engine), "after {at} inputs");
+        }
+        assert!(kinds.iter().any(|n| *n >= 2), "some checkpoints load with their changes: {kinds:?}");
+        assert!(
+            kinds.contains(&0) && kinds.iter().skip(1).any(|n| *n == 0),
+            "and a large change is saved whole: {kinds:?}"
+        );
+    }
+
     #[test]
     fn a_restored_offset_survives_a_checkpoint_of_a_run_that_read_nothing_new() {
         let dir = tempfile::tempdir().unwrap();
@@ -865,6 +974,7 @@ mod tests {
         let restored = Checkpoint {
             offsets: [(cfg.input_topic(Topic::Orders), [(0, 42)].into())].into(),
             engine: engine.snapshot(),
+            engine_changes: Vec::new(),
             summarize: serde_json::to_vec(&Summarize::default()).unwrap(),
         };
         let (sink_tx, sink_h) = spawn_sink(Box::new(crate::sink::NullSink), 16);
@@ -961,7 +1071,7 @@ mod tests {
         fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
             Ok(None)
         }
-        fn save(&self, _: &Checkpoint) -> anyhow::Result<u64> {
+        fn save(&self, _: &crate::checkpoint::Offsets, _: EngineSave<'_>, _: &[u8]) -> anyhow::Result<u64> {
             anyhow::bail!("disk full")
         }
     }
