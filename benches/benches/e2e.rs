@@ -209,6 +209,7 @@ fn main() {
         let first = e.changes();
         let whole = t.elapsed();
         drop(first);
+        let whole_bytes = e.snapshot().len();
         let (orders_held, parcels_held) = e.keys();
         let mut at = state_end;
         let mut deltas = Vec::new();
@@ -218,11 +219,16 @@ fn main() {
             let (changed, held) = e.changed_keys();
             let t = Instant::now();
             let d = e.changes();
-            let whole = matches!(d, cbec_operators::engine::Changes::Full(_));
+            let pause = t.elapsed();
+            let saved = match &d {
+                cbec_operators::engine::Changes::Full(_) => {
+                    "; more than half, so the whole state was copied".to_string()
+                }
+                cbec_operators::engine::Changes::Delta(c) => format!("; {} MB to save", c.encode().len() >> 20),
+            };
             deltas.push(format!(
-                "{:.1} ms after {len} more messages ({changed} of {held} keys changed{})",
-                t.elapsed().as_secs_f64() * 1e3,
-                if whole { ": more than half, so the whole state was copied" } else { "" }
+                "{:.1} ms after {len} more messages ({changed} of {held} keys changed{saved})",
+                pause.as_secs_f64() * 1e3
             ));
             drop(d);
         }
@@ -231,9 +237,10 @@ fn main() {
         let whole_end = t.elapsed();
         drop(again);
         println!(
-            "checkpoint pause on the engine thread, state of {orders_held} orders and {parcels_held} parcels: a copy of the whole state {:.1} ms (at the end {:.1} ms); a copy of the changes since the previous checkpoint {}",
+            "checkpoint pause on the engine thread, state of {orders_held} orders and {parcels_held} parcels: a copy of the whole state {:.1} ms (at the end {:.1} ms; {} MB to save); a copy of the changes since the previous checkpoint {}",
             whole.as_secs_f64() * 1e3,
             whole_end.as_secs_f64() * 1e3,
+            whole_bytes >> 20,
             deltas.join(", ")
         );
     }
