@@ -35,6 +35,44 @@ pub struct Summarize {
     /// every item; this spares a calendar computation per item).
     #[serde(skip)]
     first_close: Option<(u32, i64)>,
+    /// What changed since the last [`Summarize::changes`], while recording.
+    #[serde(skip)]
+    log: crate::tracked::Unshared<Vec<Step>>,
+}
+
+/// One change of the summarize state, replayed in order by [`Summarize::apply`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Step {
+    /// An exited list into its period (or out of it, when it is not summarizable).
+    Exited(Exited),
+    /// A period closed.
+    Closed(u32),
+}
+
+/// What changed in the summarize state since the last [`Summarize::changes`]: the exited
+/// lists it took (shared, not copied) and the periods it closed, in order.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SummarizeChanges(Vec<Step>);
+
+/// The summarize state for a checkpoint: all of it the first time, then what changed.
+#[derive(Debug)]
+pub enum SummarizeCut {
+    /// A copy of the whole state.
+    Whole(Box<Summarize>),
+    /// What changed since the previous cut.
+    Changes(SummarizeChanges),
+}
+
+impl SummarizeChanges {
+    /// Serializes the changes (an incremental checkpoint).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("summarize changes serialize")
+    }
+
+    /// Reads changes written by [`SummarizeChanges::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<SummarizeChanges, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
 }
 
 /// Builds the item-row batch of a period's lists (one row per list item).
@@ -156,6 +194,65 @@ impl Summarize {
     pub fn pending(&self) -> usize {
         self.open.values().map(BTreeMap::len).sum()
     }
+
+    fn exited(&mut self, e: Exited) {
+        if let Some(log) = &mut self.log.0 {
+            log.push(Step::Exited(e.clone()));
+        }
+        let period = e.list.ie_date.period();
+        let open = self.open.entry(period).or_default();
+        if e.summarizable {
+            open.insert(e.invt_no.to_string(), e);
+        } else {
+            open.remove(e.invt_no.as_str());
+        }
+    }
+
+    /// Closes period `p`: its lists and its revision, when it had any.
+    fn close(&mut self, p: u32) -> Option<(BTreeMap<String, Exited>, u32)> {
+        if let Some(log) = &mut self.log.0 {
+            log.push(Step::Closed(p));
+        }
+        let lists = self.open.remove(&p).unwrap_or_default();
+        if lists.is_empty() {
+            return None;
+        }
+        let rev = self.revisions.entry(p).or_insert(0);
+        *rev += 1;
+        Some((lists, *rev))
+    }
+
+    /// The state for a checkpoint: a copy of all of it the first time (and from then on
+    /// the changes are recorded), afterwards what changed since the previous call.
+    pub fn cut(&mut self) -> SummarizeCut {
+        match self.log.0.replace(Vec::new()) {
+            Some(steps) => SummarizeCut::Changes(SummarizeChanges(steps)),
+            None => SummarizeCut::Whole(Box::new(self.clone())),
+        }
+    }
+
+    /// Starts recording what changes (a restored state whose checkpoint writer holds a copy
+    /// of it already).
+    pub fn track(&mut self) {
+        self.log.0 = Some(Vec::new());
+    }
+
+    /// Applies a [`Summarize::cut`] of the state this one is a copy of.
+    pub fn apply(&mut self, c: SummarizeCut) {
+        match c {
+            SummarizeCut::Whole(s) => *self = *s,
+            SummarizeCut::Changes(SummarizeChanges(steps)) => {
+                for step in steps {
+                    match step {
+                        Step::Exited(e) => self.exited(e),
+                        Step::Closed(p) => {
+                            self.close(p);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Operator for Summarize {
@@ -164,13 +261,7 @@ impl Operator for Summarize {
     type Ctx = Rules;
 
     fn process(&mut self, _rules: &mut Rules, e: Exited, _out: &mut dyn Collector<Summary>) {
-        let period = e.list.ie_date.period();
-        let open = self.open.entry(period).or_default();
-        if e.summarizable {
-            open.insert(e.invt_no.to_string(), e);
-        } else {
-            open.remove(e.invt_no.as_str());
-        }
+        self.exited(e);
     }
 
     fn on_watermark(&mut self, rules: &mut Rules, wm: EventTime, out: &mut dyn Collector<Summary>) {
@@ -189,14 +280,9 @@ impl Operator for Summarize {
         let due: Vec<u32> =
             self.open.keys().copied().filter(|p| period_end(*p).plus_ms(rules.summary_grace_ms()) <= wm).collect();
         for p in due {
-            let lists = self.open.remove(&p).unwrap_or_default();
-            if lists.is_empty() {
-                continue;
-            }
-            let rev = self.revisions.entry(p).or_insert(0);
-            *rev += 1;
+            let Some((lists, rev)) = self.close(p) else { continue };
             let refs: Vec<&Exited> = lists.values().collect();
-            for s in summarize_batch(&rows_batch(&refs, rules.summary_flag), p, *rev) {
+            for s in summarize_batch(&rows_batch(&refs, rules.summary_flag), p, rev) {
                 out.collect(s);
             }
         }

@@ -935,3 +935,54 @@ fn a_copy_kept_by_the_changes_equals_the_engine_at_every_checkpoint() {
     assert!(out.iter().any(|o| matches!(o, Out::Return(_))), "a payment wait fired");
     assert!(full >= 2 && deltas > 10, "{full} whole copies, {deltas} of the changes only");
 }
+
+/// The summarize state's copy kept by its cuts (serialized and read back) equals it,
+/// through lists coming in, lists taken out (returned after they exited) and periods
+/// closing with their revisions.
+#[test]
+fn a_summarize_copy_kept_by_its_cuts_equals_it() {
+    use crate::summarize::{SummarizeChanges, SummarizeCut};
+    let mut e = Engine::new(rules(), hs(), 2);
+    let input = story(300, 3);
+    let last = input.last().unwrap().event_time();
+    let mut out = feed(&mut e, input);
+    e.advance(last.plus_ms(3_600_000), &mut out);
+    let exited: Vec<crate::engine::Exited> = out
+        .into_iter()
+        .filter_map(|o| match o {
+            Out::Exited(x) => Some(x),
+            _ => None,
+        })
+        .collect();
+    assert!(exited.len() > 200, "{}", exited.len());
+    let mut s = Summarize::default();
+    let mut copy = Summarize::default();
+    let mut r = rules();
+    let (mut summaries, mut cuts) = (Vec::new(), 0);
+    let mut cut = |s: &mut Summarize, copy: &mut Summarize| {
+        let c = match s.cut() {
+            SummarizeCut::Changes(c) => SummarizeCut::Changes(SummarizeChanges::decode(&c.encode()).unwrap()),
+            whole => whole,
+        };
+        copy.apply(c);
+        cuts += 1;
+        assert_eq!(serde_json::to_value(&*copy).unwrap(), serde_json::to_value(&*s).unwrap(), "cut {cuts}");
+    };
+    for (i, x) in exited.iter().enumerate() {
+        s.process(&mut r, x.clone(), &mut summaries);
+        if i % 37 == 0 {
+            // Some lists leave again (returned after they exited).
+            s.process(&mut r, crate::engine::Exited { summarizable: false, ..x.clone() }, &mut summaries);
+            cut(&mut s, &mut copy);
+        }
+    }
+    cut(&mut s, &mut copy);
+    s.on_watermark(&mut r, EventTime::MAX, &mut summaries);
+    assert!(!summaries.is_empty());
+    cut(&mut s, &mut copy);
+    // A late list reopens its period: a supplementary declaration (revision 2).
+    s.process(&mut r, exited[1].clone(), &mut summaries);
+    s.on_watermark(&mut r, EventTime::MAX, &mut summaries);
+    cut(&mut s, &mut copy);
+    assert_eq!(copy.pending(), 0);
+}

@@ -15,6 +15,23 @@ use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::Arc;
 
+/// A change log kept beside state: `None` while not recording; a copy of the state does
+/// not record (it is someone else's state).
+#[derive(Debug)]
+pub struct Unshared<T>(pub Option<T>);
+
+impl<T> Default for Unshared<T> {
+    fn default() -> Self {
+        Unshared(None)
+    }
+}
+
+impl<T> Clone for Unshared<T> {
+    fn clone(&self) -> Self {
+        Unshared(None)
+    }
+}
+
 /// One changed key: its value now, or `None` when it was removed.
 pub type Change<K, V> = (K, Option<V>);
 

@@ -27,15 +27,28 @@ pub struct Checkpoint {
     pub engine_changes: Vec<Vec<u8>>,
     /// Summarize snapshot.
     pub summarize: Vec<u8>,
+    /// Summarize's changes saved after that snapshot, oldest first
+    /// ([`cbec_operators::summarize::SummarizeChanges::decode`]).
+    pub summarize_changes: Vec<Vec<u8>>,
 }
 
-/// The engine state of a checkpoint being saved.
+/// The operator state of a checkpoint being saved: the engine's and summarize's.
 #[derive(Debug, Clone, Copy)]
-pub enum EngineSave<'a> {
-    /// A snapshot of the whole state.
-    Whole(&'a [u8]),
+pub enum StateSave<'a> {
+    /// Snapshots of the whole state.
+    Whole {
+        /// Engine snapshot.
+        engine: &'a [u8],
+        /// Summarize snapshot.
+        summarize: &'a [u8],
+    },
     /// What changed since the checkpoint saved last (whole or changes itself).
-    Changes(&'a [u8]),
+    Changes {
+        /// Engine changes.
+        engine: &'a [u8],
+        /// Summarize changes.
+        summarize: &'a [u8],
+    },
 }
 
 /// Where checkpoints live.
@@ -44,7 +57,7 @@ pub trait CheckpointStore: Send + Sync {
     fn load(&self) -> anyhow::Result<Option<Checkpoint>>;
     /// Saves a checkpoint atomically; returns its size in bytes. Changes continue the
     /// checkpoint saved last: a store without one refuses them.
-    fn save(&self, offsets: &Offsets, engine: EngineSave<'_>, summarize: &[u8]) -> anyhow::Result<u64>;
+    fn save(&self, offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<u64>;
 }
 
 /// Format 2: `invtNo` serials in use are kept with their declaration year (state
@@ -117,8 +130,8 @@ fn read_section<'a>(b: &mut &'a [u8]) -> anyhow::Result<&'a [u8]> {
     Ok(s)
 }
 
-/// The sections of a checkpoint or changes file: offsets, engine state or changes,
-/// summarize.
+/// The sections of a checkpoint or changes file: offsets, the engine's state or changes,
+/// summarize's state or changes.
 fn read_file(p: &std::path::Path, magic: &[u8; 8]) -> anyhow::Result<(Offsets, Vec<u8>, Vec<u8>)> {
     let bytes = std::fs::read(p)?;
     if !bytes.starts_with(magic) {
@@ -147,40 +160,41 @@ impl CheckpointStore for LocalDirStore {
             return Ok(None);
         };
         let (offsets, engine, summarize) = read_file(&files[w].2, MAGIC)?;
-        let mut cp = Checkpoint { offsets, engine, engine_changes: Vec::new(), summarize };
+        let mut cp =
+            Checkpoint { offsets, engine, engine_changes: Vec::new(), summarize, summarize_changes: Vec::new() };
         // The unbroken run of changes after it (a gap ends it: what follows continues a
         // state that is not here).
         for (i, (n, changes, p)) in files[w + 1..].iter().enumerate() {
             if !changes || *n != files[w].0 + 1 + i as u64 {
                 break;
             }
-            let (offsets, engine_changes, summarize) = read_file(p, CHANGES_MAGIC)?;
+            let (offsets, engine_changes, summarize_changes) = read_file(p, CHANGES_MAGIC)?;
             cp.offsets = offsets;
             cp.engine_changes.push(engine_changes);
-            cp.summarize = summarize;
+            cp.summarize_changes.push(summarize_changes);
         }
         Ok(Some(cp))
     }
 
-    fn save(&self, offsets: &Offsets, engine: EngineSave<'_>, summarize: &[u8]) -> anyhow::Result<u64> {
+    fn save(&self, offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<u64> {
         let existing = self.list()?;
         let n = existing.last().map_or(1, |(n, ..)| n + 1);
-        let (magic, name, state) = match engine {
-            EngineSave::Whole(b) => (MAGIC, format!("checkpoint-{n}.bin"), b),
-            EngineSave::Changes(b) => {
+        let (magic, name, engine, summarize) = match state {
+            StateSave::Whole { engine, summarize } => (MAGIC, format!("checkpoint-{n}.bin"), engine, summarize),
+            StateSave::Changes { engine, summarize } => {
                 anyhow::ensure!(
                     existing.iter().any(|(_, changes, _)| !changes),
                     "checkpoint changes saved before any whole checkpoint"
                 );
-                (CHANGES_MAGIC, format!("changes-{n}.bin"), b)
+                (CHANGES_MAGIC, format!("changes-{n}.bin"), engine, summarize)
             }
         };
         let mut out = magic.to_vec();
         section(&mut out, &serde_json::to_vec(offsets)?);
-        section(&mut out, state);
+        section(&mut out, engine);
         section(&mut out, summarize);
         self.write(&name, &out)?;
-        if matches!(engine, EngineSave::Whole(_)) {
+        if matches!(state, StateSave::Whole { .. }) {
             // Keep the previous whole checkpoint and its changes; drop what is before it.
             let wholes: Vec<u64> = existing.iter().filter(|(_, c, _)| !c).map(|(n, ..)| *n).collect();
             if let Some(&keep_from) = wholes.last() {
@@ -199,6 +213,14 @@ impl CheckpointStore for LocalDirStore {
 mod tests {
     use super::*;
 
+    fn whole<'a>(engine: &'a [u8], summarize: &'a [u8]) -> StateSave<'a> {
+        StateSave::Whole { engine, summarize }
+    }
+
+    fn changes<'a>(engine: &'a [u8], summarize: &'a [u8]) -> StateSave<'a> {
+        StateSave::Changes { engine, summarize }
+    }
+
     fn offsets(i: i64) -> Offsets {
         [("cbec.orders".to_string(), [(0, i)].into())].into()
     }
@@ -209,7 +231,7 @@ mod tests {
         let s = LocalDirStore::new(d.path()).unwrap();
         assert!(s.load().unwrap().is_none());
         for i in 0..4 {
-            s.save(&offsets(i), EngineSave::Whole(b"{}"), b"[]").unwrap();
+            s.save(&offsets(i), whole(b"{}", b"[]")).unwrap();
         }
         let cp = s.load().unwrap().unwrap();
         assert_eq!(
@@ -218,23 +240,24 @@ mod tests {
                 offsets: offsets(3),
                 engine: b"{}".to_vec(),
                 engine_changes: vec![],
-                summarize: b"[]".to_vec()
+                summarize: b"[]".to_vec(),
+                summarize_changes: vec![]
             }
         );
         assert!(s.list().unwrap().len() <= 2);
     }
 
-    /// Changes load with the whole checkpoint before them, in order, with the offsets and
-    /// summarize state of the last; a whole checkpoint later starts a new run, and the
+    /// Changes load with the whole checkpoint before them, in order, with the offsets of
+    /// the last; a whole checkpoint later starts a new run, and the
     /// files before the previous whole one are removed.
     #[test]
     fn changes_load_on_top_of_the_whole_checkpoint_before_them() {
         let d = tempfile::tempdir().unwrap();
         let s = LocalDirStore::new(d.path()).unwrap();
-        assert!(s.save(&offsets(0), EngineSave::Changes(b"c0"), b"s0").is_err(), "nothing to change yet");
-        s.save(&offsets(1), EngineSave::Whole(b"w1"), b"s1").unwrap();
-        s.save(&offsets(2), EngineSave::Changes(b"c2"), b"s2").unwrap();
-        s.save(&offsets(3), EngineSave::Changes(b"c3"), b"s3").unwrap();
+        assert!(s.save(&offsets(0), changes(b"c0", b"s0")).is_err(), "nothing to change yet");
+        s.save(&offsets(1), whole(b"w1", b"s1")).unwrap();
+        s.save(&offsets(2), changes(b"c2", b"s2")).unwrap();
+        s.save(&offsets(3), changes(b"c3", b"s3")).unwrap();
         let cp = s.load().unwrap().unwrap();
         assert_eq!(
             cp,
@@ -242,21 +265,22 @@ mod tests {
                 offsets: offsets(3),
                 engine: b"w1".to_vec(),
                 engine_changes: vec![b"c2".to_vec(), b"c3".to_vec()],
-                summarize: b"s3".to_vec()
+                summarize: b"s1".to_vec(),
+                summarize_changes: vec![b"s2".to_vec(), b"s3".to_vec()]
             }
         );
-        s.save(&offsets(4), EngineSave::Whole(b"w4"), b"s4").unwrap();
-        s.save(&offsets(5), EngineSave::Changes(b"c5"), b"s5").unwrap();
+        s.save(&offsets(4), whole(b"w4", b"s4")).unwrap();
+        s.save(&offsets(5), changes(b"c5", b"s5")).unwrap();
         let cp = s.load().unwrap().unwrap();
         assert_eq!((cp.engine, cp.engine_changes, cp.offsets), (b"w4".to_vec(), vec![b"c5".to_vec()], offsets(5)));
         assert_eq!(s.list().unwrap().len(), 5, "the previous whole checkpoint and its changes are kept");
-        s.save(&offsets(6), EngineSave::Whole(b"w6"), b"s6").unwrap();
+        s.save(&offsets(6), whole(b"w6", b"s6")).unwrap();
         let left: Vec<u64> = s.list().unwrap().iter().map(|(n, ..)| *n).collect();
         assert_eq!(left, [4, 5, 6]);
         // A missing changes file ends the run: what follows it changes a state not here.
-        s.save(&offsets(7), EngineSave::Changes(b"c7"), b"s7").unwrap();
-        s.save(&offsets(8), EngineSave::Changes(b"c8"), b"s8").unwrap();
-        s.save(&offsets(9), EngineSave::Changes(b"c9"), b"s9").unwrap();
+        s.save(&offsets(7), changes(b"c7", b"s7")).unwrap();
+        s.save(&offsets(8), changes(b"c8", b"s8")).unwrap();
+        s.save(&offsets(9), changes(b"c9", b"s9")).unwrap();
         std::fs::remove_file(d.path().join("changes-8.bin")).unwrap();
         let cp = s.load().unwrap().unwrap();
         assert_eq!((cp.engine_changes, cp.offsets), (vec![b"c7".to_vec()], offsets(7)));

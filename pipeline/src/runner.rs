@@ -12,7 +12,7 @@
 //! sink as soon as the scan is processed; their latency (source read → decision) is
 //! measured here.
 
-use crate::checkpoint::{Checkpoint, CheckpointStore, EngineSave};
+use crate::checkpoint::{Checkpoint, CheckpointStore, StateSave};
 use crate::metrics as m;
 use crate::record::Record;
 use crate::sequencer::{Sequencer, SourceId};
@@ -21,7 +21,7 @@ use crate::summary_stage::{self, SumMsg};
 use anyhow::Context;
 use cbec_operators::engine::{Changes, Engine, EngineChanges, Out};
 use cbec_operators::rules::Rules;
-use cbec_operators::summarize::Summarize;
+use cbec_operators::summarize::{Summarize, SummarizeChanges, SummarizeCut};
 use cbec_schemas::hs::Nomenclature;
 use cbec_schemas::{DeadLetter, Decoded, Decoder, Entity, EventTime, Topic};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TrySendError, bounded};
@@ -582,10 +582,21 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
     let started = Instant::now();
     let all_sources: Vec<SourceId> = run.inputs.iter().flat_map(|(s, _)| s.iter().copied()).collect();
     let mut seq: Sequencer<Item> = Sequencer::new(all_sources.iter().copied(), run.lateness_ms);
-    let (summarize_state, engine) = match &restored {
-        Some(cp) => (serde_json::from_slice(&cp.summarize)?, restored_engine(cp, run.hs.clone())?),
+    let (mut summarize_state, engine) = match &restored {
+        Some(cp) => {
+            let (engine, summarize) = restored_state(cp, run.hs.clone())?;
+            (summarize, engine)
+        }
         None => (Summarize::default(), Engine::new(run.rules.clone(), run.hs.clone(), run.partitions)),
     };
+    // After a restore the writer's copy starts from the restored state (copied now, before
+    // any input, instead of at the first checkpoint on the decision path); its first
+    // checkpoint is whole (`whole` 0): a new run of changes files starts from this state.
+    let copy: Arc<Mutex<WriterCopy>> = Arc::default();
+    if run.checkpoint.is_some() && restored.is_some() {
+        copy.lock().expect("copy lock").summarize = Some(summarize_state.clone());
+        summarize_state.track();
+    }
     let (summarize, summarize_h) = summary_stage::spawn(
         summarize_state,
         run.rules.clone(),
@@ -602,14 +613,10 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
         consumed: restored.as_ref().map(|cp| restored_positions(cp, &run.topic_names)).unwrap_or_default(),
         outbox: Vec::new(),
         topic_names: run.topic_names.clone(),
-        copy: Arc::default(),
+        copy,
     };
     st.engine.reserve(run.state_capacity);
     if run.checkpoint.is_some() && restored.is_some() {
-        // The writer's copy starts from the restored state (copied now, before any input,
-        // instead of at the first checkpoint on the decision path).
-        // Its first checkpoint is whole (`whole` 0): a new run of changes files starts
-        // from this state, whatever the files before it were.
         st.copy.lock().expect("copy lock").engine = Some(st.engine.clone());
         st.engine.track();
     }
@@ -788,21 +795,31 @@ fn flush(sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
     rx.recv().map_err(|_| anyhow::anyhow!("sink stopped"))?
 }
 
-/// The engine state of a checkpoint: its whole snapshot with the changes saved after it.
-fn restored_engine(cp: &Checkpoint, hs: Nomenclature) -> anyhow::Result<Engine> {
+/// The operator state of a checkpoint: its whole snapshots with the changes saved after
+/// them.
+fn restored_state(cp: &Checkpoint, hs: Nomenclature) -> anyhow::Result<(Engine, Summarize)> {
     let mut engine = Engine::restore(&cp.engine, hs)?;
-    for (i, c) in cp.engine_changes.iter().enumerate() {
-        let c = EngineChanges::decode(c)
-            .with_context(|| format!("checkpoint changes {} of {}", i + 1, cp.engine_changes.len()))?;
-        engine.apply(Changes::Delta(Box::new(c)));
+    let mut summarize: Summarize = serde_json::from_slice(&cp.summarize)?;
+    let n = cp.engine_changes.len();
+    anyhow::ensure!(
+        n == cp.summarize_changes.len(),
+        "checkpoint changes of the engine and of summarize differ in number"
+    );
+    for (i, (e, s)) in cp.engine_changes.iter().zip(&cp.summarize_changes).enumerate() {
+        let e = EngineChanges::decode(e).with_context(|| format!("checkpoint changes {} of {n} (engine)", i + 1))?;
+        engine.apply(Changes::Delta(Box::new(e)));
+        let s =
+            SummarizeChanges::decode(s).with_context(|| format!("checkpoint changes {} of {n} (summarize)", i + 1))?;
+        summarize.apply(SummarizeCut::Changes(s));
     }
-    Ok(engine)
+    Ok((engine, summarize))
 }
 
-/// The checkpoint writer's copy of the engine state, and what its checkpoint files hold.
+/// The checkpoint writer's copy of the operator state, and what its checkpoint files hold.
 #[derive(Default)]
 struct WriterCopy {
     engine: Option<Engine>,
+    summarize: Option<Summarize>,
     /// Bytes of the last whole checkpoint saved (0: the next one is whole).
     whole: u64,
     /// Bytes of the changes saved since.
@@ -810,39 +827,54 @@ struct WriterCopy {
 }
 
 impl WriterCopy {
-    /// Brings the copy up to date with `changes` and saves a checkpoint: the changes, or
-    /// the whole state when the changes since the last whole checkpoint would outgrow it
-    /// (loading reads the whole one and every change after it). Returns the bytes saved.
+    /// Brings the copy up to date with the engine's and summarize's changes and saves a
+    /// checkpoint: the changes, or the whole state when the changes since the last whole
+    /// checkpoint would outgrow it (loading reads the whole one and every change after it).
+    /// Returns the bytes saved.
     fn save(
         &mut self,
-        changes: Changes,
+        engine: Changes,
+        summarize: SummarizeCut,
         store: &dyn CheckpointStore,
         offsets: &crate::checkpoint::Offsets,
-        summarize: &[u8],
     ) -> anyhow::Result<u64> {
-        let delta = match changes {
+        let engine_delta = match engine {
             Changes::Full(e) => {
                 self.engine = Some(*e);
                 None
             }
             Changes::Delta(d) => {
                 let bytes = d.encode();
-                let engine = self.engine.as_mut().context("checkpoint changes without the state they change")?;
-                engine.apply(Changes::Delta(d));
+                let e = self.engine.as_mut().context("checkpoint changes without the state they change")?;
+                e.apply(Changes::Delta(d));
                 Some(bytes)
             }
         };
-        let engine = self.engine.as_ref().context("no engine state to checkpoint")?;
-        match delta {
-            Some(d) if self.whole > 0 && self.changes + d.len() as u64 <= self.whole => {
-                let n = store.save(offsets, EngineSave::Changes(&d), summarize)?;
-                self.changes += d.len() as u64;
+        let summarize_delta = match summarize {
+            SummarizeCut::Whole(s) => {
+                self.summarize = Some(*s);
+                None
+            }
+            SummarizeCut::Changes(c) => {
+                let bytes = c.encode();
+                let s = self.summarize.as_mut().context("summarize changes without the state they change")?;
+                s.apply(SummarizeCut::Changes(c));
+                Some(bytes)
+            }
+        };
+        let (Some(engine), Some(summarize)) = (&self.engine, &self.summarize) else {
+            anyhow::bail!("no state to checkpoint");
+        };
+        match (engine_delta, summarize_delta) {
+            (Some(e), Some(s)) if self.whole > 0 && self.changes + (e.len() + s.len()) as u64 <= self.whole => {
+                let n = store.save(offsets, StateSave::Changes { engine: &e, summarize: &s })?;
+                self.changes += (e.len() + s.len()) as u64;
                 Ok(n)
             }
             _ => {
-                let whole = engine.snapshot();
-                let n = store.save(offsets, EngineSave::Whole(&whole), summarize)?;
-                (self.whole, self.changes) = (whole.len() as u64, 0);
+                let (e, s) = (engine.snapshot(), serde_json::to_vec(summarize)?);
+                let n = store.save(offsets, StateSave::Whole { engine: &e, summarize: &s })?;
+                (self.whole, self.changes) = ((e.len() + s.len()) as u64, 0);
                 Ok(n)
             }
         }
@@ -881,11 +913,10 @@ fn checkpoint(
     m::StateSize { operator: "declare", bytes: d }.emit();
     m::StateSize { operator: "clear", bytes: c }.emit();
     let (store, commits, copy) = (store.clone(), run.commits.clone(), st.copy.clone());
-    let cut = move |summarize: Summarize| -> SinkMsg {
+    let cut = move |summarize: SummarizeCut| -> SinkMsg {
         SinkMsg::AfterDurable(Box::new(move || {
             let mut copy = copy.lock().map_err(|_| anyhow::anyhow!("checkpoint copy poisoned"))?;
-            let summarize = serde_json::to_vec(&summarize)?;
-            let bytes = copy.save(changes, &*store, &offsets, &summarize)?;
+            let bytes = copy.save(changes, summarize, &*store, &offsets)?;
             drop(copy);
             m::CheckpointDone { seconds: t.elapsed().as_secs_f64(), bytes }.emit();
             if let Some(tx) = commits {
@@ -910,9 +941,11 @@ mod tests {
     use cbec_schemas::hs::Nomenclature;
 
     /// The checkpoint files of a run — whole checkpoints and the changes between them, as
-    /// the writer chooses — load back into the engine state of the last checkpoint.
+    /// the writer chooses — load back into the engine's and summarize's state of the last
+    /// checkpoint.
     #[test]
     fn checkpoint_files_load_back_into_the_state_they_saved() {
+        use cbec_operators::Operator;
         let hs = Nomenclature::default();
         let rules = Rules::default();
         let g = crate::generator::generate(
@@ -940,21 +973,46 @@ mod tests {
             v
         };
         let (mut out, mut kinds) = (Vec::new(), Vec::new());
-        // Most of the story, then small slices of it: checkpoints after each.
-        let mut at = 0;
-        for len in [feed.len() * 3 / 4, 50, 50, 3000, 50, 0, 50] {
-            for e in &feed[at..(at + len).min(feed.len())] {
+        let (mut summarize, mut summaries, mut r) = (Summarize::default(), Vec::new(), Rules::default());
+        let mut with_exits = 0;
+        // Most of the story, then small slices of it with the parcels exiting: checkpoints
+        // after each; at the end the month closes (summarize's state empties).
+        let mut at = 0usize;
+        let first = feed.len() * 9 / 10;
+        let mut slices = vec![first];
+        slices.extend(std::iter::repeat_n(100, (feed.len() - first) / 100 + 1));
+        slices.extend([0, usize::MAX]);
+        for len in slices {
+            for e in &feed[at..at.saturating_add(len).min(feed.len())] {
                 engine.advance(EventTime(e.event_time().0 - 1), &mut out);
                 engine.process(e.clone(), &mut out);
             }
-            at = (at + len).min(feed.len());
+            if len == usize::MAX {
+                engine.advance(EventTime::MAX, &mut out);
+            }
+            for o in out.drain(..) {
+                if let Out::Exited(x) = o {
+                    summarize.process(&mut r, x, &mut summaries);
+                }
+            }
+            summarize.on_watermark(&mut r, engine.watermark(), &mut summaries);
+            at = at.saturating_add(len).min(feed.len());
             let offsets = [("cbec.orders".to_string(), [(0, at as i64)].into())].into();
-            writer.save(engine.changes(), &store, &offsets, b"[]").unwrap();
+            writer.save(engine.changes(), summarize.cut(), &store, &offsets).unwrap();
             let cp = store.load().unwrap().unwrap();
             kinds.push(cp.engine_changes.len());
+            with_exits += usize::from(cp.summarize_changes.last().is_some_and(|c| c.len() > 2));
             assert_eq!(cp.offsets, offsets);
-            assert!(value(&restored_engine(&cp, hs.clone()).unwrap()) == value(&engine), "after {at} inputs");
+            let (e, s) = restored_state(&cp, hs.clone()).unwrap();
+            assert!(value(&e) == value(&engine), "engine state after {at} inputs");
+            assert_eq!(
+                serde_json::to_value(&s).unwrap(),
+                serde_json::to_value(&summarize).unwrap(),
+                "after {at} inputs"
+            );
         }
+        assert!(!summaries.is_empty() && summarize.pending() == 0, "the month closed");
+        assert!(with_exits > 3, "changes files carry exited lists to summarize: {with_exits}");
         assert!(kinds.iter().any(|n| *n >= 2), "some checkpoints load with their changes: {kinds:?}");
         assert!(
             kinds.contains(&0) && kinds.iter().skip(1).any(|n| *n == 0),
@@ -976,6 +1034,7 @@ mod tests {
             engine: engine.snapshot(),
             engine_changes: Vec::new(),
             summarize: serde_json::to_vec(&Summarize::default()).unwrap(),
+            summarize_changes: Vec::new(),
         };
         let (sink_tx, sink_h) = spawn_sink(Box::new(crate::sink::NullSink), 16);
         let store: Arc<dyn CheckpointStore> = Arc::new(LocalDirStore::new(dir.path()).unwrap());
@@ -1071,7 +1130,7 @@ mod tests {
         fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
             Ok(None)
         }
-        fn save(&self, _: &crate::checkpoint::Offsets, _: EngineSave<'_>, _: &[u8]) -> anyhow::Result<u64> {
+        fn save(&self, _: &crate::checkpoint::Offsets, _: StateSave<'_>) -> anyhow::Result<u64> {
             anyhow::bail!("disk full")
         }
     }

@@ -5,8 +5,8 @@
 //!
 //! Order and checkpoints: the engine hands over exited lists, watermarks and control
 //! messages in one ordered queue. A checkpoint cut travels through it: once everything
-//! before it is summarized, the stage adds a copy of its state and forwards the cut to the
-//! sink, behind the summaries that precede it (the engine's own records before the cut are
+//! before it is summarized, the stage adds its state (a copy the first time, then what
+//! changed since the previous cut) and forwards the cut to the sink, behind the summaries that precede it (the engine's own records before the cut are
 //! already in the sink's queue). A flush travels the same way.
 
 use crate::metrics as m;
@@ -15,7 +15,7 @@ use crate::runner::SinkMsg;
 use cbec_operators::Operator;
 use cbec_operators::engine::Exited;
 use cbec_operators::rules::Rules;
-use cbec_operators::summarize::Summarize;
+use cbec_operators::summarize::{Summarize, SummarizeCut};
 use cbec_schemas::EventTime;
 use crossbeam_channel::{Sender, bounded};
 use std::thread::JoinHandle;
@@ -26,9 +26,10 @@ pub enum SumMsg {
     Exited(Exited),
     /// Event time advanced.
     Watermark(EventTime),
-    /// A checkpoint cut: called with a copy of the stage's state once everything before it
-    /// is summarized; what it returns goes to the sink.
-    Cut(Box<dyn FnOnce(Summarize) -> SinkMsg + Send>),
+    /// A checkpoint cut: called with the stage's state ([`Summarize::cut`]: a copy the
+    /// first time, then what changed) once everything before it is summarized; what it
+    /// returns goes to the sink.
+    Cut(Box<dyn FnOnce(SummarizeCut) -> SinkMsg + Send>),
     /// A flush, passed on to the sink behind the summaries before it.
     Flush(Sender<anyhow::Result<()>>),
 }
@@ -72,7 +73,7 @@ pub fn spawn(
                         }
                         SumMsg::Cut(f) => {
                             m::StateSize { operator: "summarize", bytes: state.state_size() }.emit();
-                            sink.send(f(state.clone())).map_err(|_| stopped())?;
+                            sink.send(f(state.cut())).map_err(|_| stopped())?;
                         }
                         SumMsg::Flush(ack) => sink.send(SinkMsg::Flush(ack)).map_err(|_| stopped())?,
                     }
@@ -109,7 +110,8 @@ mod tests {
         let (tx, h) = spawn(Summarize::default(), Rules::default(), sink, 4);
         let closed = EventTime::parse_rfc3339("2026-12-05T00:00:00+08:00").unwrap();
         let (state_tx, state_rx) = bounded(1);
-        let cut = move |s: Summarize| {
+        let cut = move |s: SummarizeCut| {
+            let SummarizeCut::Whole(s) = s else { panic!("the first cut carries the whole state") };
             state_tx.send(s).unwrap();
             SinkMsg::AfterDurable(Box::new(|| Ok(())))
         };
