@@ -222,7 +222,7 @@ fn main() {
             let pause = t.elapsed();
             let saved = match &d {
                 cbec_operators::engine::Changes::Full(_) => {
-                    "; more than half, so the whole state was copied".to_string()
+                    "; so many that the whole state was copied".to_string()
                 }
                 cbec_operators::engine::Changes::Delta(c) => format!("; {} MB to save", c.encode().len() >> 20),
             };

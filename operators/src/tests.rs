@@ -891,7 +891,11 @@ fn a_copy_kept_by_the_changes_equals_the_engine_at_every_checkpoint() {
         let (changed, held) = e.changed_keys();
         let c = e.changes();
         let whole = matches!(c, Changes::Full(_));
-        assert_eq!(whole, full + deltas == 0 || changed * 2 > held, "{changed} of {held} keys changed {at}");
+        assert_eq!(
+            whole,
+            full + deltas == 0 || crate::engine::whole_copy_is_cheaper(changed, held),
+            "{changed} of {held} keys changed {at}"
+        );
         *(if whole { &mut full } else { &mut deltas }) += 1;
         // Through their serialized form, as a checkpoint file holds them.
         let c = match c {
