@@ -11,7 +11,7 @@
 //! retention before the watermark to the dead-letter topic (`expired`) instead of letting
 //! it start a key afresh.
 
-use crate::tracked::Tracked;
+use crate::tracked::{Tracked, Unshared};
 use cbec_schemas::{EventTime, Text};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -59,18 +59,7 @@ pub struct Retention {
     last_day: (i64, i32),
     /// What the queue did since the last [`Retention::changes`], while recording.
     #[serde(skip)]
-    log: Log,
-}
-
-/// Keys queued and taken from the queue since the last [`Retention::changes`]; a copy
-/// does not record.
-#[derive(Debug, Default)]
-struct Log(Option<RetentionChanges>);
-
-impl Clone for Log {
-    fn clone(&self) -> Log {
-        Log(None)
-    }
+    log: Unshared<RetentionChanges>,
 }
 
 /// What a retention queue did since the last [`Retention::changes`]: its cutoff now, the
@@ -93,7 +82,7 @@ impl Default for Retention {
             keys: VecDeque::new(),
             days: VecDeque::new(),
             last_day: (0, 0),
-            log: Log(None),
+            log: Unshared(None),
         }
     }
 }
@@ -153,7 +142,7 @@ impl Retention {
 
     /// Starts (or restarts) recording what the queue does (incremental checkpoints).
     pub fn track(&mut self) {
-        self.log = Log(Some(RetentionChanges::default()));
+        self.log = Unshared(Some(RetentionChanges::default()));
     }
 
     /// What the queue did since [`Retention::track`] or the last call.
