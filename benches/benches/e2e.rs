@@ -221,9 +221,7 @@ fn main() {
             let d = e.changes();
             let pause = t.elapsed();
             let saved = match &d {
-                cbec_operators::engine::Changes::Full(_) => {
-                    "; so many that the whole state was copied".to_string()
-                }
+                cbec_operators::engine::Changes::Full(_) => "; so many that the whole state was copied".to_string(),
                 cbec_operators::engine::Changes::Delta(c) => format!("; {} MB to save", c.encode().len() >> 20),
             };
             deltas.push(format!(

@@ -268,8 +268,8 @@ impl Clear {
     }
 
     /// Applies [`Clear::changes`] of the partition this one is a copy of.
-    pub(crate) fn apply(&mut self, c: ClearChanges) {
-        self.keyed().apply(c);
+    pub(crate) fn apply(&mut self, c: ClearChanges) -> Result<(), String> {
+        self.keyed().apply(c)
     }
 
     /// Room for `n` more parcels without a resize.

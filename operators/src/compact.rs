@@ -51,15 +51,16 @@ impl Codes {
         self.texts.get(n..).unwrap_or_default().to_vec()
     }
 
-    /// Adds texts taken from a copy of this table with [`Codes::since`]`(self.len())`.
-    ///
-    /// # Panics
-    /// When a text is already here (they were not taken from where this table ends).
-    pub fn extend(&mut self, texts: Vec<Arc<str>>) {
+    /// Adds texts taken from a copy of this table with [`Codes::since`]`(self.len())`; an
+    /// error when a text is already here (they were not taken from where this table ends).
+    pub fn extend(&mut self, texts: Vec<Arc<str>>) -> Result<(), String> {
         for t in texts {
             let n = self.len();
-            assert_eq!(self.id(&t) as usize, n, "code table extended out of order");
+            if self.id(&t) as usize != n {
+                return Err(format!("code table extended with '{t}', which it has"));
+            }
         }
+        Ok(())
     }
 
     /// The text of `id`.

@@ -491,7 +491,7 @@ impl Declare {
 
     /// Applies [`Declare::changes`] of the partition this one is a copy of; the timers
     /// follow the entries.
-    pub(crate) fn apply(&mut self, c: DeclareChanges) {
+    pub(crate) fn apply(&mut self, c: DeclareChanges) -> Result<(), String> {
         for (k, e) in &c.entries {
             if let Some(old) = self.entries.get(k)
                 && old.pinned()
@@ -506,7 +506,7 @@ impl Declare {
                 self.timers.insert((d, Box::from(k.as_str())));
             }
         }
-        self.keyed().apply(c);
+        self.keyed().apply(c)
     }
 
     /// Room for `n` more orders without a resize.

@@ -188,29 +188,33 @@ impl Engine {
     }
 
     /// Applies [`Engine::changes`] of the engine this one is a copy of (the checkpoint
-    /// writer's copy): afterwards it equals that engine.
-    ///
-    /// # Panics
-    /// When the partition counts differ (not a copy of that engine).
-    pub fn apply(&mut self, c: Changes) {
+    /// writer's copy): afterwards it equals that engine. An error when they cannot be
+    /// changes of it (other partitions, code tables they do not continue); the engine may
+    /// then be half changed.
+    pub fn apply(&mut self, c: Changes) -> Result<(), String> {
         let c = match c {
             Changes::Full(e) => {
                 let hs = std::mem::take(&mut self.shared.hs);
                 *self = *e;
                 self.shared.hs = hs;
-                return;
+                return Ok(());
             }
             Changes::Delta(c) => *c,
         };
-        assert!(
-            c.declare.len() == self.declare.len() && c.clear.len() == self.clear.len(),
-            "changes of an engine with other partitions"
-        );
+        if c.declare.len() != self.declare.len() || c.clear.len() != self.clear.len() {
+            return Err(format!(
+                "changes of an engine with {} and {} partitions, not {} and {}",
+                c.declare.len(),
+                c.clear.len(),
+                self.declare.len(),
+                self.clear.len()
+            ));
+        }
         for (d, ch) in self.declare.iter_mut().zip(c.declare) {
-            d.apply(ch);
+            d.apply(ch)?;
         }
         for (p, ch) in self.clear.iter_mut().zip(c.clear) {
-            p.apply(ch);
+            p.apply(ch)?;
         }
         self.seals.apply(c.seals);
         self.shared.goods.apply(c.goods);
@@ -225,6 +229,7 @@ impl Engine {
         self.shared.rules = c.rules;
         self.watermark = c.watermark;
         self.expired = c.expired;
+        Ok(())
     }
 
     /// Sizes the keyed state for `keys` orders and parcels in all (spread over the

@@ -902,7 +902,7 @@ fn a_copy_kept_by_the_changes_equals_the_engine_at_every_checkpoint() {
             Changes::Delta(d) => Changes::Delta(Box::new(EngineChanges::decode(&d.encode()).unwrap())),
             whole => whole,
         };
-        copy.apply(c);
+        copy.apply(c).unwrap();
         assert!(state_value(copy) == state_value(e), "the copy differs from the engine {at}");
     };
     let last = input.last().unwrap().event_time();
@@ -938,6 +938,11 @@ fn a_copy_kept_by_the_changes_equals_the_engine_at_every_checkpoint() {
     checkpoint(&mut e, &mut copy, "in the next year but one");
     assert!(out.iter().any(|o| matches!(o, Out::Return(_))), "a payment wait fired");
     assert!(full >= 2 && deltas > 10, "{full} whole copies, {deltas} of the changes only");
+    // Changes of another engine are refused, not applied (a checkpoint directory mixed up).
+    let c = e.changes();
+    assert!(matches!(c, Changes::Delta(_)));
+    let err = Engine::new(Rules::default(), hs(), 3).apply(c).unwrap_err();
+    assert!(err.contains("partitions"), "{err}");
 }
 
 /// The summarize state's copy kept by its cuts (serialized and read back) equals it,

@@ -248,11 +248,13 @@ impl<V: Clone> Keyed<'_, V> {
         KeyedChanges { entries: self.map.changes(), codes, retention: self.retention.changes() }
     }
 
-    /// Applies the changes of the partition this one is a copy of.
-    pub fn apply(self, c: KeyedChanges<V>) {
-        self.codes.extend(c.codes);
+    /// Applies the changes of the partition this one is a copy of; an error when they do
+    /// not continue its code table (changes of another partition).
+    pub fn apply(self, c: KeyedChanges<V>) -> Result<(), String> {
+        self.codes.extend(c.codes)?;
         self.map.apply(c.entries);
         self.retention.apply(c.retention);
+        Ok(())
     }
 }
 

@@ -807,7 +807,10 @@ fn restored_state(cp: &Checkpoint, hs: Nomenclature) -> anyhow::Result<(Engine, 
     );
     for (i, (e, s)) in cp.engine_changes.iter().zip(&cp.summarize_changes).enumerate() {
         let e = EngineChanges::decode(e).with_context(|| format!("checkpoint changes {} of {n} (engine)", i + 1))?;
-        engine.apply(Changes::Delta(Box::new(e)));
+        engine
+            .apply(Changes::Delta(Box::new(e)))
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("checkpoint changes {} of {n}", i + 1))?;
         let s =
             SummarizeChanges::decode(s).with_context(|| format!("checkpoint changes {} of {n} (summarize)", i + 1))?;
         summarize.apply(SummarizeCut::Changes(s));
@@ -846,7 +849,7 @@ impl WriterCopy {
             Changes::Delta(d) => {
                 let bytes = d.encode();
                 let e = self.engine.as_mut().context("checkpoint changes without the state they change")?;
-                e.apply(Changes::Delta(d));
+                e.apply(Changes::Delta(d)).map_err(anyhow::Error::msg)?;
                 Some(bytes)
             }
         };
