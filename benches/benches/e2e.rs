@@ -315,9 +315,11 @@ fn main() {
                 r.decisions
             );
             println!(
-                "  of which inside cbec (consumer read → decision to the producer): p50 {} p99 {}",
+                "  of which inside cbec (consumer read → decision to the producer): p50 {} p99 {}; {} checkpoints, longest engine pause for one {:.0} ms",
                 us(r.inside_us.0),
-                us(r.inside_us.1)
+                us(r.inside_us.1),
+                r.checkpoints.0,
+                r.checkpoints.1.as_secs_f64() * 1e3
             );
         }
         println!(

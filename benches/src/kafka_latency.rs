@@ -29,6 +29,8 @@ pub struct KafkaLatency {
     pub decisions: usize,
     /// Inside the pipeline (consumer read → decision handed to the sink), p50 and p99 in µs.
     pub inside_us: (Option<u32>, Option<u32>),
+    /// Checkpoints taken during the run, and the longest the engine thread stopped for one.
+    pub checkpoints: (u64, std::time::Duration),
     /// Latencies in microseconds, sorted.
     pub latencies_us: Vec<u64>,
 }
@@ -173,6 +175,7 @@ pub fn measure(
         offered_per_sec,
         decisions: latencies_us.len(),
         inside_us: (stats.latency_pct(0.5), stats.latency_pct(0.99)),
+        checkpoints: (stats.checkpoints, stats.checkpoint_pause),
         latencies_us,
     }
 }
