@@ -14,6 +14,7 @@
 
 use cbec_benches::{machine, peak_rss_mib};
 use cbec_operators::rules::Rules;
+use cbec_operators::tracked::{Cut, Incremental};
 use cbec_pipeline::config::Config;
 use cbec_pipeline::embedded::{self, TopicInput};
 use cbec_pipeline::generator::{GenConfig, Generated, generate};
@@ -206,7 +207,7 @@ fn main() {
         let state_end = feed.len() - slices.iter().sum::<usize>();
         feed_to(&mut e, &feed[..state_end]);
         let t = Instant::now();
-        let first = e.changes();
+        let first = e.cut();
         let whole = t.elapsed();
         drop(first);
         let whole_bytes = e.snapshot().len();
@@ -218,11 +219,13 @@ fn main() {
             at += len;
             let (changed, held) = e.changed_keys();
             let t = Instant::now();
-            let d = e.changes();
+            let d = e.cut();
             let pause = t.elapsed();
             let saved = match &d {
-                cbec_operators::engine::Changes::Full(_) => "; so many that the whole state was copied".to_string(),
-                cbec_operators::engine::Changes::Delta(c) => format!("; {} MB to save", c.encode().len() >> 20),
+                Cut::Whole(_) => "; so many that the whole state was copied".to_string(),
+                Cut::Changes(c) => {
+                    format!("; {} MB to save", serde_json::to_vec(c).expect("changes serialize").len() >> 20)
+                }
             };
             deltas.push(format!(
                 "{:.1} ms after {len} more messages ({changed} of {held} keys changed{saved})",

@@ -38,8 +38,8 @@ pub struct Shared {
     /// Serials of years before this one have been dropped (retention).
     #[serde(default)]
     pub serials_from_year: u32,
-    /// Serials assigned since the last [`crate::engine::Engine::changes`], while the engine
-    /// records its changes.
+    /// Serials assigned since the engine's last cut ([`crate::tracked::Incremental::cut`]),
+    /// while the engine records its changes.
     #[serde(skip)]
     pub new_serials: Option<Vec<u64>>,
     /// HS nomenclature (loaded by the runtime; not checkpointed).

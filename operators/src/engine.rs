@@ -9,7 +9,7 @@ use crate::declare::{Declare, DeclareChanges, DeclareIn, DeclareOut};
 use crate::retention::day_of;
 use crate::rules::Rules;
 use crate::seal::{SealChanges, SealOp};
-use crate::tracked::Change;
+use crate::tracked::{Change, Cut, Incremental};
 use crate::{Operator, ids, partition_of};
 use cbec_schemas::hs::{HsCheck, Nomenclature};
 use cbec_schemas::{
@@ -59,10 +59,10 @@ pub struct Engine {
     /// State dropped by retention so far: (orders, parcels).
     #[serde(default)]
     expired: (u64, u64),
-    /// Recording changes for [`Engine::changes`].
+    /// Recording changes for [`Incremental::cut`].
     #[serde(skip)]
     tracking: Tracking,
-    /// A control was applied since the last [`Engine::changes`].
+    /// A control was applied since the last [`Incremental::cut`].
     #[serde(skip)]
     controls_changed: bool,
 }
@@ -77,17 +77,10 @@ impl Clone for Tracking {
     }
 }
 
-/// The engine's state for a checkpoint: all of it the first time, then what changed since
-/// the previous one ([`Engine::changes`]).
-#[derive(Debug)]
-pub enum Changes {
-    /// A copy of the whole state.
-    Full(Box<Engine>),
-    /// What changed, to [`Engine::apply`] to the copy made from the previous ones.
-    Delta(Box<EngineChanges>),
-}
+/// The engine's state for a checkpoint ([`Incremental::cut`]).
+pub type EngineCut = Cut<Engine, EngineChanges>;
 
-/// What changed in the engine since the last [`Engine::changes`]: the keyed entries
+/// What changed in the engine since the previous [`Incremental::cut`]: the keyed entries
 /// written (orders, parcels, seals, bills, goods registrations by company), the codes and
 /// `invtNo` serials added, the control table if a control came, and copies of the flat or
 /// small parts (retention queues, rules).
@@ -116,18 +109,6 @@ pub fn whole_copy_is_cheaper(changed: usize, held: usize) -> bool {
     changed * 5 > held * 4
 }
 
-impl EngineChanges {
-    /// Serializes the changes (an incremental checkpoint).
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("engine changes serialize")
-    }
-
-    /// Reads changes written by [`EngineChanges::encode`].
-    pub fn decode(bytes: &[u8]) -> Result<EngineChanges, serde_json::Error> {
-        serde_json::from_slice(bytes)
-    }
-}
-
 impl Engine {
     /// A new engine with `partitions` declare and clear partitions.
     pub fn new(rules: Rules, hs: Nomenclature, partitions: usize) -> Engine {
@@ -144,92 +125,11 @@ impl Engine {
         }
     }
 
-    /// Starts recording what changes, for [`Engine::changes`] (on a restored engine whose
-    /// checkpoint writer holds a copy of it already).
-    pub fn track(&mut self) {
-        self.tracking = Tracking(true);
-        self.declare.iter_mut().for_each(Declare::track);
-        self.clear.iter_mut().for_each(Clear::track);
-        self.seals.track();
-        self.shared.goods.track();
-        self.shared.new_serials = Some(Vec::new());
-        self.controls_changed = false;
-    }
-
-    /// Orders and parcels changed since the last [`Engine::changes`], and held.
+    /// Orders and parcels changed since the last [`Incremental::cut`], and held.
     pub fn changed_keys(&self) -> (usize, usize) {
         let d = self.declare.iter().map(Declare::changed);
         let c = self.clear.iter().map(Clear::changed);
         d.chain(c).fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
-    }
-
-    /// The state for a checkpoint: a copy of all of it the first time (and from then on
-    /// the engine records what changes), afterwards only what changed since the previous
-    /// call (again all of it when [`whole_copy_is_cheaper`]). The cost on the engine thread
-    /// is that of the copy: O(what changed) instead of O(state).
-    pub fn changes(&mut self) -> Changes {
-        let (changed, held) = self.changed_keys();
-        if !self.tracking.0 || whole_copy_is_cheaper(changed, held) {
-            self.track();
-            return Changes::Full(Box::new(self.clone()));
-        }
-        Changes::Delta(Box::new(EngineChanges {
-            declare: self.declare.iter_mut().map(Declare::changes).collect(),
-            clear: self.clear.iter_mut().map(Clear::changes).collect(),
-            seals: self.seals.changes(),
-            goods: self.shared.goods.changes(),
-            controls: std::mem::take(&mut self.controls_changed).then(|| self.shared.controls.clone()),
-            serials: self.shared.new_serials.replace(Vec::new()).unwrap_or_default(),
-            serials_from_year: self.shared.serials_from_year,
-            rules: self.shared.rules.clone(),
-            watermark: self.watermark,
-            expired: self.expired,
-        }))
-    }
-
-    /// Applies [`Engine::changes`] of the engine this one is a copy of (the checkpoint
-    /// writer's copy): afterwards it equals that engine. An error when they cannot be
-    /// changes of it (other partitions, code tables they do not continue); the engine may
-    /// then be half changed.
-    pub fn apply(&mut self, c: Changes) -> Result<(), String> {
-        let c = match c {
-            Changes::Full(e) => {
-                let hs = std::mem::take(&mut self.shared.hs);
-                *self = *e;
-                self.shared.hs = hs;
-                return Ok(());
-            }
-            Changes::Delta(c) => *c,
-        };
-        if c.declare.len() != self.declare.len() || c.clear.len() != self.clear.len() {
-            return Err(format!(
-                "changes of an engine with {} and {} partitions, not {} and {}",
-                c.declare.len(),
-                c.clear.len(),
-                self.declare.len(),
-                self.clear.len()
-            ));
-        }
-        for (d, ch) in self.declare.iter_mut().zip(c.declare) {
-            d.apply(ch)?;
-        }
-        for (p, ch) in self.clear.iter_mut().zip(c.clear) {
-            p.apply(ch)?;
-        }
-        self.seals.apply(c.seals);
-        self.shared.goods.apply(c.goods);
-        if let Some(controls) = c.controls {
-            self.shared.controls = controls;
-        }
-        self.shared.serials.extend(c.serials);
-        if self.shared.serials_from_year < c.serials_from_year {
-            self.shared.serials_from_year = c.serials_from_year;
-            self.shared.serials.retain(|s| ids::serial_year(*s) >= c.serials_from_year);
-        }
-        self.shared.rules = c.rules;
-        self.watermark = c.watermark;
-        self.expired = c.expired;
-        Ok(())
     }
 
     /// Sizes the keyed state for `keys` orders and parcels in all (spread over the
@@ -463,5 +363,78 @@ impl Engine {
     /// Parcels and orders with state: (orders, parcels).
     pub fn keys(&self) -> (usize, usize) {
         (self.declare.iter().map(Declare::len).sum(), self.clear.iter().map(Clear::len).sum())
+    }
+}
+
+impl Incremental for Engine {
+    type Changes = EngineChanges;
+
+    /// A copy of all of the state the first time, afterwards only what changed since the
+    /// previous cut (again all of it when [`whole_copy_is_cheaper`]). The cost on the engine
+    /// thread is that of the copy: O(what changed) instead of O(state).
+    fn cut(&mut self) -> EngineCut {
+        let (changed, held) = self.changed_keys();
+        if !self.tracking.0 || whole_copy_is_cheaper(changed, held) {
+            self.track();
+            return Cut::Whole(Box::new(self.clone()));
+        }
+        Cut::Changes(EngineChanges {
+            declare: self.declare.iter_mut().map(Declare::changes).collect(),
+            clear: self.clear.iter_mut().map(Clear::changes).collect(),
+            seals: self.seals.changes(),
+            goods: self.shared.goods.changes(),
+            controls: std::mem::take(&mut self.controls_changed).then(|| self.shared.controls.clone()),
+            serials: self.shared.new_serials.replace(Vec::new()).unwrap_or_default(),
+            serials_from_year: self.shared.serials_from_year,
+            rules: self.shared.rules.clone(),
+            watermark: self.watermark,
+            expired: self.expired,
+        })
+    }
+
+    /// Applies the changes of the engine this one is a copy of (the checkpoint writer's
+    /// copy): afterwards it equals that engine. An error when they cannot be changes of it
+    /// (other partitions, code tables they do not continue); the engine may then be half
+    /// changed.
+    fn apply(&mut self, c: EngineChanges) -> Result<(), String> {
+        if c.declare.len() != self.declare.len() || c.clear.len() != self.clear.len() {
+            return Err(format!(
+                "changes of an engine with {} and {} partitions, not {} and {}",
+                c.declare.len(),
+                c.clear.len(),
+                self.declare.len(),
+                self.clear.len()
+            ));
+        }
+        for (d, ch) in self.declare.iter_mut().zip(c.declare) {
+            d.apply(ch)?;
+        }
+        for (p, ch) in self.clear.iter_mut().zip(c.clear) {
+            p.apply(ch)?;
+        }
+        self.seals.apply(c.seals);
+        self.shared.goods.apply(c.goods);
+        if let Some(controls) = c.controls {
+            self.shared.controls = controls;
+        }
+        self.shared.serials.extend(c.serials);
+        if self.shared.serials_from_year < c.serials_from_year {
+            self.shared.serials_from_year = c.serials_from_year;
+            self.shared.serials.retain(|s| ids::serial_year(*s) >= c.serials_from_year);
+        }
+        self.shared.rules = c.rules;
+        self.watermark = c.watermark;
+        self.expired = c.expired;
+        Ok(())
+    }
+
+    fn track(&mut self) {
+        self.tracking = Tracking(true);
+        self.declare.iter_mut().for_each(Declare::track);
+        self.clear.iter_mut().for_each(Clear::track);
+        self.seals.track();
+        self.shared.goods.track();
+        self.shared.new_serials = Some(Vec::new());
+        self.controls_changed = false;
     }
 }

@@ -9,6 +9,7 @@
 
 use crate::engine::Exited;
 use crate::rules::Rules;
+use crate::tracked::{Cut, Incremental};
 use crate::{Collector, Operator};
 use arrow::array::{Array, ArrayRef, Decimal128Array, StringArray, UInt32Array};
 use arrow::compute::kernels::partition::partition;
@@ -35,12 +36,12 @@ pub struct Summarize {
     /// every item; this spares a calendar computation per item).
     #[serde(skip)]
     first_close: Option<(u32, i64)>,
-    /// What changed since the last [`Summarize::changes`], while recording.
+    /// What changed since the previous [`Incremental::cut`], while recording.
     #[serde(skip)]
     log: crate::tracked::Unshared<Vec<Step>>,
 }
 
-/// One change of the summarize state, replayed in order by [`Summarize::apply`].
+/// One change of the summarize state, replayed in order by [`Incremental::apply`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Step {
     /// An exited list into its period (or out of it, when it is not summarizable).
@@ -49,31 +50,13 @@ enum Step {
     Closed(u32),
 }
 
-/// What changed in the summarize state since the last [`Summarize::changes`]: the exited
+/// What changed in the summarize state since the previous [`Incremental::cut`]: the exited
 /// lists it took (shared, not copied) and the periods it closed, in order.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct SummarizeChanges(Vec<Step>);
 
-/// The summarize state for a checkpoint: all of it the first time, then what changed.
-#[derive(Debug)]
-pub enum SummarizeCut {
-    /// A copy of the whole state.
-    Whole(Box<Summarize>),
-    /// What changed since the previous cut.
-    Changes(SummarizeChanges),
-}
-
-impl SummarizeChanges {
-    /// Serializes the changes (an incremental checkpoint).
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("summarize changes serialize")
-    }
-
-    /// Reads changes written by [`SummarizeChanges::encode`].
-    pub fn decode(bytes: &[u8]) -> Result<SummarizeChanges, serde_json::Error> {
-        serde_json::from_slice(bytes)
-    }
-}
+/// The summarize state for a checkpoint ([`Incremental::cut`]).
+pub type SummarizeCut = Cut<Summarize, SummarizeChanges>;
 
 /// Builds the item-row batch of a period's lists (one row per list item).
 pub fn rows_batch(lists: &[&Exited], summary_flag: u8) -> RecordBatch {
@@ -221,37 +204,35 @@ impl Summarize {
         *rev += 1;
         Some((lists, *rev))
     }
+}
 
-    /// The state for a checkpoint: a copy of all of it the first time (and from then on
-    /// the changes are recorded), afterwards what changed since the previous call.
-    pub fn cut(&mut self) -> SummarizeCut {
+impl Incremental for Summarize {
+    type Changes = SummarizeChanges;
+
+    /// A copy of all of the state the first time (recording starts), afterwards what
+    /// changed since the previous cut.
+    fn cut(&mut self) -> SummarizeCut {
         match self.log.0.replace(Vec::new()) {
-            Some(steps) => SummarizeCut::Changes(SummarizeChanges(steps)),
-            None => SummarizeCut::Whole(Box::new(self.clone())),
+            Some(steps) => Cut::Changes(SummarizeChanges(steps)),
+            None => Cut::Whole(Box::new(self.clone())),
         }
     }
 
-    /// Starts recording what changes (a restored state whose checkpoint writer holds a copy
-    /// of it already).
-    pub fn track(&mut self) {
+    fn track(&mut self) {
         self.log.0 = Some(Vec::new());
     }
 
-    /// Applies a [`Summarize::cut`] of the state this one is a copy of.
-    pub fn apply(&mut self, c: SummarizeCut) {
-        match c {
-            SummarizeCut::Whole(s) => *self = *s,
-            SummarizeCut::Changes(SummarizeChanges(steps)) => {
-                for step in steps {
-                    match step {
-                        Step::Exited(e) => self.exited(e),
-                        Step::Closed(p) => {
-                            self.close(p);
-                        }
-                    }
+    /// Replays the changes in order.
+    fn apply(&mut self, SummarizeChanges(steps): SummarizeChanges) -> Result<(), String> {
+        for step in steps {
+            match step {
+                Step::Exited(e) => self.exited(e),
+                Step::Closed(p) => {
+                    self.close(p);
                 }
             }
         }
+        Ok(())
     }
 }
 

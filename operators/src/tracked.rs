@@ -2,7 +2,7 @@
 //! checkpoint incremental. The engine thread then copies only the changed entries at a
 //! checkpoint (a pause proportional to what changed since the last one, not to the whole
 //! state); the checkpoint writer applies them to its own copy of the state
-//! ([`crate::engine::Engine::apply`]).
+//! ([`Incremental`]).
 //!
 //! A `Tracked` map serializes as the plain map, so checkpoints are unchanged.
 
@@ -14,6 +14,54 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::Arc;
+
+/// State for a checkpoint: a copy of all of it, or what changed since the previous cut.
+#[derive(Debug)]
+pub enum Cut<S, C> {
+    /// A copy of the whole state.
+    Whole(Box<S>),
+    /// What changed since the previous cut.
+    Changes(C),
+}
+
+/// State checkpointed incrementally: the first [`Incremental::cut`] copies all of it and
+/// starts recording what changes; later cuts give what changed since the previous one,
+/// which [`Incremental::apply`] brings into a copy of the state.
+pub trait Incremental: Sized {
+    /// What changed between two cuts (serialized into checkpoint files).
+    type Changes: Serialize + for<'de> Deserialize<'de>;
+
+    /// The state for a checkpoint.
+    fn cut(&mut self) -> Cut<Self, Self::Changes>;
+
+    /// Starts recording what changes: the state has a copy already (it was restored, and
+    /// the copy made from it), so the next cut can be changes.
+    fn track(&mut self);
+
+    /// Applies changes cut from the state this one is a copy of; an error when they cannot
+    /// be changes of it (the state may then be half changed).
+    fn apply(&mut self, changes: Self::Changes) -> Result<(), String>;
+}
+
+impl<S: Incremental> Cut<S, S::Changes> {
+    /// True for a copy of the whole state.
+    pub fn is_whole(&self) -> bool {
+        matches!(self, Cut::Whole(_))
+    }
+
+    /// Brings `copy` up to date with this cut: replaced by a whole one, changed by changes
+    /// (an error when there is no copy to change, or the changes are not of it).
+    pub fn apply_to(self, copy: &mut Option<S>) -> Result<(), String> {
+        match (self, copy.as_mut()) {
+            (Cut::Whole(s), _) => {
+                *copy = Some(*s);
+                Ok(())
+            }
+            (Cut::Changes(c), Some(s)) => s.apply(c),
+            (Cut::Changes(_), None) => Err("checkpoint changes without the state they change".into()),
+        }
+    }
+}
 
 /// A change log kept beside state: `None` while not recording; a copy of the state does
 /// not record (it is someone else's state).

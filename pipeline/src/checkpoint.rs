@@ -1,7 +1,7 @@
 //! Checkpoints: input offsets recorded together with operator state, behind a small
 //! interface. [`LocalDirStore`] keeps them in a local directory (atomic renames): a whole
 //! snapshot of the engine state now and then, and between two of them only what changed
-//! (incremental checkpoints, [`cbec_operators::engine::EngineChanges`]). Several processes of
+//! (incremental checkpoints, [`cbec_operators::tracked::Incremental`]). Several processes of
 //! one consumer group need a store that moves state with its partitions (a Kafka changelog
 //! topic or object storage): implement [`CheckpointStore`] for it; nothing else assumes one
 //! process.
@@ -22,14 +22,20 @@ pub struct Checkpoint {
     pub offsets: Offsets,
     /// Engine snapshot (declare, clear, seals, broadcast tables): the whole state.
     pub engine: Vec<u8>,
-    /// The engine's changes saved after that snapshot, oldest first, to apply to it
-    /// ([`cbec_operators::engine::EngineChanges::decode`]).
-    pub engine_changes: Vec<Vec<u8>>,
     /// Summarize snapshot.
     pub summarize: Vec<u8>,
-    /// Summarize's changes saved after that snapshot, oldest first
-    /// ([`cbec_operators::summarize::SummarizeChanges::decode`]).
-    pub summarize_changes: Vec<Vec<u8>>,
+    /// The changes saved after those snapshots, oldest first, to apply to them.
+    pub changes: Vec<SavedChanges>,
+}
+
+/// The changes of one checkpoint, serialized
+/// ([`cbec_operators::tracked::Incremental::Changes`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedChanges {
+    /// The engine's.
+    pub engine: Vec<u8>,
+    /// Summarize's.
+    pub summarize: Vec<u8>,
 }
 
 /// The operator state of a checkpoint being saved: the engine's and summarize's.
@@ -160,18 +166,16 @@ impl CheckpointStore for LocalDirStore {
             return Ok(None);
         };
         let (offsets, engine, summarize) = read_file(&files[w].2, MAGIC)?;
-        let mut cp =
-            Checkpoint { offsets, engine, engine_changes: Vec::new(), summarize, summarize_changes: Vec::new() };
+        let mut cp = Checkpoint { offsets, engine, summarize, changes: Vec::new() };
         // The unbroken run of changes after it (a gap ends it: what follows continues a
         // state that is not here).
         for (i, (n, changes, p)) in files[w + 1..].iter().enumerate() {
             if !changes || *n != files[w].0 + 1 + i as u64 {
                 break;
             }
-            let (offsets, engine_changes, summarize_changes) = read_file(p, CHANGES_MAGIC)?;
+            let (offsets, engine, summarize) = read_file(p, CHANGES_MAGIC)?;
             cp.offsets = offsets;
-            cp.engine_changes.push(engine_changes);
-            cp.summarize_changes.push(summarize_changes);
+            cp.changes.push(SavedChanges { engine, summarize });
         }
         Ok(Some(cp))
     }
@@ -221,6 +225,10 @@ mod tests {
         StateSave::Changes { engine, summarize }
     }
 
+    fn saved(engine: &[u8], summarize: &[u8]) -> SavedChanges {
+        SavedChanges { engine: engine.to_vec(), summarize: summarize.to_vec() }
+    }
+
     fn offsets(i: i64) -> Offsets {
         [("cbec.orders".to_string(), [(0, i)].into())].into()
     }
@@ -236,13 +244,7 @@ mod tests {
         let cp = s.load().unwrap().unwrap();
         assert_eq!(
             cp,
-            Checkpoint {
-                offsets: offsets(3),
-                engine: b"{}".to_vec(),
-                engine_changes: vec![],
-                summarize: b"[]".to_vec(),
-                summarize_changes: vec![]
-            }
+            Checkpoint { offsets: offsets(3), engine: b"{}".to_vec(), summarize: b"[]".to_vec(), changes: vec![] }
         );
         assert!(s.list().unwrap().len() <= 2);
     }
@@ -264,15 +266,14 @@ mod tests {
             Checkpoint {
                 offsets: offsets(3),
                 engine: b"w1".to_vec(),
-                engine_changes: vec![b"c2".to_vec(), b"c3".to_vec()],
                 summarize: b"s1".to_vec(),
-                summarize_changes: vec![b"s2".to_vec(), b"s3".to_vec()]
+                changes: vec![saved(b"c2", b"s2"), saved(b"c3", b"s3")]
             }
         );
         s.save(&offsets(4), whole(b"w4", b"s4")).unwrap();
         s.save(&offsets(5), changes(b"c5", b"s5")).unwrap();
         let cp = s.load().unwrap().unwrap();
-        assert_eq!((cp.engine, cp.engine_changes, cp.offsets), (b"w4".to_vec(), vec![b"c5".to_vec()], offsets(5)));
+        assert_eq!((cp.engine, cp.changes, cp.offsets), (b"w4".to_vec(), vec![saved(b"c5", b"s5")], offsets(5)));
         assert_eq!(s.list().unwrap().len(), 5, "the previous whole checkpoint and its changes are kept");
         s.save(&offsets(6), whole(b"w6", b"s6")).unwrap();
         let left: Vec<u64> = s.list().unwrap().iter().map(|(n, ..)| *n).collect();
@@ -283,7 +284,7 @@ mod tests {
         s.save(&offsets(9), changes(b"c9", b"s9")).unwrap();
         std::fs::remove_file(d.path().join("changes-8.bin")).unwrap();
         let cp = s.load().unwrap().unwrap();
-        assert_eq!((cp.engine_changes, cp.offsets), (vec![b"c7".to_vec()], offsets(7)));
+        assert_eq!((cp.changes, cp.offsets), (vec![saved(b"c7", b"s7")], offsets(7)));
     }
 
     #[test]

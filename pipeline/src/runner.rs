@@ -19,9 +19,10 @@ use crate::sequencer::{Sequencer, SourceId};
 use crate::sink::Sink;
 use crate::summary_stage::{self, SumMsg};
 use anyhow::Context;
-use cbec_operators::engine::{Changes, Engine, EngineChanges, Out};
+use cbec_operators::engine::{Engine, EngineCut, Out};
 use cbec_operators::rules::Rules;
-use cbec_operators::summarize::{Summarize, SummarizeChanges, SummarizeCut};
+use cbec_operators::summarize::{Summarize, SummarizeCut};
+use cbec_operators::tracked::{Cut, Incremental};
 use cbec_schemas::hs::Nomenclature;
 use cbec_schemas::{DeadLetter, Decoded, Decoder, Entity, EventTime, Topic};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TrySendError, bounded};
@@ -411,7 +412,7 @@ struct State {
     /// Input topic names (for dead letters).
     topic_names: HashMap<Topic, String>,
     /// The checkpoint writer's copy of the engine state, kept up to date with the changes
-    /// each checkpoint takes ([`Engine::changes`]); empty until the first.
+    /// each checkpoint takes ([`Incremental::cut`]); empty until the first.
     copy: Arc<Mutex<WriterCopy>>,
 }
 
@@ -582,7 +583,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
     let started = Instant::now();
     let all_sources: Vec<SourceId> = run.inputs.iter().flat_map(|(s, _)| s.iter().copied()).collect();
     let mut seq: Sequencer<Item> = Sequencer::new(all_sources.iter().copied(), run.lateness_ms);
-    let (mut summarize_state, engine) = match &restored {
+    let (mut summarize_state, mut engine) = match &restored {
         Some(cp) => {
             let (engine, summarize) = restored_state(cp, run.hs.clone())?;
             (summarize, engine)
@@ -592,9 +593,11 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
     // After a restore the writer's copy starts from the restored state (copied now, before
     // any input, instead of at the first checkpoint on the decision path); its first
     // checkpoint is whole (`whole` 0): a new run of changes files starts from this state.
-    let copy: Arc<Mutex<WriterCopy>> = Arc::default();
+    let mut copy = WriterCopy::default();
     if run.checkpoint.is_some() && restored.is_some() {
-        copy.lock().expect("copy lock").summarize = Some(summarize_state.clone());
+        copy.engine = Some(engine.clone());
+        copy.summarize = Some(summarize_state.clone());
+        engine.track();
         summarize_state.track();
     }
     let (summarize, summarize_h) = summary_stage::spawn(
@@ -613,13 +616,9 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
         consumed: restored.as_ref().map(|cp| restored_positions(cp, &run.topic_names)).unwrap_or_default(),
         outbox: Vec::new(),
         topic_names: run.topic_names.clone(),
-        copy,
+        copy: Arc::new(Mutex::new(copy)),
     };
     st.engine.reserve(run.state_capacity);
-    if run.checkpoint.is_some() && restored.is_some() {
-        st.copy.lock().expect("copy lock").engine = Some(st.engine.clone());
-        st.engine.track();
-    }
     let mut done: HashMap<usize, bool> = HashMap::new();
     let mut group_time: Vec<i64> = vec![i64::MIN; run.inputs.len()];
     let mut last_cp = Instant::now();
@@ -800,22 +799,26 @@ fn flush(sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
 fn restored_state(cp: &Checkpoint, hs: Nomenclature) -> anyhow::Result<(Engine, Summarize)> {
     let mut engine = Engine::restore(&cp.engine, hs)?;
     let mut summarize: Summarize = serde_json::from_slice(&cp.summarize)?;
-    let n = cp.engine_changes.len();
-    anyhow::ensure!(
-        n == cp.summarize_changes.len(),
-        "checkpoint changes of the engine and of summarize differ in number"
-    );
-    for (i, (e, s)) in cp.engine_changes.iter().zip(&cp.summarize_changes).enumerate() {
-        let e = EngineChanges::decode(e).with_context(|| format!("checkpoint changes {} of {n} (engine)", i + 1))?;
-        engine
-            .apply(Changes::Delta(Box::new(e)))
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("checkpoint changes {} of {n}", i + 1))?;
-        let s =
-            SummarizeChanges::decode(s).with_context(|| format!("checkpoint changes {} of {n} (summarize)", i + 1))?;
-        summarize.apply(SummarizeCut::Changes(s));
+    let n = cp.changes.len();
+    for (i, c) in cp.changes.iter().enumerate() {
+        replay(&mut engine, &c.engine).with_context(|| format!("checkpoint changes {} of {n} (engine)", i + 1))?;
+        replay(&mut summarize, &c.summarize)
+            .with_context(|| format!("checkpoint changes {} of {n} (summarize)", i + 1))?;
     }
     Ok((engine, summarize))
+}
+
+/// Applies serialized changes to `state`.
+fn replay<S: Incremental>(state: &mut S, changes: &[u8]) -> anyhow::Result<()> {
+    state.apply(serde_json::from_slice(changes)?).map_err(anyhow::Error::msg)
+}
+
+/// The serialized changes of a cut (`None` for a whole one).
+fn encoded<S: Incremental>(cut: &Cut<S, S::Changes>) -> anyhow::Result<Option<Vec<u8>>> {
+    Ok(match cut {
+        Cut::Whole(_) => None,
+        Cut::Changes(c) => Some(serde_json::to_vec(c)?),
+    })
 }
 
 /// The checkpoint writer's copy of the operator state, and what its checkpoint files hold.
@@ -836,35 +839,14 @@ impl WriterCopy {
     /// Returns the bytes saved.
     fn save(
         &mut self,
-        engine: Changes,
+        engine: EngineCut,
         summarize: SummarizeCut,
         store: &dyn CheckpointStore,
         offsets: &crate::checkpoint::Offsets,
     ) -> anyhow::Result<u64> {
-        let engine_delta = match engine {
-            Changes::Full(e) => {
-                self.engine = Some(*e);
-                None
-            }
-            Changes::Delta(d) => {
-                let bytes = d.encode();
-                let e = self.engine.as_mut().context("checkpoint changes without the state they change")?;
-                e.apply(Changes::Delta(d)).map_err(anyhow::Error::msg)?;
-                Some(bytes)
-            }
-        };
-        let summarize_delta = match summarize {
-            SummarizeCut::Whole(s) => {
-                self.summarize = Some(*s);
-                None
-            }
-            SummarizeCut::Changes(c) => {
-                let bytes = c.encode();
-                let s = self.summarize.as_mut().context("summarize changes without the state they change")?;
-                s.apply(SummarizeCut::Changes(c));
-                Some(bytes)
-            }
-        };
+        let (engine_delta, summarize_delta) = (encoded(&engine)?, encoded(&summarize)?);
+        engine.apply_to(&mut self.engine).map_err(anyhow::Error::msg)?;
+        summarize.apply_to(&mut self.summarize).map_err(anyhow::Error::msg)?;
         let (Some(engine), Some(summarize)) = (&self.engine, &self.summarize) else {
             anyhow::bail!("no state to checkpoint");
         };
@@ -907,9 +889,9 @@ fn checkpoint(
     // time) is the consistent cut: a copy of the changed entries, applied to the writer's
     // copy of the state on the writer thread (the summarize stage copies its own when the
     // cut reaches it). Applying and serializing happen there, not here on the decision path.
-    let changes = st.engine.changes();
+    let changes = st.engine.cut();
     let pause = t.elapsed();
-    m::CheckpointSnapshot { seconds: pause.as_secs_f64(), whole: matches!(changes, Changes::Full(_)) }.emit();
+    m::CheckpointSnapshot { seconds: pause.as_secs_f64(), whole: changes.is_whole() }.emit();
     st.stats.checkpoints += 1;
     st.stats.checkpoint_pause = st.stats.checkpoint_pause.max(pause);
     let (d, c) = st.engine.state_size();
@@ -1001,10 +983,10 @@ mod tests {
             summarize.on_watermark(&mut r, engine.watermark(), &mut summaries);
             at = at.saturating_add(len).min(feed.len());
             let offsets = [("cbec.orders".to_string(), [(0, at as i64)].into())].into();
-            writer.save(engine.changes(), summarize.cut(), &store, &offsets).unwrap();
+            writer.save(engine.cut(), summarize.cut(), &store, &offsets).unwrap();
             let cp = store.load().unwrap().unwrap();
-            kinds.push(cp.engine_changes.len());
-            with_exits += usize::from(cp.summarize_changes.last().is_some_and(|c| c.len() > 2));
+            kinds.push(cp.changes.len());
+            with_exits += usize::from(cp.changes.last().is_some_and(|c| c.summarize.len() > 2));
             assert_eq!(cp.offsets, offsets);
             let (e, s) = restored_state(&cp, hs.clone()).unwrap();
             assert!(value(&e) == value(&engine), "engine state after {at} inputs");
@@ -1035,9 +1017,8 @@ mod tests {
         let restored = Checkpoint {
             offsets: [(cfg.input_topic(Topic::Orders), [(0, 42)].into())].into(),
             engine: engine.snapshot(),
-            engine_changes: Vec::new(),
             summarize: serde_json::to_vec(&Summarize::default()).unwrap(),
-            summarize_changes: Vec::new(),
+            changes: Vec::new(),
         };
         let (sink_tx, sink_h) = spawn_sink(Box::new(crate::sink::NullSink), 16);
         let store: Arc<dyn CheckpointStore> = Arc::new(LocalDirStore::new(dir.path()).unwrap());

@@ -16,6 +16,7 @@ use cbec_operators::Operator;
 use cbec_operators::engine::Exited;
 use cbec_operators::rules::Rules;
 use cbec_operators::summarize::{Summarize, SummarizeCut};
+use cbec_operators::tracked::Incremental;
 use cbec_schemas::EventTime;
 use crossbeam_channel::{Sender, bounded};
 use std::thread::JoinHandle;
@@ -26,7 +27,7 @@ pub enum SumMsg {
     Exited(Exited),
     /// Event time advanced.
     Watermark(EventTime),
-    /// A checkpoint cut: called with the stage's state ([`Summarize::cut`]: a copy the
+    /// A checkpoint cut: called with the stage's state ([`Incremental::cut`]: a copy the
     /// first time, then what changed) once everything before it is summarized; what it
     /// returns goes to the sink.
     Cut(Box<dyn FnOnce(SummarizeCut) -> SinkMsg + Send>),
@@ -111,7 +112,7 @@ mod tests {
         let closed = EventTime::parse_rfc3339("2026-12-05T00:00:00+08:00").unwrap();
         let (state_tx, state_rx) = bounded(1);
         let cut = move |s: SummarizeCut| {
-            let SummarizeCut::Whole(s) = s else { panic!("the first cut carries the whole state") };
+            let cbec_operators::tracked::Cut::Whole(s) = s else { panic!("the first cut carries the whole state") };
             state_tx.send(s).unwrap();
             SinkMsg::AfterDurable(Box::new(|| Ok(())))
         };
