@@ -9,7 +9,7 @@ use crate::declare::{Declare, DeclareChanges, DeclareIn, DeclareOut};
 use crate::retention::day_of;
 use crate::rules::Rules;
 use crate::seal::{SealChanges, SealOp};
-use crate::tracked::{Change, Cut, Incremental};
+use crate::tracked::{Change, Cut, Incremental, Unshared};
 use crate::{Operator, ids, partition_of};
 use cbec_schemas::hs::{HsCheck, Nomenclature};
 use cbec_schemas::{
@@ -59,22 +59,12 @@ pub struct Engine {
     /// State dropped by retention so far: (orders, parcels).
     #[serde(default)]
     expired: (u64, u64),
-    /// Recording changes for [`Incremental::cut`].
+    /// Recording changes for [`Incremental::cut`] (`Some`); a copy does not.
     #[serde(skip)]
-    tracking: Tracking,
+    tracking: Unshared<()>,
     /// A control was applied since the last [`Incremental::cut`].
     #[serde(skip)]
     controls_changed: bool,
-}
-
-/// Whether an engine records its changes; a copy does not.
-#[derive(Debug, Default)]
-struct Tracking(bool);
-
-impl Clone for Tracking {
-    fn clone(&self) -> Tracking {
-        Tracking(false)
-    }
 }
 
 /// The engine's state for a checkpoint ([`Incremental::cut`]).
@@ -120,7 +110,7 @@ impl Engine {
             seals: SealOp::default(),
             watermark: EventTime::MIN,
             expired: (0, 0),
-            tracking: Tracking(false),
+            tracking: Unshared(None),
             controls_changed: false,
         }
     }
@@ -374,7 +364,7 @@ impl Incremental for Engine {
     /// thread is that of the copy: O(what changed) instead of O(state).
     fn cut(&mut self) -> EngineCut {
         let (changed, held) = self.changed_keys();
-        if !self.tracking.0 || whole_copy_is_cheaper(changed, held) {
+        if self.tracking.0.is_none() || whole_copy_is_cheaper(changed, held) {
             self.track();
             return Cut::Whole(Box::new(self.clone()));
         }
@@ -429,7 +419,7 @@ impl Incremental for Engine {
     }
 
     fn track(&mut self) {
-        self.tracking = Tracking(true);
+        self.tracking = Unshared(Some(()));
         self.declare.iter_mut().for_each(Declare::track);
         self.clear.iter_mut().for_each(Clear::track);
         self.seals.track();

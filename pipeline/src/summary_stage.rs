@@ -6,8 +6,9 @@
 //! Order and checkpoints: the engine hands over exited lists, watermarks and control
 //! messages in one ordered queue. A checkpoint cut travels through it: once everything
 //! before it is summarized, the stage adds its state (a copy the first time, then what
-//! changed since the previous cut) and forwards the cut to the sink, behind the summaries that precede it (the engine's own records before the cut are
-//! already in the sink's queue). A flush travels the same way.
+//! changed since the previous cut) and forwards the cut to the sink, behind the summaries
+//! that precede it (the engine's own records before the cut are already in the sink's
+//! queue). A flush travels the same way.
 
 use crate::metrics as m;
 use crate::record::Record;
