@@ -74,42 +74,91 @@ const PREFIX: &[u8; 6] = b"CBECCP";
 /// Changes files: what changed after the checkpoint numbered one less.
 const CHANGES_MAGIC: &[u8; 8] = b"CBECCH2\n";
 
-/// Checkpoints as files in a local directory: `checkpoint-N.bin` (the whole state) and
-/// `changes-N.bin` (what changed since number N − 1), numbered in the order saved. Loading
-/// takes the last whole checkpoint and the unbroken run of changes after it; saving a whole
-/// one removes everything before the previous whole one (the last two are kept).
+/// Checkpoints as files in a local directory (or one shared by the processes that may take
+/// over: NFS, a mounted bucket). Each process that opens the directory claims a new *epoch*
+/// (`epoch-E`, one more than any there) and writes `checkpoint-E-N.bin` (the whole state)
+/// and `changes-E-N.bin` (what changed since its number N − 1), numbered in the order saved.
+/// Loading takes the last whole checkpoint of the newest epoch that has one, and the
+/// unbroken run of changes after it in that epoch. So two writers — a process that lost its
+/// lease and has not noticed yet, and the one that took over — never write the same file
+/// nor continue each other's changes: the older one's files are ignored once the newer has
+/// saved. Saving a whole checkpoint removes everything before the previous whole one (the
+/// last two are kept). Files of the first format's names (`checkpoint-N.bin`) are epoch 0.
 pub struct LocalDirStore {
     dir: PathBuf,
+    epoch: u64,
 }
 
-/// A file of the store: its number, whether it holds changes, its path.
-type Entry = (u64, bool, PathBuf);
+/// Where a file sits in the order saved: (epoch, number).
+type Seq = (u64, u64);
+
+/// A file of the store: its place, whether it holds changes, its path.
+type Entry = (Seq, bool, PathBuf);
+
+/// `E-N` (or `N`, epoch 0).
+fn parse_seq(s: &str) -> Option<Seq> {
+    match s.split_once('-') {
+        Some((e, n)) => Some((e.parse().ok()?, n.parse().ok()?)),
+        None => Some((0, s.parse().ok()?)),
+    }
+}
 
 impl LocalDirStore {
-    /// Uses (and creates) `dir`.
+    /// Uses (and creates) `dir`, and claims a new epoch in it for what this store saves.
     pub fn new(dir: impl Into<PathBuf>) -> anyhow::Result<LocalDirStore> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).with_context(|| format!("checkpoint dir {}", dir.display()))?;
-        Ok(LocalDirStore { dir })
+        let mut store = LocalDirStore { dir, epoch: 0 };
+        let (files, epochs) = store.scan()?;
+        let mut epoch = files.iter().map(|((e, _), ..)| *e).chain(epochs).max().unwrap_or(0) + 1;
+        // Claim it: creating the marker fails if another process claimed it first.
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(store.dir.join(format!("epoch-{epoch}")))
+            {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => epoch += 1,
+                Err(e) => return Err(e).with_context(|| format!("claiming an epoch in {}", store.dir.display())),
+            }
+        }
+        store.epoch = epoch;
+        Ok(store)
     }
 
-    fn list(&self) -> anyhow::Result<Vec<Entry>> {
-        let mut v = Vec::new();
+    /// The epoch this store writes under.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The checkpoint files in the order saved, and the epochs claimed.
+    fn scan(&self) -> anyhow::Result<(Vec<Entry>, Vec<u64>)> {
+        let (mut files, mut epochs) = (Vec::new(), Vec::new());
         for e in std::fs::read_dir(&self.dir)? {
             let p = e?.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if let Some(e) = name.strip_prefix("epoch-").and_then(|e| e.parse().ok()) {
+                epochs.push(e);
+                continue;
+            }
             let Some(stem) = name.strip_suffix(".bin") else { continue };
-            let (changes, n) = match (stem.strip_prefix("checkpoint-"), stem.strip_prefix("changes-")) {
-                (Some(n), _) => (false, n),
-                (_, Some(n)) => (true, n),
+            let (changes, seq) = match (stem.strip_prefix("checkpoint-"), stem.strip_prefix("changes-")) {
+                (Some(s), _) => (false, s),
+                (_, Some(s)) => (true, s),
                 _ => continue,
             };
-            if let Ok(n) = n.parse() {
-                v.push((n, changes, p));
+            if let Some(seq) = parse_seq(seq) {
+                files.push((seq, changes, p));
             }
         }
-        v.sort();
-        Ok(v)
+        files.sort();
+        epochs.sort();
+        Ok((files, epochs))
+    }
+
+    fn list(&self) -> anyhow::Result<Vec<Entry>> {
+        Ok(self.scan()?.0)
     }
 
     fn write(&self, name: &str, out: &[u8]) -> anyhow::Result<()> {
@@ -165,12 +214,13 @@ impl CheckpointStore for LocalDirStore {
             anyhow::ensure!(files.is_empty(), "{}: changes without the checkpoint they change", self.dir.display());
             return Ok(None);
         };
-        let (offsets, engine, summarize) = read_file(&files[w].2, MAGIC)?;
+        let ((epoch, n), _, path) = &files[w];
+        let (offsets, engine, summarize) = read_file(path, MAGIC)?;
         let mut cp = Checkpoint { offsets, engine, summarize, changes: Vec::new() };
-        // The unbroken run of changes after it (a gap ends it: what follows continues a
-        // state that is not here).
-        for (i, (n, changes, p)) in files[w + 1..].iter().enumerate() {
-            if !changes || *n != files[w].0 + 1 + i as u64 {
+        // The unbroken run of changes after it, by the same writer (a gap ends it: what
+        // follows continues a state that is not here).
+        for (i, ((e, m), changes, p)) in files[w + 1..].iter().enumerate() {
+            if !changes || e != epoch || *m != n + 1 + i as u64 {
                 break;
             }
             let (offsets, engine, summarize) = read_file(p, CHANGES_MAGIC)?;
@@ -181,16 +231,20 @@ impl CheckpointStore for LocalDirStore {
     }
 
     fn save(&self, offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<u64> {
-        let existing = self.list()?;
-        let n = existing.last().map_or(1, |(n, ..)| n + 1);
+        let (existing, epochs) = self.scan()?;
+        let own = |(e, _): &Seq| *e == self.epoch;
+        let n = existing.iter().rfind(|(s, ..)| own(s)).map_or(1, |((_, n), ..)| n + 1);
+        let seq = (self.epoch, n);
         let (magic, name, engine, summarize) = match state {
-            StateSave::Whole { engine, summarize } => (MAGIC, format!("checkpoint-{n}.bin"), engine, summarize),
+            StateSave::Whole { engine, summarize } => {
+                (MAGIC, format!("checkpoint-{}-{n}.bin", self.epoch), engine, summarize)
+            }
             StateSave::Changes { engine, summarize } => {
                 anyhow::ensure!(
-                    existing.iter().any(|(_, changes, _)| !changes),
-                    "checkpoint changes saved before any whole checkpoint"
+                    existing.iter().any(|(s, changes, _)| own(s) && !changes),
+                    "checkpoint changes saved before a whole checkpoint of this writer"
                 );
-                (CHANGES_MAGIC, format!("changes-{n}.bin"), engine, summarize)
+                (CHANGES_MAGIC, format!("changes-{}-{n}.bin", self.epoch), engine, summarize)
             }
         };
         let mut out = magic.to_vec();
@@ -199,13 +253,17 @@ impl CheckpointStore for LocalDirStore {
         section(&mut out, summarize);
         self.write(&name, &out)?;
         if matches!(state, StateSave::Whole { .. }) {
-            // Keep the previous whole checkpoint and its changes; drop what is before it.
-            let wholes: Vec<u64> = existing.iter().filter(|(_, c, _)| !c).map(|(n, ..)| *n).collect();
-            if let Some(&keep_from) = wholes.last() {
-                for (m, _, p) in &existing {
-                    if *m < keep_from {
+            // Keep the previous whole checkpoint before this one and its changes; drop what
+            // is before it (a newer writer's files, if any, come after this one: kept).
+            let previous = existing.iter().filter(|(s, c, _)| !c && *s < seq).map(|(s, ..)| *s).next_back();
+            if let Some(keep_from) = previous {
+                for (s, _, p) in &existing {
+                    if *s < keep_from {
                         let _ = std::fs::remove_file(p);
                     }
+                }
+                for e in epochs.iter().filter(|e| **e < keep_from.0) {
+                    let _ = std::fs::remove_file(self.dir.join(format!("epoch-{e}")));
                 }
             }
         }
@@ -276,15 +334,75 @@ mod tests {
         assert_eq!((cp.engine, cp.changes, cp.offsets), (b"w4".to_vec(), vec![saved(b"c5", b"s5")], offsets(5)));
         assert_eq!(s.list().unwrap().len(), 5, "the previous whole checkpoint and its changes are kept");
         s.save(&offsets(6), whole(b"w6", b"s6")).unwrap();
-        let left: Vec<u64> = s.list().unwrap().iter().map(|(n, ..)| *n).collect();
+        let left: Vec<u64> = s.list().unwrap().iter().map(|((_, n), ..)| *n).collect();
         assert_eq!(left, [4, 5, 6]);
         // A missing changes file ends the run: what follows it changes a state not here.
         s.save(&offsets(7), changes(b"c7", b"s7")).unwrap();
         s.save(&offsets(8), changes(b"c8", b"s8")).unwrap();
         s.save(&offsets(9), changes(b"c9", b"s9")).unwrap();
-        std::fs::remove_file(d.path().join("changes-8.bin")).unwrap();
+        std::fs::remove_file(d.path().join("changes-1-8.bin")).unwrap();
         let cp = s.load().unwrap().unwrap();
         assert_eq!((cp.changes, cp.offsets), (vec![saved(b"c7", b"s7")], offsets(7)));
+    }
+
+    /// A process that takes over claims a newer epoch: it loads what the previous one
+    /// saved, and from its first save on, loading follows its files, whatever the previous
+    /// writer (lost its lease, has not noticed yet) still saves; neither removes the
+    /// other's current files.
+    #[test]
+    fn a_writer_that_took_over_is_never_mixed_with_the_one_it_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let old = LocalDirStore::new(d.path()).unwrap();
+        old.save(&offsets(1), whole(b"w1", b"s1")).unwrap();
+        old.save(&offsets(2), changes(b"c2", b"s2")).unwrap();
+        let new = LocalDirStore::new(d.path()).unwrap();
+        assert!(new.epoch() > old.epoch());
+        let cp = new.load().unwrap().unwrap();
+        assert_eq!((cp.engine.as_slice(), cp.changes.len(), &cp.offsets), (&b"w1"[..], 1, &offsets(2)));
+        // Before the new writer saved, the old one's later changes still count …
+        old.save(&offsets(3), changes(b"c3", b"s3")).unwrap();
+        assert_eq!(new.load().unwrap().unwrap().offsets, offsets(3));
+        // … after, they never do, even numbered after the new writer's files.
+        assert!(new.save(&offsets(2), changes(b"x", b"x")).is_err(), "a writer starts with a whole checkpoint");
+        new.save(&offsets(2), whole(b"W2", b"S2")).unwrap();
+        for i in 4..9 {
+            old.save(&offsets(i), changes(b"old", b"old")).unwrap();
+        }
+        old.save(&offsets(9), whole(b"old", b"old")).unwrap();
+        old.save(&offsets(10), whole(b"old", b"old")).unwrap();
+        new.save(&offsets(3), changes(b"C3", b"S3")).unwrap();
+        let cp = new.load().unwrap().unwrap();
+        assert_eq!(
+            cp,
+            Checkpoint {
+                offsets: offsets(3),
+                engine: b"W2".to_vec(),
+                summarize: b"S2".to_vec(),
+                changes: vec![saved(b"C3", b"S3")]
+            }
+        );
+        // The new writer's second whole checkpoint removes the old epoch and its marker.
+        new.save(&offsets(4), whole(b"W4", b"S4")).unwrap();
+        new.save(&offsets(5), whole(b"W5", b"S5")).unwrap();
+        let names: Vec<String> =
+            std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        assert!(names.iter().all(|n| !n.ends_with(&format!("-{}", old.epoch())) && !n.contains("-1-")), "{names:?}");
+        // Two stores opened at once claim different epochs, and a third sees both claims.
+        let (a, b) = (LocalDirStore::new(d.path()).unwrap(), LocalDirStore::new(d.path()).unwrap());
+        assert!(a.epoch() != b.epoch() && LocalDirStore::new(d.path()).unwrap().epoch() > a.epoch().max(b.epoch()));
+    }
+
+    /// Files named before epochs (`checkpoint-N.bin`) load as epoch 0.
+    #[test]
+    fn checkpoints_named_before_epochs_still_load() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalDirStore::new(d.path()).unwrap();
+        s.save(&offsets(7), whole(b"w", b"s")).unwrap();
+        s.save(&offsets(8), changes(b"c", b"s")).unwrap();
+        std::fs::rename(d.path().join("checkpoint-1-1.bin"), d.path().join("checkpoint-4.bin")).unwrap();
+        std::fs::rename(d.path().join("changes-1-2.bin"), d.path().join("changes-5.bin")).unwrap();
+        let cp = LocalDirStore::new(d.path()).unwrap().load().unwrap().unwrap();
+        assert_eq!((cp.changes.len(), cp.offsets), (1, offsets(8)));
     }
 
     #[test]
