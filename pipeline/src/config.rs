@@ -35,6 +35,15 @@ pub struct Config {
     pub checkpoint_dir: String,
     /// Checkpoint interval in milliseconds.
     pub checkpoint_interval_ms: u64,
+    /// Kafka mode: how long the active process may be silent before the consumer group
+    /// gives its lease to a standby (`session.timeout.ms` of the lease group
+    /// `<group_id>.lease`; the broker bounds it by `group.min.session.timeout.ms`).
+    pub lease_session_ms: u64,
+    /// Kafka mode: a stable identity of this process in the lease group (static
+    /// membership, `group.instance.id`), e.g. the pod name: restarted with the same id, a
+    /// process takes its lease back at once instead of waiting `lease_session_ms` for its
+    /// dead self. Empty: a new member on every start.
+    pub instance_id: String,
     /// Allowed out-of-orderness across sources, in event-time milliseconds.
     pub lateness_ms: i64,
     /// Capacity of every bounded queue (messages).
@@ -66,6 +75,8 @@ impl Default for Config {
             metrics_addr: "127.0.0.1:9898".into(),
             checkpoint_dir: "cbec-checkpoints".into(),
             checkpoint_interval_ms: 5_000,
+            lease_session_ms: 10_000,
+            instance_id: String::new(),
             lateness_ms: 0,
             queue_capacity: 8192,
             parquet_rows: 200_000,

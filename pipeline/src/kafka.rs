@@ -15,12 +15,14 @@
 //!   batched (`linger.ms=5`). A full producer queue blocks the sink (backpressure).
 //! * SIGINT/SIGTERM: stop consuming, checkpoint, exit 0.
 //!
-//! Limitation: one process consumes every partition (explicit assignment); running several
-//! processes of one group needs partition-aware state movement (see `checkpoint`).
+//! * Several processes of one group: the one holding the group's lease ([`crate::lease`])
+//!   consumes every partition (explicit assignment); the others stand by and take over with
+//!   the state it checkpointed. Splitting the partitions between processes is not done.
 
 use crate::checkpoint::{CheckpointStore, LocalDirStore};
 use crate::config::Config;
 use crate::generator::Generated;
+use crate::lease::Lease;
 use crate::record::{OUTPUTS, Record};
 use crate::runner::{
     Batch, Batcher, EngineMsg, EngineRun, RunStats, batches_for, decode_message, run_engine, spawn_sink,
@@ -134,14 +136,17 @@ impl Sink for KafkaSink {
     }
 }
 
-/// Creates the input and output topics if missing.
+/// Creates the input and output topics, and the lease topic of the group, if missing.
 pub fn ensure_topics(cfg: &Config) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &cfg.brokers).create()?;
     let mut names: Vec<String> = Topic::ALL.iter().map(|t| cfg.input_topic(*t)).collect();
     names.extend(OUTPUTS.iter().map(|t| cfg.output_topic(t)));
     let parts = cfg.partitions.min(64) as i32;
-    let new: Vec<NewTopic<'_>> = names.iter().map(|n| NewTopic::new(n, parts, TopicReplication::Fixed(1))).collect();
+    let lease = crate::lease::topic(cfg);
+    let mut new: Vec<NewTopic<'_>> =
+        names.iter().map(|n| NewTopic::new(n, parts, TopicReplication::Fixed(1))).collect();
+    new.push(NewTopic::new(&lease, 1, TopicReplication::Fixed(1)));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let res =
         rt.block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))))?;
@@ -568,6 +573,14 @@ pub fn run(
     progress: Option<crate::runner::Progress>,
 ) -> anyhow::Result<RunStats> {
     ensure_topics(cfg).context("creating topics")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_signals(stop.clone());
+    // One process of the group is active: the one holding the lease. It is dropped (and
+    // the lease passes on) when this function returns, after the final checkpoint.
+    let Some(_lease) = Lease::acquire(cfg, &stop)? else {
+        eprintln!("cbec: stopped while standing by");
+        return Ok(RunStats::default());
+    };
     let store = LocalDirStore::new(&cfg.checkpoint_dir)?;
     let restored = store.load()?;
     // The input partitions and where to start, read with a short-lived client: the
@@ -643,8 +656,6 @@ pub fn run(
     if restored.is_some() {
         eprintln!("cbec: restored checkpoint from {}", cfg.checkpoint_dir);
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    stop_on_signals(stop.clone());
     let (tx, rx) = bounded(batches_for(cfg.queue_capacity, 256));
     let (ctx, crx) = bounded(4);
     let h = consumer_thread(consumer, Parts { queues, state }, wake, tx, crx, stop.clone(), exit_when_idle);

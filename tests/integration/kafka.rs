@@ -35,6 +35,8 @@ fn config(brokers: &str, prefix: &str, dir: &Path) -> Config {
         output_prefix: prefix.into(),
         group_id: format!("{prefix}group"),
         checkpoint_interval_ms: 300,
+        // A standby takes over after 1 s of the active process's silence.
+        lease_session_ms: 1000,
         // A small sequencer bound (8 × this): reading the partitions out of step in event
         // time would overflow it and release items early, out of canonical order.
         queue_capacity: 32,
@@ -205,7 +207,9 @@ fn part(g: &Generated, k: usize, n: usize) -> Generated {
 fn sigkill_at_several_points_then_restart_gives_the_same_outputs() {
     let Some(b) = brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let c = config(&b, &unique_prefix("k"), dir.path());
+    let mut c = config(&b, &unique_prefix("k"), dir.path());
+    // Restarted in place with the same identity, the process takes its lease back at once.
+    c.instance_id = "k-1".into();
     let g = story(4000, 77);
     let cfg = write_config(&c, dir.path());
     let mut kills = 0;
@@ -219,10 +223,7 @@ fn sigkill_at_several_points_then_restart_gives_the_same_outputs() {
         let _ = child.wait();
     }
     assert_eq!(kills, 3);
-    let checkpoints = std::fs::read_dir(&c.checkpoint_dir)
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".bin")).count())
-        .unwrap_or(0);
-    assert!(checkpoints > 0, "the killed runs must leave a checkpoint to restart from");
+    assert!(checkpoint_files(&c) > 0, "the killed runs must leave a checkpoint to restart from");
     let status = spawn(&cfg, &["--exit-when-idle"]).wait().unwrap();
     assert!(status.success());
     let (got, want) = kafka_and_embedded(&c, &g);
@@ -233,6 +234,121 @@ fn sigkill_at_several_points_then_restart_gives_the_same_outputs() {
         want.0.len()
     );
     assert_eq!(got.1, want.1, "dead letters differ");
+}
+
+/// The checkpoint files in the configured directory.
+fn checkpoint_files(c: &Config) -> usize {
+    std::fs::read_dir(&c.checkpoint_dir)
+        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".bin")).count())
+        .unwrap_or(0)
+}
+
+/// Waits for `child` to exit, at most `limit`.
+fn wait_at_most(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cbec did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How the active process stops being active in [`takeover`].
+enum Fail {
+    /// SIGKILL.
+    Kill,
+    /// SIGSTOP until the standby holds the lease, then SIGCONT: a process that was stalled
+    /// past its session and wakes up to find the lease gone.
+    Stall,
+}
+
+/// Two processes of one group: the first holds the lease and runs; the second stands by
+/// (it neither runs nor exits while the first lives, though it was told to exit when
+/// idle). The first fails mid-stream; when its session ends the group gives the lease to
+/// the standby, which restores the checkpoint the first saved — the state moves to it —
+/// and finishes the story: after de-duplication by identity the outputs equal the
+/// uninterrupted run. (The story is on the topics before the first starts: input that
+/// arrives after a partition was read to its end, with event times before what the other
+/// partitions already released, is processed when it comes, not in the embedded run's
+/// order.)
+fn takeover(tag: &str, fail: Fail) {
+    let Some(b) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&b, &unique_prefix(tag), dir.path());
+    let g = story(5000, 53);
+    let cfg = write_config(&c, dir.path());
+    produce_story(&b, &c, &g, 0, false).unwrap();
+    let active_log = dir.path().join("active.log");
+    let mut active =
+        command(&cfg, &[]).stderr(std::fs::File::create(&active_log).unwrap()).spawn().expect("spawn cbec");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoint_files(&c) == 0 {
+        assert!(Instant::now() < deadline, "the active process saved no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = dir.path().join("standby.log");
+    let mut standby = command(&cfg, &["--exit-when-idle"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn the standby");
+    std::thread::sleep(Duration::from_millis(1500));
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(standby.try_wait().unwrap().is_none(), "the standby waits: {said}");
+    assert!(said.contains("standing by") && !said.contains("holding the lease"), "{said}");
+    assert!(active.try_wait().unwrap().is_none(), "the active process runs until stopped");
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &active.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig}");
+    };
+    match fail {
+        Fail::Kill => {
+            active.kill().unwrap(); // SIGKILL
+            let _ = active.wait();
+        }
+        Fail::Stall => {
+            signal("-STOP");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !std::fs::read_to_string(&log).unwrap().contains("holding the lease") {
+                assert!(Instant::now() < deadline, "the standby never took the lease over");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            signal("-CONT");
+            let status = wait_at_most(&mut active, Duration::from_secs(60));
+            let said = std::fs::read_to_string(&active_log).unwrap();
+            assert_eq!(status.code(), Some(cbec_pipeline::lease::LOST_EXIT_CODE), "{said}");
+            assert!(said.contains("lost the lease"), "{said}");
+        }
+    }
+    eprintln!("the active process:\n{}", std::fs::read_to_string(&active_log).unwrap());
+    let status = wait_at_most(&mut standby, Duration::from_secs(180));
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{said}");
+    assert!(said.contains("holding the lease") && said.contains("restored checkpoint"), "{said}");
+    let (got, want) = kafka_and_embedded(&c, &g);
+    assert!(
+        got.0 == want.0,
+        "after the takeover and de-duplication by identity the outputs must equal the uninterrupted run ({} vs {})",
+        got.0.len(),
+        want.0.len()
+    );
+    assert_eq!(got.1, want.1, "dead letters differ");
+}
+
+#[test]
+fn a_standby_of_the_group_takes_over_from_a_killed_process_with_its_state() {
+    takeover("f", Fail::Kill);
+}
+
+/// The stalled process, woken after the standby took over, exits at once (status 3); what
+/// it may still have saved or produced before noticing changes nothing.
+#[test]
+fn a_process_stalled_past_its_session_yields_to_the_standby_and_exits() {
+    takeover("z", Fail::Stall);
 }
 
 /// Produces the story in Kafka transactions (one per 500 messages), as a platform with a

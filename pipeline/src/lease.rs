@@ -1,0 +1,112 @@
+//! The lease that makes one `cbec` process of a consumer group the active one.
+//!
+//! The engine runs every input partition in one canonical order (see the README's
+//! *Architecture*), so the partitions cannot yet be split between processes. Several
+//! processes of one group are one active process and standbys: each joins the group
+//! `<group_id>.lease` on the one-partition topic `<group_id>.lease`, and the consumer group
+//! gives that partition — the lease — to exactly one member (`cooperative-sticky`: a member
+//! that joins later does not take it from the holder). The holder restores the last
+//! checkpoint and runs; the others wait. When the holder stops (it leaves the group after
+//! its final checkpoint) or dies (its session ends after `lease_session_ms` of silence), the
+//! group gives the lease to a standby, which restores the checkpoint the holder saved last
+//! — the state moves with the partitions — and resumes from its offsets: outputs are again
+//! identical to an uninterrupted run after de-duplication by identity.
+//!
+//! A holder that learns it lost the lease (its session ended while it was stalled) exits at
+//! once with status 3, saving nothing more; and the checkpoint store's epochs
+//! ([`crate::checkpoint::LocalDirStore`]) keep what it may have saved before noticing apart
+//! from the new holder's checkpoints.
+
+use crate::config::Config;
+use anyhow::Context;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Exit status of a process that lost its lease while active.
+pub const LOST_EXIT_CODE: i32 = 3;
+
+/// The lease topic (and group) of a configuration: `<group_id>.lease`.
+pub fn topic(cfg: &Config) -> String {
+    format!("{}.lease", cfg.group_id)
+}
+
+/// A held lease. Dropping it leaves the lease group, so that a standby takes over at once
+/// (a static member, `instance_id`, stays in the group until its session ends).
+pub struct Lease {
+    quit: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Lease {
+    /// Joins the lease group and waits until this process holds the lease, saying so on
+    /// stderr; `None` if `stop` is set first (a signal while standing by).
+    pub fn acquire(cfg: &Config, stop: &AtomicBool) -> anyhow::Result<Option<Lease>> {
+        let session = cfg.lease_session_ms.max(1);
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("group.id", topic(cfg))
+            .set("session.timeout.ms", session.to_string())
+            .set("heartbeat.interval.ms", (session / 4).max(50).to_string())
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("enable.auto.commit", "false");
+        if !cfg.instance_id.is_empty() {
+            client.set("group.instance.id", &cfg.instance_id);
+        }
+        let consumer: BaseConsumer = client.create().context("lease consumer")?;
+        let name = topic(cfg);
+        consumer.subscribe(&[&name]).with_context(|| format!("subscribing to the lease topic {name}"))?;
+        eprintln!(
+            "cbec: waiting for the lease of group {} (topic {name}): standing by while another process holds it",
+            cfg.group_id
+        );
+        let held = Arc::new(AtomicBool::new(false));
+        let quit = Arc::new(AtomicBool::new(false));
+        let (h, q) = (held.clone(), quit.clone());
+        let thread = std::thread::Builder::new()
+            .name("cbec-lease".into())
+            .spawn(move || {
+                // Polling serves the group protocol (assignments, heartbeats' results); the
+                // lease topic carries no messages.
+                while !q.load(Ordering::Relaxed) {
+                    let _ = consumer.poll(Duration::from_millis(50));
+                    // A fatal error (another process joined with this `instance_id`) fences
+                    // this member: it holds nothing any more.
+                    let holds = consumer.client().fatal_error().is_none()
+                        && !consumer.assignment_lost()
+                        && consumer.assignment().is_ok_and(|a| a.elements().iter().any(|e| e.partition() == 0));
+                    if holds {
+                        h.store(true, Ordering::Release);
+                    } else if h.load(Ordering::Acquire) {
+                        eprintln!("cbec: lost the lease (the group gave it to another process): exiting at once");
+                        std::process::exit(LOST_EXIT_CODE);
+                    }
+                }
+                // Dropping the consumer leaves the group: the lease passes on.
+                drop(consumer);
+            })
+            .context("spawning the lease thread")?;
+        let lease = Lease { quit, thread: Some(thread) };
+        while !held.load(Ordering::Acquire) {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("cbec: holding the lease of group {}: active", cfg.group_id);
+        Ok(Some(lease))
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.quit.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
