@@ -74,6 +74,110 @@ const PREFIX: &[u8; 6] = b"CBECCP";
 /// Changes files: what changed after the checkpoint numbered one less.
 const CHANGES_MAGIC: &[u8; 8] = b"CBECCH2\n";
 
+/// Where a checkpoint sits in the order saved: (its writer's epoch, its number in it).
+/// Every store claims a new epoch, greater than any before, for what it saves.
+pub(crate) type Seq = (u64, u64);
+
+/// Of the complete checkpoints of a store in the order saved (`(place, holds changes)`),
+/// those a load takes: the last whole one, and the unbroken run of its writer's changes
+/// after it (a gap ends it: what follows continues a state that is not there). Returns the
+/// index of the whole one and how many changes follow it; an error for changes without
+/// any whole checkpoint.
+pub(crate) fn chain(saved: &[(Seq, bool)]) -> anyhow::Result<Option<(usize, usize)>> {
+    let Some(w) = saved.iter().rposition(|(_, changes)| !changes) else {
+        anyhow::ensure!(saved.is_empty(), "changes without the checkpoint they change");
+        return Ok(None);
+    };
+    let (epoch, n) = saved[w].0;
+    let run = saved[w + 1..]
+        .iter()
+        .enumerate()
+        .take_while(|(i, ((e, m), changes))| *changes && *e == epoch && *m == n + 1 + *i as u64)
+        .count();
+    Ok(Some((w, run)))
+}
+
+/// The place of the next checkpoint a store of `epoch` saves, after `saved`; changes must
+/// continue a whole checkpoint this writer saved.
+pub(crate) fn next_place(saved: &[(Seq, bool)], epoch: u64, changes: bool) -> anyhow::Result<Seq> {
+    let own = saved.iter().filter(|((e, _), _)| *e == epoch);
+    anyhow::ensure!(
+        !changes || own.clone().any(|(_, c)| !c),
+        "checkpoint changes saved before a whole checkpoint of this writer"
+    );
+    Ok((epoch, own.map(|((_, n), _)| n + 1).max().unwrap_or(1)))
+}
+
+/// After a whole checkpoint saved at `at`: the place from which on checkpoints are kept
+/// (the whole one before it, of any writer), if any. What is before it can go; a newer
+/// writer's checkpoints, if any, come after `at` and stay.
+pub(crate) fn keep_from(saved: &[(Seq, bool)], at: Seq) -> Option<Seq> {
+    saved.iter().filter(|(s, c)| !c && *s < at).map(|(s, _)| *s).next_back()
+}
+
+fn section(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn read_section<'a>(b: &mut &'a [u8]) -> anyhow::Result<&'a [u8]> {
+    anyhow::ensure!(b.len() >= 8, "truncated checkpoint");
+    let n = u64::from_le_bytes(b[..8].try_into()?) as usize;
+    anyhow::ensure!(b.len() >= 8 + n, "truncated checkpoint");
+    let s = &b[8..8 + n];
+    *b = &b[8 + n..];
+    Ok(s)
+}
+
+/// A checkpoint as bytes (a file, or the chunks of a Kafka store): its format's magic, then
+/// offsets, the engine's state or changes, summarize's state or changes.
+pub(crate) fn encode(offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<Vec<u8>> {
+    let (magic, engine, summarize) = match state {
+        StateSave::Whole { engine, summarize } => (MAGIC, engine, summarize),
+        StateSave::Changes { engine, summarize } => (CHANGES_MAGIC, engine, summarize),
+    };
+    let mut out = magic.to_vec();
+    section(&mut out, &serde_json::to_vec(offsets)?);
+    section(&mut out, engine);
+    section(&mut out, summarize);
+    Ok(out)
+}
+
+/// The sections of a checkpoint's bytes (`changes` or whole), `name` saying where they
+/// come from in errors.
+pub(crate) fn decode(bytes: &[u8], changes: bool, name: &str) -> anyhow::Result<(Offsets, Vec<u8>, Vec<u8>)> {
+    let magic = if changes { CHANGES_MAGIC } else { MAGIC };
+    if !bytes.starts_with(magic) {
+        let version = bytes.strip_prefix(PREFIX.as_slice()).and_then(|b| b.first()).map(|b| char::from(*b));
+        match version {
+            Some(v) if !changes => anyhow::bail!(
+                "{name} is a cbec checkpoint of format {v}; this cbec reads format {}: finish with the cbec that wrote it, or move the checkpoints away to rebuild the state from the start of the topics (outputs come again with the same identities)",
+                char::from(MAGIC[6])
+            ),
+            _ => anyhow::bail!("{name} is not a cbec checkpoint"),
+        }
+    }
+    let mut b = &bytes[magic.len()..];
+    let offsets = serde_json::from_slice(read_section(&mut b)?)?;
+    let engine = read_section(&mut b)?.to_vec();
+    let summarize = read_section(&mut b)?.to_vec();
+    Ok((offsets, engine, summarize))
+}
+
+/// A loaded checkpoint from the decoded whole one and its changes, in order.
+pub(crate) fn assemble(
+    whole: (Offsets, Vec<u8>, Vec<u8>),
+    changes: impl IntoIterator<Item = (Offsets, Vec<u8>, Vec<u8>)>,
+) -> Checkpoint {
+    let (offsets, engine, summarize) = whole;
+    let mut cp = Checkpoint { offsets, engine, summarize, changes: Vec::new() };
+    for (offsets, engine, summarize) in changes {
+        cp.offsets = offsets;
+        cp.changes.push(SavedChanges { engine, summarize });
+    }
+    cp
+}
+
 /// Checkpoints as files in a local directory (or one shared by the processes that may take
 /// over: NFS, a mounted bucket). Each process that opens the directory claims a new *epoch*
 /// (`epoch-E`, one more than any there) and writes `checkpoint-E-N.bin` (the whole state)
@@ -88,9 +192,6 @@ pub struct LocalDirStore {
     dir: PathBuf,
     epoch: u64,
 }
-
-/// Where a file sits in the order saved: (epoch, number).
-type Seq = (u64, u64);
 
 /// A file of the store: its place, whether it holds changes, its path.
 type Entry = (Seq, bool, PathBuf);
@@ -171,100 +272,32 @@ impl LocalDirStore {
     }
 }
 
-fn section(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u64).to_le_bytes());
-    out.extend_from_slice(b);
-}
-
-fn read_section<'a>(b: &mut &'a [u8]) -> anyhow::Result<&'a [u8]> {
-    anyhow::ensure!(b.len() >= 8, "truncated checkpoint");
-    let n = u64::from_le_bytes(b[..8].try_into()?) as usize;
-    anyhow::ensure!(b.len() >= 8 + n, "truncated checkpoint");
-    let s = &b[8..8 + n];
-    *b = &b[8 + n..];
-    Ok(s)
-}
-
-/// The sections of a checkpoint or changes file: offsets, the engine's state or changes,
-/// summarize's state or changes.
-fn read_file(p: &std::path::Path, magic: &[u8; 8]) -> anyhow::Result<(Offsets, Vec<u8>, Vec<u8>)> {
-    let bytes = std::fs::read(p)?;
-    if !bytes.starts_with(magic) {
-        let version = bytes.strip_prefix(PREFIX.as_slice()).and_then(|b| b.first()).map(|b| char::from(*b));
-        match version {
-            Some(v) if magic == MAGIC => anyhow::bail!(
-                "{} is a cbec checkpoint of format {v}; this cbec reads format {}: finish with the cbec that wrote it, or move the checkpoint directory away to rebuild the state from the start of the topics (outputs come again with the same identities)",
-                p.display(),
-                char::from(MAGIC[6])
-            ),
-            _ => anyhow::bail!("{} is not a cbec checkpoint", p.display()),
-        }
-    }
-    let mut b = &bytes[magic.len()..];
-    let offsets = serde_json::from_slice(read_section(&mut b)?)?;
-    let engine = read_section(&mut b)?.to_vec();
-    let summarize = read_section(&mut b)?.to_vec();
-    Ok((offsets, engine, summarize))
-}
-
 impl CheckpointStore for LocalDirStore {
     fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
         let files = self.list()?;
-        let Some(w) = files.iter().rposition(|(_, changes, _)| !changes) else {
-            anyhow::ensure!(files.is_empty(), "{}: changes without the checkpoint they change", self.dir.display());
+        let places: Vec<(Seq, bool)> = files.iter().map(|(s, c, _)| (*s, *c)).collect();
+        let Some((w, run)) = chain(&places).with_context(|| self.dir.display().to_string())? else {
             return Ok(None);
         };
-        let ((epoch, n), _, path) = &files[w];
-        let (offsets, engine, summarize) = read_file(path, MAGIC)?;
-        let mut cp = Checkpoint { offsets, engine, summarize, changes: Vec::new() };
-        // The unbroken run of changes after it, by the same writer (a gap ends it: what
-        // follows continues a state that is not here).
-        for (i, ((e, m), changes, p)) in files[w + 1..].iter().enumerate() {
-            if !changes || e != epoch || *m != n + 1 + i as u64 {
-                break;
-            }
-            let (offsets, engine, summarize) = read_file(p, CHANGES_MAGIC)?;
-            cp.offsets = offsets;
-            cp.changes.push(SavedChanges { engine, summarize });
-        }
-        Ok(Some(cp))
+        let read = |(_, changes, p): &Entry| decode(&std::fs::read(p)?, *changes, &p.display().to_string());
+        let changes = files[w + 1..=w + run].iter().map(read).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Some(assemble(read(&files[w])?, changes)))
     }
 
     fn save(&self, offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<u64> {
         let (existing, epochs) = self.scan()?;
-        let own = |(e, _): &Seq| *e == self.epoch;
-        let n = existing.iter().rfind(|(s, ..)| own(s)).map_or(1, |((_, n), ..)| n + 1);
-        let seq = (self.epoch, n);
-        let (magic, name, engine, summarize) = match state {
-            StateSave::Whole { engine, summarize } => {
-                (MAGIC, format!("checkpoint-{}-{n}.bin", self.epoch), engine, summarize)
+        let places: Vec<(Seq, bool)> = existing.iter().map(|(s, c, _)| (*s, *c)).collect();
+        let changes = matches!(state, StateSave::Changes { .. });
+        let at = next_place(&places, self.epoch, changes)?;
+        let out = encode(offsets, state)?;
+        let kind = if changes { "changes" } else { "checkpoint" };
+        self.write(&format!("{kind}-{}-{}.bin", at.0, at.1), &out)?;
+        if let Some(keep) = keep_from(&places, at).filter(|_| !changes) {
+            for (_, _, p) in existing.iter().filter(|(s, ..)| *s < keep) {
+                let _ = std::fs::remove_file(p);
             }
-            StateSave::Changes { engine, summarize } => {
-                anyhow::ensure!(
-                    existing.iter().any(|(s, changes, _)| own(s) && !changes),
-                    "checkpoint changes saved before a whole checkpoint of this writer"
-                );
-                (CHANGES_MAGIC, format!("changes-{}-{n}.bin", self.epoch), engine, summarize)
-            }
-        };
-        let mut out = magic.to_vec();
-        section(&mut out, &serde_json::to_vec(offsets)?);
-        section(&mut out, engine);
-        section(&mut out, summarize);
-        self.write(&name, &out)?;
-        if matches!(state, StateSave::Whole { .. }) {
-            // Keep the previous whole checkpoint before this one and its changes; drop what
-            // is before it (a newer writer's files, if any, come after this one: kept).
-            let previous = existing.iter().filter(|(s, c, _)| !c && *s < seq).map(|(s, ..)| *s).next_back();
-            if let Some(keep_from) = previous {
-                for (s, _, p) in &existing {
-                    if *s < keep_from {
-                        let _ = std::fs::remove_file(p);
-                    }
-                }
-                for e in epochs.iter().filter(|e| **e < keep_from.0) {
-                    let _ = std::fs::remove_file(self.dir.join(format!("epoch-{e}")));
-                }
+            for e in epochs.iter().filter(|e| **e < keep.0) {
+                let _ = std::fs::remove_file(self.dir.join(format!("epoch-{e}")));
             }
         }
         Ok(out.len() as u64)

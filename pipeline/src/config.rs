@@ -35,6 +35,10 @@ pub struct Config {
     pub checkpoint_dir: String,
     /// Checkpoint interval in milliseconds.
     pub checkpoint_interval_ms: u64,
+    /// Where Kafka-mode checkpoints live: `dir` — files in `checkpoint_dir` (a standby on
+    /// another machine must share it); `kafka` — the topic `<group_id>.checkpoints` on the
+    /// brokers, so any process of the group can take over with nothing else shared.
+    pub checkpoint_store: String,
     /// Kafka mode: how long the active process may be silent before the consumer group
     /// gives its lease to a standby (`session.timeout.ms` of the lease group
     /// `<group_id>.lease`; the broker bounds it by `group.min.session.timeout.ms`).
@@ -75,6 +79,7 @@ impl Default for Config {
             metrics_addr: "127.0.0.1:9898".into(),
             checkpoint_dir: "cbec-checkpoints".into(),
             checkpoint_interval_ms: 5_000,
+            checkpoint_store: "dir".into(),
             lease_session_ms: 10_000,
             instance_id: String::new(),
             lateness_ms: 0,
@@ -139,6 +144,9 @@ impl Config {
         }
         if self.queue_capacity == 0 {
             return Err("queue_capacity must be positive".into());
+        }
+        if !matches!(self.checkpoint_store.as_str(), "dir" | "kafka") {
+            return Err(format!("checkpoint_store must be \"dir\" or \"kafka\", not {:?}", self.checkpoint_store));
         }
         if self.input_prefetch_mb == 0 {
             return Err("input_prefetch_mb must be positive".into());

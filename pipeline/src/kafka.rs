@@ -22,6 +22,7 @@
 use crate::checkpoint::{CheckpointStore, LocalDirStore};
 use crate::config::Config;
 use crate::generator::Generated;
+use crate::kafka_store::KafkaTopicStore;
 use crate::lease::Lease;
 use crate::record::{OUTPUTS, Record};
 use crate::runner::{
@@ -147,6 +148,16 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<()> {
     let mut new: Vec<NewTopic<'_>> =
         names.iter().map(|n| NewTopic::new(n, parts, TopicReplication::Fixed(1))).collect();
     new.push(NewTopic::new(&lease, 1, TopicReplication::Fixed(1)));
+    let checkpoints = crate::kafka_store::topic(cfg);
+    if cfg.checkpoint_store == "kafka" {
+        // Kept until cbec deletes what it no longer needs.
+        new.push(
+            NewTopic::new(&checkpoints, 2, TopicReplication::Fixed(1))
+                .set("retention.ms", "-1")
+                .set("retention.bytes", "-1")
+                .set("cleanup.policy", "delete"),
+        );
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let res =
         rt.block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))))?;
@@ -581,8 +592,13 @@ pub fn run(
         eprintln!("cbec: stopped while standing by");
         return Ok(RunStats::default());
     };
-    let store = LocalDirStore::new(&cfg.checkpoint_dir)?;
-    let restored = store.load()?;
+    let (store, place): (Arc<dyn CheckpointStore>, String) = if cfg.checkpoint_store == "kafka" {
+        let topic = crate::kafka_store::topic(cfg);
+        (Arc::new(KafkaTopicStore::new(&cfg.brokers, &topic)?), format!("topic {topic}"))
+    } else {
+        (Arc::new(LocalDirStore::new(&cfg.checkpoint_dir)?), cfg.checkpoint_dir.clone())
+    };
+    let restored = store.load().with_context(|| format!("loading the checkpoint from {place}"))?;
     // The input partitions and where to start, read with a short-lived client: the
     // consumer's prefetch is sized by their number.
     let mut tpl = TopicPartitionList::new();
@@ -654,7 +670,7 @@ pub fn run(
         queues.push(q);
     }
     if restored.is_some() {
-        eprintln!("cbec: restored checkpoint from {}", cfg.checkpoint_dir);
+        eprintln!("cbec: restored checkpoint from {place}");
     }
     let (tx, rx) = bounded(batches_for(cfg.queue_capacity, 256));
     let (ctx, crx) = bounded(4);
@@ -662,7 +678,7 @@ pub fn run(
     let (sink_tx, sink_h) = spawn_sink(Box::new(KafkaSink::new(cfg)?), cfg.queue_capacity);
     let run = EngineRun {
         end_of_time_when_done: exit_when_idle,
-        checkpoint: Some((Arc::new(store), Duration::from_millis(cfg.checkpoint_interval_ms))),
+        checkpoint: Some((store, Duration::from_millis(cfg.checkpoint_interval_ms))),
         commits: Some(ctx),
         stop: stop.clone(),
         progress,

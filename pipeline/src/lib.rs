@@ -8,6 +8,7 @@ pub mod config;
 pub mod embedded;
 pub mod generator;
 pub mod kafka;
+pub mod kafka_store;
 pub mod lease;
 pub mod metrics;
 pub mod parquet_out;

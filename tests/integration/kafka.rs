@@ -276,21 +276,42 @@ enum Fail {
 /// arrives after a partition was read to its end, with event times before what the other
 /// partitions already released, is processed when it comes, not in the embedded run's
 /// order.)
-fn takeover(tag: &str, fail: Fail) {
+///
+/// With `checkpoint_store = "kafka"` the two processes share nothing but the brokers (each
+/// has its own checkpoint directory): the state reaches the standby through the topic.
+fn takeover(tag: &str, fail: Fail, store: &str) {
     let Some(b) = brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let c = config(&b, &unique_prefix(tag), dir.path());
+    let mut c = config(&b, &unique_prefix(tag), dir.path());
+    c.checkpoint_store = store.into();
     let g = story(5000, 53);
     let cfg = write_config(&c, dir.path());
     produce_story(&b, &c, &g, 0, false).unwrap();
     let active_log = dir.path().join("active.log");
     let mut active =
         command(&cfg, &[]).stderr(std::fs::File::create(&active_log).unwrap()).spawn().expect("spawn cbec");
+    let saved = || match store {
+        "kafka" => {
+            let reader: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+            let topic = cbec_pipeline::kafka_store::topic(&c);
+            reader.fetch_watermarks(&topic, 1, Duration::from_secs(10)).is_ok_and(|(_, high)| high > 0)
+        }
+        _ => checkpoint_files(&c) > 0,
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while checkpoint_files(&c) == 0 {
+    while !saved() {
         assert!(Instant::now() < deadline, "the active process saved no checkpoint");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let standby_dir = tempfile::tempdir().unwrap();
+    let cfg = match store {
+        "kafka" => {
+            let own =
+                Config { checkpoint_dir: standby_dir.path().join("checkpoints").display().to_string(), ..c.clone() };
+            write_config(&own, standby_dir.path())
+        }
+        _ => cfg,
+    };
     let log = dir.path().join("standby.log");
     let mut standby = command(&cfg, &["--exit-when-idle"])
         .stderr(std::fs::File::create(&log).unwrap())
@@ -339,16 +360,18 @@ fn takeover(tag: &str, fail: Fail) {
     assert_eq!(got.1, want.1, "dead letters differ");
 }
 
+/// The state moves through the checkpoint topic.
 #[test]
 fn a_standby_of_the_group_takes_over_from_a_killed_process_with_its_state() {
-    takeover("f", Fail::Kill);
+    takeover("f", Fail::Kill, "kafka");
 }
 
 /// The stalled process, woken after the standby took over, exits at once (status 3); what
-/// it may still have saved or produced before noticing changes nothing.
+/// it may still have saved (in the directory both use) or produced before noticing changes
+/// nothing.
 #[test]
 fn a_process_stalled_past_its_session_yields_to_the_standby_and_exits() {
-    takeover("z", Fail::Stall);
+    takeover("z", Fail::Stall, "dir");
 }
 
 /// Produces the story in Kafka transactions (one per 500 messages), as a platform with a
