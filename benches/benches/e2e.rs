@@ -260,6 +260,8 @@ fn main() {
             ..Config::default()
         };
         c.checkpoint_dir = std::env::temp_dir().join(format!("{prefix}cp")).display().to_string();
+        // `CBEC_BENCH_STORE=kafka`: checkpoints in the group's topic instead of a directory.
+        c.checkpoint_store = std::env::var("CBEC_BENCH_STORE").unwrap_or_else(|_| "dir".into());
         for t in Topic::ALL {
             c.input_topics.insert(t.short().into(), format!("{prefix}{}", t.short()));
         }
@@ -269,8 +271,10 @@ fn main() {
         let s = cbec_pipeline::kafka::run(&c, h.clone(), true, None).expect("kafka run");
         // The run's checkpoints (hundreds of MB each run) are not kept.
         let _ = std::fs::remove_dir_all(&c.checkpoint_dir);
+        delete_topic(b, &cbec_pipeline::kafka_store::topic(&c));
         println!(
-            "kafka ({b}): produced {sent} in {produce_s:.1} s ({:.0} msg/s); pipeline consumed {} in {:.2} s incl. 2 s idle detection = {:.0} msg/s; {} output records, {} released early by the sequencer bound; {} checkpoints, longest engine pause for one {:.0} ms",
+            "kafka ({b}, checkpoints in {}): produced {sent} in {produce_s:.1} s ({:.0} msg/s); pipeline consumed {} in {:.2} s incl. 2 s idle detection = {:.0} msg/s; {} output records, {} released early by the sequencer bound; {} checkpoints, longest engine pause for one {:.0} ms",
+            if c.checkpoint_store == "kafka" { "the group's topic" } else { "a directory" },
             sent as f64 / produce_s,
             s.total_in(),
             s.elapsed.as_secs_f64(),
@@ -329,5 +333,19 @@ fn main() {
             "peak RSS after the Kafka phases: {} MiB (state per pending list is the engine's, as above)",
             peak_rss_mib()
         );
+    }
+}
+
+/// Deletes a topic of the bench's (its checkpoint topic keeps what it holds until deleted).
+fn delete_topic(brokers: &str, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let Ok(admin) =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create::<AdminClient<DefaultClientContext>>()
+    else {
+        return;
+    };
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let _ = rt.block_on(admin.delete_topics(&[topic], &AdminOptions::new()));
     }
 }
