@@ -269,6 +269,37 @@ fn main() {
         let sent = cbec_pipeline::kafka::produce_story(b, &c, &g, 0, false).expect("produce");
         let produce_s = t.elapsed().as_secs_f64();
         let s = cbec_pipeline::kafka::run(&c, h.clone(), true, None).expect("kafka run");
+        // What a standby taking over would pay: loading the last checkpoint.
+        let t = Instant::now();
+        let store: Box<dyn cbec_pipeline::checkpoint::CheckpointStore> = if c.checkpoint_store == "kafka" {
+            Box::new(
+                cbec_pipeline::kafka_store::KafkaTopicStore::new(b, &cbec_pipeline::kafka_store::topic(&c))
+                    .expect("store"),
+            )
+        } else {
+            Box::new(cbec_pipeline::checkpoint::LocalDirStore::new(&c.checkpoint_dir).expect("store"))
+        };
+        let cp = store.load().expect("load").expect("a checkpoint");
+        let bytes = cp.engine.len()
+            + cp.summarize.len()
+            + cp.changes.iter().map(|x| x.engine.len() + x.summarize.len()).sum::<usize>();
+        println!(
+            "  loading the last checkpoint ({:.0} MB, {} changes after the whole one) back from {}: {:.2} s",
+            bytes as f64 / 1e6,
+            cp.changes.len(),
+            c.checkpoint_store,
+            t.elapsed().as_secs_f64()
+        );
+        let t = Instant::now();
+        let whole = cbec_pipeline::checkpoint::StateSave::Whole { engine: &cp.engine, summarize: &cp.summarize };
+        let saved = store.save(&cp.offsets, whole).expect("save");
+        println!(
+            "  saving a whole checkpoint of that state ({:.0} MB) to {}: {:.2} s",
+            saved as f64 / 1e6,
+            c.checkpoint_store,
+            t.elapsed().as_secs_f64()
+        );
+        drop((cp, store));
         // The run's checkpoints (hundreds of MB each run) are not kept.
         let _ = std::fs::remove_dir_all(&c.checkpoint_dir);
         delete_topic(b, &cbec_pipeline::kafka_store::topic(&c));
