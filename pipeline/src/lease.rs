@@ -18,6 +18,7 @@
 //! from the new holder's checkpoints.
 
 use crate::config::Config;
+use crate::metrics::LeaseHeld;
 use anyhow::Context;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -71,16 +72,27 @@ impl Lease {
             .name("cbec-lease".into())
             .spawn(move || {
                 // Polling serves the group protocol (assignments, heartbeats' results); the
-                // lease topic carries no messages.
+                // lease topic carries no messages. Errors (a session timeout the broker
+                // refuses, an unreachable coordinator) are said, each once in a row.
+                let mut said = String::new();
+                LeaseHeld { held: false }.emit();
                 while !q.load(Ordering::Relaxed) {
-                    let _ = consumer.poll(Duration::from_millis(50));
+                    if let Some(Err(e)) = consumer.poll(Duration::from_millis(50)) {
+                        let e = e.to_string();
+                        if e != said {
+                            eprintln!("cbec: lease group: {e}");
+                            said = e;
+                        }
+                    }
                     // A fatal error (another process joined with this `instance_id`) fences
                     // this member: it holds nothing any more.
                     let holds = consumer.client().fatal_error().is_none()
                         && !consumer.assignment_lost()
                         && consumer.assignment().is_ok_and(|a| a.elements().iter().any(|e| e.partition() == 0));
                     if holds {
-                        h.store(true, Ordering::Release);
+                        if !h.swap(true, Ordering::AcqRel) {
+                            LeaseHeld { held: true }.emit();
+                        }
                     } else if h.load(Ordering::Acquire) {
                         eprintln!("cbec: lost the lease (the group gave it to another process): exiting at once");
                         std::process::exit(LOST_EXIT_CODE);

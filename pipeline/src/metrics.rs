@@ -75,6 +75,19 @@ impl QueueDepth {
     }
 }
 
+/// `cbec_lease_held`: 1 while this process holds its group's lease (is the active one),
+/// 0 while it stands by.
+pub struct LeaseHeld {
+    /// Whether it holds it.
+    pub held: bool,
+}
+impl LeaseHeld {
+    /// Records it.
+    pub fn emit(&self) {
+        gauge!("cbec_lease_held").set(if self.held { 1.0 } else { 0.0 });
+    }
+}
+
 /// `cbec_consumer_lag{topic,partition}`: high watermark − position.
 pub struct ConsumerLag<'a> {
     /// Topic.

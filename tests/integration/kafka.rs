@@ -265,6 +265,9 @@ enum Fail {
     /// SIGSTOP until the standby holds the lease, then SIGCONT: a process that was stalled
     /// past its session and wakes up to find the lease gone.
     Stall,
+    /// SIGTERM: it drains, checkpoints, exits 0 and leaves the group (a handover, as in a
+    /// rolling upgrade).
+    Stop,
 }
 
 /// Two processes of one group: the first holds the lease and runs; the second stands by
@@ -344,6 +347,11 @@ fn takeover(tag: &str, fail: Fail, store: &str) {
             assert_eq!(status.code(), Some(cbec_pipeline::lease::LOST_EXIT_CODE), "{said}");
             assert!(said.contains("lost the lease"), "{said}");
         }
+        Fail::Stop => {
+            signal("-TERM");
+            let status = wait_at_most(&mut active, Duration::from_secs(60));
+            assert!(status.success(), "{}", std::fs::read_to_string(&active_log).unwrap());
+        }
     }
     eprintln!("the active process:\n{}", std::fs::read_to_string(&active_log).unwrap());
     let status = wait_at_most(&mut standby, Duration::from_secs(180));
@@ -364,6 +372,12 @@ fn takeover(tag: &str, fail: Fail, store: &str) {
 #[test]
 fn a_standby_of_the_group_takes_over_from_a_killed_process_with_its_state() {
     takeover("f", Fail::Kill, "kafka");
+}
+
+/// The state of the final checkpoint moves through the topic.
+#[test]
+fn a_stopped_process_hands_over_to_the_standby() {
+    takeover("h", Fail::Stop, "kafka");
 }
 
 /// The stalled process, woken after the standby took over, exits at once (status 3); what
