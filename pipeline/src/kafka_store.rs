@@ -150,11 +150,13 @@ impl KafkaTopicStore {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, p, Offset::Offset(from))?;
         c.assign(&tpl)?;
-        let deadline = Instant::now() + TIMEOUT;
+        // Times out when nothing comes for a while, however long the whole read takes.
+        let mut deadline = Instant::now() + TIMEOUT;
         loop {
             anyhow::ensure!(Instant::now() < deadline, "timed out reading checkpoints from {}", self.topic);
             let Some(m) = c.poll(Duration::from_millis(500)) else { continue };
             let m = m?;
+            deadline = Instant::now() + TIMEOUT;
             if !f(m.offset(), m.payload().unwrap_or_default())? || m.offset() + 1 >= high {
                 return Ok(());
             }
