@@ -1,10 +1,12 @@
 //! Checkpoints: input offsets recorded together with operator state, behind a small
 //! interface. [`LocalDirStore`] keeps them in a local directory (atomic renames): a whole
 //! snapshot of the engine state now and then, and between two of them only what changed
-//! (incremental checkpoints, [`cbec_operators::tracked::Incremental`]). Several processes of
-//! one consumer group need a store that moves state with its partitions (a Kafka changelog
-//! topic or object storage): implement [`CheckpointStore`] for it; nothing else assumes one
-//! process.
+//! (incremental checkpoints, [`cbec_operators::tracked::Incremental`]);
+//! [`crate::kafka_store::KafkaTopicStore`] keeps the same checkpoints in a Kafka topic, so
+//! that a standby of the group ([`crate::lease`]) takes over with the state from anywhere.
+//! Both claim a new epoch per writer and load the newest epoch's chain ([`chain`]), so the
+//! checkpoints of a process that lost its lease never mix with its successor's. Object
+//! storage would be a third implementation of [`CheckpointStore`].
 
 use anyhow::Context;
 use std::collections::BTreeMap;
