@@ -4,7 +4,7 @@
 //! (incremental checkpoints, [`cbec_operators::tracked::Incremental`]);
 //! [`crate::kafka_store::KafkaTopicStore`] keeps the same checkpoints in a Kafka topic, so
 //! that a standby of the group ([`crate::lease`]) takes over with the state from anywhere.
-//! Both claim a new epoch per writer and load the newest epoch's chain ([`chain`]), so the
+//! Both claim a new epoch per writer and load the newest epoch's chain (`chain`), so the
 //! checkpoints of a process that lost its lease never mix with its successor's. Object
 //! storage would be a third implementation of [`CheckpointStore`].
 

@@ -7,12 +7,12 @@
 //! * partition 0 holds *claims*: a store claims its epoch by producing one, and the
 //!   epoch is that record's offset + 1, greater than any claimed before;
 //! * partition 1 holds the checkpoints, each the same bytes as a [`LocalDirStore`] file
-//!   ([`checkpoint::encode`]) cut into chunks of at most [`CHUNK`] bytes, each behind a
+//!   (`checkpoint::encode`) cut into chunks of at most [`CHUNK`] bytes, each behind a
 //!   head: `CBECK1`, whole (1) or changes (2), epoch, number, chunk index, chunk count.
 //!
 //! Loading reads the heads of partition 1, keeps the checkpoints whose chunks are all there
 //! (a writer that died mid-way leaves an incomplete one: it is skipped and ends its run),
-//! chooses what to load exactly like the directory store ([`checkpoint::chain`]: the newest
+//! chooses what to load exactly like the directory store (`checkpoint::chain`: the newest
 //! epoch's last whole checkpoint and its unbroken run of changes), then reads those
 //! checkpoints' chunks. Saving a whole checkpoint deletes the records before the previous
 //! whole one (`DeleteRecords`), unless a newer epoch has been claimed since: a writer that
