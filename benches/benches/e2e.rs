@@ -261,7 +261,9 @@ fn main() {
         };
         c.checkpoint_dir = std::env::temp_dir().join(format!("{prefix}cp")).display().to_string();
         // `CBEC_BENCH_STORE=kafka`: checkpoints in the group's topic instead of a directory.
-        c.checkpoint_store = std::env::var("CBEC_BENCH_STORE").unwrap_or_else(|_| "dir".into());
+        if std::env::var("CBEC_BENCH_STORE").is_ok_and(|s| s == "kafka") {
+            c.checkpoint_store = cbec_pipeline::config::StoreKind::Kafka;
+        }
         for t in Topic::ALL {
             c.input_topics.insert(t.short().into(), format!("{prefix}{}", t.short()));
         }
@@ -271,32 +273,23 @@ fn main() {
         let s = cbec_pipeline::kafka::run(&c, h.clone(), true, None).expect("kafka run");
         // What a standby taking over would pay: loading the last checkpoint.
         let t = Instant::now();
-        let store: Box<dyn cbec_pipeline::checkpoint::CheckpointStore> = if c.checkpoint_store == "kafka" {
-            Box::new(
-                cbec_pipeline::kafka_store::KafkaTopicStore::new(b, &cbec_pipeline::kafka_store::topic(&c))
-                    .expect("store"),
-            )
-        } else {
-            Box::new(cbec_pipeline::checkpoint::LocalDirStore::new(&c.checkpoint_dir).expect("store"))
-        };
+        let (store, place) = cbec_pipeline::kafka::checkpoint_store(&c).expect("store");
         let cp = store.load().expect("load").expect("a checkpoint");
         let bytes = cp.engine.len()
             + cp.summarize.len()
             + cp.changes.iter().map(|x| x.engine.len() + x.summarize.len()).sum::<usize>();
         println!(
-            "  loading the last checkpoint ({:.0} MB, {} changes after the whole one) back from {}: {:.2} s",
+            "  loading the last checkpoint ({:.0} MB, {} changes after the whole one) back from {place}: {:.2} s",
             bytes as f64 / 1e6,
             cp.changes.len(),
-            c.checkpoint_store,
             t.elapsed().as_secs_f64()
         );
         let t = Instant::now();
         let whole = cbec_pipeline::checkpoint::StateSave::Whole { engine: &cp.engine, summarize: &cp.summarize };
         let saved = store.save(&cp.offsets, whole).expect("save");
         println!(
-            "  saving a whole checkpoint of that state ({:.0} MB) to {}: {:.2} s",
+            "  saving a whole checkpoint of that state ({:.0} MB) to {place}: {:.2} s",
             saved as f64 / 1e6,
-            c.checkpoint_store,
             t.elapsed().as_secs_f64()
         );
         drop((cp, store));
@@ -305,7 +298,11 @@ fn main() {
         delete_topic(b, &cbec_pipeline::kafka_store::topic(&c));
         println!(
             "kafka ({b}, checkpoints in {}): produced {sent} in {produce_s:.1} s ({:.0} msg/s); pipeline consumed {} in {:.2} s incl. 2 s idle detection = {:.0} msg/s; {} output records, {} released early by the sequencer bound; {} checkpoints, longest engine pause for one {:.0} ms",
-            if c.checkpoint_store == "kafka" { "the group's topic" } else { "a directory" },
+            if c.checkpoint_store == cbec_pipeline::config::StoreKind::Kafka {
+                "the group's topic"
+            } else {
+                "a directory"
+            },
             sent as f64 / produce_s,
             s.total_in(),
             s.elapsed.as_secs_f64(),

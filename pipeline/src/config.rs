@@ -9,6 +9,16 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// Where Kafka-mode checkpoints live (`checkpoint_store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Files in `checkpoint_dir`.
+    Dir,
+    /// The topic `<group_id>.checkpoints`.
+    Kafka,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -38,7 +48,7 @@ pub struct Config {
     /// Where Kafka-mode checkpoints live: `dir` — files in `checkpoint_dir` (a standby on
     /// another machine must share it); `kafka` — the topic `<group_id>.checkpoints` on the
     /// brokers, so any process of the group can take over with nothing else shared.
-    pub checkpoint_store: String,
+    pub checkpoint_store: StoreKind,
     /// Kafka mode: how long the active process may be silent before the consumer group
     /// gives its lease to a standby (`session.timeout.ms` of the lease group
     /// `<group_id>.lease`; the broker bounds it by `group.min.session.timeout.ms`).
@@ -79,7 +89,7 @@ impl Default for Config {
             metrics_addr: "127.0.0.1:9898".into(),
             checkpoint_dir: "cbec-checkpoints".into(),
             checkpoint_interval_ms: 5_000,
-            checkpoint_store: "dir".into(),
+            checkpoint_store: StoreKind::Dir,
             lease_session_ms: 10_000,
             instance_id: String::new(),
             lateness_ms: 0,
@@ -145,9 +155,6 @@ impl Config {
         if self.queue_capacity == 0 {
             return Err("queue_capacity must be positive".into());
         }
-        if !matches!(self.checkpoint_store.as_str(), "dir" | "kafka") {
-            return Err(format!("checkpoint_store must be \"dir\" or \"kafka\", not {:?}", self.checkpoint_store));
-        }
         if self.input_prefetch_mb == 0 {
             return Err("input_prefetch_mb must be positive".into());
         }
@@ -200,6 +207,7 @@ mod tests {
             ("CBEC_RULES__INSPECTION_RATE", "\"0.2\""),
             ("CBEC_PARTITIONS", "3"),
             ("CBEC_RULES__STATE_RETENTION_DAYS", "7"),
+            ("CBEC_CHECKPOINT_STORE", "kafka"),
             ("CBEC_TEST_BROKERS", "ignored"),
         ]
         .into_iter()
@@ -212,6 +220,9 @@ mod tests {
         assert_eq!(c.rules.inspection_rate, cbec_schemas::Dec::parse("0.2").unwrap());
         assert_eq!(c.rules.state_retention_days, 7);
         assert_eq!(c.rules.payment_wait_hours, 24, "defaults fill the rest");
+        assert_eq!(c.checkpoint_store, StoreKind::Kafka);
+        std::fs::write(&p, "checkpoint_store = \"s3\"\n").unwrap();
+        assert!(Config::load(Some(&p), &BTreeMap::new()).is_err(), "an unknown store is refused");
         std::fs::write(&p, "bogus = 1\n").unwrap();
         assert!(Config::load(Some(&p), &BTreeMap::new()).is_err());
         std::fs::write(&p, "[rules]\ninspection_rate = \"1.5\"\n").unwrap();

@@ -20,7 +20,7 @@
 //!   the state it checkpointed. Splitting the partitions between processes is not done.
 
 use crate::checkpoint::{CheckpointStore, LocalDirStore};
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::generator::Generated;
 use crate::kafka_store::KafkaTopicStore;
 use crate::lease::Lease;
@@ -149,7 +149,7 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<()> {
         names.iter().map(|n| NewTopic::new(n, parts, TopicReplication::Fixed(1))).collect();
     new.push(NewTopic::new(&lease, 1, TopicReplication::Fixed(1)));
     let checkpoints = crate::kafka_store::topic(cfg);
-    if cfg.checkpoint_store == "kafka" {
+    if cfg.checkpoint_store == StoreKind::Kafka {
         // Kept until cbec deletes what it no longer needs.
         new.push(
             NewTopic::new(&checkpoints, 2, TopicReplication::Fixed(1))
@@ -576,6 +576,17 @@ fn stop_on_signals(stop: Arc<AtomicBool>) {
     });
 }
 
+/// Opens the configured checkpoint store (claiming a new epoch in it), and says where it is.
+pub fn checkpoint_store(cfg: &Config) -> anyhow::Result<(Arc<dyn CheckpointStore>, String)> {
+    Ok(match cfg.checkpoint_store {
+        StoreKind::Kafka => {
+            let topic = crate::kafka_store::topic(cfg);
+            (Arc::new(KafkaTopicStore::new(&cfg.brokers, &topic)?), format!("topic {topic}"))
+        }
+        StoreKind::Dir => (Arc::new(LocalDirStore::new(&cfg.checkpoint_dir)?), cfg.checkpoint_dir.clone()),
+    })
+}
+
 /// Runs the pipeline against Kafka.
 pub fn run(
     cfg: &Config,
@@ -592,12 +603,7 @@ pub fn run(
         eprintln!("cbec: stopped while standing by");
         return Ok(RunStats::default());
     };
-    let (store, place): (Arc<dyn CheckpointStore>, String) = if cfg.checkpoint_store == "kafka" {
-        let topic = crate::kafka_store::topic(cfg);
-        (Arc::new(KafkaTopicStore::new(&cfg.brokers, &topic)?), format!("topic {topic}"))
-    } else {
-        (Arc::new(LocalDirStore::new(&cfg.checkpoint_dir)?), cfg.checkpoint_dir.clone())
-    };
+    let (store, place) = checkpoint_store(cfg)?;
     let restored = store.load().with_context(|| format!("loading the checkpoint from {place}"))?;
     // The input partitions and where to start, read with a short-lived client: the
     // consumer's prefetch is sized by their number.

@@ -339,7 +339,7 @@ mod tests {
         let cfg = Config {
             brokers: b.clone(),
             group_id: format!("store{}.{}", std::process::id(), cbec_schemas::time::wall_clock().0 % 1_000_000_000),
-            checkpoint_store: "kafka".into(),
+            checkpoint_store: crate::config::StoreKind::Kafka,
             ..Config::default()
         };
         crate::kafka::ensure_topics(&cfg).unwrap();

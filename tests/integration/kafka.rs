@@ -3,7 +3,7 @@
 //! of the same story — uninterrupted, and killed with SIGKILL at several points.
 
 use crate::support::*;
-use cbec_pipeline::config::Config;
+use cbec_pipeline::config::{Config, StoreKind};
 use cbec_pipeline::generator::Generated;
 use cbec_pipeline::kafka::produce_story;
 use cbec_pipeline::record::OUTPUTS;
@@ -282,11 +282,11 @@ enum Fail {
 ///
 /// With `checkpoint_store = "kafka"` the two processes share nothing but the brokers (each
 /// has its own checkpoint directory): the state reaches the standby through the topic.
-fn takeover(tag: &str, fail: Fail, store: &str) {
+fn takeover(tag: &str, fail: Fail, store: StoreKind) {
     let Some(b) = brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(&b, &unique_prefix(tag), dir.path());
-    c.checkpoint_store = store.into();
+    c.checkpoint_store = store;
     let g = story(5000, 53);
     let cfg = write_config(&c, dir.path());
     produce_story(&b, &c, &g, 0, false).unwrap();
@@ -294,12 +294,12 @@ fn takeover(tag: &str, fail: Fail, store: &str) {
     let mut active =
         command(&cfg, &[]).stderr(std::fs::File::create(&active_log).unwrap()).spawn().expect("spawn cbec");
     let saved = || match store {
-        "kafka" => {
+        StoreKind::Kafka => {
             let reader: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
             let topic = cbec_pipeline::kafka_store::topic(&c);
             reader.fetch_watermarks(&topic, 1, Duration::from_secs(10)).is_ok_and(|(_, high)| high > 0)
         }
-        _ => checkpoint_files(&c) > 0,
+        StoreKind::Dir => checkpoint_files(&c) > 0,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while !saved() {
@@ -308,12 +308,12 @@ fn takeover(tag: &str, fail: Fail, store: &str) {
     }
     let standby_dir = tempfile::tempdir().unwrap();
     let cfg = match store {
-        "kafka" => {
+        StoreKind::Kafka => {
             let own =
                 Config { checkpoint_dir: standby_dir.path().join("checkpoints").display().to_string(), ..c.clone() };
             write_config(&own, standby_dir.path())
         }
-        _ => cfg,
+        StoreKind::Dir => cfg,
     };
     let log = dir.path().join("standby.log");
     let mut standby = command(&cfg, &["--exit-when-idle"])
@@ -371,13 +371,13 @@ fn takeover(tag: &str, fail: Fail, store: &str) {
 /// The state moves through the checkpoint topic.
 #[test]
 fn a_standby_of_the_group_takes_over_from_a_killed_process_with_its_state() {
-    takeover("f", Fail::Kill, "kafka");
+    takeover("f", Fail::Kill, StoreKind::Kafka);
 }
 
 /// The state of the final checkpoint moves through the topic.
 #[test]
 fn a_stopped_process_hands_over_to_the_standby() {
-    takeover("h", Fail::Stop, "kafka");
+    takeover("h", Fail::Stop, StoreKind::Kafka);
 }
 
 /// The stalled process, woken after the standby took over, exits at once (status 3); what
@@ -385,7 +385,7 @@ fn a_stopped_process_hands_over_to_the_standby() {
 /// nothing.
 #[test]
 fn a_process_stalled_past_its_session_yields_to_the_standby_and_exits() {
-    takeover("z", Fail::Stall, "dir");
+    takeover("z", Fail::Stall, StoreKind::Dir);
 }
 
 /// Produces the story in Kafka transactions (one per 500 messages), as a platform with a
