@@ -586,6 +586,13 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
     let (mut summarize_state, mut engine) = match &restored {
         Some(cp) => {
             let (engine, summarize) = restored_state(cp, run.hs.clone())?;
+            let differ = differing_fields(engine.rules(), &run.rules);
+            if !differ.is_empty() {
+                eprintln!(
+                    "cbec: the rules in force are the checkpoint's (a replay must decide as the first run did); the configuration's differ in: {} (controls change inspection_rate)",
+                    differ.join(", ")
+                );
+            }
             (summarize, engine)
         }
         None => (Summarize::default(), Engine::new(run.rules.clone(), run.hs.clone(), run.partitions)),
@@ -808,6 +815,16 @@ fn restored_state(cp: &Checkpoint, hs: Nomenclature) -> anyhow::Result<(Engine, 
     Ok((engine, summarize))
 }
 
+/// The top-level fields in which two values serialize differently.
+fn differing_fields<T: serde::Serialize>(a: &T, b: &T) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(a), serde_json::to_value(b))
+    else {
+        return Vec::new();
+    };
+    a.iter().filter(|(k, v)| b.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect()
+}
+
 /// Applies serialized changes to `state`.
 fn replay<S: Incremental>(state: &mut S, changes: &[u8]) -> anyhow::Result<()> {
     state.apply(serde_json::from_slice(changes)?).map_err(anyhow::Error::msg)
@@ -1003,6 +1020,14 @@ mod tests {
             kinds.contains(&0) && kinds.iter().skip(1).any(|n| *n == 0),
             "and a large change is saved whole: {kinds:?}"
         );
+    }
+
+    #[test]
+    fn rules_that_differ_are_named() {
+        let a = Rules::default();
+        let b = Rules { instance: 3, payment_wait_hours: 12, ..Rules::default() };
+        assert_eq!(differing_fields(&a, &b), ["instance", "payment_wait_hours"]);
+        assert!(differing_fields(&a, &a.clone()).is_empty());
     }
 
     #[test]
