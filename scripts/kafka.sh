@@ -60,7 +60,7 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
-# The tests' lease sessions are short (a standby takes over after 1 s of silence).
+# The tests' lease sessions are short (a standby takes over after 2.5 s of silence).
 group.min.session.timeout.ms=500
 log.flush.interval.messages=1000000
 PROPS

@@ -35,8 +35,9 @@ fn config(brokers: &str, prefix: &str, dir: &Path) -> Config {
         output_prefix: prefix.into(),
         group_id: format!("{prefix}group"),
         checkpoint_interval_ms: 300,
-        // A standby takes over after 1 s of the active process's silence.
-        lease_session_ms: 1000,
+        // A standby takes over after 2.5 s of the active process's silence (short for the
+        // tests, long enough that a busy test machine does not end a live session).
+        lease_session_ms: 2500,
         // A small sequencer bound (8 × this): reading the partitions out of step in event
         // time would overflow it and release items early, out of canonical order.
         queue_capacity: 32,
