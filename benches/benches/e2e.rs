@@ -286,7 +286,7 @@ fn main() {
         );
         let t = Instant::now();
         let whole = cbec_pipeline::checkpoint::StateSave::Whole { engine: &cp.engine, summarize: &cp.summarize };
-        let (_, saved) = store.save(&cp.offsets, whole).expect("save");
+        let saved = store.save(&cp.offsets, whole).expect("save");
         println!(
             "  saving a whole checkpoint of that state ({:.0} MB) to {place}: {:.2} s",
             saved as f64 / 1e6,

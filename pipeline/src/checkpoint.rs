@@ -20,8 +20,6 @@ pub type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
 /// state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
-    /// Where it sits in the store: the place of the last checkpoint it is made of.
-    pub place: Seq,
     /// Next offset to consume, per topic and partition.
     pub offsets: Offsets,
     /// Engine snapshot (declare, clear, seals, broadcast tables): the whole state.
@@ -65,11 +63,9 @@ pub enum StateSave<'a> {
 pub trait CheckpointStore: Send + Sync {
     /// The latest complete checkpoint, if any.
     fn load(&self) -> anyhow::Result<Option<Checkpoint>>;
-    /// The checkpoint saved at `place` (whatever was saved after it, by any writer).
-    fn load_at(&self, place: Seq) -> anyhow::Result<Checkpoint>;
-    /// Saves a checkpoint atomically; returns its place and its size in bytes. Changes
-    /// continue the checkpoint saved last: a store without one refuses them.
-    fn save(&self, offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<(Seq, u64)>;
+    /// Saves a checkpoint atomically; returns its size in bytes. Changes continue the
+    /// checkpoint saved last: a store without one refuses them.
+    fn save(&self, offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<u64>;
 }
 
 /// Format 2: `invtNo` serials in use are kept with their declaration year (state
@@ -82,7 +78,7 @@ const CHANGES_MAGIC: &[u8; 8] = b"CBECCH2\n";
 
 /// Where a checkpoint sits in the order saved: (its writer's epoch, its number in it).
 /// Every store claims a new epoch, greater than any before, for what it saves.
-pub type Seq = (u64, u64);
+pub(crate) type Seq = (u64, u64);
 
 /// Of the complete checkpoints of a store in the order saved (`(place, holds changes)`),
 /// those a load takes: the last whole one, and the unbroken run of its writer's changes
@@ -101,22 +97,6 @@ pub(crate) fn chain(saved: &[(Seq, bool)]) -> anyhow::Result<Option<(usize, usiz
         .take_while(|(i, ((e, m), changes))| *changes && *e == epoch && *m == n + 1 + *i as u64)
         .count();
     Ok(Some((w, run)))
-}
-
-/// Of the complete checkpoints of a store in the order saved, those the checkpoint at
-/// `place` is made of: the index of the whole one before it in its writer's epoch and how
-/// many changes follow up to `place`. An error when they are not all there.
-pub(crate) fn chain_to(saved: &[(Seq, bool)], place: Seq) -> anyhow::Result<(usize, usize)> {
-    let end = saved.iter().position(|(p, _)| *p == place).with_context(|| format!("no checkpoint {place:?}"))?;
-    let mut w = end;
-    while saved[w].1 {
-        anyhow::ensure!(
-            w > 0 && saved[w - 1].0 == (place.0, saved[w].0.1 - 1),
-            "checkpoint {place:?}: a checkpoint it changes is missing"
-        );
-        w -= 1;
-    }
-    Ok((w, end - w))
 }
 
 /// The place of the next checkpoint a store of `epoch` saves, after `saved`; changes must
@@ -186,14 +166,13 @@ pub(crate) fn decode(bytes: &[u8], changes: bool, name: &str) -> anyhow::Result<
     Ok((offsets, engine, summarize))
 }
 
-/// A loaded checkpoint (at `place`) from the decoded whole one and its changes, in order.
+/// A loaded checkpoint from the decoded whole one and its changes, in order.
 pub(crate) fn assemble(
-    place: Seq,
     whole: (Offsets, Vec<u8>, Vec<u8>),
     changes: impl IntoIterator<Item = (Offsets, Vec<u8>, Vec<u8>)>,
 ) -> Checkpoint {
     let (offsets, engine, summarize) = whole;
-    let mut cp = Checkpoint { place, offsets, engine, summarize, changes: Vec::new() };
+    let mut cp = Checkpoint { offsets, engine, summarize, changes: Vec::new() };
     for (offsets, engine, summarize) in changes {
         cp.offsets = offsets;
         cp.changes.push(SavedChanges { engine, summarize });
@@ -285,21 +264,6 @@ impl LocalDirStore {
         Ok(self.scan()?.0)
     }
 
-    /// Reads the chain of files `pick` chooses (`chain`, `chain_to`).
-    fn read_chain(
-        &self,
-        pick: impl FnOnce(&[(Seq, bool)]) -> anyhow::Result<Option<(usize, usize)>>,
-    ) -> anyhow::Result<Option<Checkpoint>> {
-        let files = self.list()?;
-        let places: Vec<(Seq, bool)> = files.iter().map(|(s, c, _)| (*s, *c)).collect();
-        let Some((w, run)) = pick(&places).with_context(|| self.dir.display().to_string())? else {
-            return Ok(None);
-        };
-        let read = |(_, changes, p): &Entry| decode(&std::fs::read(p)?, *changes, &p.display().to_string());
-        let changes = files[w + 1..=w + run].iter().map(read).collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Some(assemble(files[w + run].0, read(&files[w])?, changes)))
-    }
-
     fn write(&self, name: &str, out: &[u8]) -> anyhow::Result<()> {
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let mut f = std::fs::File::create(&tmp)?;
@@ -312,14 +276,17 @@ impl LocalDirStore {
 
 impl CheckpointStore for LocalDirStore {
     fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
-        self.read_chain(chain)
+        let files = self.list()?;
+        let places: Vec<(Seq, bool)> = files.iter().map(|(s, c, _)| (*s, *c)).collect();
+        let Some((w, run)) = chain(&places).with_context(|| self.dir.display().to_string())? else {
+            return Ok(None);
+        };
+        let read = |(_, changes, p): &Entry| decode(&std::fs::read(p)?, *changes, &p.display().to_string());
+        let changes = files[w + 1..=w + run].iter().map(read).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Some(assemble(read(&files[w])?, changes)))
     }
 
-    fn load_at(&self, place: Seq) -> anyhow::Result<Checkpoint> {
-        self.read_chain(|places| chain_to(places, place).map(Some))?.context("no checkpoint")
-    }
-
-    fn save(&self, offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<(Seq, u64)> {
+    fn save(&self, offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<u64> {
         let (existing, epochs) = self.scan()?;
         let places: Vec<(Seq, bool)> = existing.iter().map(|(s, c, _)| (*s, *c)).collect();
         let changes = matches!(state, StateSave::Changes { .. });
@@ -335,7 +302,7 @@ impl CheckpointStore for LocalDirStore {
                 let _ = std::fs::remove_file(self.dir.join(format!("epoch-{e}")));
             }
         }
-        Ok((at, out.len() as u64))
+        Ok(out.len() as u64)
     }
 }
 
@@ -370,13 +337,7 @@ mod tests {
         let cp = s.load().unwrap().unwrap();
         assert_eq!(
             cp,
-            Checkpoint {
-                place: (s.epoch(), 4),
-                offsets: offsets(3),
-                engine: b"{}".to_vec(),
-                summarize: b"[]".to_vec(),
-                changes: vec![]
-            }
+            Checkpoint { offsets: offsets(3), engine: b"{}".to_vec(), summarize: b"[]".to_vec(), changes: vec![] }
         );
         assert!(s.list().unwrap().len() <= 2);
     }
@@ -396,18 +357,12 @@ mod tests {
         assert_eq!(
             cp,
             Checkpoint {
-                place: (s.epoch(), 3),
                 offsets: offsets(3),
                 engine: b"w1".to_vec(),
                 summarize: b"s1".to_vec(),
                 changes: vec![saved(b"c2", b"s2"), saved(b"c3", b"s3")]
             }
         );
-        // A checkpoint by its place: what was saved after it does not count.
-        let at2 = s.load_at((s.epoch(), 2)).unwrap();
-        assert_eq!((at2.changes, at2.offsets), (vec![saved(b"c2", b"s2")], offsets(2)));
-        assert_eq!(s.load_at((s.epoch(), 1)).unwrap().changes, vec![]);
-        assert!(s.load_at((s.epoch(), 9)).is_err(), "no such checkpoint");
         s.save(&offsets(4), whole(b"w4", b"s4")).unwrap();
         s.save(&offsets(5), changes(b"c5", b"s5")).unwrap();
         let cp = s.load().unwrap().unwrap();
@@ -455,7 +410,6 @@ mod tests {
         assert_eq!(
             cp,
             Checkpoint {
-                place: (new.epoch(), 2),
                 offsets: offsets(3),
                 engine: b"W2".to_vec(),
                 summarize: b"S2".to_vec(),

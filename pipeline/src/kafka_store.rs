@@ -207,13 +207,8 @@ fn delivered<E>(r: Result<rdkafka::producer::future_producer::OwnedDeliveryResul
     }
 }
 
-impl KafkaTopicStore {
-    /// Reads the heads of the checkpoints, then the chunks of the chain `pick` chooses
-    /// (`checkpoint::chain`, `checkpoint::chain_to`).
-    fn read_chain(
-        &self,
-        pick: impl FnOnce(&[(Seq, bool)]) -> anyhow::Result<Option<(usize, usize)>>,
-    ) -> anyhow::Result<Option<Checkpoint>> {
+impl CheckpointStore for KafkaTopicStore {
+    fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
         let mut seen: BTreeMap<Seq, Seen> = BTreeMap::new();
         self.read(CHUNKS, 0, |offset, payload| {
             if let Some((changes, e, n, i, count)) = parse_head(payload) {
@@ -227,7 +222,7 @@ impl KafkaTopicStore {
         let places: Vec<(Seq, bool)> = complete.iter().map(|(p, s)| (*p, s.changes)).collect();
         *self.known.lock().unwrap_or_else(|e| e.into_inner()) =
             complete.iter().map(|(p, s)| (*p, s.changes, s.chunks.values().copied().min().unwrap_or(0))).collect();
-        let Some((w, run)) = pick(&places).with_context(|| self.topic.clone())? else {
+        let Some((w, run)) = checkpoint::chain(&places).with_context(|| self.topic.clone())? else {
             return Ok(None);
         };
         let wanted = &complete[w..=w + run];
@@ -257,20 +252,10 @@ impl KafkaTopicStore {
         let name = |(e, n): Seq| format!("{} checkpoint {e}-{n}", self.topic);
         let mut decoded = wanted.iter().zip(&bytes).map(|((p, s), b)| checkpoint::decode(b, s.changes, &name(*p)));
         let whole = decoded.next().context("no whole checkpoint")??;
-        Ok(Some(checkpoint::assemble(wanted[run].0, whole, decoded.collect::<anyhow::Result<Vec<_>>>()?)))
-    }
-}
-
-impl CheckpointStore for KafkaTopicStore {
-    fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
-        self.read_chain(checkpoint::chain)
+        Ok(Some(checkpoint::assemble(whole, decoded.collect::<anyhow::Result<Vec<_>>>()?)))
     }
 
-    fn load_at(&self, place: Seq) -> anyhow::Result<Checkpoint> {
-        self.read_chain(|places| checkpoint::chain_to(places, place).map(Some))?.context("no checkpoint")
-    }
-
-    fn save(&self, offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<(Seq, u64)> {
+    fn save(&self, offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<u64> {
         let changes = matches!(state, StateSave::Changes { .. });
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let places: Vec<(Seq, bool)> = known.iter().map(|(p, c, _)| (*p, *c)).collect();
@@ -302,7 +287,7 @@ impl CheckpointStore for KafkaTopicStore {
             known.retain(|(p, ..)| *p >= keep);
         }
         known.push((at, changes, first));
-        Ok((at, out.len() as u64))
+        Ok(out.len() as u64)
     }
 }
 
@@ -379,15 +364,13 @@ mod tests {
         let new = KafkaTopicStore::new(&b, &t).unwrap();
         old.save(&offsets(4), changes(b"c4", b"s4")).unwrap();
         assert_eq!(loaded(&new), (b"W3".to_vec(), vec![], offsets(3)));
-        let (w5, _) = new.save(&offsets(5), whole(b"W5", b"S5")).unwrap();
+        new.save(&offsets(5), whole(b"W5", b"S5")).unwrap();
         old.save(&offsets(6), whole(b"old", b"old")).unwrap();
         old.save(&offsets(7), whole(b"old", b"old")).unwrap();
         new.save(&offsets(6), changes(b"C6", b"S6")).unwrap();
         // (Had the superseded writer deleted what is before its previous whole checkpoint,
         // W5 would be gone.)
         assert_eq!(loaded(&new), (b"W5".to_vec(), vec![b"C6".to_vec()], offsets(6)));
-        let at = new.load_at(w5).unwrap();
-        assert_eq!((at.engine, at.changes.len(), at.offsets), (b"W5".to_vec(), 0, offsets(5)));
         // The new writer's second whole checkpoint deletes what is before its first.
         let low = |s: &KafkaTopicStore| s.consumer().unwrap().fetch_watermarks(&t, CHUNKS, TIMEOUT).unwrap().0;
         let before = low(&new);

@@ -12,7 +12,7 @@
 //! sink as soon as the scan is processed; their latency (source read → decision) is
 //! measured here.
 
-use crate::checkpoint::{Checkpoint, CheckpointStore, Seq, StateSave};
+use crate::checkpoint::{Checkpoint, CheckpointStore, StateSave};
 use crate::metrics as m;
 use crate::record::Record;
 use crate::sequencer::{Sequencer, SourceId};
@@ -596,13 +596,13 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
         }
         None => (Summarize::default(), Engine::new(run.rules.clone(), run.hs.clone(), run.partitions)),
     };
-    // After a restore the engine records what changes from the restored state on: the
-    // writer's first checkpoint is then that checkpoint read back with the changes applied,
-    // saved whole in its own epoch of the store. (A whole copy at the first checkpoint would
-    // stop the decisions.)
+    // After a restore the restored state is saved whole at once, before any input, in this
+    // writer's own epoch of the store: its checkpoints from then on are changes to it (the
+    // engine records what changes). The alternative, a whole copy at the first checkpoint,
+    // would stop the decisions.
     let mut copy = Writer::new(run.hs.clone());
-    if let (Some(_), Some(cp)) = (&run.checkpoint, &restored) {
-        copy.last = Some(cp.place);
+    if let (Some((store, _)), Some(cp)) = (&run.checkpoint, &restored) {
+        copy.save_whole(&engine, &summarize_state, &**store, &cp.offsets)?;
         engine.track();
         summarize_state.track();
     }
@@ -839,16 +839,11 @@ fn encoded<S: Incremental>(cut: &Cut<S, S::Changes>) -> anyhow::Result<Option<Ve
 
 /// The checkpoint writer: what it saved since its last whole checkpoint. It keeps no copy of
 /// the state: a checkpoint is the changes since the previous one while they are smaller, all
-/// together, than the last whole checkpoint; then a whole one, built from the previous
-/// checkpoint read back from the store with these changes applied (a transient copy, on
-/// this thread).
+/// together, than the last whole checkpoint; then a whole one, built from the last checkpoint
+/// read back from the store with these changes applied (a transient copy, on this thread).
 struct Writer {
     /// For the engine read back from the store.
     hs: Nomenclature,
-    /// The place of the checkpoint the next changes continue: the one this writer saved
-    /// last, or the one it was restored from. (Read back by its place, not as the newest:
-    /// a process that lost its lease may still be saving after it.)
-    last: Option<Seq>,
     /// Bytes of the last whole checkpoint saved (0: the next one is whole).
     whole: u64,
     /// Bytes of the changes saved since.
@@ -857,7 +852,7 @@ struct Writer {
 
 impl Writer {
     fn new(hs: Nomenclature) -> Writer {
-        Writer { hs, last: None, whole: 0, changes: 0 }
+        Writer { hs, whole: 0, changes: 0 }
     }
 
     /// Saves the engine's and summarize's cut: the changes, or the whole state when the
@@ -874,17 +869,16 @@ impl Writer {
             && self.whole > 0
             && self.changes + (e.len() + s.len()) as u64 <= self.whole
         {
-            let (place, n) = store.save(offsets, StateSave::Changes { engine: &e, summarize: &s })?;
+            let n = store.save(offsets, StateSave::Changes { engine: &e, summarize: &s })?;
             self.changes += (e.len() + s.len()) as u64;
-            self.last = Some(place);
             return Ok(n);
         }
         // A whole checkpoint: the cuts that are whole as they are, the others applied to
-        // the state of the checkpoint they continue.
+        // the state of the checkpoint saved last (this writer's: the newest in the store).
         let (mut e_state, mut s_state) = (None, None);
         if !engine.is_whole() || !summarize.is_whole() {
-            let last = self.last.context("changes to checkpoint, but no checkpoint they continue")?;
-            let (e, s) = restored_state(&store.load_at(last)?, self.hs.clone())?;
+            let last = store.load()?.context("changes to checkpoint, but no checkpoint saved before")?;
+            let (e, s) = restored_state(&last, self.hs.clone())?;
             (e_state, s_state) = (Some(e), Some(s));
         }
         engine.apply_to(&mut e_state).map_err(anyhow::Error::msg)?;
@@ -902,8 +896,8 @@ impl Writer {
         offsets: &crate::checkpoint::Offsets,
     ) -> anyhow::Result<u64> {
         let (e, s) = (engine.snapshot(), serde_json::to_vec(summarize)?);
-        let (place, n) = store.save(offsets, StateSave::Whole { engine: &e, summarize: &s })?;
-        (self.whole, self.changes, self.last) = ((e.len() + s.len()) as u64, 0, Some(place));
+        let n = store.save(offsets, StateSave::Whole { engine: &e, summarize: &s })?;
+        (self.whole, self.changes) = ((e.len() + s.len()) as u64, 0);
         Ok(n)
     }
 }
@@ -975,12 +969,30 @@ mod tests {
         use cbec_operators::Operator;
         let hs = Nomenclature::default();
         let rules = Rules::default();
-        let feed = story_feed(1500, &rules, &hs);
+        let g = crate::generator::generate(
+            &crate::generator::GenConfig { orders: 1500, malformed: 0.0, ..Default::default() },
+            &rules,
+            &hs,
+        );
+        let mut decoder = Decoder::new();
+        let feed: Vec<Entity> = crate::generator::merged(&g)
+            .into_iter()
+            .filter_map(|(t, _, m)| match decoder.decode(t, &m) {
+                Decoded::One(Ok(e)) => Some(e),
+                _ => None,
+            })
+            .collect();
         let dir = tempfile::tempdir().unwrap();
         let store = LocalDirStore::new(dir.path()).unwrap();
         let mut engine = Engine::new(rules, hs.clone(), 2);
         let mut writer = Writer::new(hs.clone());
-        let value = state_value;
+        let value = |e: &Engine| -> serde_json::Value {
+            let mut v: serde_json::Value = serde_json::from_slice(&e.snapshot()).unwrap();
+            if let Some(serde_json::Value::Array(s)) = v.pointer_mut("/shared/serials") {
+                s.sort_by_key(|x| x.as_u64());
+            }
+            v
+        };
         let (mut out, mut kinds) = (Vec::new(), Vec::new());
         let (mut summarize, mut summaries, mut r) = (Summarize::default(), Vec::new(), Rules::default());
         let mut with_exits = 0;
@@ -1029,82 +1041,6 @@ mod tests {
         );
     }
 
-    /// An engine's state as JSON, its set of serials in order.
-    fn state_value(e: &Engine) -> serde_json::Value {
-        let mut v: serde_json::Value = serde_json::from_slice(&e.snapshot()).unwrap();
-        if let Some(serde_json::Value::Array(s)) = v.pointer_mut("/shared/serials") {
-            s.sort_by_key(|x| x.as_u64());
-        }
-        v
-    }
-
-    /// The entities of a generated story, in canonical order.
-    fn story_feed(orders: usize, rules: &Rules, hs: &Nomenclature) -> Vec<Entity> {
-        let g = crate::generator::generate(
-            &crate::generator::GenConfig { orders, malformed: 0.0, ..Default::default() },
-            rules,
-            hs,
-        );
-        let mut decoder = Decoder::new();
-        crate::generator::merged(&g)
-            .into_iter()
-            .filter_map(|(t, _, m)| match decoder.decode(t, &m) {
-                Decoded::One(Ok(e)) => Some(e),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// A process restored from a checkpoint while the one it replaced, stalled and not yet
-    /// knowing it lost its lease, still saves changes after that checkpoint: the new
-    /// process's first checkpoint is built from the checkpoint it was restored from, not
-    /// from the newest one in the store.
-    #[test]
-    fn a_restored_writer_builds_on_its_own_checkpoint_whatever_is_saved_after_it() {
-        let hs = Nomenclature::default();
-        let feed = story_feed(600, &Rules::default(), &hs);
-        let (first, rest) = feed.split_at(feed.len() / 2);
-        let (zombie_part, new_part) = rest.split_at(rest.len() / 2);
-        let dir = tempfile::tempdir().unwrap();
-        let offsets = |n: usize| [("cbec.orders".to_string(), [(0, n as i64)].into())].into();
-        let feed_to = |e: &mut Engine, part: &[Entity]| {
-            let mut out = Vec::new();
-            for x in part {
-                e.advance(EventTime(x.event_time().0 - 1), &mut out);
-                e.process(x.clone(), &mut out);
-            }
-        };
-        // The first process: a whole checkpoint, then changes.
-        let old_store = LocalDirStore::new(dir.path()).unwrap();
-        let mut old = Engine::new(Rules::default(), hs.clone(), 2);
-        let mut old_writer = Writer::new(hs.clone());
-        let summarize = Summarize::default();
-        feed_to(&mut old, &first[..first.len() / 2]);
-        old_writer.save(old.cut(), summarize.clone().cut(), &old_store, &offsets(1)).unwrap();
-        feed_to(&mut old, &first[first.len() / 2..]);
-        let mut s = summarize.clone();
-        s.track();
-        old_writer.save(old.cut(), s.cut(), &old_store, &offsets(2)).unwrap();
-        // The second takes over from that checkpoint …
-        let new_store = LocalDirStore::new(dir.path()).unwrap();
-        let cp = new_store.load().unwrap().unwrap();
-        let (mut new, mut new_summarize) = restored_state(&cp, hs.clone()).unwrap();
-        new.track();
-        new_summarize.track();
-        let mut new_writer = Writer::new(hs.clone());
-        new_writer.last = Some(cp.place);
-        // … while the first, stalled, goes on and saves more changes after it.
-        feed_to(&mut old, zombie_part);
-        old_writer.save(old.cut(), s.cut(), &old_store, &offsets(3)).unwrap();
-        // The second's first checkpoint (whole: its first in its epoch) is its own state.
-        feed_to(&mut new, new_part);
-        new_writer.save(new.cut(), new_summarize.cut(), &new_store, &offsets(4)).unwrap();
-        let saved = LocalDirStore::new(dir.path()).unwrap().load().unwrap().unwrap();
-        assert_eq!(saved.offsets, offsets(4));
-        let (restored, _) = restored_state(&saved, hs.clone()).unwrap();
-        assert!(state_value(&restored) == state_value(&new), "the checkpoint holds the new process's state");
-    }
-
     #[test]
     fn rules_that_differ_are_named() {
         let a = Rules::default();
@@ -1122,17 +1058,19 @@ mod tests {
         tx.send(vec![EngineMsg::Done(src)]).unwrap();
         drop(tx);
         let engine = Engine::new(cfg.rules.clone(), Nomenclature::default(), 1);
-        let offsets = [(cfg.input_topic(Topic::Orders), [(0, 42)].into())].into();
-        let (e, s) = (engine.snapshot(), serde_json::to_vec(&Summarize::default()).unwrap());
-        LocalDirStore::new(dir.path()).unwrap().save(&offsets, StateSave::Whole { engine: &e, summarize: &s }).unwrap();
-        let restored = LocalDirStore::new(dir.path()).unwrap().load().unwrap();
+        let restored = Checkpoint {
+            offsets: [(cfg.input_topic(Topic::Orders), [(0, 42)].into())].into(),
+            engine: engine.snapshot(),
+            summarize: serde_json::to_vec(&Summarize::default()).unwrap(),
+            changes: Vec::new(),
+        };
         let (sink_tx, sink_h) = spawn_sink(Box::new(crate::sink::NullSink), 16);
         let store: Arc<dyn CheckpointStore> = Arc::new(LocalDirStore::new(dir.path()).unwrap());
         let run = EngineRun {
             checkpoint: Some((store.clone(), Duration::from_secs(3600))),
             ..EngineRun::new(&cfg, Nomenclature::default(), vec![(vec![src], rx)], sink_tx)
         };
-        run_engine(run, restored).unwrap();
+        run_engine(run, Some(restored)).unwrap();
         sink_h.join().unwrap().unwrap();
         let cp = store.load().unwrap().expect("a final checkpoint");
         assert_eq!(cp.offsets[&cfg.input_topic(Topic::Orders)][&0], 42);
@@ -1220,10 +1158,7 @@ mod tests {
         fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
             Ok(None)
         }
-        fn load_at(&self, _: Seq) -> anyhow::Result<Checkpoint> {
-            anyhow::bail!("nothing saved")
-        }
-        fn save(&self, _: &crate::checkpoint::Offsets, _: StateSave<'_>) -> anyhow::Result<(Seq, u64)> {
+        fn save(&self, _: &crate::checkpoint::Offsets, _: StateSave<'_>) -> anyhow::Result<u64> {
             anyhow::bail!("disk full")
         }
     }
