@@ -1,8 +1,8 @@
 //! Keyed maps that can record which keys changed since they were last asked: what makes a
 //! checkpoint incremental. The engine thread then copies only the changed entries at a
 //! checkpoint (a pause proportional to what changed since the last one, not to the whole
-//! state); the checkpoint writer saves them, and applies them to the last checkpoint read
-//! back when it saves the whole state again ([`Incremental`]).
+//! state); the checkpoint writer applies them to its own copy of the state
+//! ([`Incremental`]).
 //!
 //! A `Tracked` map serializes as the plain map, so checkpoints are unchanged.
 
