@@ -411,8 +411,9 @@ struct State {
     outbox: Vec<Record>,
     /// Input topic names (for dead letters).
     topic_names: HashMap<Topic, String>,
-    /// What the checkpoint writer saved so far (it keeps no copy of the state).
-    copy: Arc<Mutex<Writer>>,
+    /// The checkpoint writer's copy of the engine state, kept up to date with the changes
+    /// each checkpoint takes ([`Incremental::cut`]); empty until the first.
+    copy: Arc<Mutex<WriterCopy>>,
 }
 
 /// Records handed to the sink thread at most this many at a time.
@@ -596,13 +597,13 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
         }
         None => (Summarize::default(), Engine::new(run.rules.clone(), run.hs.clone(), run.partitions)),
     };
-    // After a restore the restored state is saved whole at once, before any input, in this
-    // writer's own epoch of the store: its checkpoints from then on are changes to it (the
-    // engine records what changes). The alternative, a whole copy at the first checkpoint,
-    // would stop the decisions.
-    let mut copy = Writer::new(run.hs.clone());
-    if let (Some((store, _)), Some(cp)) = (&run.checkpoint, &restored) {
-        copy.save_whole(&engine, &summarize_state, &**store, &cp.offsets)?;
+    // After a restore the writer's copy starts from the restored state (copied now, before
+    // any input, instead of at the first checkpoint on the decision path); its first
+    // checkpoint is whole (`whole` 0): a new run of changes files starts from this state.
+    let mut copy = WriterCopy::default();
+    if run.checkpoint.is_some() && restored.is_some() {
+        copy.engine = Some(engine.clone());
+        copy.summarize = Some(summarize_state.clone());
         engine.track();
         summarize_state.track();
     }
@@ -837,27 +838,22 @@ fn encoded<S: Incremental>(cut: &Cut<S, S::Changes>) -> anyhow::Result<Option<Ve
     })
 }
 
-/// The checkpoint writer: what it saved since its last whole checkpoint. It keeps no copy of
-/// the state: a checkpoint is the changes since the previous one while they are smaller, all
-/// together, than the last whole checkpoint; then a whole one, built from the last checkpoint
-/// read back from the store with these changes applied (a transient copy, on this thread).
-struct Writer {
-    /// For the engine read back from the store.
-    hs: Nomenclature,
+/// The checkpoint writer's copy of the operator state, and what its checkpoint files hold.
+#[derive(Default)]
+struct WriterCopy {
+    engine: Option<Engine>,
+    summarize: Option<Summarize>,
     /// Bytes of the last whole checkpoint saved (0: the next one is whole).
     whole: u64,
     /// Bytes of the changes saved since.
     changes: u64,
 }
 
-impl Writer {
-    fn new(hs: Nomenclature) -> Writer {
-        Writer { hs, whole: 0, changes: 0 }
-    }
-
-    /// Saves the engine's and summarize's cut: the changes, or the whole state when the
-    /// changes since the last whole checkpoint would outgrow it (loading reads the whole
-    /// one and every change after it). Returns the bytes saved.
+impl WriterCopy {
+    /// Brings the copy up to date with the engine's and summarize's changes and saves a
+    /// checkpoint: the changes, or the whole state when the changes since the last whole
+    /// checkpoint would outgrow it (loading reads the whole one and every change after it).
+    /// Returns the bytes saved.
     fn save(
         &mut self,
         engine: EngineCut,
@@ -865,40 +861,25 @@ impl Writer {
         store: &dyn CheckpointStore,
         offsets: &crate::checkpoint::Offsets,
     ) -> anyhow::Result<u64> {
-        if let (Some(e), Some(s)) = (encoded(&engine)?, encoded(&summarize)?)
-            && self.whole > 0
-            && self.changes + (e.len() + s.len()) as u64 <= self.whole
-        {
-            let n = store.save(offsets, StateSave::Changes { engine: &e, summarize: &s })?;
-            self.changes += (e.len() + s.len()) as u64;
-            return Ok(n);
+        let (engine_delta, summarize_delta) = (encoded(&engine)?, encoded(&summarize)?);
+        engine.apply_to(&mut self.engine).map_err(anyhow::Error::msg)?;
+        summarize.apply_to(&mut self.summarize).map_err(anyhow::Error::msg)?;
+        let (Some(engine), Some(summarize)) = (&self.engine, &self.summarize) else {
+            anyhow::bail!("no state to checkpoint");
+        };
+        match (engine_delta, summarize_delta) {
+            (Some(e), Some(s)) if self.whole > 0 && self.changes + (e.len() + s.len()) as u64 <= self.whole => {
+                let n = store.save(offsets, StateSave::Changes { engine: &e, summarize: &s })?;
+                self.changes += (e.len() + s.len()) as u64;
+                Ok(n)
+            }
+            _ => {
+                let (e, s) = (engine.snapshot(), serde_json::to_vec(summarize)?);
+                let n = store.save(offsets, StateSave::Whole { engine: &e, summarize: &s })?;
+                (self.whole, self.changes) = ((e.len() + s.len()) as u64, 0);
+                Ok(n)
+            }
         }
-        // A whole checkpoint: the cuts that are whole as they are, the others applied to
-        // the state of the checkpoint saved last (this writer's: the newest in the store).
-        let (mut e_state, mut s_state) = (None, None);
-        if !engine.is_whole() || !summarize.is_whole() {
-            let last = store.load()?.context("changes to checkpoint, but no checkpoint saved before")?;
-            let (e, s) = restored_state(&last, self.hs.clone())?;
-            (e_state, s_state) = (Some(e), Some(s));
-        }
-        engine.apply_to(&mut e_state).map_err(anyhow::Error::msg)?;
-        summarize.apply_to(&mut s_state).map_err(anyhow::Error::msg)?;
-        let (Some(e), Some(s)) = (e_state, s_state) else { anyhow::bail!("no state to checkpoint") };
-        self.save_whole(&e, &s, store, offsets)
-    }
-
-    /// Saves this state whole.
-    fn save_whole(
-        &mut self,
-        engine: &Engine,
-        summarize: &Summarize,
-        store: &dyn CheckpointStore,
-        offsets: &crate::checkpoint::Offsets,
-    ) -> anyhow::Result<u64> {
-        let (e, s) = (engine.snapshot(), serde_json::to_vec(summarize)?);
-        let n = store.save(offsets, StateSave::Whole { engine: &e, summarize: &s })?;
-        (self.whole, self.changes) = ((e.len() + s.len()) as u64, 0);
-        Ok(n)
     }
 }
 
@@ -936,7 +917,7 @@ fn checkpoint(
     let (store, commits, copy) = (store.clone(), run.commits.clone(), st.copy.clone());
     let cut = move |summarize: SummarizeCut| -> SinkMsg {
         SinkMsg::AfterDurable(Box::new(move || {
-            let mut copy = copy.lock().map_err(|_| anyhow::anyhow!("checkpoint writer poisoned"))?;
+            let mut copy = copy.lock().map_err(|_| anyhow::anyhow!("checkpoint copy poisoned"))?;
             let bytes = copy.save(changes, summarize, &*store, &offsets)?;
             drop(copy);
             m::CheckpointDone { seconds: t.elapsed().as_secs_f64(), bytes }.emit();
@@ -985,7 +966,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalDirStore::new(dir.path()).unwrap();
         let mut engine = Engine::new(rules, hs.clone(), 2);
-        let mut writer = Writer::new(hs.clone());
+        let mut writer = WriterCopy::default();
         let value = |e: &Engine| -> serde_json::Value {
             let mut v: serde_json::Value = serde_json::from_slice(&e.snapshot()).unwrap();
             if let Some(serde_json::Value::Array(s)) = v.pointer_mut("/shared/serials") {
@@ -1091,7 +1072,7 @@ mod tests {
             consumed: HashMap::new(),
             outbox: Vec::new(),
             topic_names: Topic::ALL.iter().map(|t| (*t, cfg.input_topic(*t))).collect(),
-            copy: Arc::new(Mutex::new(Writer::new(Nomenclature::default()))),
+            copy: Arc::default(),
         };
         let (tx, rx) = bounded(64);
         st.watermark(EventTime::parse_ceb("20261231000000").unwrap(), &tx).unwrap();
