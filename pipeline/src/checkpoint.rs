@@ -20,6 +20,8 @@ pub type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
 /// state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
+    /// Where it sits in the store: the place of the last checkpoint it is made of.
+    pub place: Seq,
     /// Next offset to consume, per topic and partition.
     pub offsets: Offsets,
     /// Engine snapshot (declare, clear, seals, broadcast tables): the whole state.
@@ -66,6 +68,51 @@ pub trait CheckpointStore: Send + Sync {
     /// Saves a checkpoint atomically; returns its size in bytes. Changes continue the
     /// checkpoint saved last: a store without one refuses them.
     fn save(&self, offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<u64>;
+    /// For a follower (a standby keeping a restored state up to date): what was saved
+    /// after the checkpoint it holds (at `after`; `None`: it holds none).
+    fn since(&self, after: Option<Seq>) -> anyhow::Result<Since>;
+}
+
+/// What a store saved after the checkpoint a follower holds ([`CheckpointStore::since`]).
+#[derive(Debug, PartialEq)]
+pub enum Since {
+    /// Nothing (or nothing complete) yet.
+    Nothing,
+    /// Changes that continue it, oldest first; the last is at `place`, with `offsets`.
+    More {
+        /// Place of the last.
+        place: Seq,
+        /// Its offsets.
+        offsets: Offsets,
+        /// The changes.
+        changes: Vec<SavedChanges>,
+    },
+    /// A checkpoint that does not continue it (a whole one was saved since, or another
+    /// writer's): the follower starts over from it.
+    Other(Checkpoint),
+}
+
+/// What [`CheckpointStore::since`] reads, from the complete checkpoints in the order saved.
+#[derive(Debug, PartialEq)]
+pub(crate) enum SincePlan {
+    /// Nothing.
+    Nothing,
+    /// The changes at these indexes.
+    More(std::ops::RangeInclusive<usize>),
+    /// The chain a load takes (index of the whole one, changes after it).
+    Chain(usize, usize),
+}
+
+/// The plan of [`CheckpointStore::since`]: the chain a load takes, or only its changes
+/// after `after` when `after` is on it.
+pub(crate) fn since_plan(saved: &[(Seq, bool)], after: Option<Seq>) -> anyhow::Result<SincePlan> {
+    let Some((w, run)) = chain(saved)? else { return Ok(SincePlan::Nothing) };
+    let on = after.and_then(|a| saved[w..=w + run].iter().position(|(p, _)| *p == a));
+    Ok(match on {
+        Some(k) if k == run => SincePlan::Nothing,
+        Some(k) => SincePlan::More(w + k + 1..=w + run),
+        None => SincePlan::Chain(w, run),
+    })
 }
 
 /// Format 2: `invtNo` serials in use are kept with their declaration year (state
@@ -78,7 +125,7 @@ const CHANGES_MAGIC: &[u8; 8] = b"CBECCH2\n";
 
 /// Where a checkpoint sits in the order saved: (its writer's epoch, its number in it).
 /// Every store claims a new epoch, greater than any before, for what it saves.
-pub(crate) type Seq = (u64, u64);
+pub type Seq = (u64, u64);
 
 /// Of the complete checkpoints of a store in the order saved (`(place, holds changes)`),
 /// those a load takes: the last whole one, and the unbroken run of its writer's changes
@@ -131,6 +178,9 @@ fn read_section<'a>(b: &mut &'a [u8]) -> anyhow::Result<&'a [u8]> {
     Ok(s)
 }
 
+/// A checkpoint's sections, decoded: offsets, the engine's state or changes, summarize's.
+pub(crate) type Sections = (Offsets, Vec<u8>, Vec<u8>);
+
 /// A checkpoint as bytes (a file, or the chunks of a Kafka store): its format's magic, then
 /// offsets, the engine's state or changes, summarize's state or changes.
 pub(crate) fn encode(offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<Vec<u8>> {
@@ -147,7 +197,7 @@ pub(crate) fn encode(offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<
 
 /// The sections of a checkpoint's bytes (`changes` or whole), `name` saying where they
 /// come from in errors.
-pub(crate) fn decode(bytes: &[u8], changes: bool, name: &str) -> anyhow::Result<(Offsets, Vec<u8>, Vec<u8>)> {
+pub(crate) fn decode(bytes: &[u8], changes: bool, name: &str) -> anyhow::Result<Sections> {
     let magic = if changes { CHANGES_MAGIC } else { MAGIC };
     if !bytes.starts_with(magic) {
         let version = bytes.strip_prefix(PREFIX.as_slice()).and_then(|b| b.first()).map(|b| char::from(*b));
@@ -166,13 +216,11 @@ pub(crate) fn decode(bytes: &[u8], changes: bool, name: &str) -> anyhow::Result<
     Ok((offsets, engine, summarize))
 }
 
-/// A loaded checkpoint from the decoded whole one and its changes, in order.
-pub(crate) fn assemble(
-    whole: (Offsets, Vec<u8>, Vec<u8>),
-    changes: impl IntoIterator<Item = (Offsets, Vec<u8>, Vec<u8>)>,
-) -> Checkpoint {
+/// A loaded checkpoint (ending at `place`) from the decoded whole one and its changes, in
+/// order.
+pub(crate) fn assemble(place: Seq, whole: Sections, changes: impl IntoIterator<Item = Sections>) -> Checkpoint {
     let (offsets, engine, summarize) = whole;
-    let mut cp = Checkpoint { offsets, engine, summarize, changes: Vec::new() };
+    let mut cp = Checkpoint { place, offsets, engine, summarize, changes: Vec::new() };
     for (offsets, engine, summarize) in changes {
         cp.offsets = offsets;
         cp.changes.push(SavedChanges { engine, summarize });
@@ -230,7 +278,13 @@ impl LocalDirStore {
         Ok(store)
     }
 
-    /// The epoch this store writes under.
+    /// Reads `dir` without claiming an epoch (a standby following the active process's
+    /// checkpoints); it saves nothing.
+    pub fn reader(dir: impl Into<PathBuf>) -> LocalDirStore {
+        LocalDirStore { dir: dir.into(), epoch: 0 }
+    }
+
+    /// The epoch this store writes under (0: a reader).
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
@@ -276,17 +330,37 @@ impl LocalDirStore {
 
 impl CheckpointStore for LocalDirStore {
     fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
+        Ok(match self.since(None)? {
+            Since::Other(cp) => Some(cp),
+            _ => None,
+        })
+    }
+
+    fn since(&self, after: Option<Seq>) -> anyhow::Result<Since> {
+        if !self.dir.exists() {
+            return Ok(Since::Nothing);
+        }
         let files = self.list()?;
         let places: Vec<(Seq, bool)> = files.iter().map(|(s, c, _)| (*s, *c)).collect();
-        let Some((w, run)) = chain(&places).with_context(|| self.dir.display().to_string())? else {
-            return Ok(None);
-        };
         let read = |(_, changes, p): &Entry| decode(&std::fs::read(p)?, *changes, &p.display().to_string());
-        let changes = files[w + 1..=w + run].iter().map(read).collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Some(assemble(read(&files[w])?, changes)))
+        Ok(match since_plan(&places, after).with_context(|| self.dir.display().to_string())? {
+            SincePlan::Nothing => Since::Nothing,
+            SincePlan::More(range) => {
+                let place = files[*range.end()].0;
+                let more = files[range].iter().map(read).collect::<anyhow::Result<Vec<_>>>()?;
+                let offsets = more.last().map(|(o, ..)| o.clone()).unwrap_or_default();
+                let changes = more.into_iter().map(|(_, engine, summarize)| SavedChanges { engine, summarize });
+                Since::More { place, offsets, changes: changes.collect() }
+            }
+            SincePlan::Chain(w, run) => {
+                let changes = files[w + 1..=w + run].iter().map(read).collect::<anyhow::Result<Vec<_>>>()?;
+                Since::Other(assemble(files[w + run].0, read(&files[w])?, changes))
+            }
+        })
     }
 
     fn save(&self, offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<u64> {
+        anyhow::ensure!(self.epoch > 0, "a checkpoint reader saves nothing");
         let (existing, epochs) = self.scan()?;
         let places: Vec<(Seq, bool)> = existing.iter().map(|(s, c, _)| (*s, *c)).collect();
         let changes = matches!(state, StateSave::Changes { .. });
@@ -337,7 +411,13 @@ mod tests {
         let cp = s.load().unwrap().unwrap();
         assert_eq!(
             cp,
-            Checkpoint { offsets: offsets(3), engine: b"{}".to_vec(), summarize: b"[]".to_vec(), changes: vec![] }
+            Checkpoint {
+                place: (s.epoch(), 4),
+                offsets: offsets(3),
+                engine: b"{}".to_vec(),
+                summarize: b"[]".to_vec(),
+                changes: vec![]
+            }
         );
         assert!(s.list().unwrap().len() <= 2);
     }
@@ -357,6 +437,7 @@ mod tests {
         assert_eq!(
             cp,
             Checkpoint {
+                place: (s.epoch(), 3),
                 offsets: offsets(3),
                 engine: b"w1".to_vec(),
                 summarize: b"s1".to_vec(),
@@ -410,6 +491,7 @@ mod tests {
         assert_eq!(
             cp,
             Checkpoint {
+                place: (new.epoch(), 2),
                 offsets: offsets(3),
                 engine: b"W2".to_vec(),
                 summarize: b"S2".to_vec(),
@@ -425,6 +507,38 @@ mod tests {
         // Two stores opened at once claim different epochs, and a third sees both claims.
         let (a, b) = (LocalDirStore::new(d.path()).unwrap(), LocalDirStore::new(d.path()).unwrap());
         assert!(a.epoch() != b.epoch() && LocalDirStore::new(d.path()).unwrap().epoch() > a.epoch().max(b.epoch()));
+    }
+
+    /// A reader (a standby) follows what a writer saves: the whole chain first, then only
+    /// the changes that continue what it holds, and a whole chain again when a whole
+    /// checkpoint (or another writer's) no longer continues it.
+    #[test]
+    fn a_reader_follows_the_checkpoints_as_they_are_saved() {
+        let d = tempfile::tempdir().unwrap();
+        let reader = LocalDirStore::reader(d.path().join("not-yet"));
+        assert_eq!(reader.since(None).unwrap(), Since::Nothing);
+        let reader = LocalDirStore::reader(d.path());
+        assert!(reader.save(&offsets(0), whole(b"w", b"s")).is_err(), "a reader saves nothing");
+        let w = LocalDirStore::new(d.path()).unwrap();
+        let e = w.epoch();
+        assert_eq!(reader.since(None).unwrap(), Since::Nothing);
+        w.save(&offsets(1), whole(b"w1", b"s1")).unwrap();
+        let Since::Other(cp) = reader.since(None).unwrap() else { panic!("the whole chain") };
+        assert_eq!((cp.place, cp.engine, cp.changes.len()), ((e, 1), b"w1".to_vec(), 0));
+        w.save(&offsets(2), changes(b"c2", b"s2")).unwrap();
+        w.save(&offsets(3), changes(b"c3", b"s3")).unwrap();
+        assert_eq!(
+            reader.since(Some((e, 1))).unwrap(),
+            Since::More { place: (e, 3), offsets: offsets(3), changes: vec![saved(b"c2", b"s2"), saved(b"c3", b"s3")] }
+        );
+        assert_eq!(reader.since(Some((e, 3))).unwrap(), Since::Nothing);
+        w.save(&offsets(4), whole(b"w4", b"s4")).unwrap();
+        let Since::Other(cp) = reader.since(Some((e, 3))).unwrap() else { panic!("a new whole chain") };
+        assert_eq!((cp.place, cp.engine), ((e, 4), b"w4".to_vec()));
+        let next = LocalDirStore::new(d.path()).unwrap();
+        next.save(&offsets(5), whole(b"W5", b"S5")).unwrap();
+        let Since::Other(cp) = reader.since(Some((e, 4))).unwrap() else { panic!("another writer's chain") };
+        assert_eq!((cp.place, cp.offsets), ((next.epoch(), 1), offsets(5)));
     }
 
     /// Files named before epochs (`checkpoint-N.bin`) load as epoch 0.

@@ -19,14 +19,14 @@
 //!   consumes every partition (explicit assignment); the others stand by and take over with
 //!   the state it checkpointed. Splitting the partitions between processes is not done.
 
-use crate::checkpoint::{CheckpointStore, LocalDirStore};
+use crate::checkpoint::{CheckpointStore, LocalDirStore, Since};
 use crate::config::{Config, StoreKind};
 use crate::generator::Generated;
 use crate::kafka_store::KafkaTopicStore;
 use crate::lease::Lease;
 use crate::record::{OUTPUTS, Record};
 use crate::runner::{
-    Batch, Batcher, EngineMsg, EngineRun, RunStats, batches_for, decode_message, run_engine, spawn_sink,
+    Batch, Batcher, EngineMsg, EngineRun, Restored, RunStats, batches_for, decode_message, run_engine, spawn_sink,
 };
 use crate::sequencer::{SourceId, rank};
 use crate::sink::Sink;
@@ -587,6 +587,59 @@ pub fn checkpoint_store(cfg: &Config) -> anyhow::Result<(Arc<dyn CheckpointStore
     })
 }
 
+/// The state of the active process's last checkpoint, followed while standing by.
+struct Standby {
+    reader: Box<dyn CheckpointStore>,
+    hs: Nomenclature,
+    /// The state, and the place of the checkpoint it is.
+    state: Option<(Restored, crate::checkpoint::Seq)>,
+    /// Checkpoints applied since the first one read.
+    applied: usize,
+    /// The last failure said (said once in a row).
+    said: String,
+}
+
+impl Standby {
+    fn new(cfg: &Config, hs: Nomenclature) -> anyhow::Result<Standby> {
+        let reader: Box<dyn CheckpointStore> = match cfg.checkpoint_store {
+            StoreKind::Kafka => Box::new(KafkaTopicStore::reader(&cfg.brokers, &crate::kafka_store::topic(cfg))?),
+            StoreKind::Dir => Box::new(LocalDirStore::reader(&cfg.checkpoint_dir)),
+        };
+        Ok(Standby { reader, hs, state: None, applied: 0, said: String::new() })
+    }
+
+    /// Brings the state up to date with what was saved since.
+    fn follow(&mut self) -> anyhow::Result<()> {
+        match self.reader.since(self.state.as_ref().map(|(_, p)| *p))? {
+            Since::Nothing => {}
+            Since::More { place, offsets, changes } => {
+                let (state, at) = self.state.as_mut().context("changes without a state")?;
+                state.apply(&changes, offsets)?;
+                *at = place;
+                self.applied += changes.len();
+            }
+            Since::Other(cp) => {
+                if self.state.is_some() {
+                    self.applied += 1 + cp.changes.len();
+                }
+                self.state = Some((Restored::from_checkpoint(&cp, self.hs.clone())?, cp.place));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Standby::follow`], saying a failure (it is tried again later) instead of failing.
+    fn follow_or_say(&mut self) {
+        if let Err(e) = self.follow() {
+            let e = format!("{e:#}");
+            if e != self.said {
+                eprintln!("cbec: standing by: following the checkpoints failed, will try again: {e}");
+                self.said = e;
+            }
+        }
+    }
+}
+
 /// Runs the pipeline against Kafka.
 pub fn run(
     cfg: &Config,
@@ -598,13 +651,38 @@ pub fn run(
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signals(stop.clone());
     // One process of the group is active: the one holding the lease. It is dropped (and
-    // the lease passes on) when this function returns, after the final checkpoint.
-    let Some(_lease) = Lease::acquire(cfg, &stop)? else {
+    // the lease passes on) when this function returns, after the final checkpoint. While
+    // it waits, it keeps the state of the active process's last checkpoint up to date (a
+    // warm standby), so that taking over does not wait for the whole state to be read.
+    let mut standby = Standby::new(cfg, hs.clone())?;
+    let interval = Duration::from_millis(cfg.checkpoint_interval_ms.max(100));
+    let mut followed = Instant::now();
+    let Some(_lease) = Lease::acquire(cfg, &stop, || {
+        if followed.elapsed() >= interval {
+            standby.follow_or_say();
+            followed = Instant::now();
+        }
+    })?
+    else {
         eprintln!("cbec: stopped while standing by");
         return Ok(RunStats::default());
     };
     let (store, place) = checkpoint_store(cfg)?;
-    let restored = store.load().with_context(|| format!("loading the checkpoint from {place}"))?;
+    // Catch up with what was saved last, or (when following failed) read it all.
+    let restored = match standby.follow() {
+        Ok(()) => standby.state.map(|(r, _)| r),
+        Err(e) => {
+            eprintln!("cbec: could not catch up with the checkpoints ({e:#}); reading the last one whole");
+            let cp = store.load().with_context(|| format!("loading the checkpoint from {place}"))?;
+            cp.map(|cp| Restored::from_checkpoint(&cp, hs.clone())).transpose()?
+        }
+    };
+    if standby.applied > 0 {
+        eprintln!(
+            "cbec: the restored state was kept up to date while standing by ({} checkpoint(s) applied as they were saved)",
+            standby.applied
+        );
+    }
     // The input partitions and where to start, read with a short-lived client: the
     // consumer's prefetch is sized by their number.
     let mut tpl = TopicPartitionList::new();

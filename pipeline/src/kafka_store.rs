@@ -20,7 +20,7 @@
 //!
 //! [`LocalDirStore`]: crate::checkpoint::LocalDirStore
 
-use crate::checkpoint::{self, Checkpoint, CheckpointStore, Offsets, Seq, StateSave};
+use crate::checkpoint::{self, Checkpoint, CheckpointStore, Offsets, SavedChanges, Seq, Since, SincePlan, StateSave};
 use crate::config::Config;
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -77,6 +77,7 @@ fn parse_head(b: &[u8]) -> Option<Head> {
 
 /// A checkpoint of the topic as its heads say: holds changes, chunk count, chunks' offsets
 /// by index.
+#[derive(Clone)]
 struct Seen {
     changes: bool,
     count: u32,
@@ -92,12 +93,37 @@ pub struct KafkaTopicStore {
     rt: tokio::runtime::Runtime,
     /// Complete checkpoints known (loaded or saved): place, holds changes, first offset.
     known: Mutex<Vec<(Seq, bool, i64)>>,
+    /// The heads read so far.
+    heads: Mutex<Heads>,
+}
+
+/// The checkpoints' heads read so far, and the offset to read from next: a follower reads
+/// only what is new.
+#[derive(Default)]
+struct Heads {
+    seen: BTreeMap<Seq, Seen>,
+    next: i64,
 }
 
 impl KafkaTopicStore {
     /// Connects to the topic (which must exist with its two partitions, see
     /// [`crate::kafka::ensure_topics`]) and claims a new epoch in it.
     pub fn new(brokers: &str, topic: &str) -> anyhow::Result<KafkaTopicStore> {
+        let mut store = KafkaTopicStore::reader(brokers, topic)?;
+        let claim = store
+            .rt
+            .block_on(
+                store.producer.send(FutureRecord::<(), [u8]>::to(topic).partition(CLAIMS).payload(b"claim"), TIMEOUT),
+            )
+            .map_err(|(e, _)| e)
+            .with_context(|| format!("claiming an epoch in {topic}"))?;
+        store.epoch = claim.offset as u64 + 1;
+        Ok(store)
+    }
+
+    /// Connects to the topic without claiming an epoch (a standby following the active
+    /// process's checkpoints); it saves nothing.
+    pub fn reader(brokers: &str, topic: &str) -> anyhow::Result<KafkaTopicStore> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
@@ -109,21 +135,18 @@ impl KafkaTopicStore {
         let md = producer.client().fetch_metadata(Some(topic), TIMEOUT)?;
         let parts = md.topics().first().map_or(0, |t| t.partitions().len());
         anyhow::ensure!(parts == 2, "checkpoint topic {topic} has {parts} partitions; cbec keeps checkpoints in 2");
-        let claim = rt
-            .block_on(producer.send(FutureRecord::<(), [u8]>::to(topic).partition(CLAIMS).payload(b"claim"), TIMEOUT))
-            .map_err(|(e, _)| e)
-            .with_context(|| format!("claiming an epoch in {topic}"))?;
         Ok(KafkaTopicStore {
             brokers: brokers.into(),
             topic: topic.into(),
-            epoch: claim.offset as u64 + 1,
+            epoch: 0,
             producer,
             rt,
             known: Mutex::new(Vec::new()),
+            heads: Mutex::default(),
         })
     }
 
-    /// The epoch this store writes under.
+    /// The epoch this store writes under (0: a reader).
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
@@ -140,12 +163,18 @@ impl KafkaTopicStore {
 
     /// Reads partition `p` from `from` to its end (as its high watermark was when called),
     /// handing each record's offset and payload to `f`, until `f` says it has enough.
-    fn read(&self, p: i32, from: i64, mut f: impl FnMut(i64, &[u8]) -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    /// Returns the partition's low and high watermarks.
+    fn read(
+        &self,
+        p: i32,
+        from: i64,
+        mut f: impl FnMut(i64, &[u8]) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<(i64, i64)> {
         let c = self.consumer()?;
         let (low, high) = c.fetch_watermarks(&self.topic, p, TIMEOUT)?;
         let from = from.max(low);
         if from >= high {
-            return Ok(());
+            return Ok((low, high));
         }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, p, Offset::Offset(from))?;
@@ -158,7 +187,7 @@ impl KafkaTopicStore {
             let m = m?;
             deadline = Instant::now() + TIMEOUT;
             if !f(m.offset(), m.payload().unwrap_or_default())? || m.offset() + 1 >= high {
-                return Ok(());
+                return Ok((low, high));
             }
         }
     }
@@ -207,25 +236,34 @@ fn delivered<E>(r: Result<rdkafka::producer::future_producer::OwnedDeliveryResul
     }
 }
 
-impl CheckpointStore for KafkaTopicStore {
-    fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
-        let mut seen: BTreeMap<Seq, Seen> = BTreeMap::new();
-        self.read(CHUNKS, 0, |offset, payload| {
+impl KafkaTopicStore {
+    /// The complete checkpoints of the topic, in the order saved: the heads read before
+    /// (by this store) and those of the records saved since.
+    fn complete(&self) -> anyhow::Result<Vec<(Seq, Seen)>> {
+        let mut h = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+        let Heads { seen, next } = &mut *h;
+        let (low, _) = self.read(CHUNKS, *next, |offset, payload| {
             if let Some((changes, e, n, i, count)) = parse_head(payload) {
                 let s = seen.entry((e, n)).or_insert(Seen { changes, count, chunks: BTreeMap::new() });
                 s.chunks.insert(i, offset);
             }
+            *next = offset + 1;
             Ok(true)
         })?;
-        let complete: Vec<(Seq, Seen)> =
-            seen.into_iter().filter(|(_, s)| s.count > 0 && s.chunks.len() == s.count as usize).collect();
-        let places: Vec<(Seq, bool)> = complete.iter().map(|(p, s)| (*p, s.changes)).collect();
+        // What was deleted is gone.
+        seen.retain(|_, s| s.chunks.values().all(|o| *o >= low));
+        let complete: Vec<(Seq, Seen)> = seen
+            .iter()
+            .filter(|(_, s)| s.count > 0 && s.chunks.len() == s.count as usize)
+            .map(|(p, s)| (*p, s.clone()))
+            .collect();
         *self.known.lock().unwrap_or_else(|e| e.into_inner()) =
             complete.iter().map(|(p, s)| (*p, s.changes, s.chunks.values().copied().min().unwrap_or(0))).collect();
-        let Some((w, run)) = checkpoint::chain(&places).with_context(|| self.topic.clone())? else {
-            return Ok(None);
-        };
-        let wanted = &complete[w..=w + run];
+        Ok(complete)
+    }
+
+    /// Reads and decodes these checkpoints' chunks.
+    fn checkpoints(&self, wanted: &[(Seq, Seen)]) -> anyhow::Result<Vec<checkpoint::Sections>> {
         // Which checkpoint, and which chunk of it, each needed offset holds.
         let mut at: BTreeMap<i64, (usize, u32)> = BTreeMap::new();
         for (k, (_, s)) in wanted.iter().enumerate() {
@@ -250,12 +288,40 @@ impl CheckpointStore for KafkaTopicStore {
             self.topic
         );
         let name = |(e, n): Seq| format!("{} checkpoint {e}-{n}", self.topic);
-        let mut decoded = wanted.iter().zip(&bytes).map(|((p, s), b)| checkpoint::decode(b, s.changes, &name(*p)));
-        let whole = decoded.next().context("no whole checkpoint")??;
-        Ok(Some(checkpoint::assemble(whole, decoded.collect::<anyhow::Result<Vec<_>>>()?)))
+        wanted.iter().zip(&bytes).map(|((p, s), b)| checkpoint::decode(b, s.changes, &name(*p))).collect()
+    }
+}
+
+impl CheckpointStore for KafkaTopicStore {
+    fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
+        Ok(match self.since(None)? {
+            Since::Other(cp) => Some(cp),
+            _ => None,
+        })
+    }
+
+    fn since(&self, after: Option<Seq>) -> anyhow::Result<Since> {
+        let complete = self.complete()?;
+        let places: Vec<(Seq, bool)> = complete.iter().map(|(p, s)| (*p, s.changes)).collect();
+        Ok(match checkpoint::since_plan(&places, after).with_context(|| self.topic.clone())? {
+            SincePlan::Nothing => Since::Nothing,
+            SincePlan::More(range) => {
+                let place = complete[*range.end()].0;
+                let more = self.checkpoints(&complete[range])?;
+                let offsets = more.last().map(|(o, ..)| o.clone()).unwrap_or_default();
+                let changes = more.into_iter().map(|(_, engine, summarize)| SavedChanges { engine, summarize });
+                Since::More { place, offsets, changes: changes.collect() }
+            }
+            SincePlan::Chain(w, run) => {
+                let mut decoded = self.checkpoints(&complete[w..=w + run])?.into_iter();
+                let whole = decoded.next().context("no whole checkpoint")?;
+                Since::Other(checkpoint::assemble(complete[w + run].0, whole, decoded))
+            }
+        })
     }
 
     fn save(&self, offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<u64> {
+        anyhow::ensure!(self.epoch > 0, "a checkpoint reader saves nothing");
         let changes = matches!(state, StateSave::Changes { .. });
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let places: Vec<(Seq, bool)> = known.iter().map(|(p, c, _)| (*p, *c)).collect();
@@ -345,16 +411,27 @@ mod tests {
         crate::kafka::ensure_topics(&cfg).unwrap();
         let t = topic(&cfg);
         let big: Vec<u8> = (0..CHUNK * 2 + 12_345).map(|i| (i * 7 % 251) as u8).collect();
+        let reader = KafkaTopicStore::reader(&b, &t).unwrap();
+        assert!(reader.save(&offsets(0), whole(b"w", b"s")).is_err(), "a reader saves nothing");
         let old = KafkaTopicStore::new(&b, &t).unwrap();
         assert!(old.load().unwrap().is_none());
         assert!(old.save(&offsets(0), changes(b"c0", b"s")).is_err(), "nothing to change yet");
         old.save(&offsets(1), whole(&big, b"s1")).unwrap();
         old.save(&offsets(2), changes(b"c2", b"s2")).unwrap();
         assert_eq!(loaded(&old), (big.clone(), vec![b"c2".to_vec()], offsets(2)));
+        // A reader follows: the whole chain, then only what continues it.
+        let Since::Other(cp) = reader.since(None).unwrap() else { panic!("the whole chain") };
+        assert_eq!((cp.place, cp.engine.len(), cp.changes.len()), ((old.epoch(), 2), big.len(), 1));
+        assert_eq!(reader.since(Some(cp.place)).unwrap(), Since::Nothing);
+        old.save(&offsets(3), changes(b"c3", b"s3")).unwrap();
+        let Since::More { place, changes: more, .. } = reader.since(Some(cp.place)).unwrap() else {
+            panic!("the changes after it")
+        };
+        assert_eq!((place, more.len(), more[0].engine.as_slice()), ((old.epoch(), 3), 1, &b"c3"[..]));
         // A process takes over, saves, and dies while saving its second checkpoint.
         let dead = KafkaTopicStore::new(&b, &t).unwrap();
         assert!(dead.epoch() > old.epoch());
-        assert_eq!(loaded(&dead), (big.clone(), vec![b"c2".to_vec()], offsets(2)));
+        assert_eq!(loaded(&dead), (big.clone(), vec![b"c2".to_vec(), b"c3".to_vec()], offsets(3)));
         dead.save(&offsets(3), whole(b"W3", b"S3")).unwrap();
         let mut partial = head(true, (dead.epoch(), 2), 0, 2);
         partial.extend_from_slice(b"half");

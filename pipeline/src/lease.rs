@@ -8,9 +8,10 @@
 //! that joins later does not take it from the holder). The holder restores the last
 //! checkpoint and runs; the others wait. When the holder stops (it leaves the group after
 //! its final checkpoint) or dies (its session ends after `lease_session_ms` of silence), the
-//! group gives the lease to a standby, which restores the checkpoint the holder saved last
-//! — the state moves with the partitions — and resumes from its offsets: outputs are again
-//! identical to an uninterrupted run after de-duplication by identity.
+//! group gives the lease to a standby, which goes on from the checkpoint the holder saved
+//! last — the state moves with the partitions; a standby keeps it up to date while it
+//! waits — and resumes from its offsets: outputs are again identical to an uninterrupted
+//! run after de-duplication by identity.
 //!
 //! A holder that learns it lost the lease (its session ended while it was stalled) exits at
 //! once with status 3, saving nothing more; and the checkpoint store's epochs
@@ -44,8 +45,9 @@ pub struct Lease {
 
 impl Lease {
     /// Joins the lease group and waits until this process holds the lease, saying so on
-    /// stderr; `None` if `stop` is set first (a signal while standing by).
-    pub fn acquire(cfg: &Config, stop: &AtomicBool) -> anyhow::Result<Option<Lease>> {
+    /// stderr, calling `while_waiting` every 20 ms meanwhile (a standby keeps its state up
+    /// to date there); `None` if `stop` is set first (a signal while standing by).
+    pub fn acquire(cfg: &Config, stop: &AtomicBool, mut while_waiting: impl FnMut()) -> anyhow::Result<Option<Lease>> {
         let session = cfg.lease_session_ms.max(1);
         let mut client = ClientConfig::new();
         client
@@ -107,6 +109,7 @@ impl Lease {
             if stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
+            while_waiting();
             std::thread::sleep(Duration::from_millis(20));
         }
         eprintln!("cbec: holding the lease of group {}: active", cfg.group_id);

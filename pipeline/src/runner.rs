@@ -12,7 +12,7 @@
 //! sink as soon as the scan is processed; their latency (source read → decision) is
 //! measured here.
 
-use crate::checkpoint::{Checkpoint, CheckpointStore, StateSave};
+use crate::checkpoint::{Checkpoint, CheckpointStore, Offsets, SavedChanges, StateSave};
 use crate::metrics as m;
 use crate::record::Record;
 use crate::sequencer::{Sequencer, SourceId};
@@ -565,10 +565,10 @@ fn expired_letter(names: &HashMap<Topic, String>, ev: &Event) -> DeadLetter {
 }
 
 /// The resume offsets of a checkpoint as consumed positions per source.
-fn restored_positions(cp: &Checkpoint, names: &HashMap<Topic, String>) -> HashMap<SourceId, i64> {
+fn restored_positions(offsets: &Offsets, names: &HashMap<Topic, String>) -> HashMap<SourceId, i64> {
     let by_name: HashMap<&str, Topic> = names.iter().map(|(t, n)| (n.as_str(), *t)).collect();
     let mut m = HashMap::new();
-    for (name, parts) in &cp.offsets {
+    for (name, parts) in offsets {
         if let Some(t) = by_name.get(name.as_str()) {
             for (p, o) in parts {
                 m.insert((*t, *p), *o);
@@ -579,13 +579,16 @@ fn restored_positions(cp: &Checkpoint, names: &HashMap<Topic, String>) -> HashMa
 }
 
 /// Runs the engine thread until every source is done (or a stop is requested).
-pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::Result<RunStats> {
+pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Result<RunStats> {
     let started = Instant::now();
     let all_sources: Vec<SourceId> = run.inputs.iter().flat_map(|(s, _)| s.iter().copied()).collect();
     let mut seq: Sequencer<Item> = Sequencer::new(all_sources.iter().copied(), run.lateness_ms);
-    let (mut summarize_state, mut engine) = match &restored {
-        Some(cp) => {
-            let (engine, summarize) = restored_state(cp, run.hs.clone())?;
+    let (restored, offsets) = match restored {
+        Some(r) => (Some((r.engine, r.summarize)), Some(r.offsets)),
+        None => (None, None),
+    };
+    let (mut summarize_state, mut engine) = match restored {
+        Some((engine, summarize)) => {
             let differ = differing_fields(engine.rules(), &run.rules);
             if !differ.is_empty() {
                 eprintln!(
@@ -601,7 +604,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
     // any input, instead of at the first checkpoint on the decision path); its first
     // checkpoint is whole (`whole` 0): a new run of changes files starts from this state.
     let mut copy = WriterCopy::default();
-    if run.checkpoint.is_some() && restored.is_some() {
+    if run.checkpoint.is_some() && offsets.is_some() {
         copy.engine = Some(engine.clone());
         copy.summarize = Some(summarize_state.clone());
         engine.track();
@@ -620,7 +623,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Checkpoint>) -> anyhow::R
         stats: RunStats::default(),
         // The restored positions carry into the next checkpoint: a partition that sees
         // nothing new before it must not lose its offset (and be replayed from the start).
-        consumed: restored.as_ref().map(|cp| restored_positions(cp, &run.topic_names)).unwrap_or_default(),
+        consumed: offsets.as_ref().map(|o| restored_positions(o, &run.topic_names)).unwrap_or_default(),
         outbox: Vec::new(),
         topic_names: run.topic_names.clone(),
         copy: Arc::new(Mutex::new(copy)),
@@ -799,6 +802,36 @@ fn flush(sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
     let (tx, rx) = bounded(1);
     sink.send(SinkMsg::Flush(tx)).map_err(|_| anyhow::anyhow!("sink stopped"))?;
     rx.recv().map_err(|_| anyhow::anyhow!("sink stopped"))?
+}
+
+/// Operator state to start from, and the input offsets to resume at: a checkpoint's,
+/// restored, and kept up to date with the changes saved after it (a standby).
+pub struct Restored {
+    /// The engine's state.
+    pub engine: Engine,
+    /// Summarize's state.
+    pub summarize: Summarize,
+    /// Next offset to consume, per topic and partition.
+    pub offsets: Offsets,
+}
+
+impl Restored {
+    /// The state of a checkpoint.
+    pub fn from_checkpoint(cp: &Checkpoint, hs: Nomenclature) -> anyhow::Result<Restored> {
+        let (engine, summarize) = restored_state(cp, hs)?;
+        Ok(Restored { engine, summarize, offsets: cp.offsets.clone() })
+    }
+
+    /// Applies the changes saved after the checkpoint this state is, up to the one with
+    /// `offsets`.
+    pub fn apply(&mut self, changes: &[SavedChanges], offsets: Offsets) -> anyhow::Result<()> {
+        for c in changes {
+            replay(&mut self.engine, &c.engine).context("checkpoint changes (engine)")?;
+            replay(&mut self.summarize, &c.summarize).context("checkpoint changes (summarize)")?;
+        }
+        self.offsets = offsets;
+        Ok(())
+    }
 }
 
 /// The operator state of a checkpoint: its whole snapshots with the changes saved after
@@ -1040,6 +1073,7 @@ mod tests {
         drop(tx);
         let engine = Engine::new(cfg.rules.clone(), Nomenclature::default(), 1);
         let restored = Checkpoint {
+            place: (1, 1),
             offsets: [(cfg.input_topic(Topic::Orders), [(0, 42)].into())].into(),
             engine: engine.snapshot(),
             summarize: serde_json::to_vec(&Summarize::default()).unwrap(),
@@ -1051,7 +1085,7 @@ mod tests {
             checkpoint: Some((store.clone(), Duration::from_secs(3600))),
             ..EngineRun::new(&cfg, Nomenclature::default(), vec![(vec![src], rx)], sink_tx)
         };
-        run_engine(run, Some(restored)).unwrap();
+        run_engine(run, Some(Restored::from_checkpoint(&restored, Nomenclature::default()).unwrap())).unwrap();
         sink_h.join().unwrap().unwrap();
         let cp = store.load().unwrap().expect("a final checkpoint");
         assert_eq!(cp.offsets[&cfg.input_topic(Topic::Orders)][&0], 42);
@@ -1141,6 +1175,9 @@ mod tests {
         }
         fn save(&self, _: &crate::checkpoint::Offsets, _: StateSave<'_>) -> anyhow::Result<u64> {
             anyhow::bail!("disk full")
+        }
+        fn since(&self, _: Option<crate::checkpoint::Seq>) -> anyhow::Result<crate::checkpoint::Since> {
+            Ok(crate::checkpoint::Since::Nothing)
         }
     }
 

@@ -273,9 +273,10 @@ enum Fail {
 
 /// Two processes of one group: the first holds the lease and runs; the second stands by
 /// (it neither runs nor exits while the first lives, though it was told to exit when
-/// idle). The first fails mid-stream; when its session ends the group gives the lease to
-/// the standby, which restores the checkpoint the first saved — the state moves to it —
-/// and finishes the story: after de-duplication by identity the outputs equal the
+/// idle) and follows the checkpoints the first saves. The first fails mid-stream; when its
+/// session ends the group gives the lease to the standby, which takes over with the state
+/// it kept up to date — the state moves to it — and finishes the story: after
+/// de-duplication by identity the outputs equal the
 /// uninterrupted run. (The story is on the topics before the first starts: input that
 /// arrives after a partition was read to its end, with event times before what the other
 /// partitions already released, is processed when it comes, not in the embedded run's
@@ -359,6 +360,9 @@ fn takeover(tag: &str, fail: Fail, store: StoreKind) {
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{said}");
     assert!(said.contains("holding the lease") && said.contains("restored checkpoint"), "{said}");
+    // It followed the active process's checkpoints while standing by (a warm standby),
+    // and took over with that state.
+    assert!(said.contains("kept up to date while standing by"), "{said}");
     let (got, want) = kafka_and_embedded(&c, &g);
     assert!(
         got.0 == want.0,
