@@ -19,7 +19,7 @@
 //!   consumes every partition (explicit assignment); the others stand by and take over with
 //!   the state it checkpointed. Splitting the partitions between processes is not done.
 
-use crate::checkpoint::{CheckpointStore, LocalDirStore, Since};
+use crate::checkpoint::{CheckpointStore, LocalDirStore};
 use crate::config::{Config, StoreKind};
 use crate::generator::Generated;
 use crate::kafka_store::KafkaTopicStore;
@@ -30,6 +30,7 @@ use crate::runner::{
 };
 use crate::sequencer::{SourceId, rank};
 use crate::sink::Sink;
+use crate::standby::Standby;
 use anyhow::Context;
 use cbec_schemas::hs::Nomenclature;
 use cbec_schemas::{Decoder, Topic};
@@ -585,59 +586,6 @@ pub fn checkpoint_store(cfg: &Config) -> anyhow::Result<(Arc<dyn CheckpointStore
         }
         StoreKind::Dir => (Arc::new(LocalDirStore::new(&cfg.checkpoint_dir)?), cfg.checkpoint_dir.clone()),
     })
-}
-
-/// The state of the active process's last checkpoint, followed while standing by.
-struct Standby {
-    reader: Box<dyn CheckpointStore>,
-    hs: Nomenclature,
-    /// The state, and the place of the checkpoint it is.
-    state: Option<(Restored, crate::checkpoint::Seq)>,
-    /// Checkpoints applied since the first one read.
-    applied: usize,
-    /// The last failure said (said once in a row).
-    said: String,
-}
-
-impl Standby {
-    fn new(cfg: &Config, hs: Nomenclature) -> anyhow::Result<Standby> {
-        let reader: Box<dyn CheckpointStore> = match cfg.checkpoint_store {
-            StoreKind::Kafka => Box::new(KafkaTopicStore::reader(&cfg.brokers, &crate::kafka_store::topic(cfg))?),
-            StoreKind::Dir => Box::new(LocalDirStore::reader(&cfg.checkpoint_dir)),
-        };
-        Ok(Standby { reader, hs, state: None, applied: 0, said: String::new() })
-    }
-
-    /// Brings the state up to date with what was saved since.
-    fn follow(&mut self) -> anyhow::Result<()> {
-        match self.reader.since(self.state.as_ref().map(|(_, p)| *p))? {
-            Since::Nothing => {}
-            Since::More { place, offsets, changes } => {
-                let (state, at) = self.state.as_mut().context("changes without a state")?;
-                state.apply(&changes, offsets)?;
-                *at = place;
-                self.applied += changes.len();
-            }
-            Since::Other(cp) => {
-                if self.state.is_some() {
-                    self.applied += 1 + cp.changes.len();
-                }
-                self.state = Some((Restored::from_checkpoint(&cp, self.hs.clone())?, cp.place));
-            }
-        }
-        Ok(())
-    }
-
-    /// [`Standby::follow`], saying a failure (it is tried again later) instead of failing.
-    fn follow_or_say(&mut self) {
-        if let Err(e) = self.follow() {
-            let e = format!("{e:#}");
-            if e != self.said {
-                eprintln!("cbec: standing by: following the checkpoints failed, will try again: {e}");
-                self.said = e;
-            }
-        }
-    }
 }
 
 /// Runs the pipeline against Kafka.
