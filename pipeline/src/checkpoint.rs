@@ -63,8 +63,13 @@ pub enum StateSave<'a> {
 
 /// Where checkpoints live.
 pub trait CheckpointStore: Send + Sync {
-    /// The latest complete checkpoint, if any.
-    fn load(&self) -> anyhow::Result<Option<Checkpoint>>;
+    /// The latest complete checkpoint, if any: what a follower holding none is given.
+    fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
+        Ok(match self.since(None)? {
+            Since::Other(cp) => Some(cp),
+            _ => None,
+        })
+    }
     /// Saves a checkpoint atomically; returns its size in bytes. Changes continue the
     /// checkpoint saved last: a store without one refuses them.
     fn save(&self, offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<u64>;
@@ -92,26 +97,30 @@ pub enum Since {
     Other(Checkpoint),
 }
 
-/// What [`CheckpointStore::since`] reads, from the complete checkpoints in the order saved.
-#[derive(Debug, PartialEq)]
-pub(crate) enum SincePlan {
-    /// Nothing.
-    Nothing,
-    /// The changes at these indexes.
-    More(std::ops::RangeInclusive<usize>),
-    /// The chain a load takes (index of the whole one, changes after it).
-    Chain(usize, usize),
-}
-
-/// The plan of [`CheckpointStore::since`]: the chain a load takes, or only its changes
-/// after `after` when `after` is on it.
-pub(crate) fn since_plan(saved: &[(Seq, bool)], after: Option<Seq>) -> anyhow::Result<SincePlan> {
-    let Some((w, run)) = chain(saved)? else { return Ok(SincePlan::Nothing) };
-    let on = after.and_then(|a| saved[w..=w + run].iter().position(|(p, _)| *p == a));
-    Ok(match on {
-        Some(k) if k == run => SincePlan::Nothing,
-        Some(k) => SincePlan::More(w + k + 1..=w + run),
-        None => SincePlan::Chain(w, run),
+/// [`CheckpointStore::since`] for a store whose complete checkpoints, in the order saved,
+/// are `saved` (`(place, holds changes)`), and which reads and decodes a run of them with
+/// `read` (indexes into `saved`): the chain a load takes, or only its changes after
+/// `after` when `after` is on it.
+pub(crate) fn since_from(
+    saved: &[(Seq, bool)],
+    after: Option<Seq>,
+    read: impl FnOnce(std::ops::RangeInclusive<usize>) -> anyhow::Result<Vec<Sections>>,
+) -> anyhow::Result<Since> {
+    let Some((w, run)) = chain(saved)? else { return Ok(Since::Nothing) };
+    let last = saved[w + run].0;
+    Ok(match after.and_then(|a| saved[w..=w + run].iter().position(|(p, _)| *p == a)) {
+        Some(k) if k == run => Since::Nothing,
+        Some(k) => {
+            let more = read(w + k + 1..=w + run)?;
+            let offsets = more.last().map(|(o, ..)| o.clone()).unwrap_or_default();
+            let changes = more.into_iter().map(|(_, engine, summarize)| SavedChanges { engine, summarize });
+            Since::More { place: last, offsets, changes: changes.collect() }
+        }
+        None => {
+            let mut decoded = read(w..=w + run)?.into_iter();
+            let whole = decoded.next().context("no whole checkpoint")?;
+            Since::Other(assemble(last, whole, decoded))
+        }
     })
 }
 
@@ -329,13 +338,6 @@ impl LocalDirStore {
 }
 
 impl CheckpointStore for LocalDirStore {
-    fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
-        Ok(match self.since(None)? {
-            Since::Other(cp) => Some(cp),
-            _ => None,
-        })
-    }
-
     fn since(&self, after: Option<Seq>) -> anyhow::Result<Since> {
         if !self.dir.exists() {
             return Ok(Since::Nothing);
@@ -343,20 +345,8 @@ impl CheckpointStore for LocalDirStore {
         let files = self.list()?;
         let places: Vec<(Seq, bool)> = files.iter().map(|(s, c, _)| (*s, *c)).collect();
         let read = |(_, changes, p): &Entry| decode(&std::fs::read(p)?, *changes, &p.display().to_string());
-        Ok(match since_plan(&places, after).with_context(|| self.dir.display().to_string())? {
-            SincePlan::Nothing => Since::Nothing,
-            SincePlan::More(range) => {
-                let place = files[*range.end()].0;
-                let more = files[range].iter().map(read).collect::<anyhow::Result<Vec<_>>>()?;
-                let offsets = more.last().map(|(o, ..)| o.clone()).unwrap_or_default();
-                let changes = more.into_iter().map(|(_, engine, summarize)| SavedChanges { engine, summarize });
-                Since::More { place, offsets, changes: changes.collect() }
-            }
-            SincePlan::Chain(w, run) => {
-                let changes = files[w + 1..=w + run].iter().map(read).collect::<anyhow::Result<Vec<_>>>()?;
-                Since::Other(assemble(files[w + run].0, read(&files[w])?, changes))
-            }
-        })
+        since_from(&places, after, |run| files[run].iter().map(read).collect())
+            .with_context(|| self.dir.display().to_string())
     }
 
     fn save(&self, offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<u64> {

@@ -20,7 +20,7 @@
 //!
 //! [`LocalDirStore`]: crate::checkpoint::LocalDirStore
 
-use crate::checkpoint::{self, Checkpoint, CheckpointStore, Offsets, SavedChanges, Seq, Since, SincePlan, StateSave};
+use crate::checkpoint::{self, CheckpointStore, Offsets, Seq, Since, StateSave};
 use crate::config::Config;
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -293,31 +293,11 @@ impl KafkaTopicStore {
 }
 
 impl CheckpointStore for KafkaTopicStore {
-    fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
-        Ok(match self.since(None)? {
-            Since::Other(cp) => Some(cp),
-            _ => None,
-        })
-    }
-
     fn since(&self, after: Option<Seq>) -> anyhow::Result<Since> {
         let complete = self.complete()?;
         let places: Vec<(Seq, bool)> = complete.iter().map(|(p, s)| (*p, s.changes)).collect();
-        Ok(match checkpoint::since_plan(&places, after).with_context(|| self.topic.clone())? {
-            SincePlan::Nothing => Since::Nothing,
-            SincePlan::More(range) => {
-                let place = complete[*range.end()].0;
-                let more = self.checkpoints(&complete[range])?;
-                let offsets = more.last().map(|(o, ..)| o.clone()).unwrap_or_default();
-                let changes = more.into_iter().map(|(_, engine, summarize)| SavedChanges { engine, summarize });
-                Since::More { place, offsets, changes: changes.collect() }
-            }
-            SincePlan::Chain(w, run) => {
-                let mut decoded = self.checkpoints(&complete[w..=w + run])?.into_iter();
-                let whole = decoded.next().context("no whole checkpoint")?;
-                Since::Other(checkpoint::assemble(complete[w + run].0, whole, decoded))
-            }
-        })
+        checkpoint::since_from(&places, after, |run| self.checkpoints(&complete[run]))
+            .with_context(|| self.topic.clone())
     }
 
     fn save(&self, offsets: &Offsets, state: StateSave<'_>) -> anyhow::Result<u64> {
