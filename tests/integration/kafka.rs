@@ -156,10 +156,19 @@ fn embedded_expected(g: &cbec_pipeline::generator::Generated) -> Comparable {
     comparable(record_map(&records))
 }
 
-/// What the Kafka run left on the output topics, and what the embedded run of the same
-/// story gives.
-fn kafka_and_embedded(c: &Config, g: &cbec_pipeline::generator::Generated) -> (Comparable, Comparable) {
-    (comparable(by_identity(consume_outputs(c))), embedded_expected(g))
+/// Asserts that the output topics, de-duplicated by identity, hold what the embedded run of
+/// the same story gives, dead letters included (`after`: what the Kafka run went through);
+/// returns them.
+fn assert_equals_embedded(c: &Config, g: &Generated, after: &str) -> Comparable {
+    let (got, want) = (comparable(by_identity(consume_outputs(c))), embedded_expected(g));
+    assert!(
+        got.0 == want.0,
+        "{after}, the outputs de-duplicated by identity must equal the embedded run ({} vs {} records)",
+        got.0.len(),
+        want.0.len()
+    );
+    assert_eq!(got.1, want.1, "dead letters differ");
+    got
 }
 
 fn unique_prefix(tag: &str) -> String {
@@ -175,10 +184,7 @@ fn kafka_mode_matches_the_embedded_run() {
     produce_story(&b, &c, &g, 0, false).unwrap();
     let status = spawn(&write_config(&c, dir.path()), &["--exit-when-idle"]).wait().unwrap();
     assert!(status.success());
-    let (got, want) = kafka_and_embedded(&c, &g);
-    assert_eq!(got.0.len(), want.0.len());
-    assert!(got.0 == want.0, "Kafka outputs differ from the embedded run");
-    assert_eq!(got.1, want.1, "dead letters differ");
+    let got = assert_equals_embedded(&c, &g, "in one uninterrupted run");
     assert_eq!(got.1.len() as u64, g.expected.malformed);
     let topics: std::collections::BTreeSet<&String> = got.1.iter().map(|d| &d.0).collect();
     assert_eq!(topics.len(), 10, "a malformed message on every input topic ends in the DLQ: {topics:?}");
@@ -227,14 +233,7 @@ fn sigkill_at_several_points_then_restart_gives_the_same_outputs() {
     assert!(checkpoint_files(&c) > 0, "the killed runs must leave a checkpoint to restart from");
     let status = spawn(&cfg, &["--exit-when-idle"]).wait().unwrap();
     assert!(status.success());
-    let (got, want) = kafka_and_embedded(&c, &g);
-    assert!(
-        got.0 == want.0,
-        "after de-duplication by identity the outputs must equal the uninterrupted run ({} vs {})",
-        got.0.len(),
-        want.0.len()
-    );
-    assert_eq!(got.1, want.1, "dead letters differ");
+    assert_equals_embedded(&c, &g, "after three kills and restarts");
 }
 
 /// The checkpoint files in the configured directory.
@@ -363,14 +362,7 @@ fn takeover(tag: &str, fail: Fail, store: StoreKind) {
     // It followed the active process's checkpoints while standing by (a warm standby),
     // and took over with that state.
     assert!(said.contains("kept up to date while standing by"), "{said}");
-    let (got, want) = kafka_and_embedded(&c, &g);
-    assert!(
-        got.0 == want.0,
-        "after the takeover and de-duplication by identity the outputs must equal the uninterrupted run ({} vs {})",
-        got.0.len(),
-        want.0.len()
-    );
-    assert_eq!(got.1, want.1, "dead letters differ");
+    assert_equals_embedded(&c, &g, "after the takeover");
 }
 
 /// The state moves through the checkpoint topic.
@@ -436,7 +428,5 @@ fn transactional_inputs_are_read_to_their_end_and_match_the_embedded_run() {
     // librdkafka's end-of-partition event says it is caught up. Without it each partition
     // would hold the pipeline until the stall safety net gave up on it.
     assert!(!stderr.contains("treated as idle"), "a partition stalled: {stderr}");
-    let (got, want) = kafka_and_embedded(&c, &g);
-    assert!(got.0 == want.0, "Kafka outputs differ from the embedded run ({} vs {})", got.0.len(), want.0.len());
-    assert_eq!(got.1, want.1, "dead letters differ");
+    assert_equals_embedded(&c, &g, "with transactional inputs");
 }
