@@ -31,7 +31,16 @@ const HEAD_KEYS: usize = 5;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summarize {
     open: BTreeMap<u32, BTreeMap<String, Exited>>,
+    /// Checkpoints of format 2 (and earlier): how often each period was declared, all
+    /// forms together. A form declared before per-form numbering continues from it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     revisions: BTreeMap<u32, u32>,
+    /// How often each declaration form (the `summaryId` without period and revision) was
+    /// declared per period: its next declaration is the supplementary `…/n+1`. Numbered
+    /// per form, so that how forms are spread over summarize instances (by `ebcCode`)
+    /// changes nothing.
+    #[serde(default)]
+    forms: BTreeMap<u32, BTreeMap<String, u32>>,
     /// The earliest open period and the event time it closes at (watermarks arrive with
     /// every item; this spares a calendar computation per item).
     #[serde(skip)]
@@ -48,6 +57,8 @@ enum Step {
     Exited(Exited),
     /// A period closed.
     Closed(u32),
+    /// Declaration forms of a period were declared (once more each).
+    Declared(u32, Vec<String>),
 }
 
 /// What changed in the summarize state since the previous [`Incremental::cut`]: the exited
@@ -107,8 +118,9 @@ fn str_at(a: &ArrayRef, i: usize) -> &str {
     a.as_any().downcast_ref::<StringArray>().expect("utf8 column").value(i)
 }
 
-/// Groups a rows batch into summary declarations with Arrow kernels.
-pub fn summarize_batch(batch: &RecordBatch, period: u32, revision: u32) -> Vec<Summary> {
+/// Groups a rows batch into summary declarations with Arrow kernels; `revision` numbers
+/// the declaration of a form (given `ebcCode-ownerCode-country-portCode-trafMode`).
+pub fn summarize_batch(batch: &RecordBatch, period: u32, revision: impl Fn(&str) -> u32) -> Vec<Summary> {
     if batch.num_rows() == 0 {
         return Vec::new();
     }
@@ -154,9 +166,11 @@ pub fn summarize_batch(batch: &RecordBatch, period: u32, revision: u32) -> Vec<S
         invt_all.dedup();
         let h = head.start;
         let key: Vec<&str> = (0..HEAD_KEYS).map(|k| str_at(&sorted[k], h)).collect();
+        let form = key.join("-");
+        let revision = revision(&form);
         let suffix = if revision > 1 { format!("/{revision}") } else { String::new() };
         out.push(Summary {
-            summary_id: format!("{period}-{}{suffix}", key.join("-")),
+            summary_id: format!("{period}-{form}{suffix}"),
             period,
             ebc_code: key[0].to_string(),
             owner_code: key[1].to_string(),
@@ -170,6 +184,12 @@ pub fn summarize_batch(batch: &RecordBatch, period: u32, revision: u32) -> Vec<S
         });
     }
     out
+}
+
+/// The declaration form of a summary: what its `summaryId` names between period and
+/// revision.
+pub fn form_of(s: &Summary) -> String {
+    [&s.ebc_code, &s.owner_code, &s.country, &s.port_code, &s.traf_mode].map(String::as_str).join("-")
 }
 
 impl Summarize {
@@ -191,18 +211,29 @@ impl Summarize {
         }
     }
 
-    /// Closes period `p`: its lists and its revision, when it had any.
-    fn close(&mut self, p: u32) -> Option<(BTreeMap<String, Exited>, u32)> {
+    /// Closes period `p`: its lists.
+    fn close(&mut self, p: u32) -> BTreeMap<String, Exited> {
         if let Some(log) = &mut self.log.0 {
             log.push(Step::Closed(p));
         }
-        let lists = self.open.remove(&p).unwrap_or_default();
-        if lists.is_empty() {
-            return None;
+        self.open.remove(&p).unwrap_or_default()
+    }
+
+    /// The number of the next declaration of `form` in period `p`.
+    fn next_revision(&self, p: u32, form: &str) -> u32 {
+        let before = self.forms.get(&p).and_then(|f| f.get(form)).copied();
+        before.unwrap_or_else(|| self.revisions.get(&p).copied().unwrap_or(0)) + 1
+    }
+
+    /// Records that `forms` of period `p` were declared.
+    fn declared(&mut self, p: u32, forms: Vec<String>) {
+        for form in &forms {
+            let next = self.next_revision(p, form);
+            self.forms.entry(p).or_default().insert(form.clone(), next);
         }
-        let rev = self.revisions.entry(p).or_insert(0);
-        *rev += 1;
-        Some((lists, *rev))
+        if let Some(log) = &mut self.log.0 {
+            log.push(Step::Declared(p, forms));
+        }
     }
 }
 
@@ -230,6 +261,7 @@ impl Incremental for Summarize {
                 Step::Closed(p) => {
                     self.close(p);
                 }
+                Step::Declared(p, forms) => self.declared(p, forms),
             }
         }
         Ok(())
@@ -261,9 +293,11 @@ impl Operator for Summarize {
         let due: Vec<u32> =
             self.open.keys().copied().filter(|p| period_end(*p).plus_ms(rules.summary_grace_ms()) <= wm).collect();
         for p in due {
-            let Some((lists, rev)) = self.close(p) else { continue };
+            let lists = self.close(p);
             let refs: Vec<&Exited> = lists.values().collect();
-            for s in summarize_batch(&rows_batch(&refs, rules.summary_flag), p, rev) {
+            let sums = summarize_batch(&rows_batch(&refs, rules.summary_flag), p, |form| self.next_revision(p, form));
+            self.declared(p, sums.iter().map(form_of).collect());
+            for s in sums {
                 out.collect(s);
             }
         }

@@ -995,3 +995,52 @@ fn a_summarize_copy_kept_by_its_cuts_equals_it() {
     cut(&mut s, &mut copy);
     assert_eq!(copy.map(|c| c.pending()), Some(0));
 }
+
+/// A supplementary declaration is numbered per declaration form: a late list of one
+/// company does not change the number of another's (so summarize instances, each with
+/// some of the companies, number them as one instance does), and a period declared
+/// before per-form numbering (a format 2 checkpoint) continues from its old count.
+#[test]
+fn supplementary_declarations_are_numbered_per_form() {
+    let mut e = Engine::new(rules(), hs(), 2);
+    let input = story(300, 3);
+    let last = input.last().unwrap().event_time();
+    let mut out = feed(&mut e, input);
+    e.advance(last.plus_ms(3_600_000), &mut out);
+    let exited: Vec<crate::engine::Exited> = out
+        .into_iter()
+        .filter_map(|o| match o {
+            Out::Exited(x) if x.summarizable => Some(x),
+            _ => None,
+        })
+        .collect();
+    let a = exited[0].clone();
+    let b = exited.iter().find(|x| x.list.ebc_code != a.list.ebc_code).expect("two companies").clone();
+    let (mut s, mut r, mut sums) = (Summarize::default(), rules(), Vec::new());
+    for x in exited.iter().filter(|x| x.invt_no != a.invt_no && x.invt_no != b.invt_no) {
+        s.process(&mut r, x.clone(), &mut sums);
+    }
+    s.on_watermark(&mut r, EventTime::MAX, &mut sums);
+    let first = sums.len();
+    assert!(sums.iter().all(|s| !s.summary_id.contains('/')), "first declarations carry no revision");
+    let mut late = |s: &mut Summarize, x: &crate::engine::Exited| {
+        let mut out = Vec::new();
+        s.process(&mut r, x.clone(), &mut out);
+        s.on_watermark(&mut r, EventTime::MAX, &mut out);
+        assert_eq!(out.len(), 1, "one supplementary declaration");
+        out.pop().unwrap()
+    };
+    let sa = late(&mut s, &a);
+    assert!(sa.summary_id.ends_with("/2"), "{}", sa.summary_id);
+    assert!(sa.summary_id.contains(&crate::summarize::form_of(&sa)));
+    let sb = late(&mut s, &b);
+    assert!(sb.summary_id.ends_with("/2"), "another form's first supplementary is /2: {}", sb.summary_id);
+    let again = crate::engine::Exited { invt_no: format!("{}X", a.invt_no).into(), ..a.clone() };
+    assert!(late(&mut s, &again).summary_id.ends_with("/3"));
+    assert!(first > 1);
+    // A state from before per-form numbering: the period was declared once, all forms.
+    let period = a.list.ie_date.period();
+    let mut old: Summarize = serde_json::from_value(serde_json::json!({"open": {}, "revisions": {period.to_string(): 1}}))
+        .expect("a format 2 summarize state loads");
+    assert!(late(&mut old, &a).summary_id.ends_with("/2"), "continues from the period's count");
+}
