@@ -148,6 +148,7 @@ fn bench(c: &mut Criterion) {
             invt_no: format!("51412026E{i:011}").into(),
             summarizable: true,
             list: l.clone().into(),
+            seq: i as u64 + 1,
         })
         .collect();
     g.throughput(Throughput::Elements(exited.len() as u64));

@@ -531,6 +531,7 @@ impl Clear {
                 && list.statistics_flag == StatisticsFlag::B
                 && p.comparison == Some(Comparison::Consistent),
             list: Arc::new(list),
+            seq: 0,
         })
     }
 }

@@ -27,6 +27,10 @@ pub struct Exited {
     pub summarizable: bool,
     /// The list.
     pub list: std::sync::Arc<Inventory>,
+    /// Its place among the engine's exits (1, 2, …): deterministic, so the same on a
+    /// replay; a summarize instance across a topic skips what it already applied.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// Every record the engine emits.
@@ -59,6 +63,9 @@ pub struct Engine {
     /// State dropped by retention so far: (orders, parcels).
     #[serde(default)]
     expired: (u64, u64),
+    /// Exits so far (the `seq` of the last [`Exited`]).
+    #[serde(default)]
+    exits: u64,
     /// Recording changes for [`Incremental::cut`] (`Some`); a copy does not.
     #[serde(skip)]
     tracking: Unshared<()>,
@@ -88,6 +95,8 @@ pub struct EngineChanges {
     rules: Rules,
     watermark: EventTime,
     expired: (u64, u64),
+    #[serde(default)]
+    exits: u64,
 }
 
 /// True when copying the whole state is cheaper than copying `changed` of `held` keys:
@@ -110,6 +119,7 @@ impl Engine {
             seals: SealOp::default(),
             watermark: EventTime::MIN,
             expired: (0, 0),
+            exits: 0,
             tracking: Unshared(None),
             controls_changed: false,
         }
@@ -210,8 +220,24 @@ impl Engine {
         }));
     }
 
+    /// Numbers the exits among `out[from..]`.
+    fn number_exits(&mut self, out: &mut [Out], from: usize) {
+        for o in &mut out[from..] {
+            if let Out::Exited(x) = o {
+                self.exits += 1;
+                x.seq = self.exits;
+            }
+        }
+    }
+
     /// Processes one input entity.
     pub fn process(&mut self, e: Entity, out: &mut Vec<Out>) {
+        let from = out.len();
+        self.process_entity(e, out);
+        self.number_exits(out, from);
+    }
+
+    fn process_entity(&mut self, e: Entity, out: &mut Vec<Out>) {
         match e {
             Entity::Goods(g) => self.goods(g, out),
             Entity::Order(o) => {
@@ -274,6 +300,7 @@ impl Engine {
             return;
         }
         self.watermark = wm;
+        let from = out.len();
         // Timers fire in global (time, orderNo) order, whatever the partitioning.
         loop {
             let next =
@@ -286,6 +313,7 @@ impl Engine {
             self.declare[p].fire_next(&self.shared.rules, wm, &mut d);
             self.route_declare(d, out);
         }
+        self.number_exits(out, from);
         // Retention (after the timers: a wait that ends now still fires). The end of time
         // of a finite input drops nothing: the run's final state is reported.
         if let Some(r) = self.shared.rules.retention_ms()
@@ -379,6 +407,7 @@ impl Incremental for Engine {
             rules: self.shared.rules.clone(),
             watermark: self.watermark,
             expired: self.expired,
+            exits: self.exits,
         })
     }
 
@@ -415,6 +444,7 @@ impl Incremental for Engine {
         self.shared.rules = c.rules;
         self.watermark = c.watermark;
         self.expired = c.expired;
+        self.exits = c.exits;
         Ok(())
     }
 

@@ -1040,7 +1040,36 @@ fn supplementary_declarations_are_numbered_per_form() {
     assert!(first > 1);
     // A state from before per-form numbering: the period was declared once, all forms.
     let period = a.list.ie_date.period();
-    let mut old: Summarize = serde_json::from_value(serde_json::json!({"open": {}, "revisions": {period.to_string(): 1}}))
-        .expect("a format 2 summarize state loads");
+    let mut old: Summarize =
+        serde_json::from_value(serde_json::json!({"open": {}, "revisions": {period.to_string(): 1}}))
+            .expect("a format 2 summarize state loads");
     assert!(late(&mut old, &a).summary_id.ends_with("/2"), "continues from the period's count");
+}
+
+/// Exits are numbered 1, 2, … in the engine's order, the same at any partition count, and
+/// a restored engine goes on from its checkpoint's number (what lets a summarize instance
+/// skip the exits it already applied when they come again after a restart).
+#[test]
+fn exits_are_numbered_in_order_at_any_partition_count_and_across_a_restore() {
+    let exits = |partitions: usize| {
+        let mut e = Engine::new(rules(), hs(), partitions);
+        let input = story(300, 5);
+        let last = input.last().unwrap().event_time();
+        let (first, second) = input.split_at(input.len() / 2);
+        let mut out = feed(&mut e, first.to_vec());
+        let mut e = Engine::restore(&e.snapshot(), hs()).unwrap();
+        out.extend(feed(&mut e, second.to_vec()));
+        e.advance(last.plus_ms(40 * 86_400_000), &mut out);
+        out.into_iter()
+            .filter_map(|o| match o {
+                Out::Exited(x) => Some((x.seq, x.invt_no.to_string(), x.summarizable)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let one = exits(1);
+    assert!(one.len() > 100, "{}", one.len());
+    assert!(one.iter().any(|x| !x.2), "some lists leave their summary again (returned after exit)");
+    assert_eq!(one.iter().map(|x| x.0).collect::<Vec<_>>(), (1..=one.len() as u64).collect::<Vec<_>>());
+    assert_eq!(exits(3), one);
 }

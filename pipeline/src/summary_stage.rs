@@ -100,7 +100,7 @@ mod tests {
         else {
             panic!("test list does not decode")
         };
-        Exited { invt_no: format!("51412026E{n:011}").into(), summarizable: true, list: (*l).into() }
+        Exited { invt_no: format!("51412026E{n:011}").into(), summarizable: true, list: (*l).into(), seq: u64::from(n) }
     }
 
     /// A checkpoint cut reaches the sink behind the summaries of every period closed before
