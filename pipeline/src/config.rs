@@ -19,6 +19,21 @@ pub enum StoreKind {
     Kafka,
 }
 
+/// Which stages a Kafka-mode process runs (`stage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Declare, clear, seal and summarize, in one process (one active per group).
+    All,
+    /// Declare, clear and seal; the exited lists and event time go to the topic
+    /// `<group_id>.exited` for the summarize instances.
+    Engine,
+    /// One summarize instance (`summarize_instance` of `summarize_instances`): the
+    /// partitions `p` of `<group_id>.exited` with `p % summarize_instances ==
+    /// summarize_instance`.
+    Summarize,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -58,6 +73,17 @@ pub struct Config {
     /// process takes its lease back at once instead of waiting `lease_session_ms` for its
     /// dead self. Empty: a new member on every start.
     pub instance_id: String,
+    /// Kafka mode: the stages this process runs: `all`; or `engine` and `summarize`, in
+    /// separate processes joined by the topic `<group_id>.exited` (each kind with its own
+    /// lease, checkpoints and standbys).
+    pub stage: Stage,
+    /// Partitions of `<group_id>.exited` when cbec creates it (keyed by `ebcCode`): at most
+    /// this many summarize instances share the work.
+    pub exited_partitions: usize,
+    /// `stage = "summarize"`: this instance's number, from 0.
+    pub summarize_instance: usize,
+    /// `stage = "summarize"`: how many instances share `<group_id>.exited`.
+    pub summarize_instances: usize,
     /// Allowed out-of-orderness across sources, in event-time milliseconds.
     pub lateness_ms: i64,
     /// Capacity of every bounded queue (messages).
@@ -92,6 +118,10 @@ impl Default for Config {
             checkpoint_store: StoreKind::Dir,
             lease_session_ms: 10_000,
             instance_id: String::new(),
+            stage: Stage::All,
+            exited_partitions: 4,
+            summarize_instance: 0,
+            summarize_instances: 1,
             lateness_ms: 0,
             queue_capacity: 8192,
             parquet_rows: 200_000,
@@ -158,6 +188,15 @@ impl Config {
         if self.input_prefetch_mb == 0 {
             return Err("input_prefetch_mb must be positive".into());
         }
+        if self.exited_partitions == 0 || self.exited_partitions > 1024 {
+            return Err("exited_partitions must be 1..=1024".into());
+        }
+        if self.summarize_instance >= self.summarize_instances {
+            return Err(format!(
+                "summarize_instance must be below summarize_instances ({} of {})",
+                self.summarize_instance, self.summarize_instances
+            ));
+        }
         for k in self.input_topics.keys() {
             if Topic::from_name(k).is_none() {
                 return Err(format!("input_topics: unknown topic '{k}'"));
@@ -181,6 +220,29 @@ impl Config {
     /// Kafka topic name of an output (`declared` → `cbec.declared`).
     pub fn output_topic(&self, short: &str) -> String {
         format!("{}{short}", self.output_prefix)
+    }
+
+    /// The topic from the engine stage to the summarize instances: `<group_id>.exited`.
+    pub fn exited_topic(&self) -> String {
+        format!("{}.exited", self.group_id)
+    }
+
+    /// The name of what this process is one of: the group, or for a summarize instance
+    /// `<group_id>.summarize-<n>`. Its lease and checkpoint topics are named after it.
+    pub fn member_of(&self) -> String {
+        match self.stage {
+            Stage::Summarize => format!("{}.summarize-{}", self.group_id, self.summarize_instance),
+            Stage::All | Stage::Engine => self.group_id.clone(),
+        }
+    }
+
+    /// The checkpoint directory of this process (`dir` store): `checkpoint_dir`, or
+    /// `checkpoint_dir/summarize-<n>` for a summarize instance.
+    pub fn checkpoint_path(&self) -> String {
+        match self.stage {
+            Stage::Summarize => format!("{}/summarize-{}", self.checkpoint_dir, self.summarize_instance),
+            Stage::All | Stage::Engine => self.checkpoint_dir.clone(),
+        }
     }
 
     /// Loads the rules' tariff CSV, if configured, into the rules.
@@ -221,6 +283,15 @@ mod tests {
         assert_eq!(c.rules.state_retention_days, 7);
         assert_eq!(c.rules.payment_wait_hours, 24, "defaults fill the rest");
         assert_eq!(c.checkpoint_store, StoreKind::Kafka);
+        let env: BTreeMap<String, String> =
+            [("CBEC_STAGE", "summarize"), ("CBEC_SUMMARIZE_INSTANCE", "1"), ("CBEC_SUMMARIZE_INSTANCES", "2")]
+                .into_iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+        let c = Config::load(None, &env).unwrap();
+        assert_eq!((c.stage, c.member_of()), (Stage::Summarize, "cbec.summarize-1".to_string()));
+        std::fs::write(&p, "summarize_instance = 2\nsummarize_instances = 2\n").unwrap();
+        assert!(Config::load(Some(&p), &BTreeMap::new()).is_err(), "instance 2 of 2 is refused");
         std::fs::write(&p, "checkpoint_store = \"s3\"\n").unwrap();
         assert!(Config::load(Some(&p), &BTreeMap::new()).is_err(), "an unknown store is refused");
         std::fs::write(&p, "bogus = 1\n").unwrap();

@@ -20,7 +20,7 @@
 //!   the state it checkpointed. Splitting the partitions between processes is not done.
 
 use crate::checkpoint::{CheckpointStore, LocalDirStore};
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, Stage, StoreKind};
 use crate::generator::Generated;
 use crate::kafka_store::KafkaTopicStore;
 use crate::lease::Lease;
@@ -89,7 +89,19 @@ pub fn producer(brokers: &str, linger_ms: u32, ctx: Deliveries) -> anyhow::Resul
 
 /// Sends one record, waiting while librdkafka's queue is full (backpressure, not loss).
 pub fn send_blocking(p: &ThreadedProducer<Deliveries>, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
+    send_to(p, topic, None, key, payload)
+}
+
+/// [`send_blocking`] to a given partition (`None`: by key).
+pub fn send_to(
+    p: &ThreadedProducer<Deliveries>,
+    topic: &str,
+    partition: Option<i32>,
+    key: &str,
+    payload: &[u8],
+) -> anyhow::Result<()> {
     let mut rec = BaseRecord::to(topic).key(key).payload(payload);
+    rec.partition = partition;
     loop {
         match p.send(rec) {
             Ok(()) => return Ok(()),
@@ -118,7 +130,7 @@ impl KafkaSink {
             batched: producer(&cfg.brokers, 5, ctx.clone())?,
             fast: producer(&cfg.brokers, 0, ctx.clone())?,
             ctx,
-            topics: OUTPUTS.iter().map(|t| (*t, cfg.output_topic(t))).collect(),
+            topics: OUTPUTS.iter().map(|t| (*t, cfg.output_topic(t))).chain([("exited", cfg.exited_topic())]).collect(),
         })
     }
 }
@@ -126,7 +138,8 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     fn write(&mut self, r: &Record) -> anyhow::Result<()> {
         let p = if matches!(r, Record::Sorting(_)) { &self.fast } else { &self.batched };
-        send_blocking(p, &self.topics[r.topic()], r.key(), &r.to_json())
+        let partition = if let Record::Stage(p, _) = r { Some(*p) } else { None };
+        send_to(p, &self.topics[r.topic()], partition, r.key(), &r.to_json())
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
@@ -138,7 +151,8 @@ impl Sink for KafkaSink {
     }
 }
 
-/// Creates the input and output topics, and the lease topic of the group, if missing.
+/// Creates the input and output topics, the lease topic of the group and the topic to the
+/// summarize instances (stages in separate processes), if missing.
 pub fn ensure_topics(cfg: &Config) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &cfg.brokers).create()?;
@@ -149,6 +163,10 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<()> {
     let mut new: Vec<NewTopic<'_>> =
         names.iter().map(|n| NewTopic::new(n, parts, TopicReplication::Fixed(1))).collect();
     new.push(NewTopic::new(&lease, 1, TopicReplication::Fixed(1)));
+    let exited = cfg.exited_topic();
+    if cfg.stage != Stage::All {
+        new.push(NewTopic::new(&exited, cfg.exited_partitions.min(1024) as i32, TopicReplication::Fixed(1)));
+    }
     let checkpoints = crate::kafka_store::topic(cfg);
     if cfg.checkpoint_store == StoreKind::Kafka {
         // Kept until cbec deletes what it no longer needs.
@@ -559,7 +577,8 @@ fn consumer_thread(
         .expect("spawn consumer")
 }
 
-fn stop_on_signals(stop: Arc<AtomicBool>) {
+/// Sets `stop` on SIGINT or SIGTERM.
+pub(crate) fn stop_on_signals(stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         rt.block_on(async {
@@ -584,7 +603,7 @@ pub fn checkpoint_store(cfg: &Config) -> anyhow::Result<(Arc<dyn CheckpointStore
             let topic = crate::kafka_store::topic(cfg);
             (Arc::new(KafkaTopicStore::new(&cfg.brokers, &topic)?), format!("topic {topic}"))
         }
-        StoreKind::Dir => (Arc::new(LocalDirStore::new(&cfg.checkpoint_dir)?), cfg.checkpoint_dir.clone()),
+        StoreKind::Dir => (Arc::new(LocalDirStore::new(cfg.checkpoint_path())?), cfg.checkpoint_path()),
     })
 }
 
@@ -708,7 +727,13 @@ pub fn run(
     let (ctx, crx) = bounded(4);
     let h = consumer_thread(consumer, Parts { queues, state }, wake, tx, crx, stop.clone(), exit_when_idle);
     let (sink_tx, sink_h) = spawn_sink(Box::new(KafkaSink::new(cfg)?), cfg.queue_capacity);
+    // Stages in separate processes: exits go to the summarize instances' topic.
+    let exited_partitions = match cfg.stage {
+        Stage::All => None,
+        _ => Some(crate::stage::exited_partitions(cfg)?.len()),
+    };
     let run = EngineRun {
+        exited_partitions,
         end_of_time_when_done: exit_when_idle,
         checkpoint: Some((store, Duration::from_millis(cfg.checkpoint_interval_ms))),
         commits: Some(ctx),

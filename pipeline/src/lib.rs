@@ -19,6 +19,7 @@ pub mod sequencer;
 pub mod sink;
 #[cfg(feature = "sql")]
 pub mod sql;
+pub mod stage;
 pub mod standby;
 pub mod summary_stage;
 

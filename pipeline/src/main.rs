@@ -1,7 +1,7 @@
 //! The `cbec` command line.
 
 use anyhow::Context;
-use cbec_pipeline::config::Config;
+use cbec_pipeline::config::{Config, Stage};
 use cbec_pipeline::generator::{self, GenConfig};
 use cbec_pipeline::{check, embedded, kafka, load_hs, report, sink};
 use clap::{Parser, Subcommand};
@@ -209,9 +209,19 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             eprintln!("{}", report::progress_line(s));
         }
     }));
-    let stats = if !cfg.brokers.is_empty() {
+    let stats = if cfg.stage == Stage::Summarize {
+        anyhow::ensure!(
+            !cfg.brokers.is_empty(),
+            "stage \"summarize\" reads the topic of an engine stage: give --brokers"
+        );
+        cbec_pipeline::stage::run_summarize(&cfg, a.exit_when_idle, progress)?
+    } else if !cfg.brokers.is_empty() {
         kafka::run(&cfg, hs, a.exit_when_idle, progress)?
     } else {
+        anyhow::ensure!(
+            cfg.stage == Stage::All,
+            "stage \"engine\" hands over to summarize instances through Kafka: give --brokers"
+        );
         let out = PathBuf::from(&cfg.output_dir);
         let inputs = match &a.input {
             Some(dir) => embedded::discover(dir).with_context(|| format!("input {}", dir.display()))?,

@@ -89,7 +89,7 @@ impl ParquetOut {
                 self.summaries.push(x.clone());
                 self.summaries.len()
             }
-            Record::Release(_) | Record::Dead(_) => 0,
+            Record::Release(_) | Record::Dead(_) | Record::Stage(..) => 0,
         };
         if n >= self.rows {
             self.flush()?;

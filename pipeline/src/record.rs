@@ -27,6 +27,9 @@ pub enum Record {
     Summary(Summary),
     /// `cbec.dlq`.
     Dead(DeadLetter),
+    /// To the summarize instances, on partition `.0` of `<group_id>.exited` (not an output
+    /// of the contract: the engine stage's hand-over when stages run in separate processes).
+    Stage(i32, Box<crate::stage::StageMsg>),
 }
 
 impl Record {
@@ -54,6 +57,7 @@ impl Record {
             Record::Release(_) => "releases",
             Record::Summary(_) => "summaries",
             Record::Dead(_) => "dlq",
+            Record::Stage(..) => "exited",
         }
     }
 
@@ -68,6 +72,7 @@ impl Record {
             Record::Release(x) => &x.seal_no,
             Record::Summary(x) => &x.summary_id,
             Record::Dead(x) => x.key.as_deref().unwrap_or(&x.source_topic),
+            Record::Stage(_, m) => m.key(),
         }
     }
 
@@ -84,6 +89,7 @@ impl Record {
             Record::Dead(x) => {
                 format!("{}/{}/{}/{}", x.source_topic, x.partition, x.offset, x.entity_index.unwrap_or(0))
             }
+            Record::Stage(p, m) => m.id(*p),
         }
     }
 
@@ -98,6 +104,7 @@ impl Record {
             Record::Release(x) => serde_json::to_vec(x),
             Record::Summary(x) => serde_json::to_vec(x),
             Record::Dead(x) => serde_json::to_vec(x),
+            Record::Stage(_, m) => serde_json::to_vec(m),
         };
         r.expect("records serialize")
     }

@@ -370,6 +370,9 @@ pub struct EngineRun {
     pub progress: Option<Progress>,
     /// Topic names for checkpoints.
     pub topic_names: HashMap<Topic, String>,
+    /// Summarize in other processes: exits and event time go to the sink for the topic
+    /// `<group_id>.exited` with this many partitions ([`crate::stage`]).
+    pub exited_partitions: Option<usize>,
 }
 
 impl EngineRun {
@@ -396,6 +399,7 @@ impl EngineRun {
             stop: Arc::new(AtomicBool::new(false)),
             progress: None,
             topic_names: Topic::ALL.iter().map(|t| (*t, cfg.input_topic(*t))).collect(),
+            exited_partitions: None,
         }
     }
 }
@@ -610,12 +614,17 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
         engine.track();
         summarize_state.track();
     }
-    let (summarize, summarize_h) = summary_stage::spawn(
-        summarize_state,
-        run.rules.clone(),
-        run.sink.clone(),
-        batches_for(run.max_buffered / 8, 256),
-    );
+    let cap = batches_for(run.max_buffered / 8, 256);
+    let (summarize, summarize_h) = match run.exited_partitions {
+        Some(n) => {
+            anyhow::ensure!(
+                summarize_state.pending() == 0 && differing_fields(&summarize_state, &Summarize::default()).is_empty(),
+                "the checkpoint holds summarize state (saved by a process of stage \"all\"): an engine stage would lose it; finish with stage \"all\" or start a new group"
+            );
+            crate::stage::spawn_forwarder(n, run.sink.clone(), cap)
+        }
+        None => summary_stage::spawn(summarize_state, run.rules.clone(), run.sink.clone(), cap),
+    };
     let mut st = State {
         engine,
         summarize,
@@ -849,7 +858,7 @@ fn restored_state(cp: &Checkpoint, hs: Nomenclature) -> anyhow::Result<(Engine, 
 }
 
 /// The top-level fields in which two values serialize differently.
-fn differing_fields<T: serde::Serialize>(a: &T, b: &T) -> Vec<String> {
+pub(crate) fn differing_fields<T: serde::Serialize>(a: &T, b: &T) -> Vec<String> {
     let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
         (serde_json::to_value(a), serde_json::to_value(b))
     else {

@@ -3,7 +3,7 @@
 //! of the same story — uninterrupted, and killed with SIGKILL at several points.
 
 use crate::support::*;
-use cbec_pipeline::config::{Config, StoreKind};
+use cbec_pipeline::config::{Config, Stage, StoreKind};
 use cbec_pipeline::generator::Generated;
 use cbec_pipeline::kafka::produce_story;
 use cbec_pipeline::record::OUTPUTS;
@@ -429,4 +429,91 @@ fn transactional_inputs_are_read_to_their_end_and_match_the_embedded_run() {
     // would hold the pipeline until the stall safety net gave up on it.
     assert!(!stderr.contains("treated as idle"), "a partition stalled: {stderr}");
     assert_equals_embedded(&c, &g, "with transactional inputs");
+}
+
+/// Stages in separate processes: an engine stage and two summarize instances, joined by the
+/// topic `<group_id>.exited` (4 partitions, two each). Mid-stream the engine stage and one
+/// instance are killed (SIGKILL) and restarted: the engine stage sends again what followed
+/// its checkpoint, and the restarted instance restores its own checkpoint and skips the
+/// exits it had applied. After de-duplication by identity the outputs equal the embedded run
+/// — the summary declarations included, which only the instances build.
+#[test]
+fn stages_in_separate_processes_match_the_embedded_run_through_kills() {
+    let Some(b) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&b, &unique_prefix("s"), dir.path());
+    c.checkpoint_store = StoreKind::Kafka;
+    c.exited_partitions = 4;
+    let g = story(4000, 61);
+    produce_story(&b, &c, &g, 0, false).unwrap();
+    // Each process with its own directory and identity (restarted in place, it takes its
+    // lease back at once).
+    let own = |name: &str, stage: Stage, instance: usize| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let cfg = Config {
+            stage,
+            summarize_instance: instance,
+            summarize_instances: 2,
+            instance_id: name.into(),
+            checkpoint_dir: d.join("checkpoints").display().to_string(),
+            ..c.clone()
+        };
+        (write_config(&cfg, &d), d)
+    };
+    let (engine_cfg, engine_dir) = own("engine", Stage::Engine, 0);
+    let (s0_cfg, s0_dir) = own("summarize-0", Stage::Summarize, 0);
+    let (s1_cfg, _) = own("summarize-1", Stage::Summarize, 1);
+    let logged = |cfg: &Path, extra: &[&str], log: &Path| {
+        command(cfg, extra).stderr(std::fs::File::create(log).unwrap()).spawn().expect("spawn cbec")
+    };
+    let mut s1 = logged(&s1_cfg, &["--exit-when-idle"], &dir.path().join("s1.log"));
+    let mut s0 = logged(&s0_cfg, &[], &s0_dir.join("first.log"));
+    let mut engine = logged(&engine_cfg, &[], &engine_dir.join("first.log"));
+    // Once the engine stage saved a checkpoint and the instance one too, both are killed.
+    let saved = |topic: String| {
+        let reader: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+        reader.fetch_watermarks(&topic, 1, Duration::from_secs(10)).is_ok_and(|(_, high)| high > 0)
+    };
+    let s0_store = cbec_pipeline::kafka_store::topic(&Config { stage: Stage::Summarize, ..c.clone() });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(saved(cbec_pipeline::kafka_store::topic(&c)) && saved(s0_store.clone())) {
+        assert!(Instant::now() < deadline, "the engine stage and instance 0 saved no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // … and instance 0 took exits in (its progress line counts them) and checkpointed them.
+    let took_exits = || {
+        let said = std::fs::read_to_string(s0_dir.join("first.log")).unwrap();
+        said.lines().filter_map(|l| l.strip_prefix("cbec: ")?.split(' ').next()?.parse::<u64>().ok()).any(|n| n > 0)
+    };
+    while !took_exits() {
+        assert!(Instant::now() < deadline, "instance 0 took no exit in");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(900));
+    assert!(engine.try_wait().unwrap().is_none() && s0.try_wait().unwrap().is_none(), "both run until stopped");
+    engine.kill().unwrap();
+    s0.kill().unwrap();
+    let _ = (engine.wait(), s0.wait());
+    let mut engine = logged(&engine_cfg, &["--exit-when-idle"], &engine_dir.join("second.log"));
+    let mut s0 = logged(&s0_cfg, &["--exit-when-idle"], &s0_dir.join("second.log"));
+    for (child, log) in [
+        (&mut engine, engine_dir.join("second.log")),
+        (&mut s0, s0_dir.join("second.log")),
+        (&mut s1, dir.path().join("s1.log")),
+    ] {
+        let status = wait_at_most(child, Duration::from_secs(180));
+        let said = std::fs::read_to_string(&log).unwrap();
+        assert!(status.success(), "{}: {said}", log.display());
+    }
+    let said = std::fs::read_to_string(s0_dir.join("second.log")).unwrap();
+    eprintln!("instance 0 after its restart:\n{said}");
+    assert!(said.contains("restored checkpoint") && said.contains("partitions [0, 2]"), "{said}");
+    let waiting =
+        said.split(" lists waiting").next().and_then(|s| s.rsplit('(').next()).and_then(|n| n.parse::<u64>().ok());
+    assert!(waiting.is_some_and(|n| n > 0), "its checkpoint held lists waiting for their period: {said}");
+    assert!(std::fs::read_to_string(engine_dir.join("second.log")).unwrap().contains("restored checkpoint"));
+    let got = assert_equals_embedded(&c, &g, "with summarize in two instances, after kills");
+    let summaries = got.0.keys().filter(|(t, _)| t == "summaries").count();
+    assert!(summaries > 1, "{summaries} summary declarations");
 }
