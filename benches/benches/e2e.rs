@@ -6,6 +6,7 @@
 //!
 //! Run: `cargo bench -p cbec-benches --bench e2e`
 //! Only some phases: `CBEC_BENCH_ONLY=throughput,latency,close,state,checkpoint,kafka,kafka-latency` (default: all).
+//! Kafka phase with summarize in separate instances: `CBEC_BENCH_STAGES=N`.
 //! Size: `CBEC_BENCH_ORDERS` (default 820000 orders ≈ 5.1 million messages).
 //! Kafka phases need `CBEC_BENCH_BROKERS`; `CBEC_BENCH_KPARTS` sets the partitions of the
 //! latency phase's topics (default 4), `CBEC_BENCH_KRATES` its offered loads in scans/s
@@ -267,10 +268,45 @@ fn main() {
         for t in Topic::ALL {
             c.input_topics.insert(t.short().into(), format!("{prefix}{}", t.short()));
         }
+        // `CBEC_BENCH_STAGES=N`: the engine stage, and N summarize instances (threads of this
+        // process, so on the same cores) reading `<group>.exited`.
+        let stages: usize = std::env::var("CBEC_BENCH_STAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        if stages > 0 {
+            c.stage = cbec_pipeline::config::Stage::Engine;
+        }
         let t = Instant::now();
         let sent = cbec_pipeline::kafka::produce_story(b, &c, &g, 0, false).expect("produce");
         let produce_s = t.elapsed().as_secs_f64();
-        let s = cbec_pipeline::kafka::run(&c, h.clone(), true, None).expect("kafka run");
+        let instances: Vec<_> = (0..stages)
+            .map(|n| {
+                let ci = Config {
+                    stage: cbec_pipeline::config::Stage::Summarize,
+                    summarize_instance: n,
+                    summarize_instances: stages,
+                    ..c.clone()
+                };
+                std::thread::spawn(move || {
+                    let r = cbec_pipeline::stage::run_summarize(&ci, true, None).expect("summarize instance");
+                    delete_topic(&ci.brokers, &cbec_pipeline::kafka_store::topic(&ci));
+                    r
+                })
+            })
+            .collect();
+        let t = Instant::now();
+        let mut s = cbec_pipeline::kafka::run(&c, h.clone(), true, None).expect("kafka run");
+        if stages > 0 {
+            let engine_s = s.elapsed.as_secs_f64();
+            for i in instances {
+                let r = i.join().expect("instance");
+                for (k, v) in r.output {
+                    *s.output.entry(k).or_default() += v;
+                }
+            }
+            println!(
+                "  stages: engine stage {engine_s:.2} s, {stages} summarize instance(s) done {:.2} s after it started",
+                t.elapsed().as_secs_f64()
+            );
+        }
         // What a standby taking over would pay: loading the last checkpoint.
         let t = Instant::now();
         let (store, place) = cbec_pipeline::kafka::checkpoint_store(&c).expect("store");
@@ -297,12 +333,13 @@ fn main() {
         let _ = std::fs::remove_dir_all(&c.checkpoint_dir);
         delete_topic(b, &cbec_pipeline::kafka_store::topic(&c));
         println!(
-            "kafka ({b}, checkpoints in {}): produced {sent} in {produce_s:.1} s ({:.0} msg/s); pipeline consumed {} in {:.2} s incl. 2 s idle detection = {:.0} msg/s; {} output records, {} released early by the sequencer bound; {} checkpoints, longest engine pause for one {:.0} ms",
+            "kafka ({b}, checkpoints in {}{}): produced {sent} in {produce_s:.1} s ({:.0} msg/s); pipeline consumed {} in {:.2} s incl. 2 s idle detection = {:.0} msg/s; {} output records, {} released early by the sequencer bound; {} checkpoints, longest engine pause for one {:.0} ms",
             if c.checkpoint_store == cbec_pipeline::config::StoreKind::Kafka {
                 "the group's topic"
             } else {
                 "a directory"
             },
+            if stages > 0 { format!(", summarize in {stages} instance(s)") } else { String::new() },
             sent as f64 / produce_s,
             s.total_in(),
             s.elapsed.as_secs_f64(),

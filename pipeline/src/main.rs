@@ -30,6 +30,10 @@ enum Cmd {
     /// CBEC_<FIELD> environment variables (CBEC_BROKERS, CBEC_PARTITIONS, CBEC_OUTPUT_DIR,
     /// CBEC_METRICS_ADDR, CBEC_CHECKPOINT_DIR, CBEC_HS_FILE, …) and CBEC_RULES__<FIELD> for
     /// the rules (CBEC_RULES__INSPECTION_RATE, CBEC_RULES__SAMPLING_KEY, …).
+    ///
+    /// Kafka mode runs every stage in one process (CBEC_STAGE=all), or CBEC_STAGE=engine
+    /// (declare, clear, seal) and CBEC_STAGE=summarize instances (CBEC_SUMMARIZE_INSTANCE of
+    /// CBEC_SUMMARIZE_INSTANCES) in separate processes, joined by the topic <group_id>.exited.
     Run(RunArgs),
     /// Decode and validate message files (JSON lines or CEB XML).
     Check {
