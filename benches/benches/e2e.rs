@@ -278,17 +278,10 @@ fn main() {
         let sent = cbec_pipeline::kafka::produce_story(b, &c, &g, 0, false).expect("produce");
         let produce_s = t.elapsed().as_secs_f64();
         let instances: Vec<_> = (0..stages)
-            .map(|n| {
-                let ci = Config {
-                    stage: cbec_pipeline::config::Stage::Summarize,
-                    summarize_instance: n,
-                    summarize_instances: stages,
-                    ..c.clone()
-                };
+            .map(|_| {
+                let ci = Config { stage: cbec_pipeline::config::Stage::Summarize, ..c.clone() };
                 std::thread::spawn(move || {
-                    let r = cbec_pipeline::stage::run_summarize(&ci, true, None).expect("summarize instance");
-                    delete_topic(&ci.brokers, &cbec_pipeline::kafka_store::topic(&ci));
-                    r
+                    cbec_pipeline::stage::run_summarize(&ci, true, None).expect("summarize instance")
                 })
             })
             .collect();
@@ -332,6 +325,11 @@ fn main() {
         // The run's checkpoints (hundreds of MB each run) are not kept.
         let _ = std::fs::remove_dir_all(&c.checkpoint_dir);
         delete_topic(b, &cbec_pipeline::kafka_store::topic(&c));
+        if stages > 0 && c.checkpoint_store == cbec_pipeline::config::StoreKind::Kafka {
+            for p in 0..c.exited_partitions as i32 {
+                delete_topic(b, &cbec_pipeline::stage::part_store_topic(&c, p));
+            }
+        }
         println!(
             "kafka ({b}, checkpoints in {}{}): produced {sent} in {produce_s:.1} s ({:.0} msg/s); pipeline consumed {} in {:.2} s incl. 2 s idle detection = {:.0} msg/s; {} output records, {} released early by the sequencer bound; {} checkpoints, longest engine pause for one {:.0} ms",
             if c.checkpoint_store == cbec_pipeline::config::StoreKind::Kafka {

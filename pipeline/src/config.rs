@@ -28,9 +28,8 @@ pub enum Stage {
     /// Declare, clear and seal; the exited lists and event time go to the topic
     /// `<group_id>.exited` for the summarize instances.
     Engine,
-    /// One summarize instance (`summarize_instance` of `summarize_instances`): the
-    /// partitions `p` of `<group_id>.exited` with `p % summarize_instances ==
-    /// summarize_instance`.
+    /// A summarize instance: one member of the consumer group `<group_id>.summarize` on
+    /// `<group_id>.exited`, holding the partitions the group gives it, each with its state.
     Summarize,
 }
 
@@ -66,7 +65,8 @@ pub struct Config {
     pub checkpoint_store: StoreKind,
     /// Kafka mode: how long the active process may be silent before the consumer group
     /// gives its lease to a standby (`session.timeout.ms` of the lease group
-    /// `<group_id>.lease`; the broker bounds it by `group.min.session.timeout.ms`).
+    /// `<group_id>.lease`; the broker bounds it by `group.min.session.timeout.ms`); also
+    /// the session of a summarize instance in `<group_id>.summarize`.
     pub lease_session_ms: u64,
     /// Kafka mode: a stable identity of this process in the lease group (static
     /// membership, `group.instance.id`), e.g. the pod name: restarted with the same id, a
@@ -80,10 +80,6 @@ pub struct Config {
     /// Partitions of `<group_id>.exited` when cbec creates it (keyed by `ebcCode`): at most
     /// this many summarize instances share the work.
     pub exited_partitions: usize,
-    /// `stage = "summarize"`: this instance's number, from 0.
-    pub summarize_instance: usize,
-    /// `stage = "summarize"`: how many instances share `<group_id>.exited`.
-    pub summarize_instances: usize,
     /// Allowed out-of-orderness across sources, in event-time milliseconds.
     pub lateness_ms: i64,
     /// Capacity of every bounded queue (messages).
@@ -120,8 +116,6 @@ impl Default for Config {
             instance_id: String::new(),
             stage: Stage::All,
             exited_partitions: 4,
-            summarize_instance: 0,
-            summarize_instances: 1,
             lateness_ms: 0,
             queue_capacity: 8192,
             parquet_rows: 200_000,
@@ -191,12 +185,6 @@ impl Config {
         if self.exited_partitions == 0 || self.exited_partitions > 1024 {
             return Err("exited_partitions must be 1..=1024".into());
         }
-        if self.summarize_instance >= self.summarize_instances {
-            return Err(format!(
-                "summarize_instance must be below summarize_instances ({} of {})",
-                self.summarize_instance, self.summarize_instances
-            ));
-        }
         for k in self.input_topics.keys() {
             if Topic::from_name(k).is_none() {
                 return Err(format!("input_topics: unknown topic '{k}'"));
@@ -227,22 +215,9 @@ impl Config {
         format!("{}.exited", self.group_id)
     }
 
-    /// The name of what this process is one of: the group, or for a summarize instance
-    /// `<group_id>.summarize-<n>`. Its lease and checkpoint topics are named after it.
-    pub fn member_of(&self) -> String {
-        match self.stage {
-            Stage::Summarize => format!("{}.summarize-{}", self.group_id, self.summarize_instance),
-            Stage::All | Stage::Engine => self.group_id.clone(),
-        }
-    }
-
-    /// The checkpoint directory of this process (`dir` store): `checkpoint_dir`, or
-    /// `checkpoint_dir/summarize-<n>` for a summarize instance.
-    pub fn checkpoint_path(&self) -> String {
-        match self.stage {
-            Stage::Summarize => format!("{}/summarize-{}", self.checkpoint_dir, self.summarize_instance),
-            Stage::All | Stage::Engine => self.checkpoint_dir.clone(),
-        }
+    /// The consumer group of the summarize instances: `<group_id>.summarize`.
+    pub fn summarize_group(&self) -> String {
+        format!("{}.summarize", self.group_id)
     }
 
     /// Loads the rules' tariff CSV, if configured, into the rules.
@@ -283,15 +258,14 @@ mod tests {
         assert_eq!(c.rules.state_retention_days, 7);
         assert_eq!(c.rules.payment_wait_hours, 24, "defaults fill the rest");
         assert_eq!(c.checkpoint_store, StoreKind::Kafka);
-        let env: BTreeMap<String, String> =
-            [("CBEC_STAGE", "summarize"), ("CBEC_SUMMARIZE_INSTANCE", "1"), ("CBEC_SUMMARIZE_INSTANCES", "2")]
-                .into_iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect();
+        let env: BTreeMap<String, String> = [("CBEC_STAGE", "summarize"), ("CBEC_EXITED_PARTITIONS", "8")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         let c = Config::load(None, &env).unwrap();
-        assert_eq!((c.stage, c.member_of()), (Stage::Summarize, "cbec.summarize-1".to_string()));
-        std::fs::write(&p, "summarize_instance = 2\nsummarize_instances = 2\n").unwrap();
-        assert!(Config::load(Some(&p), &BTreeMap::new()).is_err(), "instance 2 of 2 is refused");
+        assert_eq!((c.stage, c.exited_partitions), (Stage::Summarize, 8));
+        std::fs::write(&p, "stage = \"clear\"\n").unwrap();
+        assert!(Config::load(Some(&p), &BTreeMap::new()).is_err(), "an unknown stage is refused");
         std::fs::write(&p, "checkpoint_store = \"s3\"\n").unwrap();
         assert!(Config::load(Some(&p), &BTreeMap::new()).is_err(), "an unknown store is refused");
         std::fs::write(&p, "bogus = 1\n").unwrap();

@@ -168,18 +168,31 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<()> {
         new.push(NewTopic::new(&exited, cfg.exited_partitions.min(1024) as i32, TopicReplication::Fixed(1)));
     }
     let checkpoints = crate::kafka_store::topic(cfg);
-    if cfg.checkpoint_store == StoreKind::Kafka {
-        // Kept until cbec deletes what it no longer needs.
-        new.push(
-            NewTopic::new(&checkpoints, 2, TopicReplication::Fixed(1))
-                .set("retention.ms", "-1")
-                .set("retention.bytes", "-1")
-                .set("cleanup.policy", "delete"),
-        );
+    if cfg.checkpoint_store == StoreKind::Kafka && cfg.stage != Stage::Summarize {
+        new.push(checkpoint_topic(&checkpoints));
     }
+    create_topics(&admin, &new)
+}
+
+/// A checkpoint topic: two partitions, kept until cbec deletes what it no longer needs.
+fn checkpoint_topic(name: &str) -> NewTopic<'_> {
+    NewTopic::new(name, 2, TopicReplication::Fixed(1))
+        .set("retention.ms", "-1")
+        .set("retention.bytes", "-1")
+        .set("cleanup.policy", "delete")
+}
+
+/// Creates the checkpoint topic `name` if missing.
+pub(crate) fn create_checkpoint_topic(brokers: &str, name: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    create_topics(&admin, &[checkpoint_topic(name)])
+}
+
+/// Creates `new`; topics that exist already are fine.
+fn create_topics(admin: &AdminClient<DefaultClientContext>, new: &[NewTopic<'_>]) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let res =
-        rt.block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))))?;
+        rt.block_on(admin.create_topics(new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))))?;
     for r in res {
         if let Err((t, e)) = r
             && e != RDKafkaErrorCode::TopicAlreadyExists
@@ -603,7 +616,7 @@ pub fn checkpoint_store(cfg: &Config) -> anyhow::Result<(Arc<dyn CheckpointStore
             let topic = crate::kafka_store::topic(cfg);
             (Arc::new(KafkaTopicStore::new(&cfg.brokers, &topic)?), format!("topic {topic}"))
         }
-        StoreKind::Dir => (Arc::new(LocalDirStore::new(cfg.checkpoint_path())?), cfg.checkpoint_path()),
+        StoreKind::Dir => (Arc::new(LocalDirStore::new(&cfg.checkpoint_dir)?), cfg.checkpoint_dir.clone()),
     })
 }
 

@@ -45,7 +45,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The checkpoint topic of a configuration: `<group_id>.checkpoints`.
 pub fn topic(cfg: &Config) -> String {
-    format!("{}.checkpoints", cfg.member_of())
+    format!("{}.checkpoints", cfg.group_id)
 }
 
 /// A chunk's head: (changes, epoch, number, chunk index, chunk count).

@@ -31,10 +31,9 @@ use std::time::Duration;
 /// Exit status of a process that lost its lease while active.
 pub const LOST_EXIT_CODE: i32 = 3;
 
-/// The lease topic (and group) of a configuration: `<group_id>.lease`
-/// (`<group_id>.summarize-<n>.lease` for a summarize instance, [`Config::member_of`]).
+/// The lease topic (and group) of a configuration: `<group_id>.lease`.
 pub fn topic(cfg: &Config) -> String {
-    format!("{}.lease", cfg.member_of())
+    format!("{}.lease", cfg.group_id)
 }
 
 /// A held lease. Dropping it leaves the lease group, so that a standby takes over at once
@@ -66,7 +65,7 @@ impl Lease {
         consumer.subscribe(&[&name]).with_context(|| format!("subscribing to the lease topic {name}"))?;
         eprintln!(
             "cbec: waiting for the lease of group {} (topic {name}): standing by while another process holds it",
-            cfg.member_of()
+            cfg.group_id
         );
         let held = Arc::new(AtomicBool::new(false));
         let quit = Arc::new(AtomicBool::new(false));
@@ -113,7 +112,7 @@ impl Lease {
             while_waiting();
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("cbec: holding the lease of group {}: active", cfg.member_of());
+        eprintln!("cbec: holding the lease of group {}: active", cfg.group_id);
         Ok(Some(lease))
     }
 }

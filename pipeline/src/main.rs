@@ -32,8 +32,8 @@ enum Cmd {
     /// the rules (CBEC_RULES__INSPECTION_RATE, CBEC_RULES__SAMPLING_KEY, …).
     ///
     /// Kafka mode runs every stage in one process (CBEC_STAGE=all), or CBEC_STAGE=engine
-    /// (declare, clear, seal) and CBEC_STAGE=summarize instances (CBEC_SUMMARIZE_INSTANCE of
-    /// CBEC_SUMMARIZE_INSTANCES) in separate processes, joined by the topic <group_id>.exited.
+    /// (declare, clear, seal) and CBEC_STAGE=summarize instances (the consumer group
+    /// <group_id>.summarize) in separate processes, joined by the topic <group_id>.exited.
     Run(RunArgs),
     /// Decode and validate message files (JSON lines or CEB XML).
     Check {

@@ -1,11 +1,13 @@
 //! Stages in separate processes (`stage = "engine"` and `stage = "summarize"`): the engine
 //! stage (declare, clear, seal) hands the exited lists and event time over through the
-//! topic `<group_id>.exited`, and summarize instances, each with some of its partitions,
-//! build the summary declarations. The summarize work (a month's close summarizes every
-//! list of the month) then runs on other machines, shared by as many instances as the
-//! topic has partitions; each instance has its own lease, checkpoints and standbys
-//! (`<group_id>.summarize-<n>.lease`, `….checkpoints`), and the engine stage those of the
-//! group, as with `stage = "all"`.
+//! topic `<group_id>.exited`, and summarize instances build the summary declarations. The
+//! summarize work (a month's close summarizes every list of the month) then runs on other
+//! machines, shared by as many instances as the topic has partitions. The instances are
+//! one consumer group, `<group_id>.summarize`: the group spreads the partitions over them,
+//! and the summarize state is kept per partition, with the partition's own checkpoints, so
+//! that it moves with its partition when the group moves it (an instance joins, leaves or
+//! dies). The engine stage keeps the group's lease, checkpoints and standbys, as with
+//! `stage = "all"`.
 //!
 //! Same outputs as one process, on every run and replay:
 //! * an exited list goes to the partition of its `ebcCode`, and a declaration form holds
@@ -23,9 +25,9 @@
 //! The hand-over records travel through the engine's sink like outputs, so a checkpoint of
 //! the engine stage is saved only once everything before it is in the topic.
 
-use crate::checkpoint::{Checkpoint, CheckpointStore, Offsets, StateSave};
-use crate::config::Config;
-use crate::lease::Lease;
+use crate::checkpoint::{Checkpoint, CheckpointStore, LocalDirStore, Offsets, StateSave};
+use crate::config::{Config, StoreKind};
+use crate::kafka_store::KafkaTopicStore;
 use crate::metrics as m;
 use crate::record::Record;
 use crate::runner::{Progress, RunStats, SinkMsg};
@@ -39,15 +41,16 @@ use cbec_operators::summarize::{Summarize, SummarizeChanges};
 use cbec_operators::tracked::{Cut, Incremental};
 use cbec_schemas::{EventTime, Summary};
 use crossbeam_channel::{Sender, bounded};
+use rdkafka::bindings::rd_kafka_resp_err_t as RDKafkaRespErr;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -180,36 +183,21 @@ pub fn spawn_forwarder(
     (tx, h)
 }
 
-/// The state of one summarize instance: a summarize state per partition of
-/// `<group_id>.exited` it holds, with the last exit applied and the event time reached.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Instance {
-    parts: BTreeMap<i32, Part>,
+/// The summarize state of one partition of `<group_id>.exited`: the lists of its open
+/// periods, the last exit applied and the event time reached. It moves with its partition
+/// from instance to instance, through the partition's own checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartState {
+    state: Summarize,
+    applied: u64,
+    watermark: EventTime,
     /// The rules in force (the first run's; a restore keeps them).
     rules: Rules,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Part {
-    state: Summarize,
-    applied: u64,
-    watermark: EventTime,
-}
-
-impl Part {
-    fn new() -> Part {
-        let mut state = Summarize::default();
-        state.track();
-        Part { state, applied: 0, watermark: EventTime::MIN }
-    }
-}
-
-/// What changed in an [`Instance`] since its previous cut, per partition.
+/// What changed in a [`PartState`] since its previous cut.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct InstanceChanges(BTreeMap<i32, PartChanges>);
-
-#[derive(Debug, Serialize, Deserialize)]
-struct PartChanges {
+pub struct PartChanges {
     steps: PartCut,
     applied: u64,
     watermark: EventTime,
@@ -221,96 +209,85 @@ enum PartCut {
     Changes(SummarizeChanges),
 }
 
-impl Instance {
-    /// A new instance under `rules`.
-    pub fn new(rules: Rules) -> Instance {
-        Instance { parts: BTreeMap::new(), rules }
+impl PartState {
+    /// A new partition state under `rules`.
+    pub fn new(rules: Rules) -> PartState {
+        let mut state = Summarize::default();
+        state.track();
+        PartState { state, applied: 0, watermark: EventTime::MIN, rules }
     }
 
-    /// Applies one record of partition `p`; the summaries of the periods it closes go to
-    /// `out`. False when it was skipped: an exit applied before (sent again after the engine
-    /// stage restarted).
-    pub fn apply(&mut self, p: i32, msg: StageMsg, out: &mut Vec<Summary>) -> bool {
-        let part = self.parts.entry(p).or_insert_with(Part::new);
+    /// Applies one record of the partition; the summaries of the periods it closes go to
+    /// `out`. False when it was skipped: an exit applied before (sent again after the
+    /// engine stage restarted).
+    pub fn apply(&mut self, msg: StageMsg, out: &mut Vec<Summary>) -> bool {
         match msg {
             StageMsg::Exited(x) => {
-                if x.seq <= part.applied {
+                if x.seq <= self.applied {
                     return false;
                 }
-                part.applied = x.seq;
-                part.state.process(&mut self.rules, x, &mut Vec::new());
+                self.applied = x.seq;
+                self.state.process(&mut self.rules, x, &mut Vec::new());
             }
             StageMsg::Watermark { time } => {
-                if time > part.watermark {
-                    part.watermark = time;
-                    part.state.on_watermark(&mut self.rules, time, out);
+                if time > self.watermark {
+                    self.watermark = time;
+                    self.state.on_watermark(&mut self.rules, time, out);
                 }
             }
         }
         true
     }
 
-    /// True when every one of `parts` reached the end of time (a finite input is done).
-    pub fn at_end(&self, parts: &[i32]) -> bool {
-        parts.iter().all(|p| self.parts.get(p).is_some_and(|x| x.watermark == EventTime::MAX))
+    /// True when the partition reached the end of time (a finite input is done).
+    pub fn at_end(&self) -> bool {
+        self.watermark == EventTime::MAX
     }
 
     /// Lists waiting in open periods.
     pub fn pending(&self) -> usize {
-        self.parts.values().map(|p| p.state.pending()).sum()
+        self.state.pending()
     }
 
     /// What changed since the previous cut.
-    pub fn cut(&mut self) -> InstanceChanges {
-        InstanceChanges(
-            self.parts
-                .iter_mut()
-                .map(|(p, part)| {
-                    let steps = match part.state.cut() {
-                        Cut::Whole(s) => PartCut::Whole(*s),
-                        Cut::Changes(c) => PartCut::Changes(c),
-                    };
-                    (*p, PartChanges { steps, applied: part.applied, watermark: part.watermark })
-                })
-                .collect(),
-        )
+    pub fn cut(&mut self) -> PartChanges {
+        let steps = match self.state.cut() {
+            Cut::Whole(s) => PartCut::Whole(*s),
+            Cut::Changes(c) => PartCut::Changes(c),
+        };
+        PartChanges { steps, applied: self.applied, watermark: self.watermark }
     }
 
     /// Applies the changes of a cut (restoring a checkpoint).
-    pub fn apply_changes(&mut self, InstanceChanges(parts): InstanceChanges) -> anyhow::Result<()> {
-        for (p, c) in parts {
-            let part = self.parts.entry(p).or_insert_with(Part::new);
-            match c.steps {
-                PartCut::Whole(s) => part.state = s,
-                PartCut::Changes(steps) => part.state.apply(steps).map_err(anyhow::Error::msg)?,
-            }
-            part.state.track();
-            (part.applied, part.watermark) = (c.applied, c.watermark);
+    pub fn apply_changes(&mut self, c: PartChanges) -> anyhow::Result<()> {
+        match c.steps {
+            PartCut::Whole(s) => self.state = s,
+            PartCut::Changes(steps) => self.state.apply(steps).map_err(anyhow::Error::msg)?,
         }
+        self.state.track();
+        (self.applied, self.watermark) = (c.applied, c.watermark);
         Ok(())
     }
 
-    /// The instance of a checkpoint (its whole state and the changes after it).
-    pub fn restore(cp: &Checkpoint) -> anyhow::Result<Instance> {
+    /// The state of a checkpoint (its whole state and the changes after it).
+    pub fn restore(cp: &Checkpoint) -> anyhow::Result<PartState> {
         anyhow::ensure!(
             cp.engine == MARK,
-            "this checkpoint is not a summarize instance's (an engine's, or of another format)"
+            "this checkpoint is not a summarize partition's (an engine's, or of another format)"
         );
-        let mut i: Instance = serde_json::from_slice(&cp.summarize).context("summarize instance state")?;
-        for part in i.parts.values_mut() {
-            part.state.track();
-        }
+        let mut s: PartState = serde_json::from_slice(&cp.summarize).context("summarize partition state")?;
+        s.state.track();
         for c in &cp.changes {
-            i.apply_changes(serde_json::from_slice(&c.summarize).context("summarize instance changes")?)?;
+            s.apply_changes(serde_json::from_slice(&c.summarize).context("summarize partition changes")?)?;
         }
-        Ok(i)
+        Ok(s)
     }
 }
 
-/// What a summarize instance's checkpoint holds in place of an engine state.
-const MARK: &[u8] = b"\"summarize instance\"";
+/// What a summarize partition's checkpoint holds in place of an engine state.
+const MARK: &[u8] = b"\"summarize partition\"";
 
-/// Saves an instance's checkpoints: the changes, or the whole state when the changes since
+/// Saves a partition's checkpoints: the changes, or the whole state when the changes since
 /// the last whole one would outgrow it (and the first time).
 #[derive(Default)]
 struct Saver {
@@ -319,13 +296,13 @@ struct Saver {
 }
 
 impl Saver {
-    fn save(&mut self, inst: &mut Instance, store: &dyn CheckpointStore, offsets: &Offsets) -> anyhow::Result<u64> {
-        let changes = serde_json::to_vec(&inst.cut())?;
+    fn save(&mut self, part: &mut PartState, store: &dyn CheckpointStore, offsets: &Offsets) -> anyhow::Result<u64> {
+        let changes = serde_json::to_vec(&part.cut())?;
         if self.whole > 0 && self.changes + changes.len() <= self.whole {
             self.changes += changes.len();
             return store.save(offsets, StateSave::Changes { engine: MARK, summarize: &changes });
         }
-        let whole = serde_json::to_vec(inst)?;
+        let whole = serde_json::to_vec(part)?;
         (self.whole, self.changes) = (whole.len(), 0);
         store.save(offsets, StateSave::Whole { engine: MARK, summarize: &whole })
     }
@@ -341,131 +318,303 @@ pub fn exited_partitions(cfg: &Config) -> anyhow::Result<Vec<i32>> {
     Ok(parts)
 }
 
-/// Runs one summarize instance (`stage = "summarize"`) against Kafka until stopped, or, when
-/// `exit_when_idle`, until every partition it holds reached the end of time.
+/// The checkpoint store of partition `p` of `<group_id>.exited`, claiming a new epoch in it
+/// (a former holder's later saves never mix with this one's), and where it is: the topic
+/// `<group_id>.summarize-<p>.checkpoints`, or the directory `<checkpoint_dir>/summarize-<p>`.
+pub fn part_store(cfg: &Config, p: i32) -> anyhow::Result<(Arc<dyn CheckpointStore>, String)> {
+    Ok(match cfg.checkpoint_store {
+        StoreKind::Kafka => {
+            let topic = part_store_topic(cfg, p);
+            crate::kafka::create_checkpoint_topic(&cfg.brokers, &topic)?;
+            (Arc::new(KafkaTopicStore::new(&cfg.brokers, &topic)?), format!("topic {topic}"))
+        }
+        StoreKind::Dir => {
+            let dir = format!("{}/summarize-{p}", cfg.checkpoint_dir);
+            (Arc::new(LocalDirStore::new(&dir)?), dir)
+        }
+    })
+}
+
+/// The checkpoint topic of partition `p` of `<group_id>.exited` (`checkpoint_store = "kafka"`).
+pub fn part_store_topic(cfg: &Config, p: i32) -> String {
+    format!("{}.summarize-{p}.checkpoints", cfg.group_id)
+}
+
+/// A partition this instance holds.
+struct Held {
+    part: PartState,
+    store: Arc<dyn CheckpointStore>,
+    saver: Saver,
+    /// Next offset to read (`None`: nothing read yet, from the start).
+    next: Option<i64>,
+}
+
+/// What an instance holds, shared between its loop and the consumer's rebalance callback.
+struct Owned {
+    cfg: Config,
+    topic: String,
+    parts: BTreeMap<i32, Held>,
+    sink: crate::kafka::KafkaSink,
+    /// A failure in the rebalance callback, for the loop to return.
+    error: Option<anyhow::Error>,
+    /// The final checkpoint is saved: leaving the group saves nothing more.
+    closed: bool,
+    held_any: bool,
+    empty_since: Option<Instant>,
+    skipped: u64,
+    stats: RunStats,
+}
+
+impl Owned {
+    /// Takes partition `p` with the state of its last checkpoint; returns where to read it
+    /// from.
+    fn take(&mut self, p: i32) -> anyhow::Result<Offset> {
+        let (store, place) = part_store(&self.cfg, p)?;
+        let cp = store.load().with_context(|| format!("loading the checkpoint from {place}"))?;
+        let topic = &self.topic;
+        let (part, next) = match &cp {
+            Some(cp) => {
+                let part = PartState::restore(cp).with_context(|| format!("restoring the checkpoint from {place}"))?;
+                let differ = crate::runner::differing_fields(&part.rules, &self.cfg.rules);
+                if !differ.is_empty() {
+                    eprintln!(
+                        "cbec: the rules in force are the checkpoint's; the configuration's differ in: {}",
+                        differ.join(", ")
+                    );
+                }
+                let next = cp.offsets.get(topic).and_then(|m| m.get(&p)).copied();
+                eprintln!(
+                    "cbec: took partition {p} of {topic} with its checkpoint from {place} ({} lists waiting)",
+                    part.pending()
+                );
+                (part, next)
+            }
+            None => {
+                eprintln!("cbec: took partition {p} of {topic} (no checkpoint yet: from its start)");
+                (PartState::new(self.cfg.rules.clone()), None)
+            }
+        };
+        self.parts.insert(p, Held { part, store, saver: Saver::default(), next });
+        self.held_any = true;
+        Ok(next.map_or(Offset::Beginning, Offset::Offset))
+    }
+
+    /// Makes the outputs durable, then saves a checkpoint of each of `parts`.
+    fn save(&mut self, parts: &[i32]) -> anyhow::Result<()> {
+        self.sink.flush()?;
+        for p in parts {
+            let Some(h) = self.parts.get_mut(p) else { continue };
+            let t = Instant::now();
+            let mut offsets = Offsets::new();
+            if let Some(n) = h.next {
+                offsets.entry(self.topic.clone()).or_default().insert(*p, n);
+            }
+            let bytes = h.saver.save(&mut h.part, &*h.store, &offsets)?;
+            m::CheckpointDone { seconds: t.elapsed().as_secs_f64(), bytes }.emit();
+        }
+        self.stats.checkpoints += 1;
+        Ok(())
+    }
+
+    /// Gives partition `p` up (the group gave it to another instance), after saving its
+    /// checkpoint when `save` (not when the assignment was lost: another holds it already).
+    fn give_up(&mut self, p: i32, save: bool) {
+        if save
+            && !self.closed
+            && let Err(e) = self.save(&[p])
+        {
+            self.error.get_or_insert(e.context(format!("checkpointing partition {p} before handing it over")));
+        }
+        if self.parts.remove(&p).is_some() {
+            eprintln!("cbec: handed partition {p} of {} over", self.topic);
+        }
+    }
+
+    /// Applies one record of partition `p` at `offset`, writing the summaries it closes.
+    fn handle(&mut self, p: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) -> anyhow::Result<()> {
+        let Some(h) = self.parts.get_mut(&p) else { return Ok(()) };
+        h.next = Some(offset + 1);
+        let mut summaries = Vec::new();
+        match serde_json::from_slice::<StageMsg>(payload) {
+            Ok(s) => {
+                *self.stats.input.entry("exited").or_default() += u64::from(matches!(s, StageMsg::Exited(_)));
+                if !h.part.apply(s, &mut summaries) {
+                    self.skipped += 1;
+                }
+            }
+            Err(e) => {
+                // Not what an engine stage of this version sends: kept in the DLQ, skipped.
+                let err = cbec_schemas::DecodeError::new(
+                    cbec_schemas::ErrorCode::JsonInvalid,
+                    format!("not a hand-over record of the engine stage: {e}"),
+                );
+                let d = cbec_schemas::DeadLetter::new(&self.topic, p, offset, key, &err, payload);
+                *self.stats.dead.entry(d.code.clone()).or_default() += 1;
+                m::DeadLetterEvent { code: &d.code }.emit();
+                self.sink.write(&Record::Dead(d))?;
+            }
+        }
+        for s in summaries {
+            *self.stats.output.entry("summaries").or_default() += 1;
+            self.sink.write(&Record::Summary(s))?;
+        }
+        m::SummariesOut { total: self.stats.output.get("summaries").copied().unwrap_or(0) }.emit();
+        Ok(())
+    }
+
+    /// A finite input is done here: every partition held reached the end of time, or none
+    /// has been held for 5 s after some were (or 30 s after the start).
+    fn done(&mut self, started: Instant) -> bool {
+        if self.parts.is_empty() {
+            let since = *self.empty_since.get_or_insert_with(Instant::now);
+            since.elapsed() >= Duration::from_secs(5) && (self.held_any || started.elapsed() >= Duration::from_secs(30))
+        } else {
+            self.empty_since = None;
+            self.parts.values().all(|h| h.part.at_end())
+        }
+    }
+}
+
+/// The consumer context of an instance: partitions move in and out with their state.
+struct Rebalancing(Arc<Mutex<Owned>>);
+
+impl ClientContext for Rebalancing {}
+
+impl ConsumerContext for Rebalancing {
+    fn rebalance(&self, c: &BaseConsumer<Rebalancing>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let Ok(mut owned) = self.0.lock() else { return };
+        let parts: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                for (t, p) in parts {
+                    match owned.take(p).and_then(|at| Ok(tpl.set_partition_offset(&t, p, at)?)) {
+                        Ok(()) => {}
+                        Err(e) => {
+                            owned.error.get_or_insert(e.context(format!("taking partition {p} of {t}")));
+                        }
+                    }
+                }
+                if let Err(e) = c.incremental_assign(tpl) {
+                    owned.error.get_or_insert(anyhow::Error::from(e).context("assigning partitions"));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = c.assignment_lost();
+                for (_, p) in parts {
+                    owned.give_up(p, !lost);
+                }
+                if let Err(e) = c.incremental_unassign(tpl) {
+                    owned.error.get_or_insert(anyhow::Error::from(e).context("giving partitions up"));
+                }
+            }
+            e => eprintln!("warning: summarize group: rebalance error {e:?}"),
+        }
+    }
+}
+
+/// Runs a summarize instance (`stage = "summarize"`) against Kafka until stopped, or, when
+/// `exit_when_idle`, until every partition it holds reached the end of time. The instances
+/// form the consumer group `<group_id>.summarize` on `<group_id>.exited`: the group spreads
+/// the partitions over them (`cooperative-sticky`), and a partition moves with its state —
+/// the instance giving it up saves its checkpoint, the one taking it loads it and reads on
+/// from its offset. An instance that dies loses its partitions when its session ends
+/// (`lease_session_ms`); the others take them from their last checkpoints.
 pub fn run_summarize(cfg: &Config, exit_when_idle: bool, mut progress: Option<Progress>) -> anyhow::Result<RunStats> {
     crate::kafka::ensure_topics(cfg).context("creating topics")?;
     let stop = Arc::new(AtomicBool::new(false));
     crate::kafka::stop_on_signals(stop.clone());
-    let Some(_lease) = Lease::acquire(cfg, &stop, || {})? else {
-        eprintln!("cbec: stopped while standing by");
-        return Ok(RunStats::default());
-    };
     let started = Instant::now();
-    let (store, place) = crate::kafka::checkpoint_store(cfg)?;
-    let cp = store.load().with_context(|| format!("loading the checkpoint from {place}"))?;
-    let (mut inst, mut offsets) = match &cp {
-        Some(cp) => {
-            let inst = Instance::restore(cp).with_context(|| format!("restoring the checkpoint from {place}"))?;
-            let differ = crate::runner::differing_fields(&inst.rules, &cfg.rules);
-            if !differ.is_empty() {
-                eprintln!(
-                    "cbec: the rules in force are the checkpoint's; the configuration's differ in: {}",
-                    differ.join(", ")
-                );
-            }
-            eprintln!("cbec: restored checkpoint from {place} ({} lists waiting)", inst.pending());
-            (inst, cp.offsets.clone())
-        }
-        None => (Instance::new(cfg.rules.clone()), Offsets::new()),
-    };
     let topic = cfg.exited_topic();
-    let owned: Vec<i32> = exited_partitions(cfg)?
-        .into_iter()
-        .filter(|p| *p as usize % cfg.summarize_instances == cfg.summarize_instance)
-        .collect();
-    anyhow::ensure!(
-        !owned.is_empty(),
-        "summarize instance {} of {}: topic {topic} has too few partitions for it",
-        cfg.summarize_instance,
-        cfg.summarize_instances
-    );
-    eprintln!(
-        "cbec: summarize instance {} of {}: partitions {owned:?} of {topic}",
-        cfg.summarize_instance, cfg.summarize_instances
-    );
-    let consumer: BaseConsumer = ClientConfig::new()
+    let owned = Arc::new(Mutex::new(Owned {
+        cfg: cfg.clone(),
+        topic: topic.clone(),
+        parts: BTreeMap::new(),
+        sink: crate::kafka::KafkaSink::new(cfg)?,
+        error: None,
+        closed: false,
+        held_any: false,
+        empty_since: None,
+        skipped: 0,
+        stats: RunStats::default(),
+    }));
+    let lock = || owned.lock().map_err(|_| anyhow::anyhow!("summarize state poisoned"));
+    let session = cfg.lease_session_ms.max(1);
+    let mut client = ClientConfig::new();
+    client
         .set("bootstrap.servers", &cfg.brokers)
-        .set("group.id", cfg.member_of())
+        .set("group.id", cfg.summarize_group())
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    let at = offsets.entry(topic.clone()).or_default();
-    for p in &owned {
-        let from = at.get(p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
-        tpl.add_partition_offset(&topic, *p, from)?;
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", session.to_string())
+        .set("heartbeat.interval.ms", (session / 4).max(50).to_string());
+    if !cfg.instance_id.is_empty() {
+        client.set("group.instance.id", &cfg.instance_id);
     }
-    consumer.assign(&tpl)?;
-    let mut sink = crate::kafka::KafkaSink::new(cfg)?;
-    let mut saver = Saver::default();
+    let consumer: BaseConsumer<Rebalancing> = client.create_with_context(Rebalancing(owned.clone()))?;
+    consumer.subscribe(&[&topic])?;
+    eprintln!("cbec: summarize instance of group {} on {topic}", cfg.summarize_group());
     let every = Duration::from_millis(cfg.checkpoint_interval_ms.max(100));
     let (mut last_cp, mut last_progress) = (Instant::now(), Instant::now());
-    let mut stats = RunStats::default();
-    let (mut skipped, mut summaries) = (0u64, Vec::new());
-    let mut checkpoint = |inst: &mut Instance, offsets: &Offsets, sink: &mut crate::kafka::KafkaSink| {
-        let t = Instant::now();
-        sink.flush()?;
-        let bytes = saver.save(inst, &*store, offsets)?;
-        m::CheckpointDone { seconds: t.elapsed().as_secs_f64(), bytes }.emit();
-        anyhow::Ok(())
-    };
     loop {
-        if stop.load(Ordering::Relaxed) || (exit_when_idle && inst.at_end(&owned)) {
-            break;
+        {
+            let mut o = lock()?;
+            if let Some(e) = o.error.take() {
+                return Err(e);
+            }
+            if stop.load(Ordering::Relaxed) || (exit_when_idle && o.done(started)) {
+                break;
+            }
         }
+        // Not holding the lock: a rebalance runs inside `poll`.
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(msg)) => {
-                let (p, offset) = (msg.partition(), msg.offset());
                 let payload = msg.payload().unwrap_or_default();
-                match serde_json::from_slice::<StageMsg>(payload) {
-                    Ok(s) => {
-                        *stats.input.entry("exited").or_default() += u64::from(matches!(s, StageMsg::Exited(_)));
-                        if !inst.apply(p, s, &mut summaries) {
-                            skipped += 1;
-                        }
-                    }
-                    Err(e) => {
-                        // Not what an engine stage of this version sends: said, kept, skipped.
-                        let err = cbec_schemas::DecodeError::new(
-                            cbec_schemas::ErrorCode::JsonInvalid,
-                            format!("not a hand-over record of the engine stage: {e}"),
-                        );
-                        let d = cbec_schemas::DeadLetter::new(&topic, p, offset, msg.key(), &err, payload);
-                        *stats.dead.entry(d.code.clone()).or_default() += 1;
-                        m::DeadLetterEvent { code: &d.code }.emit();
-                        sink.write(&Record::Dead(d))?;
-                    }
-                }
-                for s in summaries.drain(..) {
-                    *stats.output.entry("summaries").or_default() += 1;
-                    sink.write(&Record::Summary(s))?;
-                }
-                m::SummariesOut { total: stats.output.get("summaries").copied().unwrap_or(0) }.emit();
-                offsets.entry(topic.clone()).or_default().insert(p, offset + 1);
+                lock()?.handle(msg.partition(), msg.offset(), msg.key(), payload)?;
             }
             Some(Err(KafkaError::PartitionEOF(_))) | None => {}
-            Some(Err(e)) => eprintln!("warning: consumer: {e}"),
+            Some(Err(e)) => eprintln!("warning: summarize consumer: {e}"),
         }
         if last_cp.elapsed() >= every {
-            checkpoint(&mut inst, &offsets, &mut sink)?;
-            stats.checkpoints += 1;
+            let mut o = lock()?;
+            let parts: Vec<i32> = o.parts.keys().copied().collect();
+            o.save(&parts)?;
+            // For lag monitoring; an instance taking a partition reads on from its checkpoint.
+            let mut tpl = TopicPartitionList::new();
+            for (p, h) in &o.parts {
+                if let Some(n) = h.next {
+                    tpl.add_partition_offset(&topic, *p, Offset::Offset(n))?;
+                }
+            }
+            drop(o);
+            if tpl.count() > 0
+                && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
+            {
+                eprintln!("warning: consumer-group commit failed: {e}");
+            }
             last_cp = Instant::now();
         }
         if let Some(cb) = &mut progress
             && last_progress.elapsed() >= Duration::from_secs(1)
         {
             last_progress = Instant::now();
-            stats.elapsed = started.elapsed();
-            cb(&stats);
+            let mut o = lock()?;
+            o.stats.elapsed = started.elapsed();
+            cb(&o.stats);
         }
     }
-    checkpoint(&mut inst, &offsets, &mut sink)?;
-    stats.checkpoints += 1;
-    if skipped > 0 {
-        eprintln!("cbec: skipped {skipped} exit(s) applied before (sent again after the engine stage restarted)");
+    let mut o = lock()?;
+    let parts: Vec<i32> = o.parts.keys().copied().collect();
+    o.save(&parts)?;
+    o.closed = true;
+    if o.skipped > 0 {
+        eprintln!("cbec: skipped {} exit(s) applied before (sent again after the engine stage restarted)", o.skipped);
     }
-    stats.state_bytes = (0, 0, inst.parts.values().map(|p| p.state.state_size()).sum());
+    let mut stats = std::mem::take(&mut o.stats);
+    stats.state_bytes = (0, 0, o.parts.values().map(|h| h.part.state.state_size()).sum());
+    drop(o);
+    // Leaving the group hands the partitions over (their checkpoints are saved).
+    drop(consumer);
     stats.elapsed = started.elapsed();
     stats.input_elapsed = stats.elapsed;
     Ok(stats)
@@ -490,12 +639,12 @@ mod tests {
         StageMsg::Watermark { time: EventTime::parse_rfc3339(t).unwrap() }
     }
 
-    /// What an instance makes of the records an engine stage sends when it restarts from a
-    /// checkpoint and sends again what followed it: exits applied before are skipped (a
-    /// list is neither declared twice nor revived after it left its summary), an older
-    /// watermark changes nothing, and the result equals the run without the repeat.
+    /// What a partition's summarize state makes of the records an engine stage sends when it
+    /// restarts from a checkpoint and sends again what followed it: exits applied before are
+    /// skipped (a list is neither declared twice nor revived after it left its summary), an
+    /// older watermark changes nothing, and the result equals the run without the repeat.
     #[test]
-    fn an_instance_skips_what_a_restarted_engine_stage_sends_again() {
+    fn a_partition_skips_what_a_restarted_engine_stage_sends_again() {
         let first = [
             StageMsg::Exited(exited(1, "EBC1", 1, true)),
             StageMsg::Exited(exited(2, "EBC1", 2, true)),
@@ -507,9 +656,9 @@ mod tests {
         // The engine restarted from a checkpoint after exit 1: it sends 2, 3 and the close again.
         let again = first[1..].to_vec();
         let run = |msgs: Vec<StageMsg>| {
-            let mut i = Instance::new(Rules::default());
+            let mut i = PartState::new(Rules::default());
             let mut out = Vec::new();
-            let skipped = msgs.into_iter().filter(|m| !i.apply(0, m.clone(), &mut out)).count();
+            let skipped = msgs.into_iter().filter(|m| !i.apply(m.clone(), &mut out)).count();
             (out, skipped)
         };
         let (plain, none) = run(first.iter().chain(&after).cloned().collect());
@@ -523,33 +672,32 @@ mod tests {
         assert_eq!(repeated, plain);
     }
 
-    /// An instance's checkpoints (the whole state, then changes) restore it as it was, each
-    /// partition with its last exit and event time.
+    /// A partition's checkpoints (the whole state, then changes) restore it as it was, with
+    /// its last exit and event time.
     #[test]
-    fn an_instance_restores_from_its_whole_checkpoint_and_changes() {
+    fn a_partition_restores_from_its_whole_checkpoint_and_changes() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::checkpoint::LocalDirStore::new(dir.path()).unwrap();
-        let mut i = Instance::new(Rules::default());
+        let mut i = PartState::new(Rules::default());
         let mut saver = Saver::default();
         let mut out = Vec::new();
         let mut offsets = Offsets::new();
         for n in 1..=40u64 {
-            let p = (n % 3) as i32;
-            i.apply(p, StageMsg::Exited(exited(n, &format!("EBC{p}"), n, n % 7 != 0)), &mut out);
+            i.apply(StageMsg::Exited(exited(n, &format!("EBC{}", n % 3), n, n % 7 != 0)), &mut out);
             if n % 5 == 0 {
-                i.apply(p, wm("2026-11-20T00:00:00+08:00"), &mut out);
-                offsets.entry("x".into()).or_default().insert(p, n as i64);
+                i.apply(wm(&format!("2026-11-{:02}T00:00:00+08:00", 10 + n / 5)), &mut out);
+                offsets.entry("x".into()).or_default().insert(0, n as i64);
                 saver.save(&mut i, &store, &offsets).unwrap();
             }
         }
         assert!(saver.changes > 0, "changes were saved after the whole state");
         let cp = store.load().unwrap().expect("a checkpoint");
         assert!(!cp.changes.is_empty());
-        let back = Instance::restore(&cp).unwrap();
+        let back = PartState::restore(&cp).unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&i).unwrap());
         assert_eq!(cp.offsets, offsets);
         assert!(back.pending() > 20);
         let not_ours = Checkpoint { engine: b"{}".to_vec(), ..cp };
-        assert!(Instance::restore(&not_ours).is_err(), "an engine's checkpoint is refused");
+        assert!(PartState::restore(&not_ours).is_err(), "an engine's checkpoint is refused");
     }
 }

@@ -27,7 +27,7 @@ impl Standby {
     pub fn new(cfg: &Config, hs: Nomenclature) -> anyhow::Result<Standby> {
         let reader: Box<dyn CheckpointStore> = match cfg.checkpoint_store {
             StoreKind::Kafka => Box::new(KafkaTopicStore::reader(&cfg.brokers, &crate::kafka_store::topic(cfg))?),
-            StoreKind::Dir => Box::new(LocalDirStore::reader(cfg.checkpoint_path())),
+            StoreKind::Dir => Box::new(LocalDirStore::reader(&cfg.checkpoint_dir)),
         };
         Ok(Standby { reader, hs, state: None, applied: 0, said: String::new() })
     }

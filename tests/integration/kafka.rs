@@ -431,12 +431,15 @@ fn transactional_inputs_are_read_to_their_end_and_match_the_embedded_run() {
     assert_equals_embedded(&c, &g, "with transactional inputs");
 }
 
-/// Stages in separate processes: an engine stage and two summarize instances, joined by the
-/// topic `<group_id>.exited` (4 partitions, two each). Mid-stream the engine stage and one
-/// instance are killed (SIGKILL) and restarted: the engine stage sends again what followed
-/// its checkpoint, and the restarted instance restores its own checkpoint and skips the
-/// exits it had applied. After de-duplication by identity the outputs equal the embedded run
-/// — the summary declarations included, which only the instances build.
+/// Stages in separate processes: an engine stage and summarize instances joined by the
+/// topic `<group_id>.exited` (4 partitions), the instances one consumer group whose
+/// partitions move with their state. Mid-stream the engine stage and instance B are killed
+/// (SIGKILL); the engine stage restarts from its checkpoint and sends again what followed
+/// it, B never comes back: when its session ends the group gives its partitions to the
+/// others (A, and C, which joins meanwhile and takes partitions from A, saved as they are
+/// handed over), which go on from the partitions' checkpoints and skip the exits they hold.
+/// After de-duplication by identity the outputs equal the embedded run — the summary
+/// declarations included, which only the instances build.
 #[test]
 fn stages_in_separate_processes_match_the_embedded_run_through_kills() {
     let Some(b) = brokers() else { return };
@@ -446,74 +449,83 @@ fn stages_in_separate_processes_match_the_embedded_run_through_kills() {
     c.exited_partitions = 4;
     let g = story(4000, 61);
     produce_story(&b, &c, &g, 0, false).unwrap();
-    // Each process with its own directory and identity (restarted in place, it takes its
-    // lease back at once).
-    let own = |name: &str, stage: Stage, instance: usize| {
+    // Each process with its own directory (nothing shared but the brokers).
+    let own = |name: &str, stage: Stage| {
         let d = dir.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
-        let cfg = Config {
-            stage,
-            summarize_instance: instance,
-            summarize_instances: 2,
-            instance_id: name.into(),
-            checkpoint_dir: d.join("checkpoints").display().to_string(),
-            ..c.clone()
-        };
-        (write_config(&cfg, &d), d)
+        let cfg = Config { stage, checkpoint_dir: d.join("checkpoints").display().to_string(), ..c.clone() };
+        let cfg = if stage == Stage::Engine { Config { instance_id: "engine".into(), ..cfg } } else { cfg };
+        write_config(&cfg, &d)
     };
-    let (engine_cfg, engine_dir) = own("engine", Stage::Engine, 0);
-    let (s0_cfg, s0_dir) = own("summarize-0", Stage::Summarize, 0);
-    let (s1_cfg, _) = own("summarize-1", Stage::Summarize, 1);
-    let logged = |cfg: &Path, extra: &[&str], log: &Path| {
-        command(cfg, extra).stderr(std::fs::File::create(log).unwrap()).spawn().expect("spawn cbec")
+    let logged = |name: &str, extra: &[&str], log: &str| {
+        let d = dir.path().join(name);
+        command(&d.join("cbec.toml"), extra)
+            .stderr(std::fs::File::create(d.join(log)).unwrap())
+            .spawn()
+            .expect("spawn cbec")
     };
-    let mut s1 = logged(&s1_cfg, &["--exit-when-idle"], &dir.path().join("s1.log"));
-    let mut s0 = logged(&s0_cfg, &[], &s0_dir.join("first.log"));
-    let mut engine = logged(&engine_cfg, &[], &engine_dir.join("first.log"));
-    // Once the engine stage saved a checkpoint and the instance one too, both are killed.
-    let saved = |topic: String| {
+    let said = |name: &str, log: &str| std::fs::read_to_string(dir.path().join(name).join(log)).unwrap_or_default();
+    for (name, stage) in
+        [("engine", Stage::Engine), ("a", Stage::Summarize), ("b", Stage::Summarize), ("c", Stage::Summarize)]
+    {
+        own(name, stage);
+    }
+    let mut a = logged("a", &["--exit-when-idle"], "a.log");
+    let mut b_ = logged("b", &[], "b.log");
+    let mut engine = logged("engine", &[], "first.log");
+    // Once the engine stage saved a checkpoint and B took exits in (its progress line counts
+    // them) and saved them, both are killed.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let engine_saved = || {
         let reader: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+        let topic = cbec_pipeline::kafka_store::topic(&c);
         reader.fetch_watermarks(&topic, 1, Duration::from_secs(10)).is_ok_and(|(_, high)| high > 0)
     };
-    let s0_store = cbec_pipeline::kafka_store::topic(&Config { stage: Stage::Summarize, ..c.clone() });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(saved(cbec_pipeline::kafka_store::topic(&c)) && saved(s0_store.clone())) {
-        assert!(Instant::now() < deadline, "the engine stage and instance 0 saved no checkpoint");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // … and instance 0 took exits in (its progress line counts them) and checkpointed them.
-    let took_exits = || {
-        let said = std::fs::read_to_string(s0_dir.join("first.log")).unwrap();
-        said.lines().filter_map(|l| l.strip_prefix("cbec: ")?.split(' ').next()?.parse::<u64>().ok()).any(|n| n > 0)
+    let took_exits = |log: &str| {
+        log.lines().filter_map(|l| l.strip_prefix("cbec: ")?.split(' ').next()?.parse::<u64>().ok()).any(|n| n > 0)
     };
-    while !took_exits() {
-        assert!(Instant::now() < deadline, "instance 0 took no exit in");
+    while !(engine_saved() && took_exits(&said("b", "b.log"))) {
+        assert!(
+            Instant::now() < deadline,
+            "the engine stage saved nothing or B took no exit in:\nA: {}\nB: {}\nengine: {}",
+            said("a", "a.log"),
+            said("b", "b.log"),
+            said("engine", "first.log")
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(900));
-    assert!(engine.try_wait().unwrap().is_none() && s0.try_wait().unwrap().is_none(), "both run until stopped");
+    assert!(engine.try_wait().unwrap().is_none() && b_.try_wait().unwrap().is_none(), "both run until stopped");
     engine.kill().unwrap();
-    s0.kill().unwrap();
-    let _ = (engine.wait(), s0.wait());
-    let mut engine = logged(&engine_cfg, &["--exit-when-idle"], &engine_dir.join("second.log"));
-    let mut s0 = logged(&s0_cfg, &["--exit-when-idle"], &s0_dir.join("second.log"));
-    for (child, log) in [
-        (&mut engine, engine_dir.join("second.log")),
-        (&mut s0, s0_dir.join("second.log")),
-        (&mut s1, dir.path().join("s1.log")),
-    ] {
+    b_.kill().unwrap();
+    let _ = (engine.wait(), b_.wait());
+    let mut engine = logged("engine", &["--exit-when-idle"], "second.log");
+    let mut c_ = logged("c", &["--exit-when-idle"], "c.log");
+    for (child, name, log) in [(&mut engine, "engine", "second.log"), (&mut a, "a", "a.log"), (&mut c_, "c", "c.log")] {
         let status = wait_at_most(child, Duration::from_secs(180));
-        let said = std::fs::read_to_string(&log).unwrap();
-        assert!(status.success(), "{}: {said}", log.display());
+        assert!(status.success(), "{name}: {}", said(name, log));
     }
-    let said = std::fs::read_to_string(s0_dir.join("second.log")).unwrap();
-    eprintln!("instance 0 after its restart:\n{said}");
-    assert!(said.contains("restored checkpoint") && said.contains("partitions [0, 2]"), "{said}");
-    let waiting =
-        said.split(" lists waiting").next().and_then(|s| s.rsplit('(').next()).and_then(|n| n.parse::<u64>().ok());
-    assert!(waiting.is_some_and(|n| n > 0), "its checkpoint held lists waiting for their period: {said}");
-    assert!(std::fs::read_to_string(engine_dir.join("second.log")).unwrap().contains("restored checkpoint"));
-    let got = assert_equals_embedded(&c, &g, "with summarize in two instances, after kills");
+    eprintln!(
+        "instance A:\n{}\ninstance B (killed):\n{}\ninstance C:\n{}",
+        said("a", "a.log"),
+        said("b", "b.log"),
+        said("c", "c.log")
+    );
+    assert!(said("engine", "second.log").contains("restored checkpoint"));
+    // B's partitions went on from their checkpoints, with the lists B had taken in.
+    let b_held: Vec<String> = said("b", "b.log")
+        .lines()
+        .filter_map(|l| l.strip_prefix("cbec: took partition ")?.split(' ').next().map(str::to_string))
+        .collect();
+    assert!(!b_held.is_empty(), "B held partitions: {}", said("b", "b.log"));
+    let resumed = [said("a", "a.log"), said("c", "c.log")].concat().lines().any(|l| {
+        let Some(rest) = l.strip_prefix("cbec: took partition ") else { return false };
+        let p = rest.split(' ').next().unwrap_or_default();
+        let waiting = rest.rsplit('(').next().and_then(|w| w.split(' ').next()).and_then(|n| n.parse::<u64>().ok());
+        b_held.iter().any(|h| h == p) && waiting.is_some_and(|n| n > 0)
+    });
+    assert!(resumed, "a partition of B was taken with its checkpoint's lists waiting");
+    let got = assert_equals_embedded(&c, &g, "with summarize in instances that come and go, after kills");
     let summaries = got.0.keys().filter(|(t, _)| t == "summaries").count();
     assert!(summaries > 1, "{summaries} summary declarations");
 }
