@@ -88,6 +88,19 @@ impl LeaseHeld {
     }
 }
 
+/// `cbec_summarize_partitions_held`: partitions of `<group_id>.exited` a summarize
+/// instance holds.
+pub struct PartitionsHeld {
+    /// How many.
+    pub count: usize,
+}
+impl PartitionsHeld {
+    /// Records it.
+    pub fn emit(&self) {
+        gauge!("cbec_summarize_partitions_held").set(self.count as f64);
+    }
+}
+
 /// `cbec_consumer_lag{topic,partition}`: high watermark − position.
 pub struct ConsumerLag<'a> {
     /// Topic.

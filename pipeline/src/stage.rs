@@ -312,10 +312,17 @@ impl Saver {
 pub fn exited_partitions(cfg: &Config) -> anyhow::Result<Vec<i32>> {
     let meta: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &cfg.brokers).create()?;
     let topic = cfg.exited_topic();
-    let md = meta.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-    let parts: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
-    anyhow::ensure!(!parts.is_empty(), "topic {topic} has no partitions");
-    Ok(parts)
+    // Just created, a topic may take a moment to show in the metadata.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let md = meta.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let parts: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+        if !parts.is_empty() {
+            return Ok(parts);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "topic {topic} has no partitions");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The checkpoint store of partition `p` of `<group_id>.exited`, claiming a new epoch in it
@@ -395,6 +402,7 @@ impl Owned {
             }
         };
         self.parts.insert(p, Held { part, store, saver: Saver::default(), next });
+        m::PartitionsHeld { count: self.parts.len() }.emit();
         self.held_any = true;
         Ok(next.map_or(Offset::Beginning, Offset::Offset))
     }
@@ -427,6 +435,7 @@ impl Owned {
         }
         if self.parts.remove(&p).is_some() {
             eprintln!("cbec: handed partition {p} of {} over", self.topic);
+            m::PartitionsHeld { count: self.parts.len() }.emit();
         }
     }
 
