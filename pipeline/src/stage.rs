@@ -11,14 +11,15 @@
 //!
 //! Same outputs as one process, on every run and replay:
 //! * an exited list goes to the partition of its `ebcCode`, and a declaration form holds
-//!   lists of one `ebcCode`, so every form is built whole by one instance; supplementary
+//!   lists of one `ebcCode`, so every form is built whole in one partition; supplementary
 //!   declarations are numbered per form ([`cbec_operators::summarize`]);
 //! * each partition carries event time too: before an exit, the engine's watermark at that
 //!   exit (when it moved), and the watermark to every partition at least once a second, at
-//!   every checkpoint and at the end. An instance therefore sees every exit at the event
-//!   time it had in the engine, and closes a period where one process would;
+//!   every checkpoint and at the end. A partition's summarize state therefore sees every
+//!   exit at the event time it had in the engine, and closes a period where one process
+//!   would;
 //! * the engine numbers its exits ([`Exited::seq`], checkpointed with it), so after the
-//!   engine stage restarts from a checkpoint and sends again what followed it, an instance
+//!   engine stage restarts from a checkpoint and sends again what followed it, a partition
 //!   skips the exits it has applied (numbers are increasing per partition); an older
 //!   watermark changes nothing.
 //!
