@@ -41,6 +41,13 @@ pub fn render(s: &RunStats) -> String {
         let d: Vec<String> = s.dead.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(r, "  dead letters by code: {}", d.join(" "));
     }
+    let summaries = s.output.get("summaries").copied().unwrap_or(0);
+    if s.input.len() == 1 && s.input.contains_key("exited") {
+        // A summarize instance (stages in separate processes).
+        let _ = writeln!(r, "  summary declarations: {summaries}");
+        let _ = writeln!(r, "  summarize state at end: {} B", s.state_bytes.2);
+        return r;
+    }
     let returns = s.output.get("returns").copied().unwrap_or(0);
     let _ = writeln!(r, "  returns: {returns}");
     let (red, all) = s.red;
@@ -51,7 +58,14 @@ pub fn render(s: &RunStats) -> String {
     );
     let p: Vec<String> = s.ports.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let _ = writeln!(r, "  sorting ports: {}", if p.is_empty() { "none".into() } else { p.join(" ") });
-    let _ = writeln!(r, "  summary declarations: {}", s.output.get("summaries").copied().unwrap_or(0));
+    match s.output.get("exited") {
+        Some(n) => {
+            let _ = writeln!(r, "  summary declarations: built by the summarize instances ({n} exits handed over)");
+        }
+        None => {
+            let _ = writeln!(r, "  summary declarations: {summaries}");
+        }
+    }
     let pct = |q: f64| s.latency_pct(q).map_or("-".to_string(), |v| format!("{v} µs"));
     let _ =
         writeln!(r, "  scan→decision latency (in-process): p50 {} p99 {} p99.9 {}", pct(0.5), pct(0.99), pct(0.999));
@@ -68,4 +82,28 @@ pub fn render(s: &RunStats) -> String {
         let _ = writeln!(r, "  sequencer released {} items early (bounded buffer)", s.forced);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stages in separate processes report what they do: the engine stage the exits it
+    /// handed over (it builds no summary), an instance its summaries (no channels, ports or
+    /// decisions, which it does not make).
+    #[test]
+    fn stages_report_what_they_do() {
+        let mut engine = RunStats::default();
+        engine.input.insert("orders", 10);
+        engine.output.insert("exited", 7);
+        let r = render(&engine);
+        assert!(r.contains("summary declarations: built by the summarize instances (7 exits handed over)"), "{r}");
+        let mut instance = RunStats::default();
+        instance.input.insert("exited", 7);
+        instance.output.insert("summaries", 2);
+        let r = render(&instance);
+        assert!(r.contains("summary declarations: 2") && !r.contains("sorting ports"), "{r}");
+        let all = render(&RunStats { output: [("summaries", 3)].into_iter().collect(), ..RunStats::default() });
+        assert!(all.contains("summary declarations: 3") && all.contains("sorting ports"), "{all}");
+    }
 }

@@ -739,6 +739,9 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
     if stage.summaries > 0 {
         *st.stats.output.entry("summaries").or_default() += stage.summaries;
     }
+    if stage.handed > 0 {
+        *st.stats.output.entry("exited").or_default() += stage.handed;
+    }
     m::MessageCounts { input: &st.stats.input, output: &st.stats.output }.emit();
     let (d, c) = st.engine.state_size();
     st.stats.state_bytes = (d, c, stage.state_bytes);

@@ -148,6 +148,7 @@ pub fn spawn_forwarder(
                 out: Vec::new(),
             };
             let mut nothing = Summarize::default();
+            let mut end = StageEnd::default();
             for batch in rx {
                 for msg in batch {
                     match msg {
@@ -155,6 +156,7 @@ pub fn spawn_forwarder(
                             let p = partition_of(&x, n);
                             f.watermark_to(p as usize);
                             f.out.push(Record::Stage(p, Box::new(StageMsg::Exited(x))));
+                            end.handed += 1;
                         }
                         SumMsg::Watermark(wm) => {
                             f.now = f.now.max(wm);
@@ -178,7 +180,7 @@ pub fn spawn_forwarder(
             }
             f.broadcast();
             f.ship(&sink)?;
-            Ok(StageEnd::default())
+            Ok(end)
         })
         .expect("spawn forwarder");
     (tx, h)

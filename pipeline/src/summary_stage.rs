@@ -43,6 +43,8 @@ pub struct StageEnd {
     pub summaries: u64,
     /// Bytes of summarize state at the end.
     pub state_bytes: usize,
+    /// Exits handed over to the summarize instances (stages in separate processes).
+    pub handed: u64,
 }
 
 /// Starts the stage with `state` (restored or new); batches of messages in, at most `cap`
