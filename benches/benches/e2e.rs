@@ -55,6 +55,8 @@ fn inputs(g: &Generated) -> Vec<(Topic, TopicInput)> {
 }
 
 fn main() {
+    // As the `cbec` binary does (`pipeline/src/alloc.rs`).
+    cbec_pipeline::alloc::keep_freed_memory();
     if std::env::args().any(|a| a == "--list") {
         println!("e2e: bench");
         return;

@@ -124,6 +124,7 @@ struct GenArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    cbec_pipeline::alloc::keep_freed_memory();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Check { files } => {
