@@ -13,7 +13,7 @@ pub struct Rules {
     /// (default 0.05).
     pub inspection_rate: Dec,
     /// Secret sampling key: the draw is a keyed pseudo-random function of `invtNo` under it.
-    /// Set your own in production (`CBEC_RULES_SAMPLING_KEY`).
+    /// Set your own in production (`CBEC_RULES__SAMPLING_KEY`).
     pub sampling_key: String,
     /// HS code prefixes that need a certificate or licence (`certificate_required`).
     pub certificate_prefixes: Vec<String>,

@@ -146,10 +146,12 @@ impl Config {
         for (k, v) in &defaults {
             if k == "rules" {
                 let rules = table.entry("rules").or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                if let (toml::Value::Table(dr), Some(rt)) = (v, rules.as_table_mut()) {
-                    for rk in dr.keys() {
-                        if let Some(raw) = env.get(&format!("CBEC_RULES__{}", rk.to_uppercase())) {
-                            rt.insert(rk.clone(), env_value(raw));
+                if let Some(rt) = rules.as_table_mut() {
+                    // Every `CBEC_RULES__*` (optional rules such as `tariff_csv` have no default
+                    // to list them); a name that is no rule is refused by the rules' parser.
+                    for (name, raw) in env {
+                        if let Some(rk) = name.strip_prefix("CBEC_RULES__") {
+                            rt.insert(rk.to_lowercase(), env_value(raw));
                         }
                     }
                 }
@@ -165,6 +167,30 @@ impl Config {
         let cfg: Config = table.try_into().map_err(|e: toml::de::Error| format!("config: {e}"))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The `CBEC_*` variables of `env` that name no setting and are not read by cbec's tools
+    /// either (the test and bench harnesses, `scripts/`): most likely typos, which would
+    /// otherwise be ignored silently.
+    pub fn unknown_env(env: &BTreeMap<String, String>) -> Vec<String> {
+        const TOOLS: [&str; 7] = [
+            "CBEC_HS_FILE",
+            "CBEC_SHARED",
+            "CBEC_CEB_SAMPLES",
+            "CBEC_NO_KAFKA",
+            "CBEC_CACHE",
+            "CBEC_KAFKA_PORT",
+            "CBEC_BIN",
+        ];
+        let fields: Vec<String> = toml::Table::try_from(Config::default())
+            .map(|t| t.keys().map(|k| format!("CBEC_{}", k.to_uppercase())).collect())
+            .unwrap_or_default();
+        env.keys()
+            .filter(|k| k.starts_with("CBEC_") && !k.starts_with("CBEC_RULES__"))
+            .filter(|k| !k.starts_with("CBEC_TEST_") && !k.starts_with("CBEC_BENCH_"))
+            .filter(|k| !TOOLS.contains(&k.as_str()) && !fields.contains(k))
+            .cloned()
+            .collect()
     }
 
     /// The process environment's `CBEC_*` variables.
@@ -264,6 +290,27 @@ mod tests {
             .collect();
         let c = Config::load(None, &env).unwrap();
         assert_eq!((c.stage, c.exited_partitions), (Stage::Summarize, 8));
+        let env: BTreeMap<String, String> =
+            [("CBEC_RULES__TARIFF_CSV", "t.csv")].into_iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let c = Config::load(None, &env).unwrap();
+        assert_eq!(c.rules.tariff_csv.as_deref(), Some("t.csv"), "an optional rule is set from the environment");
+        let env: BTreeMap<String, String> = [("CBEC_RULES__INSPECTION_RAT", "\"0.2\"")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert!(Config::load(None, &env).is_err(), "a rule that does not exist is refused");
+        let env: BTreeMap<String, String> = [
+            "CBEC_STAGE",
+            "CBEC_SUMMARIZE_INSTANCE",
+            "CBEC_TEST_BROKERS",
+            "CBEC_BENCH_ORDERS",
+            "CBEC_HS_FILE",
+            "CBEC_PARTITION",
+        ]
+        .into_iter()
+        .map(|a| (a.to_string(), String::new()))
+        .collect();
+        assert_eq!(Config::unknown_env(&env), ["CBEC_PARTITION", "CBEC_SUMMARIZE_INSTANCE"]);
         std::fs::write(&p, "stage = \"clear\"\n").unwrap();
         assert!(Config::load(Some(&p), &BTreeMap::new()).is_err(), "an unknown stage is refused");
         std::fs::write(&p, "checkpoint_store = \"s3\"\n").unwrap();

@@ -149,7 +149,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
-    let mut cfg = Config::load(path, &Config::env()).map_err(anyhow::Error::msg)?;
+    let env = Config::env();
+    for name in Config::unknown_env(&env) {
+        eprintln!(
+            "warning: {name} names no setting and is ignored (settings: cbec run --help, README § Configuration)"
+        );
+    }
+    let mut cfg = Config::load(path, &env).map_err(anyhow::Error::msg)?;
     cfg.resolve_rules().map_err(anyhow::Error::msg)?;
     Ok(cfg)
 }

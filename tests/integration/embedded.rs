@@ -2,6 +2,7 @@
 
 use crate::support::*;
 use cbec_operators::rules::Rules;
+use cbec_pipeline::config::Config;
 use cbec_pipeline::generator::{GenConfig, generate, write_dir};
 use cbec_pipeline::record::Record;
 use cbec_schemas::Dec;
@@ -267,4 +268,35 @@ fn the_state_retention_drops_old_state_and_dead_letters_expired_messages() {
     assert!(!report.contains("dropped by the state retention") && !report.contains("expired"), "{report}");
     assert!(report.contains("in  cbec.orders      3"), "{report}");
     assert_eq!(dlq.lines().count(), 0, "{dlq}");
+}
+
+/// Every `CBEC_*` setting the Docker files give (`docker/compose.yml`, `docker/Dockerfile`)
+/// names a setting and loads: the stack cannot be started on these machines, so a renamed
+/// or mistyped variable would otherwise go unnoticed (cbec ignores what it does not know,
+/// with a warning).
+#[test]
+fn the_docker_files_settings_load() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut settings = Vec::new();
+    let compose = std::fs::read_to_string(root.join("docker/compose.yml")).unwrap();
+    for line in compose.lines().map(str::trim).filter(|l| l.starts_with("CBEC_")) {
+        let (k, v) = line.split_once(':').expect("KEY: value");
+        settings.push((k.to_string(), v.trim().to_string()));
+    }
+    let dockerfile = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
+    for line in dockerfile.lines().filter_map(|l| l.strip_prefix("ENV ")) {
+        for pair in line.split_whitespace() {
+            let (k, v) = pair.split_once('=').expect("KEY=value");
+            settings.push((k.to_string(), v.to_string()));
+        }
+    }
+    let names: BTreeMap<String, String> = settings.iter().cloned().collect();
+    for k in ["CBEC_STAGE", "CBEC_CHECKPOINT_STORE", "CBEC_GROUP_ID", "CBEC_METRICS_ADDR"] {
+        assert!(names.contains_key(k), "{k} is among the Docker files' settings: {names:?}");
+    }
+    assert_eq!(Config::unknown_env(&names), Vec::<String>::new());
+    for (k, v) in settings {
+        let env = [(k.clone(), v.clone())].into_iter().collect();
+        assert!(Config::load(None, &env).is_ok(), "{k}={v} does not load: {:?}", Config::load(None, &env));
+    }
 }
