@@ -621,7 +621,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
                 summarize_state.pending() == 0 && differing_fields(&summarize_state, &Summarize::default()).is_empty(),
                 "the checkpoint holds summarize state (saved by a process of stage \"all\"): an engine stage would lose it; finish with stage \"all\" or start a new group"
             );
-            crate::stage::spawn_forwarder(n, run.sink.clone(), cap)
+            crate::stage::spawn_forwarder(n, engine.watermark(), run.sink.clone(), cap)
         }
         None => summary_stage::spawn(summarize_state, run.rules.clone(), run.sink.clone(), cap),
     };

@@ -128,9 +128,11 @@ impl Forward {
 
 /// In place of the summarize stage ([`crate::summary_stage::spawn`], same messages): hands
 /// exits and event time over to `<group_id>.exited` with `partitions` partitions, through
-/// `sink`. Its checkpoint state is an empty summarize state.
+/// `sink`, the engine's event time being `from` (restored) at the start. Its checkpoint
+/// state is an empty summarize state.
 pub fn spawn_forwarder(
     partitions: usize,
+    from: EventTime,
     sink: Sender<SinkMsg>,
     cap: usize,
 ) -> (Sender<Vec<SumMsg>>, JoinHandle<anyhow::Result<StageEnd>>) {
@@ -142,7 +144,7 @@ pub fn spawn_forwarder(
             let n = partitions.max(1);
             let mut f = Forward {
                 partitions: n,
-                now: EventTime::MIN,
+                now: from,
                 sent: vec![EventTime::MIN; n],
                 broadcast_at: Instant::now(),
                 out: Vec::new(),
@@ -649,6 +651,51 @@ mod tests {
 
     fn wm(t: &str) -> StageMsg {
         StageMsg::Watermark { time: EventTime::parse_rfc3339(t).unwrap() }
+    }
+
+    /// The forwarder sends each exit to its `ebcCode`'s partition behind the engine's event
+    /// time at that exit (from the restored time on), and the event time to every partition
+    /// before a checkpoint cut, which follows them.
+    #[test]
+    fn the_forwarder_sends_exits_behind_their_event_time_and_every_partition_the_cut_time() {
+        let (sink, got) = bounded(64);
+        let restored = EventTime::parse_rfc3339("2026-11-11T00:00:00+08:00").unwrap();
+        let (tx, h) = spawn_forwarder(3, restored, sink, 4);
+        let (a, b) = (exited(1, "EBC1", 1, true), exited(2, "EBC2", 2, true));
+        let (pa, pb) = (partition_of(&a, 3), partition_of(&b, 3));
+        let later = EventTime::parse_rfc3339("2026-11-12T00:00:00+08:00").unwrap();
+        let cut = |_: cbec_operators::summarize::SummarizeCut| SinkMsg::AfterDurable(Box::new(|| Ok(())));
+        tx.send(vec![SumMsg::Exited(a), SumMsg::Watermark(later), SumMsg::Exited(b), SumMsg::Cut(Box::new(cut))])
+            .unwrap();
+        drop(tx);
+        assert_eq!(h.join().unwrap().unwrap().handed, 2);
+        let mut seen = Vec::new();
+        for m in got.iter() {
+            match m {
+                SinkMsg::Records(rs) => seen.extend(rs.into_iter().map(|r| match r {
+                    Record::Stage(p, m) => match *m {
+                        StageMsg::Exited(x) => format!("{p}: exit {}", x.seq),
+                        StageMsg::Watermark { time } => {
+                            format!("{p}: time {}", if time == restored { "restored" } else { "later" })
+                        }
+                    },
+                    other => panic!("not a hand-over record: {other:?}"),
+                })),
+                SinkMsg::AfterDurable(_) => seen.push("cut".into()),
+                SinkMsg::Flush(_) => seen.push("flush".into()),
+            }
+        }
+        let mut want = vec![format!("{pa}: time restored"), format!("{pa}: exit 1")];
+        want.push(format!("{pb}: time later"));
+        want.push(format!("{pb}: exit 2"));
+        // At the cut, every partition not yet at the engine's time gets it, then the cut.
+        for p in 0..3 {
+            if p != pb {
+                want.push(format!("{p}: time later"));
+            }
+        }
+        want.push("cut".into());
+        assert_eq!(seen, want);
     }
 
     /// What a partition's summarize state makes of the records an engine stage sends when it
