@@ -600,11 +600,20 @@ pub fn run_summarize(cfg: &Config, exit_when_idle: bool, mut progress: Option<Pr
                     tpl.add_partition_offset(&topic, *p, Offset::Offset(n))?;
                 }
             }
+            m::MessageCounts { input: &o.stats.input, output: &o.stats.output }.emit();
+            let bytes = o.parts.values().map(|h| h.part.state.state_size()).sum();
+            m::StateSize { operator: "summarize", bytes }.emit();
+            let positions: Vec<(i32, i64)> = o.parts.iter().filter_map(|(p, h)| Some((*p, h.next?))).collect();
             drop(o);
             if tpl.count() > 0
                 && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
             {
                 eprintln!("warning: consumer-group commit failed: {e}");
+            }
+            for (p, next) in positions {
+                if let Ok((_, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(1)) {
+                    m::ConsumerLag { topic: &topic, partition: p, lag: (high - next).max(0) }.emit();
+                }
             }
             last_cp = Instant::now();
         }
