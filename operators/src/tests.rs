@@ -950,23 +950,27 @@ fn a_copy_kept_by_the_changes_equals_the_engine_at_every_checkpoint() {
     assert!(err.contains("partitions"), "{err}");
 }
 
-/// The summarize state's copy kept by its cuts (serialized and read back) equals it,
-/// through lists coming in, lists taken out (returned after they exited) and periods
-/// closing with their revisions.
-#[test]
-fn a_summarize_copy_kept_by_its_cuts_equals_it() {
+/// The exits of a 300-parcel story, an hour of event time after its last message.
+fn story_exits() -> Vec<crate::engine::Exited> {
     let mut e = Engine::new(rules(), hs(), 2);
     let input = story(300, 3);
     let last = input.last().unwrap().event_time();
     let mut out = feed(&mut e, input);
     e.advance(last.plus_ms(3_600_000), &mut out);
-    let exited: Vec<crate::engine::Exited> = out
-        .into_iter()
+    out.into_iter()
         .filter_map(|o| match o {
             Out::Exited(x) => Some(x),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// The summarize state's copy kept by its cuts (serialized and read back) equals it,
+/// through lists coming in, lists taken out (returned after they exited) and periods
+/// closing with their revisions.
+#[test]
+fn a_summarize_copy_kept_by_its_cuts_equals_it() {
+    let exited = story_exits();
     assert!(exited.len() > 200, "{}", exited.len());
     let mut s = Summarize::default();
     let mut copy = None;
@@ -1002,18 +1006,7 @@ fn a_summarize_copy_kept_by_its_cuts_equals_it() {
 /// before per-form numbering (a format 2 checkpoint) continues from its old count.
 #[test]
 fn supplementary_declarations_are_numbered_per_form() {
-    let mut e = Engine::new(rules(), hs(), 2);
-    let input = story(300, 3);
-    let last = input.last().unwrap().event_time();
-    let mut out = feed(&mut e, input);
-    e.advance(last.plus_ms(3_600_000), &mut out);
-    let exited: Vec<crate::engine::Exited> = out
-        .into_iter()
-        .filter_map(|o| match o {
-            Out::Exited(x) if x.summarizable => Some(x),
-            _ => None,
-        })
-        .collect();
+    let exited: Vec<crate::engine::Exited> = story_exits().into_iter().filter(|x| x.summarizable).collect();
     let a = exited[0].clone();
     let b = exited.iter().find(|x| x.list.ebc_code != a.list.ebc_code).expect("two companies").clone();
     let (mut s, mut r, mut sums) = (Summarize::default(), rules(), Vec::new());
