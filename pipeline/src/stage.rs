@@ -33,7 +33,7 @@ use crate::metrics as m;
 use crate::record::Record;
 use crate::runner::{Progress, RunStats, SinkMsg};
 use crate::sink::Sink;
-use crate::summary_stage::{StageEnd, SumMsg};
+use crate::summary_stage::{StageEnd, SumMsg, spawn_stage};
 use anyhow::Context;
 use cbec_operators::Operator;
 use cbec_operators::engine::Exited;
@@ -41,7 +41,7 @@ use cbec_operators::rules::Rules;
 use cbec_operators::summarize::{Summarize, SummarizeChanges};
 use cbec_operators::tracked::{Cut, Incremental};
 use cbec_schemas::{EventTime, Summary};
-use crossbeam_channel::{Sender, bounded};
+use crossbeam_channel::Sender;
 use rdkafka::bindings::rd_kafka_resp_err_t as RDKafkaRespErr;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -136,56 +136,51 @@ pub fn spawn_forwarder(
     sink: Sender<SinkMsg>,
     cap: usize,
 ) -> (Sender<Vec<SumMsg>>, JoinHandle<anyhow::Result<StageEnd>>) {
-    let (tx, rx) = bounded::<Vec<SumMsg>>(cap.max(1));
-    let h = std::thread::Builder::new()
-        .name("cbec-forward".into())
-        .spawn(move || {
-            let stopped = || anyhow::anyhow!("sink stopped");
-            let n = partitions.max(1);
-            let mut f = Forward {
-                partitions: n,
-                now: from,
-                sent: vec![EventTime::MIN; n],
-                broadcast_at: Instant::now(),
-                out: Vec::new(),
-            };
-            let mut nothing = Summarize::default();
-            let mut end = StageEnd::default();
-            for batch in rx {
-                for msg in batch {
-                    match msg {
-                        SumMsg::Exited(x) => {
-                            let p = partition_of(&x, n);
-                            f.watermark_to(p as usize);
-                            f.out.push(Record::Stage(p, Box::new(StageMsg::Exited(x))));
-                            end.handed += 1;
-                        }
-                        SumMsg::Watermark(wm) => {
-                            f.now = f.now.max(wm);
-                            if wm == EventTime::MAX || f.broadcast_at.elapsed() >= WATERMARK_EVERY {
-                                f.broadcast();
-                            }
-                        }
-                        SumMsg::Cut(cut) => {
+    spawn_stage("cbec-forward", cap, move |rx| {
+        let stopped = || anyhow::anyhow!("sink stopped");
+        let n = partitions.max(1);
+        let mut f = Forward {
+            partitions: n,
+            now: from,
+            sent: vec![EventTime::MIN; n],
+            broadcast_at: Instant::now(),
+            out: Vec::new(),
+        };
+        let mut nothing = Summarize::default();
+        let mut end = StageEnd::default();
+        for batch in rx {
+            for msg in batch {
+                match msg {
+                    SumMsg::Exited(x) => {
+                        let p = partition_of(&x, n);
+                        f.watermark_to(p as usize);
+                        f.out.push(Record::Stage(p, Box::new(StageMsg::Exited(x))));
+                        end.handed += 1;
+                    }
+                    SumMsg::Watermark(wm) => {
+                        f.now = f.now.max(wm);
+                        if wm == EventTime::MAX || f.broadcast_at.elapsed() >= WATERMARK_EVERY {
                             f.broadcast();
-                            f.ship(&sink)?;
-                            sink.send(cut(nothing.cut())).map_err(|_| stopped())?;
-                        }
-                        SumMsg::Flush(ack) => {
-                            f.broadcast();
-                            f.ship(&sink)?;
-                            sink.send(SinkMsg::Flush(ack)).map_err(|_| stopped())?;
                         }
                     }
+                    SumMsg::Cut(cut) => {
+                        f.broadcast();
+                        f.ship(&sink)?;
+                        sink.send(cut(nothing.cut())).map_err(|_| stopped())?;
+                    }
+                    SumMsg::Flush(ack) => {
+                        f.broadcast();
+                        f.ship(&sink)?;
+                        sink.send(SinkMsg::Flush(ack)).map_err(|_| stopped())?;
+                    }
                 }
-                f.ship(&sink)?;
             }
-            f.broadcast();
             f.ship(&sink)?;
-            Ok(end)
-        })
-        .expect("spawn forwarder");
-    (tx, h)
+        }
+        f.broadcast();
+        f.ship(&sink)?;
+        Ok(end)
+    })
 }
 
 /// The summarize state of one partition of `<group_id>.exited`: the lists of its open
@@ -646,17 +641,9 @@ pub fn run_summarize(cfg: &Config, exit_when_idle: bool, mut progress: Option<Pr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cbec_schemas::{Decoded, Decoder, Entity, Topic};
 
-    fn exited(n: u64, ebc: &str, seq: u64, summarizable: bool) -> Exited {
-        let v = serde_json::json!({"orderNo": format!("O{n}"), "logisticsNo": format!("L{n}"), "logisticsCode": "LOG1", "ebpCode": "EBP1", "ebcCode": ebc, "ownerCode": ebc, "agentCode": "AG1", "customsCode": "5141", "portCode": "5141", "ieDate": "20261111", "statisticsFlag": "B", "tradeMode": "9610", "trafMode": "4", "country": "USA", "POD": "USLAX", "freight": "10", "insuredFee": "0", "packNo": 1, "grossWeight": "1.2", "netWeight": "1", "appType": "1", "appStatus": "1", "appTime": "20261111100000", "copNo": "C1",
-            "items": [{"gnum": 1, "itemNo": "IT1", "gcode": "8517130000", "gname": "phone", "gmodel": "x", "country": "USA", "currency": "142", "qty": "1", "qty1": "1", "unit": "011", "unit1": "011", "price": "100", "totalPrice": "100"}]});
-        let Decoded::One(Ok(Entity::List(l))) = Decoder::new().decode(Topic::Lists, &serde_json::to_vec(&v).unwrap())
-        else {
-            panic!("test list does not decode")
-        };
-        Exited { invt_no: format!("51412026E{n:011}").into(), summarizable, list: (*l).into(), seq }
-    }
+    use crate::summary_stage::test_exited as exited;
+    use crossbeam_channel::bounded;
 
     fn wm(t: &str) -> StageMsg {
         StageMsg::Watermark { time: EventTime::parse_rfc3339(t).unwrap() }

@@ -19,7 +19,7 @@ use cbec_operators::rules::Rules;
 use cbec_operators::summarize::{Summarize, SummarizeCut};
 use cbec_operators::tracked::Incremental;
 use cbec_schemas::EventTime;
-use crossbeam_channel::{Sender, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use std::thread::JoinHandle;
 
 /// What the engine thread sends the stage, in order.
@@ -47,6 +47,18 @@ pub struct StageEnd {
     pub handed: u64,
 }
 
+/// Starts a thread `name` running `body` over what the engine thread sends; at most `cap`
+/// batches queued (a slow stage slows the engine).
+pub(crate) fn spawn_stage(
+    name: &str,
+    cap: usize,
+    body: impl FnOnce(Receiver<Vec<SumMsg>>) -> anyhow::Result<StageEnd> + Send + 'static,
+) -> (Sender<Vec<SumMsg>>, JoinHandle<anyhow::Result<StageEnd>>) {
+    let (tx, rx) = bounded::<Vec<SumMsg>>(cap.max(1));
+    let h = std::thread::Builder::new().name(name.into()).spawn(move || body(rx)).expect("spawn a stage thread");
+    (tx, h)
+}
+
 /// Starts the stage with `state` (restored or new); batches of messages in, at most `cap`
 /// batches queued (a slow stage slows the engine).
 pub fn spawn(
@@ -55,55 +67,52 @@ pub fn spawn(
     sink: Sender<SinkMsg>,
     cap: usize,
 ) -> (Sender<Vec<SumMsg>>, JoinHandle<anyhow::Result<StageEnd>>) {
-    let (tx, rx) = bounded::<Vec<SumMsg>>(cap.max(1));
-    let h = std::thread::Builder::new()
-        .name("cbec-summarize".into())
-        .spawn(move || {
-            let stopped = || anyhow::anyhow!("sink stopped");
-            let mut end = StageEnd::default();
-            for batch in rx {
-                for msg in batch {
-                    match msg {
-                        SumMsg::Exited(x) => state.process(&mut rules, x, &mut Vec::new()),
-                        SumMsg::Watermark(wm) => {
-                            let mut sums = Vec::new();
-                            state.on_watermark(&mut rules, wm, &mut sums);
-                            if !sums.is_empty() {
-                                end.summaries += sums.len() as u64;
-                                m::SummariesOut { total: end.summaries }.emit();
-                                let records = sums.into_iter().map(Record::Summary).collect();
-                                sink.send(SinkMsg::Records(records)).map_err(|_| stopped())?;
-                            }
+    spawn_stage("cbec-summarize", cap, move |rx| {
+        let stopped = || anyhow::anyhow!("sink stopped");
+        let mut end = StageEnd::default();
+        for batch in rx {
+            for msg in batch {
+                match msg {
+                    SumMsg::Exited(x) => state.process(&mut rules, x, &mut Vec::new()),
+                    SumMsg::Watermark(wm) => {
+                        let mut sums = Vec::new();
+                        state.on_watermark(&mut rules, wm, &mut sums);
+                        if !sums.is_empty() {
+                            end.summaries += sums.len() as u64;
+                            m::SummariesOut { total: end.summaries }.emit();
+                            let records = sums.into_iter().map(Record::Summary).collect();
+                            sink.send(SinkMsg::Records(records)).map_err(|_| stopped())?;
                         }
-                        SumMsg::Cut(f) => {
-                            m::StateSize { operator: "summarize", bytes: state.state_size() }.emit();
-                            sink.send(f(state.cut())).map_err(|_| stopped())?;
-                        }
-                        SumMsg::Flush(ack) => sink.send(SinkMsg::Flush(ack)).map_err(|_| stopped())?,
                     }
+                    SumMsg::Cut(f) => {
+                        m::StateSize { operator: "summarize", bytes: state.state_size() }.emit();
+                        sink.send(f(state.cut())).map_err(|_| stopped())?;
+                    }
+                    SumMsg::Flush(ack) => sink.send(SinkMsg::Flush(ack)).map_err(|_| stopped())?,
                 }
             }
-            end.state_bytes = state.state_size();
-            Ok(end)
-        })
-        .expect("spawn summarize stage");
-    (tx, h)
+        }
+        end.state_bytes = state.state_size();
+        Ok(end)
+    })
+}
+
+/// An exited list `n` of company `ebc` (tests).
+#[cfg(test)]
+pub(crate) fn test_exited(n: u64, ebc: &str, seq: u64, summarizable: bool) -> Exited {
+    use cbec_schemas::{Decoded, Decoder, Entity, Topic};
+    let v = serde_json::json!({"orderNo": format!("O{n}"), "logisticsNo": format!("L{n}"), "logisticsCode": "LOG1", "ebpCode": "EBP1", "ebcCode": ebc, "ownerCode": ebc, "agentCode": "AG1", "customsCode": "5141", "portCode": "5141", "ieDate": "20261111", "statisticsFlag": "B", "tradeMode": "9610", "trafMode": "4", "country": "USA", "POD": "USLAX", "freight": "10", "insuredFee": "0", "packNo": 1, "grossWeight": "1.2", "netWeight": "1", "appType": "1", "appStatus": "1", "appTime": "20261111100000", "copNo": "C1",
+        "items": [{"gnum": 1, "itemNo": "IT1", "gcode": "8517130000", "gname": "phone", "gmodel": "x", "country": "USA", "currency": "142", "qty": "1", "qty1": "1", "unit": "011", "unit1": "011", "price": "100", "totalPrice": "100"}]});
+    let Decoded::One(Ok(Entity::List(l))) = Decoder::new().decode(Topic::Lists, &serde_json::to_vec(&v).unwrap())
+    else {
+        panic!("test list does not decode")
+    };
+    Exited { invt_no: format!("51412026E{n:011}").into(), summarizable, list: (*l).into(), seq }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cbec_schemas::{Decoded, Decoder, Entity, Topic};
-
-    fn exited(n: u32) -> Exited {
-        let v = serde_json::json!({"orderNo": format!("O{n}"), "logisticsNo": format!("L{n}"), "logisticsCode": "LOG1", "ebpCode": "EBP1", "ebcCode": "EBC1", "ownerCode": "EBC1", "agentCode": "AG1", "customsCode": "5141", "portCode": "5141", "ieDate": "20261111", "statisticsFlag": "B", "tradeMode": "9610", "trafMode": "4", "country": "USA", "POD": "USLAX", "freight": "10", "insuredFee": "0", "packNo": 1, "grossWeight": "1.2", "netWeight": "1", "appType": "1", "appStatus": "1", "appTime": "20261111100000", "copNo": "C1",
-            "items": [{"gnum": 1, "itemNo": "IT1", "gcode": "8517130000", "gname": "phone", "gmodel": "x", "country": "USA", "currency": "142", "qty": "1", "qty1": "1", "unit": "011", "unit1": "011", "price": "100", "totalPrice": "100"}]});
-        let Decoded::One(Ok(Entity::List(l))) = Decoder::new().decode(Topic::Lists, &serde_json::to_vec(&v).unwrap())
-        else {
-            panic!("test list does not decode")
-        };
-        Exited { invt_no: format!("51412026E{n:011}").into(), summarizable: true, list: (*l).into(), seq: u64::from(n) }
-    }
 
     /// A checkpoint cut reaches the sink behind the summaries of every period closed before
     /// it, with the stage's state as of the cut (the period closed, nothing open): a restore
@@ -119,8 +128,13 @@ mod tests {
             state_tx.send(s).unwrap();
             SinkMsg::AfterDurable(Box::new(|| Ok(())))
         };
-        tx.send(vec![SumMsg::Exited(exited(1)), SumMsg::Exited(exited(2)), SumMsg::Watermark(closed)]).unwrap();
-        tx.send(vec![SumMsg::Cut(Box::new(cut)), SumMsg::Exited(exited(3))]).unwrap();
+        tx.send(vec![
+            SumMsg::Exited(test_exited(1, "EBC1", 1, true)),
+            SumMsg::Exited(test_exited(2, "EBC1", 2, true)),
+            SumMsg::Watermark(closed),
+        ])
+        .unwrap();
+        tx.send(vec![SumMsg::Cut(Box::new(cut)), SumMsg::Exited(test_exited(3, "EBC1", 3, true))]).unwrap();
         drop(tx);
         let end = h.join().unwrap().unwrap();
         let order: Vec<String> = from_stage
