@@ -36,6 +36,26 @@ pub fn topic(cfg: &Config) -> String {
     format!("{}.lease", cfg.group_id)
 }
 
+/// A client of consumer group `group` as cbec's groups join them: sessions of
+/// `lease_session_ms`, `cooperative-sticky` (a member joining later does not take what
+/// another holds), static membership with `instance_id`, no automatic commits. The lease
+/// group, and the summarize instances' group ([`crate::stage`]).
+pub fn member_of(cfg: &Config, group: &str) -> ClientConfig {
+    let session = cfg.lease_session_ms.max(1);
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", group)
+        .set("session.timeout.ms", session.to_string())
+        .set("heartbeat.interval.ms", (session / 4).max(50).to_string())
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false");
+    if !cfg.instance_id.is_empty() {
+        client.set("group.instance.id", &cfg.instance_id);
+    }
+    client
+}
+
 /// A held lease. Dropping it leaves the lease group, so that a standby takes over at once
 /// (a static member, `instance_id`, stays in the group until its session ends).
 pub struct Lease {
@@ -48,19 +68,7 @@ impl Lease {
     /// stderr, calling `while_waiting` every 20 ms meanwhile (a standby keeps its state up
     /// to date there); `None` if `stop` is set first (a signal while standing by).
     pub fn acquire(cfg: &Config, stop: &AtomicBool, mut while_waiting: impl FnMut()) -> anyhow::Result<Option<Lease>> {
-        let session = cfg.lease_session_ms.max(1);
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &cfg.brokers)
-            .set("group.id", topic(cfg))
-            .set("session.timeout.ms", session.to_string())
-            .set("heartbeat.interval.ms", (session / 4).max(50).to_string())
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("enable.auto.commit", "false");
-        if !cfg.instance_id.is_empty() {
-            client.set("group.instance.id", &cfg.instance_id);
-        }
-        let consumer: BaseConsumer = client.create().context("lease consumer")?;
+        let consumer: BaseConsumer = member_of(cfg, &topic(cfg)).create().context("lease consumer")?;
         let name = topic(cfg);
         consumer.subscribe(&[&name]).with_context(|| format!("subscribing to the lease topic {name}"))?;
         eprintln!(

@@ -593,13 +593,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
     };
     let (mut summarize_state, mut engine) = match restored {
         Some((engine, summarize)) => {
-            let differ = differing_fields(engine.rules(), &run.rules);
-            if !differ.is_empty() {
-                eprintln!(
-                    "cbec: the rules in force are the checkpoint's (a replay must decide as the first run did); the configuration's differ in: {} (controls change inspection_rate)",
-                    differ.join(", ")
-                );
-            }
+            say_rules_in_force(engine.rules(), &run.rules, " (controls change inspection_rate)");
             (summarize, engine)
         }
         None => (Summarize::default(), Engine::new(run.rules.clone(), run.hs.clone(), run.partitions)),
@@ -618,7 +612,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
     let (summarize, summarize_h) = match run.exited_partitions {
         Some(n) => {
             anyhow::ensure!(
-                summarize_state.pending() == 0 && differing_fields(&summarize_state, &Summarize::default()).is_empty(),
+                differing_fields(&summarize_state, &Summarize::default()).is_empty(),
                 "the checkpoint holds summarize state (saved by a process of stage \"all\"): an engine stage would lose it; finish with stage \"all\" or start a new group"
             );
             crate::stage::spawn_forwarder(n, engine.watermark(), run.sink.clone(), cap)
@@ -860,8 +854,21 @@ fn restored_state(cp: &Checkpoint, hs: Nomenclature) -> anyhow::Result<(Engine, 
     Ok((engine, summarize))
 }
 
+/// Says on stderr in which fields the configuration's rules differ from those of the
+/// checkpoint restored, which stay in force (a replay must decide as the first run did);
+/// `aside` follows the list.
+pub(crate) fn say_rules_in_force(checkpoint: &Rules, config: &Rules, aside: &str) {
+    let differ = differing_fields(checkpoint, config);
+    if !differ.is_empty() {
+        eprintln!(
+            "cbec: the rules in force are the checkpoint's (a replay must decide as the first run did); the configuration's differ in: {}{aside}",
+            differ.join(", ")
+        );
+    }
+}
+
 /// The top-level fields in which two values serialize differently.
-pub(crate) fn differing_fields<T: serde::Serialize>(a: &T, b: &T) -> Vec<String> {
+fn differing_fields<T: serde::Serialize>(a: &T, b: &T) -> Vec<String> {
     let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
         (serde_json::to_value(a), serde_json::to_value(b))
     else {

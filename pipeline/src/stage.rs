@@ -382,13 +382,7 @@ impl Owned {
         let (part, next) = match &cp {
             Some(cp) => {
                 let part = PartState::restore(cp).with_context(|| format!("restoring the checkpoint from {place}"))?;
-                let differ = crate::runner::differing_fields(&part.rules, &self.cfg.rules);
-                if !differ.is_empty() {
-                    eprintln!(
-                        "cbec: the rules in force are the checkpoint's; the configuration's differ in: {}",
-                        differ.join(", ")
-                    );
-                }
+                crate::runner::say_rules_in_force(&part.rules, &self.cfg.rules, "");
                 let next = cp.offsets.get(topic).and_then(|m| m.get(&p)).copied();
                 eprintln!(
                     "cbec: took partition {p} of {topic} with its checkpoint from {place} ({} lists waiting)",
@@ -463,11 +457,15 @@ impl Owned {
                 self.sink.write(&Record::Dead(d))?;
             }
         }
+        if summaries.is_empty() {
+            return Ok(());
+        }
+        let total = self.stats.output.entry("summaries").or_default();
+        *total += summaries.len() as u64;
+        m::SummariesOut { total: *total }.emit();
         for s in summaries {
-            *self.stats.output.entry("summaries").or_default() += 1;
             self.sink.write(&Record::Summary(s))?;
         }
-        m::SummariesOut { total: self.stats.output.get("summaries").copied().unwrap_or(0) }.emit();
         Ok(())
     }
 
@@ -547,19 +545,8 @@ pub fn run_summarize(cfg: &Config, exit_when_idle: bool, mut progress: Option<Pr
         stats: RunStats::default(),
     }));
     let lock = || owned.lock().map_err(|_| anyhow::anyhow!("summarize state poisoned"));
-    let session = cfg.lease_session_ms.max(1);
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &cfg.brokers)
-        .set("group.id", cfg.summarize_group())
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("session.timeout.ms", session.to_string())
-        .set("heartbeat.interval.ms", (session / 4).max(50).to_string());
-    if !cfg.instance_id.is_empty() {
-        client.set("group.instance.id", &cfg.instance_id);
-    }
+    let mut client = crate::lease::member_of(cfg, &cfg.summarize_group());
+    client.set("auto.offset.reset", "earliest");
     let consumer: BaseConsumer<Rebalancing> = client.create_with_context(Rebalancing(owned.clone()))?;
     consumer.subscribe(&[&topic])?;
     eprintln!("cbec: summarize instance of group {} on {topic}", cfg.summarize_group());
