@@ -3,8 +3,9 @@
 //! a second). Returning it costs the thread that frees or later reuses it `madvise` calls
 //! and the page faults of zeroed pages: with it, the in-process scan→decision p99 at 10,000
 //! scans/s ranged from 0.16 to 85 ms between runs, without it 0.12–0.42 ms in eight runs
-//! of nine and 1.1 ms in one (`BENCHMARKS.md`, eighth session). The price is a process whose resident memory stays
-//! at its peak. `MIMALLOC_PURGE_DELAY` in the environment (e.g. `1000`) takes precedence.
+//! of nine and 1.1 ms in one (`BENCHMARKS.md`, eighth session). The price is a process
+//! whose resident memory stays at its peak. `MIMALLOC_PURGE_DELAY` in the environment
+//! (e.g. `1000`) takes precedence.
 
 /// mimalloc's `mi_option_purge_delay` (the 16th option of `mi_option_e` in mimalloc v3, the
 /// version `libmimalloc-sys` builds by default; a test checks its built-in default).
