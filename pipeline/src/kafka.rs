@@ -188,7 +188,9 @@ pub(crate) fn create_checkpoint_topic(brokers: &str, name: &str) -> anyhow::Resu
     create_topics(&admin, &[checkpoint_topic(name)])
 }
 
-/// Creates `new`; topics that exist already are fine.
+/// Creates `new`; topics that exist already are fine. Returns once every partition of
+/// them has a leader: a topic just created (here or by another process) refuses reads and
+/// metadata for a moment (`NotLeaderForPartition`).
 fn create_topics(admin: &AdminClient<DefaultClientContext>, new: &[NewTopic<'_>]) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let res =
@@ -200,7 +202,24 @@ fn create_topics(admin: &AdminClient<DefaultClientContext>, new: &[NewTopic<'_>]
             anyhow::bail!("creating topic {t}: {e}");
         }
     }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for t in new {
+        while !has_leaders(admin, t.name) {
+            anyhow::ensure!(Instant::now() < deadline, "topic {} has no leader after 30 s", t.name);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     Ok(())
+}
+
+/// Whether every partition of `topic` has a leader (and it has partitions).
+fn has_leaders(admin: &AdminClient<DefaultClientContext>, topic: &str) -> bool {
+    let Ok(md) = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(10)) else { return false };
+    md.topics().iter().all(|t| {
+        t.error().is_none()
+            && !t.partitions().is_empty()
+            && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
+    })
 }
 
 /// Produces a generated story to the input topics (`rate` messages/s, 0 = unthrottled),

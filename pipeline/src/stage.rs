@@ -308,21 +308,15 @@ impl Saver {
     }
 }
 
-/// The partitions of `<group_id>.exited`, read from the brokers.
+/// The partitions of `<group_id>.exited`, read from the brokers (after
+/// [`crate::kafka::ensure_topics`], which waits for their leaders).
 pub fn exited_partitions(cfg: &Config) -> anyhow::Result<Vec<i32>> {
     let meta: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &cfg.brokers).create()?;
     let topic = cfg.exited_topic();
-    // Just created, a topic may take a moment to show in the metadata.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let md = meta.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        let parts: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
-        if !parts.is_empty() {
-            return Ok(parts);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "topic {topic} has no partitions");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let md = meta.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+    let parts: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    anyhow::ensure!(!parts.is_empty(), "topic {topic} has no partitions");
+    Ok(parts)
 }
 
 /// The checkpoint store of partition `p` of `<group_id>.exited`, claiming a new epoch in it
