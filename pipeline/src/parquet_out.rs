@@ -78,7 +78,7 @@ impl ParquetOut {
                 self.sorting.len()
             }
             Record::Return(x) => {
-                self.returns.push(x.clone());
+                self.returns.push((**x).clone());
                 self.returns.len()
             }
             Record::Receipt(x) => {

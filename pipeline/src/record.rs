@@ -15,8 +15,9 @@ pub enum Record {
     Declared(DeclaredList),
     /// `cbec.receipts`.
     Receipt(Receipt),
-    /// `cbec.returns`.
-    Return(Return),
+    /// `cbec.returns` (boxed: the largest record and a rare one; every record in a batch
+    /// takes the size of the largest variant).
+    Return(Box<Return>),
     /// `cbec.channels`.
     Channel(ChannelDecision),
     /// `cbec.sorting`.
@@ -38,7 +39,7 @@ impl Record {
         Some(match o {
             Out::Declared(x) => Record::Declared(x),
             Out::Receipt(x) => Record::Receipt(x),
-            Out::Return(x) => Record::Return(*x),
+            Out::Return(x) => Record::Return(x),
             Out::Channel(x) => Record::Channel(x),
             Out::Sorting(x) => Record::Sorting(x),
             Out::Release(x) => Record::Release(x),
@@ -98,7 +99,7 @@ impl Record {
         let r = match self {
             Record::Declared(x) => serde_json::to_vec(x),
             Record::Receipt(x) => serde_json::to_vec(x),
-            Record::Return(x) => serde_json::to_vec(x),
+            Record::Return(x) => serde_json::to_vec(&**x),
             Record::Channel(x) => serde_json::to_vec(x),
             Record::Sorting(x) => serde_json::to_vec(x),
             Record::Release(x) => serde_json::to_vec(x),

@@ -479,7 +479,11 @@ impl State {
     /// and before the engine waits for input, checkpoints or flushes.
     fn ship(&mut self, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
         if !self.outbox.is_empty() {
-            let batch = std::mem::replace(&mut self.outbox, Vec::with_capacity(OUT_BATCH));
+            // The next batch is sized like this one: full batches under load, a few records
+            // when decisions go out one by one (a full batch's allocation per decision costs
+            // more than the decision).
+            let next = self.outbox.len().next_power_of_two().clamp(8, OUT_BATCH);
+            let batch = std::mem::replace(&mut self.outbox, Vec::with_capacity(next));
             sink.send(SinkMsg::Records(batch)).map_err(|_| anyhow::anyhow!("sink stopped"))?;
         }
         if !self.to_summarize.is_empty() {
