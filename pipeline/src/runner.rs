@@ -621,7 +621,9 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
             );
             crate::stage::spawn_forwarder(n, engine.watermark(), run.sink.clone(), cap)
         }
-        None => summary_stage::spawn(summarize_state, run.rules.clone(), run.sink.clone(), cap),
+        // The engine's rules: after a restore, the checkpoint's (a replay summarizes as the
+        // first run did, whatever the configuration says now).
+        None => summary_stage::spawn(summarize_state, engine.rules().clone(), run.sink.clone(), cap),
     };
     let mut st = State {
         engine,
@@ -1112,6 +1114,64 @@ mod tests {
         sink_h.join().unwrap().unwrap();
         let cp = store.load().unwrap().expect("a final checkpoint");
         assert_eq!(cp.offsets[&cfg.input_topic(Topic::Orders)][&0], 42);
+    }
+
+    /// After a restore the summarize stage runs under the checkpoint's rules, as the engine
+    /// does, not the configuration's: a month restored under a grace of 0 hours closes at
+    /// the month's end although the configuration now says 72 hours.
+    #[test]
+    fn a_restored_run_summarizes_under_the_checkpoints_rules() {
+        let cfg = Config::default();
+        assert_eq!(cfg.rules.summary_grace_hours, 72);
+        let first = Rules { summary_grace_hours: 0, ..cfg.rules.clone() };
+        let mut summarize = Summarize::default();
+        cbec_operators::Operator::process(
+            &mut summarize,
+            &mut first.clone(),
+            crate::summary_stage::test_exited(1, "EBC1", 1, true),
+            &mut Vec::new(),
+        );
+        let restored = Checkpoint {
+            place: (1, 1),
+            offsets: Offsets::new(),
+            engine: Engine::new(first, Nomenclature::default(), 1).snapshot(),
+            summarize: serde_json::to_vec(&summarize).unwrap(),
+            changes: Vec::new(),
+        };
+        // Event time moves to 1 December, 01:00: past November's end, not past its 72 hours.
+        let goods = serde_json::json!({"ebcCode": "EBC1", "itemNo": "IT1", "itemName": "phone", "gcode": "8517130000", "gname": "phone", "gmodel": "x", "unit": "011", "appType": "1", "appTime": "20261201010000"});
+        let Decoded::One(Ok(entity)) = Decoder::new().decode(Topic::Goods, &serde_json::to_vec(&goods).unwrap()) else {
+            panic!("test goods do not decode")
+        };
+        let src: SourceId = (Topic::Goods, 0);
+        let ev = Event {
+            topic: Topic::Goods,
+            source: src,
+            offset: 0,
+            sub: 0,
+            time: entity.event_time(),
+            entity,
+            read_at: Instant::now(),
+        };
+        let (tx, rx) = bounded::<Batch>(4);
+        tx.send(vec![EngineMsg::Event(ev), EngineMsg::Done(src)]).unwrap();
+        drop(tx);
+        let sink = crate::sink::MemorySink::default();
+        let records = sink.records.clone();
+        let (sink_tx, sink_h) = spawn_sink(Box::new(sink), 16);
+        let run = EngineRun {
+            end_of_time_when_done: false,
+            ..EngineRun::new(&cfg, Nomenclature::default(), vec![(vec![src], rx)], sink_tx)
+        };
+        run_engine(run, Some(Restored::from_checkpoint(&restored, Nomenclature::default()).unwrap())).unwrap();
+        sink_h.join().unwrap().unwrap();
+        let summaries: Vec<String> = records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|r| if let Record::Summary(s) = r { Some(s.summary_id.clone()) } else { None })
+            .collect();
+        assert_eq!(summaries.len(), 1, "November closed under the checkpoint's grace: {summaries:?}");
     }
 
     /// A message about keyed state whose event time is older than the retention before the
