@@ -619,7 +619,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
                 differing_fields(&summarize_state, &Summarize::default()).is_empty(),
                 "the checkpoint holds summarize state (saved by a process of stage \"all\"): an engine stage would lose it; finish with stage \"all\" or start a new group"
             );
-            crate::stage::spawn_forwarder(n, engine.watermark(), run.sink.clone(), cap)
+            crate::stage::spawn_forwarder(n, engine.watermark(), engine.rules(), run.sink.clone(), cap)
         }
         // The engine's rules: after a restore, the checkpoint's (a replay summarizes as the
         // first run did, whatever the configuration says now).

@@ -66,6 +66,15 @@ pub enum StageMsg {
         /// The watermark.
         time: EventTime,
     },
+    /// The engine's rules for summarizing (after a restore, its checkpoint's), the first
+    /// record to every partition each time the engine stage starts: a partition summarizes
+    /// under them, whatever the configuration of the instance that holds it.
+    Rules {
+        /// Hours of grace after a month ends before its declarations close.
+        summary_grace_hours: u32,
+        /// `summaryFlag`: 1 one declaration per company, 2 also per owner.
+        summary_flag: u8,
+    },
 }
 
 impl StageMsg {
@@ -73,7 +82,7 @@ impl StageMsg {
     pub fn key(&self) -> &str {
         match self {
             StageMsg::Exited(x) => &x.list.ebc_code,
-            StageMsg::Watermark { .. } => "",
+            StageMsg::Watermark { .. } | StageMsg::Rules { .. } => "",
         }
     }
 
@@ -82,6 +91,9 @@ impl StageMsg {
         match self {
             StageMsg::Exited(x) => format!("exit/{}", x.seq),
             StageMsg::Watermark { time } => format!("watermark/{partition}/{}", time.0),
+            StageMsg::Rules { summary_grace_hours, summary_flag } => {
+                format!("rules/{partition}/{summary_grace_hours}/{summary_flag}")
+            }
         }
     }
 }
@@ -128,24 +140,24 @@ impl Forward {
 
 /// In place of the summarize stage ([`crate::summary_stage::spawn`], same messages): hands
 /// exits and event time over to `<group_id>.exited` with `partitions` partitions, through
-/// `sink`, the engine's event time being `from` (restored) at the start. Its checkpoint
-/// state is an empty summarize state.
+/// `sink`, the engine's event time being `from` and its rules `rules` (restored) at the
+/// start. Its checkpoint state is an empty summarize state.
 pub fn spawn_forwarder(
     partitions: usize,
     from: EventTime,
+    rules: &Rules,
     sink: Sender<SinkMsg>,
     cap: usize,
 ) -> (Sender<Vec<SumMsg>>, JoinHandle<anyhow::Result<StageEnd>>) {
+    let n = partitions.max(1);
+    let (summary_grace_hours, summary_flag) = (rules.summary_grace_hours, rules.summary_flag);
+    let first =
+        (0..n).map(|p| Record::Stage(p as i32, Box::new(StageMsg::Rules { summary_grace_hours, summary_flag })));
+    let out: Vec<Record> = first.collect();
     spawn_stage("cbec-forward", cap, move |rx| {
         let stopped = || anyhow::anyhow!("sink stopped");
-        let n = partitions.max(1);
-        let mut f = Forward {
-            partitions: n,
-            now: from,
-            sent: vec![EventTime::MIN; n],
-            broadcast_at: Instant::now(),
-            out: Vec::new(),
-        };
+        let mut f =
+            Forward { partitions: n, now: from, sent: vec![EventTime::MIN; n], broadcast_at: Instant::now(), out };
         let mut nothing = Summarize::default();
         let mut end = StageEnd::default();
         for batch in rx {
@@ -201,6 +213,10 @@ pub struct PartChanges {
     steps: PartCut,
     applied: u64,
     watermark: EventTime,
+    /// The rules summarized under ([`PartState::summary_rules`]; absent from checkpoints
+    /// of versions before the engine stage sent its rules).
+    #[serde(default)]
+    rules: Option<(u32, u8)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -235,8 +251,16 @@ impl PartState {
                     self.state.on_watermark(&mut self.rules, time, out);
                 }
             }
+            StageMsg::Rules { summary_grace_hours, summary_flag } => {
+                (self.rules.summary_grace_hours, self.rules.summary_flag) = (summary_grace_hours, summary_flag);
+            }
         }
         true
+    }
+
+    /// The rules it summarizes under: hours of grace, `summaryFlag`.
+    pub fn summary_rules(&self) -> (u32, u8) {
+        (self.rules.summary_grace_hours, self.rules.summary_flag)
     }
 
     /// True when the partition reached the end of time (a finite input is done).
@@ -255,7 +279,7 @@ impl PartState {
             Cut::Whole(s) => PartCut::Whole(*s),
             Cut::Changes(c) => PartCut::Changes(c),
         };
-        PartChanges { steps, applied: self.applied, watermark: self.watermark }
+        PartChanges { steps, applied: self.applied, watermark: self.watermark, rules: Some(self.summary_rules()) }
     }
 
     /// Applies the changes of a cut (restoring a checkpoint).
@@ -266,6 +290,9 @@ impl PartState {
         }
         self.state.track();
         (self.applied, self.watermark) = (c.applied, c.watermark);
+        if let Some((grace, flag)) = c.rules {
+            (self.rules.summary_grace_hours, self.rules.summary_flag) = (grace, flag);
+        }
         Ok(())
     }
 
@@ -435,6 +462,14 @@ impl Owned {
         match serde_json::from_slice::<StageMsg>(payload) {
             Ok(s) => {
                 *self.stats.input.entry("exited").or_default() += u64::from(matches!(s, StageMsg::Exited(_)));
+                if let StageMsg::Rules { summary_grace_hours, summary_flag } = s
+                    && (summary_grace_hours, summary_flag) != h.part.summary_rules()
+                {
+                    let (grace, flag) = h.part.summary_rules();
+                    eprintln!(
+                        "cbec: partition {p} summarizes under the engine stage's rules from here on: summary_grace_hours {summary_grace_hours} (was {grace}), summary_flag {summary_flag} (was {flag})"
+                    );
+                }
                 if !h.part.apply(s, &mut summaries) {
                     self.skipped += 1;
                 }
@@ -630,14 +665,15 @@ mod tests {
         StageMsg::Watermark { time: EventTime::parse_rfc3339(t).unwrap() }
     }
 
-    /// The forwarder sends each exit to its `ebcCode`'s partition behind the engine's event
-    /// time at that exit (from the restored time on), and the event time to every partition
-    /// before a checkpoint cut, which follows them.
+    /// The forwarder sends the engine's rules to every partition first, then each exit to
+    /// its `ebcCode`'s partition behind the engine's event time at that exit (from the
+    /// restored time on), and the event time to every partition before a checkpoint cut,
+    /// which follows them.
     #[test]
     fn the_forwarder_sends_exits_behind_their_event_time_and_every_partition_the_cut_time() {
         let (sink, got) = bounded(64);
         let restored = EventTime::parse_rfc3339("2026-11-11T00:00:00+08:00").unwrap();
-        let (tx, h) = spawn_forwarder(3, restored, sink, 4);
+        let (tx, h) = spawn_forwarder(3, restored, &Rules::default(), sink, 4);
         let (a, b) = (exited(1, "EBC1", 1, true), exited(2, "EBC2", 2, true));
         let (pa, pb) = (partition_of(&a, 3), partition_of(&b, 3));
         let later = EventTime::parse_rfc3339("2026-11-12T00:00:00+08:00").unwrap();
@@ -655,6 +691,7 @@ mod tests {
                         StageMsg::Watermark { time } => {
                             format!("{p}: time {}", if time == restored { "restored" } else { "later" })
                         }
+                        StageMsg::Rules { .. } => format!("{p}: rules"),
                     },
                     other => panic!("not a hand-over record: {other:?}"),
                 })),
@@ -662,7 +699,9 @@ mod tests {
                 SinkMsg::Flush(_) => seen.push("flush".into()),
             }
         }
-        let mut want = vec![format!("{pa}: time restored"), format!("{pa}: exit 1")];
+        // The engine's rules first, to every partition.
+        let mut want: Vec<String> = (0..3).map(|p| format!("{p}: rules")).collect();
+        want.extend([format!("{pa}: time restored"), format!("{pa}: exit 1")]);
         want.push(format!("{pb}: time later"));
         want.push(format!("{pb}: exit 2"));
         // At the cut, every partition not yet at the engine's time gets it, then the cut.
@@ -706,6 +745,45 @@ mod tests {
         let (repeated, skipped) = run(first.iter().chain(&again).chain(&after).cloned().collect());
         assert_eq!(skipped, 2, "exits 2 and 3 are skipped");
         assert_eq!(repeated, plain);
+    }
+
+    /// A partition summarizes under the rules the engine stage sends, not those of the
+    /// instance that created it: a grace of 0 hours closes November on 1 December, where the
+    /// instance's 72 hours would wait until the 4th.
+    #[test]
+    fn a_partition_summarizes_under_the_engine_stages_rules() {
+        let run = |first: Option<StageMsg>| {
+            let mut i = PartState::new(Rules::default());
+            let mut out = Vec::new();
+            let msgs = [StageMsg::Exited(exited(1, "EBC1", 1, true)), wm("2026-12-01T01:00:00+08:00")];
+            for m in first.into_iter().chain(msgs) {
+                assert!(i.apply(m, &mut out));
+            }
+            (out.len(), i.summary_rules())
+        };
+        assert_eq!(run(None), (0, (72, 1)), "the instance's own rules: November still open");
+        let engine = StageMsg::Rules { summary_grace_hours: 0, summary_flag: 2 };
+        assert_eq!(run(Some(engine)), (1, (0, 2)), "the engine's rules: November closed");
+    }
+
+    /// Rules the engine stage sent after a partition's whole checkpoint come back from the
+    /// changes saved after it.
+    #[test]
+    fn rules_adopted_after_a_whole_checkpoint_come_back_from_its_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::checkpoint::LocalDirStore::new(dir.path()).unwrap();
+        let mut i = PartState::new(Rules::default());
+        let mut saver = Saver::default();
+        let mut out = Vec::new();
+        for n in 1..=3 {
+            i.apply(StageMsg::Exited(exited(n, "EBC1", n, true)), &mut out);
+        }
+        saver.save(&mut i, &store, &Offsets::new()).unwrap();
+        i.apply(StageMsg::Rules { summary_grace_hours: 0, summary_flag: 2 }, &mut out);
+        saver.save(&mut i, &store, &Offsets::new()).unwrap();
+        let cp = store.load().unwrap().expect("a checkpoint");
+        assert_eq!(cp.changes.len(), 1, "the second save is changes");
+        assert_eq!(PartState::restore(&cp).unwrap().summary_rules(), (0, 2));
     }
 
     /// A partition's checkpoints (the whole state, then changes) restore it as it was, with
