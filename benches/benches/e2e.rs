@@ -10,7 +10,8 @@
 //! Size: `CBEC_BENCH_ORDERS` (default 820000 orders ≈ 5.1 million messages).
 //! Kafka phases need `CBEC_BENCH_BROKERS`; `CBEC_BENCH_KPARTS` sets the partitions of the
 //! latency phase's topics (default 4), `CBEC_BENCH_KRATES` its offered loads in scans/s
-//! (default `50000,5000`). `CBEC_BENCH_DIAG=1` prints, for the in-process
+//! (default `50000,5000`); `CBEC_BENCH_LRATES` those of the in-process latency phase
+//! (default `50000,10000`). `CBEC_BENCH_DIAG=1` prints, for the in-process
 //! latency and close phases, the worst latency in each 2.5 % slice of the decisions (where stalls are).
 
 use cbec_benches::{machine, peak_rss_mib};
@@ -113,7 +114,12 @@ fn main() {
         let feed = cbec_pipeline::generator::merged(&g);
         let all = feed.len() as f64;
         drop(g);
-        for scan_rate in [50_000.0, 10_000.0] {
+        // `CBEC_BENCH_LRATES=100000` sets the offered loads (scans/s).
+        let rates: Vec<f64> = std::env::var("CBEC_BENCH_LRATES")
+            .ok()
+            .map(|s| s.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![50_000.0, 10_000.0]);
+        for scan_rate in rates {
             let per_sec = all * scan_rate / scans;
             // Registrations and standing controls (the day before) go first, unpaced in effect
             // (they are before the window's first message); then 6 s of the peak at this rate.
@@ -127,11 +133,12 @@ fn main() {
             let s = embedded::run_replay(&sized, h.clone(), part, per_sec, Box::new(NullSink)).expect("run");
             let p = |q| us(s.latency_pct(q));
             println!(
-                "latency at {scan_rate:.0} scans/s ({per_sec:.0} msg/s offered in all, {n} messages, state_capacity {lat_orders}): scan→decision p50 {} p99 {} p99.9 {} over {} decisions",
+                "latency at {scan_rate:.0} scans/s ({per_sec:.0} msg/s offered in all, {n} messages, state_capacity {lat_orders}): scan→decision p50 {} p99 {} p99.9 {} over {} decisions; {:.0} msg/s taken in until the last input",
                 p(0.5),
                 p(0.99),
                 p(0.999),
-                s.latencies_us.len()
+                s.latencies_us.len(),
+                n as f64 / s.input_elapsed.as_secs_f64().max(1e-9)
             );
             diag(&s);
         }
