@@ -409,6 +409,8 @@ struct State {
     /// The summarize stage's queue, and what goes into it next (see [`State::ship`]).
     summarize: Sender<Vec<SumMsg>>,
     to_summarize: Vec<SumMsg>,
+    /// When `to_summarize` was last handed over.
+    summarized_at: Instant,
     stats: RunStats,
     consumed: HashMap<SourceId, i64>,
     /// Records not yet handed to the sink thread (see [`State::ship`]).
@@ -426,6 +428,17 @@ const OUT_BATCH: usize = 256;
 /// Messages for the summarize stage kept on the engine thread while the stage is busy,
 /// before the engine waits for it.
 const SUMMARIZE_PENDING: usize = 65_536;
+
+/// Exits and event time go to the summarize stage when this long has passed since the
+/// last hand-over, or [`SUMMARIZE_BATCH`] messages wait (and at every checkpoint, flush and
+/// the end). Neither is urgent: a month closes days after its end. Handed over after every
+/// event, as before, they woke the stage's thread for each message (the watermark moves
+/// with almost every one): tens of thousands of wake-ups a second, on the cores the
+/// decisions need.
+const SUMMARIZE_EVERY: Duration = Duration::from_millis(5);
+
+/// See [`SUMMARIZE_EVERY`].
+const SUMMARIZE_BATCH: usize = 1024;
 
 impl State {
     fn emit(&mut self, out: Vec<Out>, read_at: Option<Instant>, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
@@ -486,12 +499,14 @@ impl State {
             let batch = std::mem::replace(&mut self.outbox, Vec::with_capacity(next));
             sink.send(SinkMsg::Records(batch)).map_err(|_| anyhow::anyhow!("sink stopped"))?;
         }
-        if !self.to_summarize.is_empty() {
+        if !self.to_summarize.is_empty()
+            && (self.to_summarize.len() >= SUMMARIZE_BATCH || self.summarized_at.elapsed() >= SUMMARIZE_EVERY)
+        {
             // While the stage is busy (a period close), the engine goes on: what is due for it
             // waits here, watermarks coalesced, up to a bound; past it, backpressure.
             let batch = std::mem::take(&mut self.to_summarize);
             match self.summarize.try_send(batch) {
-                Ok(()) => {}
+                Ok(()) => self.summarized_at = Instant::now(),
                 Err(TrySendError::Full(batch)) if batch.len() < SUMMARIZE_PENDING => self.to_summarize = batch,
                 Err(TrySendError::Full(batch)) => {
                     self.summarize.send(batch).map_err(|_| anyhow::anyhow!("summarize stage stopped"))?
@@ -629,6 +644,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
         engine,
         summarize,
         to_summarize: Vec::new(),
+        summarized_at: Instant::now(),
         stats: RunStats::default(),
         // The restored positions carry into the next checkpoint: a partition that sees
         // nothing new before it must not lose its offset (and be replayed from the start).
@@ -1185,6 +1201,7 @@ mod tests {
             engine: Engine::new(cfg.rules.clone(), Nomenclature::default(), 1),
             summarize,
             to_summarize: Vec::new(),
+            summarized_at: Instant::now(),
             stats: RunStats::default(),
             consumed: HashMap::new(),
             outbox: Vec::new(),
