@@ -5,7 +5,7 @@
 //! pending list.
 //!
 //! Run: `cargo bench -p cbec-benches --bench e2e`
-//! Only some phases: `CBEC_BENCH_ONLY=throughput,latency,close,state,checkpoint,kafka,kafka-latency` (default: all).
+//! Only some phases: `CBEC_BENCH_ONLY=throughput,latency,close,engine,state,checkpoint,kafka,kafka-latency` (default: all).
 //! Kafka phase with summarize in separate instances: `CBEC_BENCH_STAGES=N`.
 //! Size: `CBEC_BENCH_ORDERS` (default 820000 orders ≈ 5.1 million messages).
 //! Kafka phases need `CBEC_BENCH_BROKERS`; `CBEC_BENCH_KPARTS` sets the partitions of the
@@ -178,6 +178,47 @@ fn main() {
             s.latencies_us.len()
         );
         diag(&s);
+    }
+
+    // 3c. The engine alone on the latency phase's feed (decoded beforehand, in arrival
+    //     order, event time advanced before each entity as the runtime does): its cost per
+    //     message against the whole path's capacity (where the time goes).
+    if phase("engine") {
+        let n = (orders / 4).max(20_000);
+        let g = generate(&GenConfig { orders: n, seed: 7, ..GenConfig::default() }, &rules, &h);
+        let feed = cbec_pipeline::generator::merged(&g);
+        drop(g);
+        let mut decoder = cbec_schemas::Decoder::new();
+        let mut decoded: Vec<cbec_schemas::Entity> = Vec::with_capacity(feed.len());
+        let t = Instant::now();
+        for (t, _, m) in &feed {
+            if let cbec_schemas::Decoded::One(Ok(x)) = decoder.decode(*t, m) {
+                decoded.push(x);
+            }
+        }
+        let decode = t.elapsed();
+        let msgs = decoded.len();
+        drop(feed);
+        let mut e = cbec_operators::engine::Engine::new(rules.clone(), h.clone(), cfg.partitions);
+        e.reserve(n);
+        let mut out = Vec::new();
+        let t = Instant::now();
+        for (i, x) in decoded.into_iter().enumerate() {
+            e.advance(cbec_schemas::EventTime(x.event_time().0 - 1), &mut out);
+            e.process(x, &mut out);
+            if i % 256 == 255 {
+                out.clear();
+            }
+        }
+        let took = t.elapsed();
+        println!(
+            "engine alone, {n}-order story in arrival order: {msgs} entities in {:.2} s = {:.0} entities/s ({:.2} µs each); decoding them beforehand on one thread: {:.0} msg/s ({:.2} µs each)",
+            took.as_secs_f64(),
+            msgs as f64 / took.as_secs_f64(),
+            took.as_secs_f64() * 1e6 / msgs as f64,
+            msgs as f64 / decode.as_secs_f64(),
+            decode.as_secs_f64() * 1e6 / msgs as f64
+        );
     }
 
     // 4. State per pending list: lists stored but never collected.
