@@ -29,8 +29,9 @@ use std::sync::Arc;
 pub struct Shared {
     /// Rules file.
     pub rules: Rules,
-    /// Registered goods: `ebcCode` → `itemNo` → `gcode`.
-    pub goods: Tracked<String, Map<String, String>>,
+    /// Registered goods: `ebcCode` → `itemNo` → `gcode` (inline texts: a lookup per item
+    /// of every list compares keys without following pointers).
+    pub goods: Tracked<String, Map<Text, Text>>,
     /// Officer controls.
     pub controls: ControlTable,
     /// `invtNo` serials assigned, with their declaration year ([`ids::serial_key`]).

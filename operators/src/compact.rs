@@ -25,7 +25,9 @@ pub fn heap_bytes(t: &Text) -> usize {
 #[derive(Debug, Clone, Default)]
 pub struct Codes {
     texts: Vec<Arc<str>>,
-    ids: Map<Arc<str>, u32>,
+    /// Keyed by inline copies (a code of up to 24 bytes sits in its bucket): a lookup
+    /// compares without following a pointer to the text (a cache miss per probe).
+    ids: Map<Text, u32>,
     bytes: usize,
 }
 
@@ -38,10 +40,17 @@ impl Codes {
         }
         let id = u32::try_from(self.texts.len()).expect("fewer than 2^32 distinct codes");
         let a: Arc<str> = Arc::from(s);
-        self.texts.push(a.clone());
-        self.ids.insert(a, id);
-        // The text with its reference counts, its slot in the table and its map bucket.
-        self.bytes += s.len() + 16 + std::mem::size_of::<Arc<str>>() + std::mem::size_of::<(Arc<str>, u32)>() + 1;
+        self.texts.push(a);
+        let key = Text::new(s);
+        // The text with its reference counts, its slot in the table, its map bucket and the
+        // key's own copy when it is too long to sit inline.
+        self.bytes += s.len()
+            + 16
+            + std::mem::size_of::<Arc<str>>()
+            + std::mem::size_of::<(Text, u32)>()
+            + 1
+            + if key.is_heap_allocated() { s.len() } else { 0 };
+        self.ids.insert(key, id);
         id
     }
 

@@ -86,7 +86,7 @@ pub struct EngineChanges {
     declare: Vec<DeclareChanges>,
     clear: Vec<ClearChanges>,
     seals: SealChanges,
-    goods: Vec<Change<String, crate::Map<String, String>>>,
+    goods: Vec<Change<String, crate::Map<cbec_schemas::Text, cbec_schemas::Text>>>,
     /// The control table when a control came since the previous changes.
     controls: Option<crate::controls::ControlTable>,
     /// `invtNo` serials assigned since the previous changes.
@@ -190,7 +190,7 @@ impl Engine {
         let key = format!("{}/{}", g.ebc_code, g.item_no);
         let (st, info) = if g.app_type == AppType::Delete {
             if let Some(m) = self.shared.goods.get_mut(&g.ebc_code) {
-                m.remove(&g.item_no);
+                m.remove(g.item_no.as_str());
             }
             (status::ACCEPTED, "registration deleted".to_string())
         } else {
@@ -203,7 +203,10 @@ impl Engine {
                     format!("gcode '{}': {} is not a subheading of the HS nomenclature", g.gcode, &g.gcode[..6]),
                 ),
                 HsCheck::Known | HsCheck::Unverified => {
-                    self.shared.goods.or_default(&g.ebc_code).insert(g.item_no.clone(), g.gcode.clone());
+                    self.shared
+                        .goods
+                        .or_default(&g.ebc_code)
+                        .insert(g.item_no.as_str().into(), g.gcode.as_str().into());
                     (status::ACCEPTED, "goods registered".to_string())
                 }
             }
