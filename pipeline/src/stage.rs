@@ -252,7 +252,7 @@ impl PartState {
                 }
             }
             StageMsg::Rules { summary_grace_hours, summary_flag } => {
-                (self.rules.summary_grace_hours, self.rules.summary_flag) = (summary_grace_hours, summary_flag);
+                self.set_summary_rules((summary_grace_hours, summary_flag))
             }
         }
         true
@@ -261,6 +261,10 @@ impl PartState {
     /// The rules it summarizes under: hours of grace, `summaryFlag`.
     pub fn summary_rules(&self) -> (u32, u8) {
         (self.rules.summary_grace_hours, self.rules.summary_flag)
+    }
+
+    fn set_summary_rules(&mut self, (grace, flag): (u32, u8)) {
+        (self.rules.summary_grace_hours, self.rules.summary_flag) = (grace, flag);
     }
 
     /// True when the partition reached the end of time (a finite input is done).
@@ -290,8 +294,8 @@ impl PartState {
         }
         self.state.track();
         (self.applied, self.watermark) = (c.applied, c.watermark);
-        if let Some((grace, flag)) = c.rules {
-            (self.rules.summary_grace_hours, self.rules.summary_flag) = (grace, flag);
+        if let Some(rules) = c.rules {
+            self.set_summary_rules(rules);
         }
         Ok(())
     }
