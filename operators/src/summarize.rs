@@ -1,8 +1,8 @@
 //! **summarize**: exited lists → Arrow record batches → monthly summary declarations
 //! (CONTRACT §4.6). A period (calendar month of `ieDate`) closes when event time passes the
 //! month end plus the grace; its exited, consistent, non-tax-related `statisticsFlag` B
-//! lists are grouped with Arrow kernels (lexicographic sort, then partition into runs of
-//! equal keys, then `sum` per run): one declaration per (`ebcCode`, `ownerCode` when
+//! lists are grouped in an Arrow batch (sorted through Arrow's row format, whose rows also
+//! find the runs of equal keys; sums per run): one declaration per (`ebcCode`, `ownerCode` when
 //! `summaryFlag` is 2, `country`, `portCode`, `trafMode`), one item row per (`gcode`, `unit`,
 //! item `currency`, item `country`). Each list is in exactly one declaration. A list exiting
 //! after its period closed goes into a supplementary declaration (`…/2`, `…/3`).
@@ -11,9 +11,7 @@ use crate::engine::Exited;
 use crate::rules::Rules;
 use crate::tracked::{Cut, Incremental};
 use crate::{Collector, Operator};
-use arrow::array::{Array, ArrayRef, Decimal128Array, StringArray, UInt32Array};
-use arrow::compute::kernels::partition::partition;
-use arrow::compute::take;
+use arrow::array::{Array, ArrayRef, Decimal128Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
@@ -71,10 +69,13 @@ pub type SummarizeCut = Cut<Summarize, SummarizeChanges>;
 
 /// Builds the item-row batch of a period's lists (one row per list item).
 pub fn rows_batch(lists: &[&Exited], summary_flag: u8) -> RecordBatch {
-    let mut cols: Vec<Vec<&str>> = vec![Vec::new(); KEYS.len() + 1];
-    let mut qty = Vec::new();
-    let mut qty1 = Vec::new();
-    let mut total = Vec::new();
+    // Sized up front: a month's close builds millions of rows, and columns grown by
+    // doubling copied themselves over and over into fresh pages.
+    let n: usize = lists.iter().map(|e| e.list.items.len()).sum();
+    let mut cols: Vec<Vec<&str>> = (0..KEYS.len() + 1).map(|_| Vec::with_capacity(n)).collect();
+    let mut qty = Vec::with_capacity(n);
+    let mut qty1 = Vec::with_capacity(n);
+    let mut total = Vec::with_capacity(n);
     for e in lists {
         let l = &e.list;
         for it in &l.items {
@@ -109,63 +110,78 @@ pub fn rows_batch(lists: &[&Exited], summary_flag: u8) -> RecordBatch {
     RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).expect("consistent columns")
 }
 
-fn sum_dec(a: &ArrayRef, start: usize, len: usize) -> Dec {
-    let d = a.as_any().downcast_ref::<Decimal128Array>().expect("decimal column");
-    Dec::from_scaled(arrow::compute::sum(&d.slice(start, len)).unwrap_or(0))
+fn strings(batch: &RecordBatch, i: usize) -> &StringArray {
+    batch.column(i).as_any().downcast_ref::<StringArray>().expect("utf8 column")
 }
 
-fn str_at(a: &ArrayRef, i: usize) -> &str {
-    a.as_any().downcast_ref::<StringArray>().expect("utf8 column").value(i)
+fn decimals(batch: &RecordBatch, i: usize) -> &[i128] {
+    batch.column(i).as_any().downcast_ref::<Decimal128Array>().expect("decimal column").values()
 }
 
 /// Groups a rows batch into summary declarations with Arrow kernels; `revision` numbers
 /// the declaration of a form (given `ebcCode-ownerCode-country-portCode-trafMode`).
 pub fn summarize_batch(batch: &RecordBatch, period: u32, revision: impl Fn(&str) -> u32) -> Vec<Summary> {
-    if batch.num_rows() == 0 {
+    let n = batch.num_rows();
+    if n == 0 {
         return Vec::new();
     }
     // Sort by the key columns through the row format (one byte-comparable row per list
     // item): the same order as a lexicographic sort of the columns, without per-comparison
-    // dispatch over string columns.
+    // dispatch over string columns. The same rows then find the runs of equal keys (one
+    // comparison per row, not one per row and column), and a declaration starts where a
+    // run's head keys differ from the run before (only runs can start one).
     let keys: Vec<ArrayRef> = (0..KEYS.len()).map(|i| batch.column(i).clone()).collect();
     let converter =
         RowConverter::new(keys.iter().map(|c| SortField::new(c.data_type().clone())).collect()).expect("row format");
     let rows = converter.convert_columns(&keys).expect("row format");
-    let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+    let mut order: Vec<u32> = (0..n as u32).collect();
     order.sort_by(|a, b| rows.row(*a as usize).cmp(&rows.row(*b as usize)));
-    let idx = UInt32Array::from(order);
-    let sorted: Vec<ArrayRef> = batch.columns().iter().map(|c| take(c, &idx, None).expect("take")).collect();
-    let heads = partition(&sorted[..HEAD_KEYS]).expect("partition heads");
+    let at = |pos: usize| order[pos] as usize;
+    let key_cols: Vec<&StringArray> = (0..KEYS.len()).map(|k| strings(batch, k)).collect();
+    let invt_col = strings(batch, KEYS.len());
+    let [qty, qty1, total] = [1, 2, 3].map(|k| decimals(batch, KEYS.len() + k));
+    let sum = |col: &[i128], s: usize, e: usize| {
+        Dec::from_scaled((s..e).fold(0i128, |acc, pos| acc.wrapping_add(col[at(pos)])))
+    };
+    let head = |pos: usize| -> [&str; HEAD_KEYS] { std::array::from_fn(|k| key_cols[k].value(at(pos))) };
+    // Runs of equal keys, as (start, end) positions in the sorted order.
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut start = 0;
+    for pos in 1..=n {
+        if pos == n || rows.row(at(pos)) != rows.row(at(pos - 1)) {
+            runs.push((start, pos));
+            start = pos;
+        }
+    }
     let mut out = Vec::new();
-    for head in heads.ranges() {
-        let rows = partition(
-            &sorted[..KEYS.len()].iter().map(|c| c.slice(head.start, head.end - head.start)).collect::<Vec<_>>(),
-        )
-        .expect("partition rows");
-        let mut items = Vec::new();
+    let mut i = 0;
+    while i < runs.len() {
+        let key = head(runs[i].0);
+        let mut j = i + 1;
+        while j < runs.len() && head(runs[j].0) == key {
+            j += 1;
+        }
+        let mut items = Vec::with_capacity(j - i);
         let mut invt_all: Vec<String> = Vec::new();
-        for (g, r) in rows.ranges().into_iter().enumerate() {
-            let (s, n) = (head.start + r.start, r.end - r.start);
-            let mut invts: Vec<&str> = (s..s + n).map(|i| str_at(&sorted[KEYS.len()], i)).collect();
+        for (g, &(s, e)) in runs[i..j].iter().enumerate() {
+            let mut invts: Vec<&str> = (s..e).map(|pos| invt_col.value(at(pos))).collect();
             invts.sort_unstable();
             invts.dedup();
             invt_all.extend(invts.iter().map(|x| x.to_string()));
             items.push(SummaryItem {
                 gnum: g as u32 + 1,
-                gcode: str_at(&sorted[5], s).to_string(),
-                unit: str_at(&sorted[6], s).to_string(),
-                currency: str_at(&sorted[7], s).to_string(),
-                country: str_at(&sorted[8], s).to_string(),
-                qty: sum_dec(&sorted[KEYS.len() + 1], s, n),
-                qty1: sum_dec(&sorted[KEYS.len() + 2], s, n),
-                total_price: sum_dec(&sorted[KEYS.len() + 3], s, n),
+                gcode: key_cols[5].value(at(s)).to_string(),
+                unit: key_cols[6].value(at(s)).to_string(),
+                currency: key_cols[7].value(at(s)).to_string(),
+                country: key_cols[8].value(at(s)).to_string(),
+                qty: sum(qty, s, e),
+                qty1: sum(qty1, s, e),
+                total_price: sum(total, s, e),
                 list_count: invts.len() as u64,
             });
         }
         invt_all.sort_unstable();
         invt_all.dedup();
-        let h = head.start;
-        let key: Vec<&str> = (0..HEAD_KEYS).map(|k| str_at(&sorted[k], h)).collect();
         let form = key.join("-");
         let revision = revision(&form);
         let suffix = if revision > 1 { format!("/{revision}") } else { String::new() };
@@ -182,6 +198,7 @@ pub fn summarize_batch(batch: &RecordBatch, period: u32, revision: impl Fn(&str)
             items,
             invt_nos: invt_all,
         });
+        i = j;
     }
     out
 }
