@@ -581,6 +581,91 @@ fn summaries_cover_each_exited_list_once_with_exact_sums() {
     assert!(summarizable > 200 && summarizable < 500, "{summarizable}");
 }
 
+/// The Arrow grouping of a period's lists equals a plain grouping of the same lists:
+/// companies, owners, destinations and ports in declarations, items merged by (`gcode`,
+/// unit, currency, country) across lists and within one list, sums and list counts per item
+/// row and per declaration, both in key order.
+#[test]
+fn summarize_batch_equals_a_plain_grouping() {
+    use crate::engine::Exited;
+    use crate::summarize::{rows_batch, summarize_batch};
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let pick = |rng: &mut rand::rngs::StdRng, v: &[&'static str]| v[rng.random_range(0..v.len())];
+    let mut lists = Vec::new();
+    for n in 0..400u32 {
+        let items: Vec<serde_json::Value> = (0..rng.random_range(1..4))
+            .map(|g| {
+                let qty = rng.random_range(1..5);
+                json!({"gnum": g + 1, "itemNo": format!("IT{g}"), "gcode": pick(&mut rng, &["8517130000", "6109100000", "9503000000"]),
+                    "gname": "x", "gmodel": "x", "country": pick(&mut rng, &["USA", "DEU"]), "currency": pick(&mut rng, &["142", "502"]),
+                    "qty": qty.to_string(), "qty1": qty.to_string(), "unit": pick(&mut rng, &["011", "035"]), "unit1": "011",
+                    "price": "10.5", "totalPrice": format!("{}.25", 10 * qty)})
+            })
+            .collect();
+        let ebc = pick(&mut rng, &["EBC1", "EBC2", "EBC10"]);
+        let v = json!({"orderNo": format!("O{n}"), "logisticsNo": format!("L{n}"), "logisticsCode": "LOG1", "ebpCode": "EBP1", "ebcCode": ebc,
+            "ownerCode": pick(&mut rng, &["OWN1", "OWN2"]), "agentCode": "AG1", "customsCode": "5141", "portCode": pick(&mut rng, &["5141", "5100"]),
+            "ieDate": "20261111", "statisticsFlag": "B", "tradeMode": "9610", "trafMode": pick(&mut rng, &["4", "5"]),
+            "country": pick(&mut rng, &["USA", "GBR"]), "POD": "USLAX", "freight": "10", "insuredFee": "0", "packNo": 1, "grossWeight": "1.2",
+            "netWeight": "1", "appType": "1", "appStatus": "1", "appTime": "20261111100000", "copNo": "C1", "items": items});
+        let Entity::List(l) = ent(Topic::Lists, v) else { panic!("not a list") };
+        lists.push(Exited {
+            invt_no: format!("51412026E{n:011}").into(),
+            summarizable: true,
+            list: (*l).into(),
+            seq: n as u64,
+        });
+    }
+    for flag in [1u8, 2] {
+        let refs: Vec<&Exited> = lists.iter().collect();
+        let got = summarize_batch(&rows_batch(&refs, flag), 202611, |_| 1);
+        // Declaration key → item key → (qty, qty1, total, lists); declaration → lists.
+        type Sums = (Dec, Dec, Dec, BTreeSet<String>);
+        let mut want: BTreeMap<Vec<String>, BTreeMap<Vec<String>, Sums>> = BTreeMap::new();
+        for e in &lists {
+            let l = &e.list;
+            let owner = if flag == 2 { l.owner_code.to_string() } else { String::new() };
+            let head = vec![
+                l.ebc_code.to_string(),
+                owner,
+                l.country.to_string(),
+                l.port_code.to_string(),
+                l.traf_mode.to_string(),
+            ];
+            for it in &l.items {
+                let key =
+                    vec![it.gcode.to_string(), it.unit.to_string(), it.currency.to_string(), it.country.to_string()];
+                let row = want.entry(head.clone()).or_default().entry(key).or_default();
+                row.0 = [row.0, it.qty].into_iter().sum();
+                row.1 = [row.1, it.qty1].into_iter().sum();
+                row.2 = [row.2, it.total_price].into_iter().sum();
+                row.3.insert(e.invt_no.to_string());
+            }
+        }
+        assert_eq!(got.len(), want.len(), "flag {flag}: declarations");
+        for (s, (head, rows)) in got.iter().zip(&want) {
+            assert_eq!(s.summary_id, format!("202611-{}", head.join("-")));
+            let lists: BTreeSet<String> = rows.values().flat_map(|r| r.3.iter().cloned()).collect();
+            assert_eq!(s.invt_nos, lists.into_iter().collect::<Vec<_>>());
+            assert_eq!(s.list_count as usize, s.invt_nos.len());
+            assert_eq!(s.items.len(), rows.len(), "{}", s.summary_id);
+            for (g, (item, (key, r))) in s.items.iter().zip(rows).enumerate() {
+                assert_eq!(item.gnum as usize, g + 1);
+                assert_eq!(
+                    [&item.gcode, &item.unit, &item.currency, &item.country].map(String::as_str),
+                    [&key[0], &key[1], &key[2], &key[3]].map(String::as_str)
+                );
+                assert_eq!(
+                    (item.qty, item.qty1, item.total_price, item.list_count as usize),
+                    (r.0, r.1, r.2, r.3.len())
+                );
+            }
+            assert_eq!(s.total_price, rows.values().map(|r| r.2).sum::<Dec>());
+        }
+    }
+}
+
 #[test]
 fn sampling_rate_is_met_reproducible_and_keyed() {
     let n = 100_000u32;
