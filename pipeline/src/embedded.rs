@@ -175,6 +175,7 @@ pub fn run(
     sink: Box<dyn Sink>,
     progress: Option<crate::runner::Progress>,
 ) -> anyhow::Result<RunStats> {
+    let read_ahead = inputs.iter().any(|(_, i)| !matches!(i, TopicInput::Paced(..)));
     let (sink_tx, sink_h) = spawn_sink(sink, cfg.queue_capacity);
     let mut groups = Vec::new();
     let mut handles = Vec::new();
@@ -184,7 +185,7 @@ pub fn run(
         groups.push((vec![(t, 0)], rx));
     }
     let run = EngineRun { progress, ..EngineRun::new(cfg, hs, groups, sink_tx) };
-    let stats = run_engine(run, None)?;
+    let stats = RunStats { read_ahead, ..run_engine(run, None)? };
     for h in handles {
         h.join().map_err(|_| anyhow::anyhow!("source thread panicked"))??;
     }

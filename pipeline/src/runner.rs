@@ -235,6 +235,9 @@ pub struct RunStats {
     pub red: (u64, u64),
     /// Scan → decision latencies in microseconds.
     pub latencies_us: Vec<u32>,
+    /// The input was read as fast as it decoded (embedded files or generated messages, not
+    /// paced): a scan's latency includes its wait behind the input read before it.
+    pub read_ahead: bool,
     /// Items released early by the sequencer bound.
     pub forced: u64,
     /// Keyed state bytes at the end: (declare, clear, summarize).

@@ -80,6 +80,7 @@ fn pipeline_concludes_what_the_generator_expects() {
     assert_eq!(dead, ex.malformed);
     assert_eq!(exits, ex.exited);
     assert_eq!(stats.dead.values().sum::<u64>(), ex.malformed);
+    assert!(stats.read_ahead, "generated input is read as fast as it decodes");
 }
 
 #[test]
