@@ -118,7 +118,7 @@ fn decimals(batch: &RecordBatch, i: usize) -> &[i128] {
     batch.column(i).as_any().downcast_ref::<Decimal128Array>().expect("decimal column").values()
 }
 
-/// Groups a rows batch into summary declarations with Arrow kernels; `revision` numbers
+/// Groups a rows batch into summary declarations; `revision` numbers
 /// the declaration of a form (given `ebcCode-ownerCode-country-portCode-trafMode`).
 pub fn summarize_batch(batch: &RecordBatch, period: u32, revision: impl Fn(&str) -> u32) -> Vec<Summary> {
     let n = batch.num_rows();
@@ -162,12 +162,12 @@ pub fn summarize_batch(batch: &RecordBatch, period: u32, revision: impl Fn(&str)
             j += 1;
         }
         let mut items = Vec::with_capacity(j - i);
-        let mut invt_all: Vec<String> = Vec::new();
+        let mut invt_all: Vec<&str> = Vec::new();
         for (g, &(s, e)) in runs[i..j].iter().enumerate() {
             let mut invts: Vec<&str> = (s..e).map(|pos| invt_col.value(at(pos))).collect();
             invts.sort_unstable();
             invts.dedup();
-            invt_all.extend(invts.iter().map(|x| x.to_string()));
+            invt_all.extend_from_slice(&invts);
             items.push(SummaryItem {
                 gnum: g as u32 + 1,
                 gcode: key_cols[5].value(at(s)).to_string(),
@@ -196,7 +196,7 @@ pub fn summarize_batch(batch: &RecordBatch, period: u32, revision: impl Fn(&str)
             list_count: invt_all.len() as u64,
             total_price: items.iter().map(|i| i.total_price).sum(),
             items,
-            invt_nos: invt_all,
+            invt_nos: invt_all.into_iter().map(String::from).collect(),
         });
         i = j;
     }

@@ -594,22 +594,27 @@ fn summarize_batch_equals_a_plain_grouping() {
     let pick = |rng: &mut rand::rngs::StdRng, v: &[&'static str]| v[rng.random_range(0..v.len())];
     let mut lists = Vec::new();
     for n in 0..400u32 {
-        let items: Vec<serde_json::Value> = (0..rng.random_range(1..4))
-            .map(|g| {
-                let qty = rng.random_range(1..5);
-                json!({"gnum": g + 1, "itemNo": format!("IT{g}"), "gcode": pick(&mut rng, &["8517130000", "6109100000", "9503000000"]),
-                    "gname": "x", "gmodel": "x", "country": pick(&mut rng, &["USA", "DEU"]), "currency": pick(&mut rng, &["142", "502"]),
-                    "qty": qty.to_string(), "qty1": qty.to_string(), "unit": pick(&mut rng, &["011", "035"]), "unit1": "011",
-                    "price": "10.5", "totalPrice": format!("{}.25", 10 * qty)})
+        // A story's list, its declaration keys and items varied.
+        let Entity::List(mut l) = Story::new(n as usize).list() else { panic!("not a list") };
+        l.ebc_code = pick(&mut rng, &["EBC1", "EBC2", "EBC10"]).into();
+        l.owner_code = pick(&mut rng, &["OWN1", "OWN2"]).into();
+        l.port_code = pick(&mut rng, &["5141", "5100"]).into();
+        l.traf_mode = pick(&mut rng, &["4", "5"]).into();
+        l.country = pick(&mut rng, &["USA", "GBR"]).into();
+        let item = l.items[0].clone();
+        l.items = (0..rng.random_range(1..4))
+            .map(|_| {
+                let qty = rng.random_range(1..5i64);
+                let mut it = item.clone();
+                it.gcode = pick(&mut rng, &["8517130000", "6109100000", "9503000000"]).into();
+                it.country = pick(&mut rng, &["USA", "DEU"]).into();
+                it.currency = pick(&mut rng, &["142", "502"]).into();
+                it.unit = pick(&mut rng, &["011", "035"]).into();
+                (it.qty, it.qty1) = (Dec::from_int(qty), Dec::from_int(qty));
+                it.total_price = Dec::parse(&format!("{}.25", 10 * qty)).unwrap();
+                it
             })
             .collect();
-        let ebc = pick(&mut rng, &["EBC1", "EBC2", "EBC10"]);
-        let v = json!({"orderNo": format!("O{n}"), "logisticsNo": format!("L{n}"), "logisticsCode": "LOG1", "ebpCode": "EBP1", "ebcCode": ebc,
-            "ownerCode": pick(&mut rng, &["OWN1", "OWN2"]), "agentCode": "AG1", "customsCode": "5141", "portCode": pick(&mut rng, &["5141", "5100"]),
-            "ieDate": "20261111", "statisticsFlag": "B", "tradeMode": "9610", "trafMode": pick(&mut rng, &["4", "5"]),
-            "country": pick(&mut rng, &["USA", "GBR"]), "POD": "USLAX", "freight": "10", "insuredFee": "0", "packNo": 1, "grossWeight": "1.2",
-            "netWeight": "1", "appType": "1", "appStatus": "1", "appTime": "20261111100000", "copNo": "C1", "items": items});
-        let Entity::List(l) = ent(Topic::Lists, v) else { panic!("not a list") };
         lists.push(Exited {
             invt_no: format!("51412026E{n:011}").into(),
             summarizable: true,

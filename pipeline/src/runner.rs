@@ -609,16 +609,12 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
     let started = Instant::now();
     let all_sources: Vec<SourceId> = run.inputs.iter().flat_map(|(s, _)| s.iter().copied()).collect();
     let mut seq: Sequencer<Item> = Sequencer::new(all_sources.iter().copied(), run.lateness_ms);
-    let (restored, offsets) = match restored {
-        Some(r) => (Some((r.engine, r.summarize)), Some(r.offsets)),
-        None => (None, None),
-    };
-    let (mut summarize_state, mut engine) = match restored {
-        Some((engine, summarize)) => {
-            say_rules_in_force(engine.rules(), &run.rules, " (controls change inspection_rate)");
-            (summarize, engine)
+    let (mut summarize_state, mut engine, offsets) = match restored {
+        Some(r) => {
+            say_rules_in_force(r.engine.rules(), &run.rules, " (controls change inspection_rate)");
+            (r.summarize, r.engine, Some(r.offsets))
         }
-        None => (Summarize::default(), Engine::new(run.rules.clone(), run.hs.clone(), run.partitions)),
+        None => (Summarize::default(), Engine::new(run.rules.clone(), run.hs.clone(), run.partitions), None),
     };
     // After a restore the writer's copy starts from the restored state (copied now, before
     // any input, instead of at the first checkpoint on the decision path); its first

@@ -770,14 +770,19 @@ mod tests {
         assert_eq!(run(Some(engine)), (1, (0, 2)), "the engine's rules: November closed");
     }
 
+    /// A new partition state under the default rules, with a checkpoint store in a
+    /// temporary directory (kept while the directory lives) and its saver.
+    fn fresh_part() -> (tempfile::TempDir, crate::checkpoint::LocalDirStore, PartState, Saver) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::checkpoint::LocalDirStore::new(dir.path()).unwrap();
+        (dir, store, PartState::new(Rules::default()), Saver::default())
+    }
+
     /// Rules the engine stage sent after a partition's whole checkpoint come back from the
     /// changes saved after it.
     #[test]
     fn rules_adopted_after_a_whole_checkpoint_come_back_from_its_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::checkpoint::LocalDirStore::new(dir.path()).unwrap();
-        let mut i = PartState::new(Rules::default());
-        let mut saver = Saver::default();
+        let (_dir, store, mut i, mut saver) = fresh_part();
         let mut out = Vec::new();
         for n in 1..=3 {
             i.apply(StageMsg::Exited(exited(n, "EBC1", n, true)), &mut out);
@@ -794,10 +799,7 @@ mod tests {
     /// its last exit and event time.
     #[test]
     fn a_partition_restores_from_its_whole_checkpoint_and_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::checkpoint::LocalDirStore::new(dir.path()).unwrap();
-        let mut i = PartState::new(Rules::default());
-        let mut saver = Saver::default();
+        let (_dir, store, mut i, mut saver) = fresh_part();
         let mut out = Vec::new();
         let mut offsets = Offsets::new();
         for n in 1..=40u64 {
