@@ -45,6 +45,11 @@ impl Standby {
             Since::Other(cp) => {
                 if self.state.is_some() {
                     self.applied += 1 + cp.changes.len();
+                } else {
+                    eprintln!(
+                        "cbec: standing by with the state of the active process's checkpoint (epoch {}, number {}), followed as it saves more",
+                        cp.place.0, cp.place.1
+                    );
                 }
                 self.state = Some((Restored::from_checkpoint(&cp, self.hs.clone())?, cp.place));
             }

@@ -321,6 +321,14 @@ fn takeover(tag: &str, fail: Fail, store: StoreKind) {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("spawn the standby");
+    // The active process runs on until the standby holds a checkpoint's state (its start
+    // and joining the lease group take a while on a loaded machine), and some checkpoint
+    // intervals more, so that the standby has followed checkpoints saved after it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).unwrap().contains("standing by with the state") {
+        assert!(Instant::now() < deadline, "the standby never read a checkpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::thread::sleep(Duration::from_millis(1500));
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(standby.try_wait().unwrap().is_none(), "the standby waits: {said}");
