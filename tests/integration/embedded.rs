@@ -301,3 +301,29 @@ fn the_docker_files_settings_load() {
         assert!(Config::load(None, &env).is_ok(), "{k}={v} does not load: {:?}", Config::load(None, &env));
     }
 }
+
+/// The Docker build context (the repository root, `COPY . .` in `docker/Dockerfile`) holds
+/// the workspace but not the local build output or the Git history: without a
+/// `.dockerignore`, a build from a working copy sends gigabytes of `target/` to the engine
+/// and copies them into the build stage.
+#[test]
+fn the_docker_build_context_holds_the_workspace_not_the_build_output() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).expect(".dockerignore at the repository root");
+    let patterns: Vec<&str> = ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    // A top-level name is left out when a pattern names it (`name`, `name/`, `/name`).
+    let left_out = |name: &str| patterns.iter().any(|p| p.trim_matches('/') == name);
+    for name in ["target", ".git", "cbec-out"] {
+        assert!(left_out(name), "{name} is in the Docker build context: {patterns:?}");
+    }
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let members = manifest.lines().find(|l| l.starts_with("members")).expect("workspace members");
+    let members: Vec<&str> = members.split('"').skip(1).step_by(2).collect();
+    assert!(members.len() >= 4, "{members:?}");
+    for name in members.iter().copied().chain(["Cargo.toml", "Cargo.lock"]) {
+        assert!(!left_out(name), "{name} is needed by the build and left out of its context");
+        assert!(root.join(name).exists(), "{name}");
+    }
+    let dockerfile = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("COPY . ."), "the Dockerfile copies the context whole");
+}
