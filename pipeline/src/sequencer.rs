@@ -14,7 +14,7 @@
 
 use cbec_schemas::{EventTime, Topic};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 /// Rank of a topic in ties.
 pub fn rank(t: Topic) -> u8 {
@@ -35,13 +35,22 @@ pub fn rank(t: Topic) -> u8 {
 /// A source's identity: topic and partition (files use partition 0).
 pub type SourceId = (Topic, i32);
 
-#[derive(Debug, Default, Clone)]
-struct SourceState {
+/// One source: its progress and its items waiting, in key order.
+#[derive(Debug)]
+struct SourceState<T> {
+    id: SourceId,
     max_time: i64,
     /// Key offset of the latest item.
     last: i64,
     seen: bool,
     idle: bool,
+    waiting: VecDeque<(Key, T)>,
+}
+
+impl<T> SourceState<T> {
+    fn new(id: SourceId) -> SourceState<T> {
+        SourceState { id, max_time: 0, last: 0, seen: false, idle: false, waiting: VecDeque::new() }
+    }
 }
 
 /// An ordering key: (time, topic rank, partition, offset).
@@ -58,15 +67,6 @@ pub struct Pending<T> {
     pub item: T,
 }
 
-/// What the heap orders: the key and where the item waits. Items stay put in a slab, so
-/// sifting moves 40 bytes, not a decoded entity.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Queued {
-    key: (i64, u8, i32, i64),
-    source: SourceId,
-    slot: usize,
-}
-
 /// The watermark's inputs, cached between changes of the sources.
 #[derive(Debug, Clone, Copy)]
 enum Sources {
@@ -78,12 +78,20 @@ enum Sources {
     Min(Key, SourceId),
 }
 
-/// The merge of all sources.
+/// The merge of all sources: a merge of sorted runs. A source's items come in key order
+/// (its effective time never goes back, its offsets grow), so each source keeps its items
+/// in a queue in arrival order, and a small heap holds each source's first key: a release
+/// compares keys among the sources (tens), not among every item waiting (up to
+/// `max_buffered`), and an item is moved into its queue and out of it, never sifted. An
+/// item that comes out of order in its source (a partition read again) is put in its
+/// place in the queue, so the order is the order of the keys whatever the arrival.
 pub struct Sequencer<T> {
-    heap: BinaryHeap<Reverse<Queued>>,
-    slab: Vec<Option<T>>,
-    free: Vec<usize>,
-    sources: HashMap<SourceId, SourceState>,
+    sources: Vec<SourceState<T>>,
+    index: HashMap<SourceId, usize>,
+    /// The first key of every source with items waiting, and the source; an entry whose
+    /// key is no longer its source's first (an item put before it) is stale and skipped.
+    heads: BinaryHeap<Reverse<(Key, usize)>>,
+    len: usize,
     cached: std::cell::Cell<Option<Sources>>,
     lateness: i64,
     max_time: i64,
@@ -93,27 +101,58 @@ impl<T> Sequencer<T> {
     /// A sequencer expecting `sources` (each must show an event or go idle before the
     /// watermark moves).
     pub fn new(sources: impl IntoIterator<Item = SourceId>, lateness_ms: i64) -> Sequencer<T> {
-        Sequencer {
-            heap: BinaryHeap::new(),
-            slab: Vec::new(),
-            free: Vec::new(),
-            sources: sources.into_iter().map(|s| (s, SourceState::default())).collect(),
+        let mut s = Sequencer {
+            sources: Vec::new(),
+            index: HashMap::new(),
+            heads: BinaryHeap::new(),
+            len: 0,
             cached: std::cell::Cell::new(None),
             lateness: lateness_ms,
             max_time: i64::MIN,
+        };
+        for id in sources {
+            s.source(id);
         }
+        s
+    }
+
+    /// The index of `id`, added when new.
+    fn source(&mut self, id: SourceId) -> usize {
+        if let Some(&i) = self.index.get(&id) {
+            return i;
+        }
+        self.sources.push(SourceState::new(id));
+        self.index.insert(id, self.sources.len() - 1);
+        self.sources.len() - 1
     }
 
     /// Adds an item from `source` at `offset` with event time `time`. Idleness is the
     /// reader's to say ([`Sequencer::set_idle`]): an item read from a source that is still
     /// caught up after it (the last message of a fetch) leaves it idle.
     pub fn push(&mut self, source: SourceId, offset: i64, time: EventTime, item: T) {
-        let st = self.sources.entry(source).or_default();
+        let i = self.source(source);
+        let st = &mut self.sources[i];
         let eff = if st.seen { time.0.max(st.max_time) } else { time.0 };
         let first = !st.seen;
         st.seen = true;
         st.max_time = eff;
         st.last = offset;
+        let key = (eff, rank(source.0), source.1, offset);
+        match st.waiting.back() {
+            Some((back, _)) if *back <= key => st.waiting.push_back((key, item)),
+            None => {
+                st.waiting.push_back((key, item));
+                self.heads.push(Reverse((key, i)));
+            }
+            Some(_) => {
+                let at = st.waiting.partition_point(|(k, _)| *k <= key);
+                st.waiting.insert(at, (key, item));
+                if at == 0 {
+                    self.heads.push(Reverse((key, i)));
+                }
+            }
+        }
+        self.len += 1;
         // A source's bound only grows with its items: the least bound changes only when
         // it was this source's (or this source had none yet).
         match self.cached.get() {
@@ -121,22 +160,12 @@ impl<T> Sequencer<T> {
             _ => self.cached.set(None),
         }
         self.max_time = self.max_time.max(eff);
-        let slot = match self.free.pop() {
-            Some(i) => {
-                self.slab[i] = Some(item);
-                i
-            }
-            None => {
-                self.slab.push(Some(item));
-                self.slab.len() - 1
-            }
-        };
-        self.heap.push(Reverse(Queued { key: (eff, rank(source.0), source.1, offset), source, slot }));
     }
 
     /// Marks a source idle (end of file or partition) or active again.
     pub fn set_idle(&mut self, source: SourceId, idle: bool) {
-        let st = self.sources.entry(source).or_default();
+        let i = self.source(source);
+        let st = &mut self.sources[i];
         if st.idle != idle {
             st.idle = idle;
             self.cached.set(None);
@@ -147,20 +176,20 @@ impl<T> Sequencer<T> {
         if let Some(c) = self.cached.get() {
             return c;
         }
-        let mut active = self.sources.iter().filter(|(_, s)| !s.idle).peekable();
+        let mut active = self.sources.iter().filter(|s| !s.idle).peekable();
         let state = if active.peek().is_none() {
             Sources::AllIdle
         } else {
             let mut least: Option<(Key, SourceId)> = None;
             let mut ready = true;
-            for (id, s) in active {
+            for s in active {
                 if !s.seen {
                     ready = false;
                     break;
                 }
-                let bound = (s.max_time.saturating_sub(self.lateness), rank(id.0), id.1, s.last.saturating_add(1));
+                let bound = (s.max_time.saturating_sub(self.lateness), rank(s.id.0), s.id.1, s.last.saturating_add(1));
                 if least.is_none_or(|(k, _)| bound < k) {
-                    least = Some((bound, *id));
+                    least = Some((bound, s.id));
                 }
             }
             match least {
@@ -177,56 +206,73 @@ impl<T> Sequencer<T> {
         match self.sources_state() {
             Sources::NotReady => None,
             // Everything idle: all that is buffered may go.
-            Sources::AllIdle => (!self.heap.is_empty()).then_some(EventTime(self.max_time)),
+            Sources::AllIdle => (self.len > 0).then_some(EventTime(self.max_time)),
             Sources::Min(k, _) => Some(EventTime(k.0)),
         }
     }
 
-    fn take(&mut self, q: Queued) -> Pending<T> {
-        let item = self.slab[q.slot].take().expect("queued item in its slot");
-        self.free.push(q.slot);
-        Pending { key: q.key, source: q.source, item }
+    /// The least key waiting and its source (stale heads dropped on the way).
+    fn first(&mut self) -> Option<(Key, usize)> {
+        while let Some(&Reverse((key, i))) = self.heads.peek() {
+            if self.sources[i].waiting.front().is_some_and(|(k, _)| *k == key) {
+                return Some((key, i));
+            }
+            self.heads.pop();
+        }
+        None
+    }
+
+    /// Takes the first item of source `i`, whose head is the heap's top.
+    fn take(&mut self, i: usize) -> Pending<T> {
+        self.heads.pop();
+        let st = &mut self.sources[i];
+        let (key, item) = st.waiting.pop_front().expect("a head has its item");
+        if let Some((next, _)) = st.waiting.front() {
+            self.heads.push(Reverse((*next, i)));
+        }
+        self.len -= 1;
+        Pending { key, source: st.id, item }
     }
 
     /// Pops the next item whose time is strictly below the watermark (an active source that
     /// reached time `t` may still send more items at `t`, of a topic that sorts first), or
     /// any item once every source is idle.
     pub fn pop(&mut self) -> Option<Pending<T>> {
-        let ready = match self.sources_state() {
+        let bound = match self.sources_state() {
             Sources::NotReady => return None,
-            Sources::AllIdle => self.heap.peek().is_some(),
-            Sources::Min(k, _) => self.heap.peek()?.0.key < k,
+            Sources::AllIdle => None,
+            Sources::Min(k, _) => Some(k),
         };
-        if ready {
-            let q = self.heap.pop()?.0;
-            Some(self.take(q))
-        } else {
-            None
+        let (key, i) = self.first()?;
+        if bound.is_some_and(|b| key >= b) {
+            return None;
         }
+        Some(self.take(i))
     }
 
     /// Pops everything regardless of watermarks (end of input).
     pub fn drain(&mut self) -> Option<Pending<T>> {
-        let q = self.heap.pop()?.0;
-        Some(self.take(q))
+        let (_, i) = self.first()?;
+        Some(self.take(i))
     }
 
     /// Items waiting.
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.len
     }
 
     /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.len == 0
     }
 
     /// Smallest offset still waiting per source (for checkpoints: consumption resumes there).
     pub fn min_pending_offsets(&self) -> HashMap<SourceId, i64> {
         let mut m: HashMap<SourceId, i64> = HashMap::new();
-        for r in &self.heap {
-            let e = m.entry(r.0.source).or_insert(i64::MAX);
-            *e = (*e).min(r.0.key.3);
+        for s in &self.sources {
+            if let Some(least) = s.waiting.iter().map(|(k, _)| k.3).min() {
+                m.insert(s.id, least);
+            }
         }
         m
     }
@@ -305,6 +351,91 @@ mod tests {
             s.push(a, i, EventTime(100), "g100");
             assert_eq!(s.len(), 2, "at most the newest goods item and o500 wait");
             assert_eq!(s.pop().map(|p| p.item), Some("g100"));
+        }
+    }
+
+    /// The merge of per-source queues releases exactly what a single ordered set of every
+    /// waiting item would (the sequencer before: one heap of all items), in the same
+    /// order, through late events, re-read offsets (out of order in their source), idle
+    /// sources and a drain at the end.
+    #[test]
+    fn releases_what_one_ordered_set_of_all_items_would() {
+        use rand::{RngExt, SeedableRng};
+        use std::collections::BTreeSet;
+        let ids: Vec<SourceId> = vec![(Topic::Orders, 0), (Topic::Orders, 1), (Topic::Payments, 0), (Topic::Scans, 3)];
+        for seed in 0..40u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let lateness = [0, 5, 50][seed as usize % 3];
+            let mut s: Sequencer<u32> = Sequencer::new(ids.iter().copied(), lateness);
+            // The model: every waiting item in one ordered set; per source (max_time, last
+            // offset, seen, idle), as the contract of the sequencer says.
+            let mut all: BTreeSet<(Key, u32)> = BTreeSet::new();
+            let mut st: Vec<(i64, i64, bool, bool)> = vec![(0, 0, false, false); ids.len()];
+            let mut next_off = vec![0i64; ids.len()];
+            let mut time = vec![0i64; ids.len()];
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            for n in 0..3000u32 {
+                let j = rng.random_range(0..ids.len());
+                match rng.random_range(0..20) {
+                    0 => {
+                        let idle = !st[j].3;
+                        st[j].3 = idle;
+                        s.set_idle(ids[j], idle);
+                    }
+                    r => {
+                        // Mostly forward in time; sometimes late; sometimes an offset read again.
+                        time[j] += if r == 1 { -rng.random_range(0..30) } else { rng.random_range(0..10) };
+                        let off = if r == 2 && next_off[j] > 3 {
+                            next_off[j] - rng.random_range(1..4)
+                        } else {
+                            next_off[j] += 1;
+                            next_off[j] - 1
+                        };
+                        let e = &mut st[j];
+                        let eff = if e.2 { time[j].max(e.0) } else { time[j] };
+                        *e = (eff, off, true, e.3);
+                        all.insert(((eff, rank(ids[j].0), ids[j].1, off), n));
+                        s.push(ids[j], off, EventTime(time[j]), n);
+                    }
+                }
+                // Release what the model releases: below the least bound of the active sources.
+                let active: Vec<usize> = (0..ids.len()).filter(|&k| !st[k].3).collect();
+                let bound: Option<Option<Key>> = if active.is_empty() {
+                    Some(None)
+                } else if active.iter().all(|&k| st[k].2) {
+                    active.iter().map(|&k| Some((st[k].0 - lateness, rank(ids[k].0), ids[k].1, st[k].1 + 1))).min()
+                } else {
+                    None
+                };
+                if let Some(bound) = bound {
+                    while let Some(&(k, v)) = all.first() {
+                        if bound.is_some_and(|b| k >= b) {
+                            break;
+                        }
+                        all.pop_first();
+                        want.push(v);
+                    }
+                }
+                while let Some(p) = s.pop() {
+                    got.push(p.item);
+                }
+                assert_eq!(got, want, "seed {seed}, step {n}");
+                assert_eq!(s.len(), all.len());
+                if n % 16 != 0 {
+                    continue;
+                }
+                let mut least: HashMap<SourceId, i64> = HashMap::new();
+                for ((_, r, p, off), _) in &all {
+                    let id = *ids.iter().find(|id| rank(id.0) == *r && id.1 == *p).unwrap();
+                    let e = least.entry(id).or_insert(i64::MAX);
+                    *e = (*e).min(*off);
+                }
+                assert_eq!(s.min_pending_offsets(), least, "seed {seed}, step {n}");
+            }
+            got.extend(std::iter::from_fn(|| s.drain().map(|p| p.item)));
+            want.extend(std::mem::take(&mut all).into_iter().map(|(_, v)| v));
+            assert_eq!(got, want, "seed {seed}, drained");
+            assert!(s.is_empty());
         }
     }
 }
