@@ -60,7 +60,7 @@ pub enum ClearIn {
     /// One parcel of a CEB507 arrival.
     Arrived {
         /// Parcel.
-        logistics_no: String,
+        logistics_no: Text,
         /// Arrival time.
         time: EventTime,
     },
@@ -69,16 +69,16 @@ pub enum ClearIn {
     /// Port release of the parcel under an intact seal.
     PortRelease {
         /// Parcel.
-        logistics_no: String,
+        logistics_no: Text,
         /// Seal.
-        seal_no: String,
+        seal_no: Text,
         /// When.
         time: EventTime,
     },
     /// One parcel of a CEB509 departure.
     Departed {
         /// Parcel.
-        logistics_no: String,
+        logistics_no: Text,
         /// Leave time.
         time: EventTime,
     },
@@ -648,7 +648,7 @@ impl Operator for Clear {
             }
             ClearIn::PortRelease { logistics_no, seal_no, time } => {
                 let p = retention.state_of(parcels, &logistics_no, time);
-                p.port_released = Some(seal_no.into_boxed_str());
+                p.port_released = Some(seal_no.as_str().into());
             }
             ClearIn::Departed { logistics_no, time } => {
                 let p = retention.state_of(parcels, &logistics_no, time);

@@ -3,7 +3,7 @@
 //! (the runtime processes in event-time order) until lifted.
 
 use crate::Map;
-use cbec_schemas::{Control, ControlKind, ControlTarget, Dec};
+use cbec_schemas::{Control, ControlKind, ControlTarget, Dec, Text};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -42,16 +42,16 @@ const VEHICLE: usize = 4;
 /// the list's own strings and allocates nothing).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ControlTable {
-    active: BTreeMap<String, Control>,
-    index: [Map<String, Vec<String>>; 5],
-    prefixes: Vec<(String, String)>,
-    rates: Vec<(String, Dec)>,
+    active: BTreeMap<Text, Control>,
+    index: [Map<Text, Vec<Text>>; 5],
+    prefixes: Vec<(Text, Text)>,
+    rates: Vec<(Text, Dec)>,
 }
 
 impl ControlTable {
     /// Applies a control: adds it, or for `lift` removes its target. Returns the id of the
     /// lifted control for `lift`.
-    pub fn apply(&mut self, c: Control) -> Option<String> {
+    pub fn apply(&mut self, c: Control) -> Option<Text> {
         match (&c.kind, &c.target) {
             (ControlKind::Lift, ControlTarget::ControlId(id)) => {
                 let id = id.clone();
@@ -67,7 +67,7 @@ impl ControlTable {
                     ControlTarget::Rate(r) => self.rates.push((c.id.clone(), *r)),
                     t => {
                         if let Some((slot, v)) = target_slot(t) {
-                            self.index[slot].entry(v.to_string()).or_default().push(c.id.clone());
+                            self.index[slot].entry(Text::from(v)).or_default().push(c.id.clone());
                         }
                     }
                 }

@@ -574,7 +574,7 @@ impl Operator for Declare {
                 let mut f = Facts::read(&old, &self.codes).expect(CHECKED);
                 f.list = Some(ListFacts { logistics_no: &l.logistics_no, ebc, total });
                 e.facts = f.pack();
-                let (key, time) = (l.order_no.to_string(), l.app_time);
+                let (key, time) = (l.order_no.clone(), l.app_time);
                 out.collect(DeclareOut::List(l));
                 (key, time)
             }

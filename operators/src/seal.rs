@@ -11,14 +11,14 @@ use crate::engine::Out;
 use crate::partition_of;
 use crate::retention::day_of;
 use crate::tracked::{Change, Tracked};
-use cbec_schemas::{EventTime, SealEvent, SealVerdict};
+use cbec_schemas::{EventTime, SealEvent, SealVerdict, Text};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SealState {
-    vehicle_no: String,
-    parcels: Vec<String>,
+    vehicle_no: Text,
+    parcels: Vec<Text>,
     accepted: bool,
     verdict_at_port: bool,
     /// Day of the last event about the seal ([`crate::retention`]).
@@ -29,7 +29,7 @@ struct SealState {
 /// The parcels of a master bill (`totalPackageNo`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Bill {
-    parcels: BTreeSet<String>,
+    parcels: BTreeSet<Text>,
     /// Day of the last list or arrival naming the bill.
     touched: i32,
 }
@@ -38,8 +38,8 @@ struct Bill {
 /// Few keys next to the parcels', so retention sweeps them whole once per cutoff day.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SealOp {
-    seals: Tracked<String, SealState>,
-    bills: Tracked<String, Bill>,
+    seals: Tracked<Text, SealState>,
+    bills: Tracked<Text, Bill>,
     /// Seals and bills last touched before this day are stale (as if unknown).
     #[serde(default = "no_cutoff")]
     cutoff: i32,
@@ -59,9 +59,9 @@ impl Default for SealOp {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortRelease {
     /// Parcel.
-    pub logistics_no: String,
+    pub logistics_no: Text,
     /// Seal.
-    pub seal_no: String,
+    pub seal_no: Text,
     /// When.
     pub time: EventTime,
 }
@@ -69,8 +69,8 @@ pub struct PortRelease {
 /// What changed in the seal operator since the last [`SealOp::changes`].
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SealChanges {
-    seals: Vec<Change<String, SealState>>,
-    bills: Vec<Change<String, Bill>>,
+    seals: Vec<Change<Text, SealState>>,
+    bills: Vec<Change<Text, Bill>>,
     cutoff: i32,
 }
 
@@ -100,7 +100,7 @@ impl SealOp {
             *b = Bill::default();
         }
         b.touched = b.touched.max(day_of(t));
-        b.parcels.insert(logistics_no.to_string());
+        b.parcels.insert(Text::from(logistics_no));
     }
 
     /// Moves the retention cutoff to day `cutoff` and drops the seals and bills last
@@ -124,19 +124,19 @@ impl SealOp {
     ) -> Vec<PortRelease> {
         match ev {
             SealEvent::Sealed { seal_no, vehicle_no, total_package_nos, logistics_nos, time } => {
-                let mut parcels: BTreeSet<String> = logistics_nos.into_iter().collect();
+                let mut parcels: BTreeSet<Text> = logistics_nos.into_iter().collect();
                 for b in &total_package_nos {
                     if let Some(bill) = self.bills.get(b).filter(|b| b.touched >= self.cutoff) {
                         parcels.extend(bill.parcels.iter().cloned());
                     }
                 }
-                let parcels: Vec<String> = parcels.into_iter().collect();
+                let parcels: Vec<Text> = parcels.into_iter().collect();
                 let mut reasons = Vec::new();
                 let vehicle = controls.vehicle(&vehicle_no);
                 if vehicle.is_none() {
                     reasons.push(format!("vehicle {vehicle_no} is not filed with customs"));
                 }
-                let unreleased: Vec<&String> =
+                let unreleased: Vec<&Text> =
                     parcels.iter().filter(|l| !clear[partition_of(l, clear.len())].site_released(l)).collect();
                 if !unreleased.is_empty() {
                     reasons.push(format!(

@@ -61,25 +61,25 @@ pub enum Xray {
 pub struct GoodsRegistration {
     /// E-commerce company code.
     #[serde(default)]
-    pub ebc_code: String,
+    pub ebc_code: Text,
     /// Enterprise item number.
     #[serde(default)]
-    pub item_no: String,
+    pub item_no: Text,
     /// Item name.
     #[serde(default)]
-    pub item_name: String,
+    pub item_name: Text,
     /// 10-digit HS code.
     #[serde(default, deserialize_with = "code")]
-    pub gcode: String,
+    pub gcode: Text,
     /// Customs goods name.
     #[serde(default)]
-    pub gname: String,
+    pub gname: Text,
     /// Specification / model.
     #[serde(default)]
-    pub gmodel: String,
+    pub gmodel: Text,
     /// Declared unit code.
     #[serde(default, deserialize_with = "code")]
-    pub unit: String,
+    pub unit: Text,
     /// 1 new, 2 change, 3 delete.
     pub app_type: AppType,
     /// Application time.
@@ -96,16 +96,16 @@ pub struct OrderItem {
     pub gnum: u32,
     /// Enterprise item number.
     #[serde(default)]
-    pub item_no: String,
+    pub item_no: Text,
     /// Item name.
     #[serde(default)]
-    pub item_name: String,
+    pub item_name: Text,
     /// Unit code.
     #[serde(default, deserialize_with = "code")]
-    pub unit: String,
+    pub unit: Text,
     /// Currency code.
     #[serde(default, deserialize_with = "code")]
-    pub currency: String,
+    pub currency: Text,
     /// Quantity.
     pub qty: Dec,
     /// Unit price.
@@ -126,23 +126,23 @@ pub struct Order {
     pub app_time: EventTime,
     /// Always `E` (export) here.
     #[serde(default)]
-    pub order_type: String,
+    pub order_type: Text,
     /// Order number (key).
     #[serde(default)]
-    pub order_no: String,
+    pub order_no: Text,
     /// E-commerce platform code.
     #[serde(default)]
-    pub ebp_code: String,
+    pub ebp_code: Text,
     /// E-commerce company code.
     #[serde(default)]
-    pub ebc_code: String,
+    pub ebc_code: Text,
     /// Goods value.
     pub goods_value: Dec,
     /// Freight.
     pub freight: Dec,
     /// Currency code.
     #[serde(default, deserialize_with = "code")]
-    pub currency: String,
+    pub currency: Text,
     /// Rows.
     #[serde(default)]
     pub items: Vec<OrderItem>,
@@ -274,17 +274,17 @@ pub struct Inventory {
 pub struct Waybill {
     /// Waybill number (key).
     #[serde(default)]
-    pub logistics_no: String,
+    pub logistics_no: Text,
     /// Logistics firm code.
     #[serde(default)]
-    pub logistics_code: String,
+    pub logistics_code: Text,
     /// Freight.
     pub freight: Dec,
     /// Insurance.
     pub insured_fee: Dec,
     /// Currency code.
     #[serde(default, deserialize_with = "code")]
-    pub currency: String,
+    pub currency: Text,
     /// Gross weight.
     pub gross_weight: Dec,
     /// Packages.
@@ -292,7 +292,7 @@ pub struct Waybill {
     pub pack_no: u32,
     /// Goods description.
     #[serde(default)]
-    pub goods_info: String,
+    pub goods_info: Text,
     /// Collection time.
     #[serde(with = "ceb_format")]
     pub app_time: EventTime,
@@ -304,27 +304,27 @@ pub struct Waybill {
 pub struct Payment {
     /// Order number (key).
     #[serde(default)]
-    pub order_no: String,
+    pub order_no: Text,
     /// Platform code.
     #[serde(default)]
-    pub ebp_code: String,
+    pub ebp_code: Text,
     /// E-commerce company code.
     #[serde(default)]
-    pub ebc_code: String,
+    pub ebc_code: Text,
     /// Payment firm code.
     #[serde(default)]
-    pub pay_code: String,
+    pub pay_code: Text,
     /// Payment firm name.
     #[serde(default)]
-    pub pay_name: String,
+    pub pay_name: Text,
     /// Payment transaction number.
     #[serde(default)]
-    pub pay_no: String,
+    pub pay_no: Text,
     /// Amount received.
     pub charge: Dec,
     /// Currency code.
     #[serde(default, deserialize_with = "code")]
-    pub currency: String,
+    pub currency: Text,
     /// Accounting time.
     #[serde(with = "ceb_format")]
     pub accounting_date: EventTime,
@@ -336,10 +336,10 @@ pub struct Payment {
 pub struct ParcelRef {
     /// Waybill number.
     #[serde(default)]
-    pub logistics_no: String,
+    pub logistics_no: Text,
     /// Master bill / total package number.
     #[serde(default, deserialize_with = "opt_text", skip_serializing_if = "Option::is_none")]
-    pub total_package_no: Option<String>,
+    pub total_package_no: Option<Text>,
 }
 
 /// CEB507 `Arrival` on `cbec.arrivals`: parcels arrived at the supervised site.
@@ -348,16 +348,16 @@ pub struct ParcelRef {
 pub struct Arrival {
     /// Site customs code.
     #[serde(default, deserialize_with = "code")]
-    pub customs_code: String,
+    pub customs_code: Text,
     /// Site operator code.
     #[serde(default)]
-    pub operator_code: String,
+    pub operator_code: Text,
     /// Supervised location number.
     #[serde(default, deserialize_with = "opt_text", skip_serializing_if = "Option::is_none")]
-    pub loct_no: Option<String>,
+    pub loct_no: Option<Text>,
     /// Domestic transport number.
     #[serde(default)]
-    pub domestic_traf_no: String,
+    pub domestic_traf_no: Text,
     /// Arrival time.
     #[serde(with = "ceb_format")]
     pub app_time: EventTime,
@@ -372,22 +372,22 @@ pub struct Arrival {
 pub struct Departure {
     /// Exit customs code.
     #[serde(default, deserialize_with = "code")]
-    pub customs_code: String,
+    pub customs_code: Text,
     /// Logistics firm code.
     #[serde(default)]
-    pub logistics_code: String,
+    pub logistics_code: Text,
     /// Transport mode.
     #[serde(default, deserialize_with = "code")]
-    pub traf_mode: String,
+    pub traf_mode: Text,
     /// Conveyance name.
     #[serde(default, deserialize_with = "opt_text", skip_serializing_if = "Option::is_none")]
-    pub traf_name: Option<String>,
+    pub traf_name: Option<Text>,
     /// Voyage number.
     #[serde(default, deserialize_with = "opt_text", skip_serializing_if = "Option::is_none")]
-    pub voyage_no: Option<String>,
+    pub voyage_no: Option<Text>,
     /// Bill of lading.
     #[serde(default, deserialize_with = "opt_text", skip_serializing_if = "Option::is_none")]
-    pub bill_no: Option<String>,
+    pub bill_no: Option<Text>,
     /// Departure time.
     #[serde(with = "ceb_format")]
     pub leave_time: EventTime,
@@ -403,13 +403,13 @@ pub struct Departure {
 pub struct WayBill {
     /// Customs code.
     #[serde(default, deserialize_with = "code")]
-    pub customs_code: String,
+    pub customs_code: Text,
     /// Enterprise internal number.
     #[serde(default)]
-    pub cop_no: String,
+    pub cop_no: Text,
     /// Bill of lading.
     #[serde(default)]
-    pub bill_no: String,
+    pub bill_no: Text,
     /// Application time.
     #[serde(with = "ceb_format")]
     pub app_time: EventTime,
@@ -447,15 +447,15 @@ pub enum SealEvent {
     #[serde(rename_all = "camelCase")]
     Sealed {
         /// Seal number (key).
-        seal_no: String,
+        seal_no: Text,
         /// Supervision vehicle.
-        vehicle_no: String,
+        vehicle_no: Text,
         /// Master bills under the seal.
         #[serde(default)]
-        total_package_nos: Vec<String>,
+        total_package_nos: Vec<Text>,
         /// Parcels under the seal.
         #[serde(default)]
-        logistics_nos: Vec<String>,
+        logistics_nos: Vec<Text>,
         /// When.
         #[serde(with = "rfc3339_format")]
         time: EventTime,
@@ -464,12 +464,12 @@ pub enum SealEvent {
     #[serde(rename_all = "camelCase")]
     Verified {
         /// Seal number (key).
-        seal_no: String,
+        seal_no: Text,
         /// Vehicle.
-        vehicle_no: String,
+        vehicle_no: Text,
         /// Exit port customs.
         #[serde(deserialize_with = "code")]
-        port_code: String,
+        port_code: Text,
         /// Seal intact.
         intact: bool,
         /// When.
@@ -516,21 +516,21 @@ pub enum ControlKind {
 #[serde(rename_all = "camelCase")]
 pub enum ControlTarget {
     /// One declared list.
-    InvtNo(String),
+    InvtNo(Text),
     /// One order.
-    OrderNo(String),
+    OrderNo(Text),
     /// One parcel.
-    LogisticsNo(String),
+    LogisticsNo(Text),
     /// A company.
-    EbcCode(String),
+    EbcCode(Text),
     /// A commodity group.
-    GcodePrefix(String),
+    GcodePrefix(Text),
     /// A vehicle.
-    VehicleNo(String),
+    VehicleNo(Text),
     /// A sampling rate in [0, 1].
     Rate(Dec),
     /// Another control.
-    ControlId(String),
+    ControlId(Text),
 }
 
 /// An officer action on `cbec.controls`.
@@ -538,17 +538,17 @@ pub enum ControlTarget {
 #[serde(rename_all = "camelCase")]
 pub struct Control {
     /// Control identity.
-    pub id: String,
+    pub id: Text,
     /// What it does.
     pub kind: ControlKind,
     /// What it applies to.
     pub target: ControlTarget,
     /// Officer identity.
     #[serde(default)]
-    pub officer: String,
+    pub officer: Text,
     /// Free-text reason.
     #[serde(default)]
-    pub reason: String,
+    pub reason: Text,
     /// Effective time.
     #[serde(with = "rfc3339_format")]
     pub time: EventTime,
@@ -624,16 +624,16 @@ impl Entity {
     pub fn key_field(&self) -> (&'static str, String) {
         match self {
             Entity::Goods(g) => ("itemNo", format!("{}/{}", g.ebc_code, g.item_no)),
-            Entity::Order(o) => ("orderNo", o.order_no.clone()),
+            Entity::Order(o) => ("orderNo", o.order_no.to_string()),
             Entity::List(l) => ("orderNo", l.order_no.to_string()),
-            Entity::Waybill(w) => ("logisticsNo", w.logistics_no.clone()),
-            Entity::Payment(p) => ("orderNo", p.order_no.clone()),
+            Entity::Waybill(w) => ("logisticsNo", w.logistics_no.to_string()),
+            Entity::Payment(p) => ("orderNo", p.order_no.to_string()),
             Entity::Arrival(a) => ("items", a.items.len().to_string()),
             Entity::Scan(s) => ("logisticsNo", s.logistics_no.to_string()),
             Entity::Seal(s) => ("sealNo", s.seal_no().to_string()),
             Entity::Departure(d) => ("items", d.items.len().to_string()),
-            Entity::Control(c) => ("id", c.id.clone()),
-            Entity::WayBill(w) => ("billNo", w.bill_no.clone()),
+            Entity::Control(c) => ("id", c.id.to_string()),
+            Entity::WayBill(w) => ("billNo", w.bill_no.to_string()),
         }
     }
 }

@@ -232,9 +232,9 @@ pub struct SealVerdict {
     /// Stable identity: `sealNo/stage`.
     pub id: String,
     /// Key.
-    pub seal_no: String,
+    pub seal_no: Text,
     /// Vehicle.
-    pub vehicle_no: String,
+    pub vehicle_no: Text,
     /// `sealed` (accepted at the site) or `port` (verdict at the port).
     pub stage: String,
     /// `released` or `held`.
@@ -242,13 +242,13 @@ pub struct SealVerdict {
     /// Why.
     pub reasons: Vec<String>,
     /// Parcels covered.
-    pub logistics_nos: Vec<String>,
+    pub logistics_nos: Vec<Text>,
     /// Port, at the port stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port_code: Option<String>,
+    pub port_code: Option<Text>,
     /// Vehicle-filing control applied, when there is one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub control_ids: Vec<String>,
+    pub control_ids: Vec<Text>,
     /// Event time.
     #[serde(with = "rfc3339_format")]
     pub time: EventTime,
