@@ -42,8 +42,7 @@ pub fn render(s: &RunStats) -> String {
         let _ = writeln!(r, "  dead letters by code: {}", d.join(" "));
     }
     let summaries = s.output.get("summaries").copied().unwrap_or(0);
-    if s.input.len() == 1 && s.input.contains_key("exited") {
-        // A summarize instance (stages in separate processes).
+    if s.summarize_instance {
         let _ = writeln!(r, "  summary declarations: {summaries}");
         let _ = writeln!(r, "  summarize state at end: {} B", s.state_bytes.2);
         return r;
@@ -104,11 +103,14 @@ mod tests {
         engine.output.insert("exited", 7);
         let r = render(&engine);
         assert!(r.contains("summary declarations: built by the summarize instances (7 exits handed over)"), "{r}");
-        let mut instance = RunStats::default();
+        let mut instance = RunStats { summarize_instance: true, ..RunStats::default() };
         instance.input.insert("exited", 7);
         instance.output.insert("summaries", 2);
         let r = render(&instance);
         assert!(r.contains("summary declarations: 2") && !r.contains("sorting ports"), "{r}");
+        // An instance that held no partition read nothing: still an instance's report.
+        let idle = render(&RunStats { summarize_instance: true, ..RunStats::default() });
+        assert!(idle.contains("summary declarations: 0") && !idle.contains("sorting ports"), "{idle}");
         let all = render(&RunStats { output: [("summaries", 3)].into_iter().collect(), ..RunStats::default() });
         assert!(all.contains("summary declarations: 3") && all.contains("sorting ports"), "{all}");
     }

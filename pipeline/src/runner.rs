@@ -238,6 +238,9 @@ pub struct RunStats {
     /// The input was read as fast as it decoded (embedded files or generated messages, not
     /// paced): a scan's latency includes its wait behind the input read before it.
     pub read_ahead: bool,
+    /// A summarize instance's run (stages in separate processes): it reads only the exited
+    /// lists handed over and builds summaries; an instance that held no partition read nothing.
+    pub summarize_instance: bool,
     /// Items released early by the sequencer bound.
     pub forced: u64,
     /// Keyed state bytes at the end: (declare, clear, summarize).

@@ -575,7 +575,7 @@ pub fn run_summarize(cfg: &Config, exit_when_idle: bool, mut progress: Option<Pr
         held_any: false,
         empty_since: None,
         skipped: 0,
-        stats: RunStats::default(),
+        stats: RunStats { summarize_instance: true, ..RunStats::default() },
     }));
     let lock = || owned.lock().map_err(|_| anyhow::anyhow!("summarize state poisoned"));
     let mut client = crate::lease::member_of(cfg, &cfg.summarize_group());
