@@ -421,8 +421,6 @@ struct State {
     consumed: HashMap<SourceId, i64>,
     /// Records not yet handed to the sink thread (see [`State::ship`]).
     outbox: Vec<Record>,
-    /// When the oldest record in the outbox was put there.
-    outbox_since: Option<Instant>,
     /// Input topic names (for dead letters).
     topic_names: HashMap<Topic, String>,
     /// The checkpoint writer's copy of the engine state, kept up to date with the changes
@@ -432,10 +430,6 @@ struct State {
 
 /// Records handed to the sink thread at most this many at a time.
 const OUT_BATCH: usize = 256;
-
-/// The longest records other than sorting decisions wait on the engine thread for a fuller
-/// batch while more input is queued (see [`State::ship_unless_busy`]).
-const OUT_LINGER: Duration = Duration::from_millis(1);
 
 /// Messages for the summarize stage kept on the engine thread while the stage is busy,
 /// before the engine waits for it.
@@ -494,9 +488,6 @@ impl State {
         }
         *self.stats.output.entry(r.topic()).or_default() += 1;
         let decision = matches!(r, Record::Sorting(_));
-        if self.outbox.is_empty() {
-            self.outbox_since = Some(Instant::now());
-        }
         self.outbox.push(r);
         // A sorting decision never waits for a batch; other records go together.
         if decision || self.outbox.len() >= OUT_BATCH { self.ship(sink) } else { Ok(()) }
@@ -504,11 +495,9 @@ impl State {
 
     /// Hands the buffered records to the sink thread (blocking while its queue is full: a
     /// slow sink slows the engine). Called when a batch is full, after a sorting decision,
-    /// when records have waited [`OUT_LINGER`], and before the engine waits for input,
-    /// checkpoints or flushes.
+    /// and before the engine waits for input, checkpoints or flushes.
     fn ship(&mut self, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
         if !self.outbox.is_empty() {
-            self.outbox_since = None;
             // The next batch is sized like this one: full batches under load, a few records
             // when decisions go out one by one (a full batch's allocation per decision costs
             // more than the decision).
@@ -516,12 +505,6 @@ impl State {
             let batch = std::mem::replace(&mut self.outbox, Vec::with_capacity(next));
             sink.send(SinkMsg::Records(batch)).map_err(|_| anyhow::anyhow!("sink stopped"))?;
         }
-        self.hand_over()
-    }
-
-    /// Hands what is due for the summarize stage over when enough waits or enough time
-    /// has passed ([`SUMMARIZE_EVERY`]).
-    fn hand_over(&mut self) -> anyhow::Result<()> {
         if !self.to_summarize.is_empty()
             && (self.to_summarize.len() >= SUMMARIZE_BATCH || self.summarized_at.elapsed() >= SUMMARIZE_EVERY)
         {
@@ -538,24 +521,6 @@ impl State {
             }
         }
         Ok(())
-    }
-
-    /// At the end of a round of the engine loop: ships the buffered records if the engine is
-    /// about to wait for input (nothing queued on any input) or they have waited
-    /// [`OUT_LINGER`]; otherwise they wait for the next round (the next sorting decision,
-    /// full batch or idle moment ships them). Under load a round is one message (a paced or
-    /// Kafka source hands over what it has), and shipping after each one woke the sink
-    /// thread for every message, on the cores the engine needs.
-    fn ship_unless_busy(
-        &mut self,
-        inputs: &[(Vec<SourceId>, Receiver<Batch>)],
-        sink: &Sender<SinkMsg>,
-    ) -> anyhow::Result<()> {
-        let busy = inputs.iter().any(|(_, rx)| !rx.is_empty());
-        if busy && self.outbox_since.is_none_or(|t| t.elapsed() < OUT_LINGER) {
-            return self.hand_over();
-        }
-        self.ship(sink)
     }
 
     /// Ships what is buffered, then `msg` through the summarize stage to the sink (behind
@@ -687,7 +652,6 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
         // nothing new before it must not lose its offset (and be replayed from the start).
         consumed: offsets.as_ref().map(|o| restored_positions(o, &run.topic_names)).unwrap_or_default(),
         outbox: Vec::new(),
-        outbox_since: None,
         topic_names: run.topic_names.clone(),
         copy: Arc::new(Mutex::new(copy)),
     };
@@ -714,7 +678,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
         }
         m::QueueDepth { queue: "sequencer", depth: seq.len() }.emit();
         // What this round produced goes to the sink before the engine may wait for input.
-        st.ship_unless_busy(&run.inputs, &run.sink)?;
+        st.ship(&run.sink)?;
         if last_counts.elapsed() >= Duration::from_secs(1) {
             last_counts = Instant::now();
             m::MessageCounts { input: &st.stats.input, output: &st.stats.output }.emit();
@@ -735,17 +699,16 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
             last_cp = Instant::now();
         }
         let stopping = run.stop.load(Ordering::Relaxed);
-        if done.len() == run.inputs.len() || stopping {
+        let open: Vec<usize> = (0..run.inputs.len()).filter(|i| !done.contains_key(i)).collect();
+        if open.is_empty() || stopping {
             break;
         }
-        let open = || (0..run.inputs.len()).filter(|i| !done.contains_key(i));
         // Pull from the input group that lags most (it holds the watermark back); while the
         // sequencer has room, take from whichever group is ready so no source waits on another.
-        let g = open().min_by_key(|i| group_time[*i]).expect("non-empty");
+        let g = *open.iter().min_by_key(|i| group_time[**i]).expect("non-empty");
         let (g, res) = match run.inputs[g].1.try_recv() {
             Ok(m) => (g, Ok(m)),
             Err(_) if seq.len() < run.max_buffered / 2 => {
-                let open: Vec<usize> = open().collect();
                 let mut sel = Select::new();
                 for &o in &open {
                     sel.recv(&run.inputs[o].1);
@@ -1229,72 +1192,6 @@ mod tests {
         assert_eq!(summaries.len(), 1, "November closed under the checkpoint's grace: {summaries:?}");
     }
 
-    /// An engine thread's state with nothing processed, its summarize stage on `summarize`.
-    fn test_state(cfg: &Config, summarize: Sender<Vec<SumMsg>>) -> State {
-        State {
-            engine: Engine::new(cfg.rules.clone(), Nomenclature::default(), 1),
-            summarize,
-            to_summarize: Vec::new(),
-            summarized_at: Instant::now(),
-            stats: RunStats::default(),
-            consumed: HashMap::new(),
-            outbox: Vec::new(),
-            outbox_since: None,
-            topic_names: Topic::ALL.iter().map(|t| (*t, cfg.input_topic(*t))).collect(),
-            copy: Arc::default(),
-        }
-    }
-
-    /// Records other than sorting decisions wait on the engine thread for a fuller batch
-    /// only while more input is queued and for at most `OUT_LINGER`; a sorting decision
-    /// never waits, nor does anything when the engine is about to wait for input.
-    #[test]
-    fn records_wait_for_a_fuller_batch_only_while_input_is_queued() {
-        let cfg = Config::default();
-        let (summarize, _stage) = bounded(64);
-        let mut st = test_state(&cfg, summarize);
-        let (sink, shipped) = bounded(64);
-        let dead = |offset: i64| {
-            Record::Dead(DeadLetter {
-                source_topic: "cbec.orders".into(),
-                partition: 0,
-                offset,
-                key: None,
-                entity_index: None,
-                code: "bad_json".into(),
-                reason: "test".into(),
-                payload: "{".into(),
-                payload_encoding: "utf8".into(),
-                truncated: false,
-            })
-        };
-        let (queued_tx, queued_rx) = bounded::<Batch>(4);
-        let inputs = vec![(vec![(Topic::Orders, 0)], queued_rx)];
-        queued_tx.send(vec![EngineMsg::Done((Topic::Orders, 0))]).unwrap();
-        let count = |rx: &Receiver<SinkMsg>| -> usize {
-            rx.try_iter().map(|m| if let SinkMsg::Records(rs) = m { rs.len() } else { 0 }).sum()
-        };
-        st.send(dead(0), None, &sink).unwrap();
-        st.ship_unless_busy(&inputs, &sink).unwrap();
-        assert_eq!(count(&shipped), 0, "input is queued: the record waits");
-        st.send(dead(1), None, &sink).unwrap();
-        st.outbox_since = Some(Instant::now() - OUT_LINGER);
-        st.ship_unless_busy(&inputs, &sink).unwrap();
-        assert_eq!(count(&shipped), 2, "the oldest waited OUT_LINGER: both go");
-        st.send(dead(2), None, &sink).unwrap();
-        let _ = inputs[0].1.try_recv().unwrap();
-        st.ship_unless_busy(&inputs, &sink).unwrap();
-        assert_eq!(count(&shipped), 1, "nothing queued: the engine may wait, so the record goes");
-        queued_tx.send(Vec::new()).unwrap();
-        let decision: cbec_schemas::SortingDecision = serde_json::from_value(serde_json::json!({
-            "id": "LINE1/S1", "logisticsNo": "L1", "scanId": "S1", "lineId": "LINE1", "port": "release", "reasons": [],
-            "scanTime": "2026-11-11T00:00:00Z", "decisionTime": "2026-11-11T00:00:00Z"
-        }))
-        .expect("a sorting decision");
-        st.send(Record::Sorting(decision), None, &sink).unwrap();
-        assert_eq!(count(&shipped), 1, "a sorting decision never waits, queued input or not");
-    }
-
     /// A message about keyed state whose event time is older than the retention before the
     /// watermark goes to the dead-letter topic as `expired` (its key's state may be gone);
     /// a current one is processed, and so is reference data (goods) of any age.
@@ -1302,7 +1199,17 @@ mod tests {
     fn a_message_older_than_the_retention_is_dead_lettered_as_expired() {
         let cfg = Config::default();
         let (summarize, _stage) = bounded(64);
-        let mut st = test_state(&cfg, summarize);
+        let mut st = State {
+            engine: Engine::new(cfg.rules.clone(), Nomenclature::default(), 1),
+            summarize,
+            to_summarize: Vec::new(),
+            summarized_at: Instant::now(),
+            stats: RunStats::default(),
+            consumed: HashMap::new(),
+            outbox: Vec::new(),
+            topic_names: Topic::ALL.iter().map(|t| (*t, cfg.input_topic(*t))).collect(),
+            copy: Arc::default(),
+        };
         let (tx, rx) = bounded(64);
         st.watermark(EventTime::parse_ceb("20261231000000").unwrap(), &tx).unwrap();
         let order = |no: &str, t: &str| {
