@@ -263,5 +263,7 @@ mod tests {
         let decisions = stats.latencies_us.len() as f64;
         assert_eq!(sample(&text, "cbec_decision_latency_seconds_count"), Some(decisions), "{text}");
         assert_eq!(sample(&text, "cbec_decision_latency_seconds_bucket{le=\"+Inf\"}"), Some(decisions), "{text}");
+        // Set once a second and at the end: drained at the end of a finite input.
+        assert_eq!(sample(&text, "cbec_queue_depth{queue=\"sequencer\"}"), Some(0.0), "{text}");
     }
 }

@@ -676,39 +676,43 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
             // Strictly below the watermark: an item exactly at it may still arrive.
             st.watermark(EventTime(wm.0.saturating_sub(1)), &run.sink)?;
         }
-        m::QueueDepth { queue: "sequencer", depth: seq.len() }.emit();
         // What this round produced goes to the sink before the engine may wait for input.
         st.ship(&run.sink)?;
-        if last_counts.elapsed() >= Duration::from_secs(1) {
-            last_counts = Instant::now();
+        // Under load a round is one message: one clock read for the periodic work, the
+        // metrics set once a second (a gauge set builds its key: an allocation each time).
+        let now = Instant::now();
+        if now.duration_since(last_counts) >= Duration::from_secs(1) {
+            last_counts = now;
+            m::QueueDepth { queue: "sequencer", depth: seq.len() }.emit();
             m::MessageCounts { input: &st.stats.input, output: &st.stats.output }.emit();
             let (orders, parcels) = st.engine.expired_keys();
             m::StateExpired { orders, parcels }.emit();
         }
         if let Some(cb) = &mut run.progress
-            && last_progress.elapsed() >= Duration::from_secs(1)
+            && now.duration_since(last_progress) >= Duration::from_secs(1)
         {
-            last_progress = Instant::now();
+            last_progress = now;
             st.stats.elapsed = started.elapsed();
             cb(&st.stats);
         }
         if let Some((store, every)) = &run.checkpoint
-            && last_cp.elapsed() >= *every
+            && now.duration_since(last_cp) >= *every
         {
             checkpoint(&mut st, &seq, store, &run, false)?;
             last_cp = Instant::now();
         }
         let stopping = run.stop.load(Ordering::Relaxed);
-        let open: Vec<usize> = (0..run.inputs.len()).filter(|i| !done.contains_key(i)).collect();
-        if open.is_empty() || stopping {
+        if done.len() == run.inputs.len() || stopping {
             break;
         }
+        let open = || (0..run.inputs.len()).filter(|i| !done.contains_key(i));
         // Pull from the input group that lags most (it holds the watermark back); while the
         // sequencer has room, take from whichever group is ready so no source waits on another.
-        let g = *open.iter().min_by_key(|i| group_time[**i]).expect("non-empty");
+        let g = open().min_by_key(|i| group_time[*i]).expect("non-empty");
         let (g, res) = match run.inputs[g].1.try_recv() {
             Ok(m) => (g, Ok(m)),
             Err(_) if seq.len() < run.max_buffered / 2 => {
+                let open: Vec<usize> = open().collect();
                 let mut sel = Select::new();
                 for &o in &open {
                     sel.recv(&run.inputs[o].1);
@@ -761,6 +765,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
         *st.stats.output.entry("exited").or_default() += stage.handed;
     }
     m::MessageCounts { input: &st.stats.input, output: &st.stats.output }.emit();
+    m::QueueDepth { queue: "sequencer", depth: seq.len() }.emit();
     let (d, c) = st.engine.state_size();
     st.stats.state_bytes = (d, c, stage.state_bytes);
     st.stats.keys = st.engine.keys();
