@@ -29,6 +29,13 @@ impl EventTime {
         if s.len() != 14 || !s.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
+        let b = s.as_bytes();
+        let fast =
+            civil_ms(num(&b[0..4]), num(&b[4..6]), num(&b[6..8]), num(&b[8..10]), num(&b[10..12]), num(&b[12..14]));
+        if let Some(local) = fast {
+            return Some(EventTime(local - i64::from(CST) * 1000));
+        }
+        // Out of the plain ranges (a leap second, an invalid date): chrono decides.
         let n = NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S").ok()?;
         let t = cst().from_local_datetime(&n).single()?;
         Some(EventTime(t.timestamp_millis()))
@@ -36,6 +43,10 @@ impl EventTime {
 
     /// Parses an RFC 3339 timestamp (`2026-11-11T00:00:01+08:00`, `...Z`).
     pub fn parse_rfc3339(s: &str) -> Option<EventTime> {
+        if let Some(t) = rfc3339_plain(s.as_bytes()) {
+            return Some(t);
+        }
+        // Fractions of a second, lower-case or spaced forms, out-of-range fields: chrono.
         DateTime::parse_from_rfc3339(s).ok().map(|t| EventTime(t.timestamp_millis()))
     }
 
@@ -198,6 +209,62 @@ fn civil_cst(ms: i64) -> Option<(i64, u32, u32, i64)> {
     (1..=9999).contains(&y).then_some((y, m, d, ms_of_day))
 }
 
+/// The value of ASCII digits (checked by the caller).
+fn num(d: &[u8]) -> i64 {
+    d.iter().fold(0, |n, b| n * 10 + i64::from(b - b'0'))
+}
+
+/// Milliseconds since the epoch of a local civil time taken as UTC, when every field is in
+/// its plain range (years 1..=9999, a day that exists in its month, seconds up to 59);
+/// `None` otherwise, for the caller to hand to chrono. Days from civil after H. Hinnant.
+fn civil_ms(y: i64, m: i64, d: i64, hh: i64, mm: i64, ss: i64) -> Option<i64> {
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let days_in_month = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if !(1..=9999).contains(&y) || !(1..=days_in_month).contains(&d) || hh > 23 || mm > 59 || ss > 59 {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400_000 + (hh * 3600 + mm * 60 + ss) * 1000)
+}
+
+/// `YYYY-MM-DDThh:mm:ssZ` or `…±hh:mm` with every field in its plain range; `None` for
+/// anything else (the caller hands it to chrono).
+fn rfc3339_plain(b: &[u8]) -> Option<EventTime> {
+    if b.len() != 20 && b.len() != 25 {
+        return None;
+    }
+    let digits = |r: std::ops::Range<usize>| b[r.clone()].iter().all(u8::is_ascii_digit).then(|| num(&b[r]));
+    if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let offset_s = match (b.len(), b[19]) {
+        (20, b'Z') => 0,
+        (25, sign @ (b'+' | b'-')) if b[22] == b':' => {
+            let (oh, om) = (digits(20..22)?, digits(23..25)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            if sign == b'+' { oh * 3600 + om * 60 } else { -(oh * 3600 + om * 60) }
+        }
+        _ => return None,
+    };
+    let local =
+        civil_ms(digits(0..4)?, digits(5..7)?, digits(8..10)?, digits(11..13)?, digits(14..16)?, digits(17..19)?)?;
+    Some(EventTime(local - offset_s * 1000))
+}
+
 /// Serde for CEB `YYYYMMDDhhmmss` timestamps.
 pub mod ceb_format {
     use super::EventTime;
@@ -278,6 +345,62 @@ mod tests {
         }
         assert!(civil_cst(-62_135_596_800_000 - 28_800_001).is_none(), "year 0 goes to chrono");
         assert_eq!(EventTime::MAX.to_rfc3339(), "end-of-time");
+    }
+
+    /// The plain-range parsers give what chrono gives, for valid times across the calendar
+    /// and for every field just out of range (those go to chrono).
+    #[test]
+    fn fast_parsing_agrees_with_chrono() {
+        let chrono_ceb = |s: &str| {
+            NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S")
+                .ok()
+                .and_then(|n| cst().from_local_datetime(&n).single())
+                .map(|t| EventTime(t.timestamp_millis()))
+        };
+        let chrono_rfc = |s: &str| DateTime::parse_from_rfc3339(s).ok().map(|t| EventTime(t.timestamp_millis()));
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let (mut fast_ceb, mut fast_rfc) = (0, 0);
+        for i in 0..60_000 {
+            // Mostly plain fields, one in ten pushed just out of its range.
+            let wide = i % 10 == 0;
+            let y = if i % 7 == 0 { next(10_000) } else { 1900 + next(300) };
+            let mo = next(if wide { 14 } else { 12 }) + u64::from(!wide);
+            let d = next(if wide { 33 } else { 31 }) + u64::from(!wide);
+            let (h, mi, se) =
+                (next(if wide { 25 } else { 24 }), next(if wide { 61 } else { 60 }), next(if wide { 62 } else { 60 }));
+            let ceb = format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{se:02}");
+            let got = EventTime::parse_ceb(&ceb);
+            assert_eq!(got, chrono_ceb(&ceb), "{ceb}");
+            fast_ceb += usize::from(civil_ms(y as i64, mo as i64, d as i64, h as i64, mi as i64, se as i64).is_some());
+            let (oh, om) = (next(if wide { 25 } else { 24 }), next(if wide { 61 } else { 60 }));
+            let zone = match next(3) {
+                0 => "Z".to_string(),
+                1 => format!("+{oh:02}:{om:02}"),
+                _ => format!("-{oh:02}:{om:02}"),
+            };
+            let rfc = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{se:02}{zone}");
+            assert_eq!(EventTime::parse_rfc3339(&rfc), chrono_rfc(&rfc), "{rfc}");
+            fast_rfc += usize::from(rfc3339_plain(rfc.as_bytes()).is_some());
+        }
+        assert!(fast_ceb > 40_000 && fast_rfc > 40_000, "the fast paths were taken: {fast_ceb} {fast_rfc}");
+        for odd in [
+            "2026-11-11T00:00:01.5+08:00",
+            "2026-11-11t00:00:01z",
+            "2026-11-11 00:00:01Z",
+            "2026-11-11T00:00:01+0800",
+            "20261111000060",
+            "20260229000000",
+            "20240229235959",
+        ] {
+            assert_eq!(EventTime::parse_rfc3339(odd), chrono_rfc(odd), "{odd}");
+            assert_eq!(EventTime::parse_ceb(odd), chrono_ceb(odd).filter(|_| odd.len() == 14), "{odd}");
+        }
     }
 
     #[test]
