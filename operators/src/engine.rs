@@ -14,7 +14,7 @@ use crate::{Operator, ids, partition_of};
 use cbec_schemas::hs::{HsCheck, Nomenclature};
 use cbec_schemas::{
     AppType, ChannelDecision, DeclaredList, Entity, EventTime, Inventory, Receipt, Return, SealVerdict,
-    SortingDecision, status,
+    SortingDecision, Text, status,
 };
 use serde::{Deserialize, Serialize};
 
@@ -86,7 +86,7 @@ pub struct EngineChanges {
     declare: Vec<DeclareChanges>,
     clear: Vec<ClearChanges>,
     seals: SealChanges,
-    goods: Vec<Change<String, crate::Map<cbec_schemas::Text, cbec_schemas::Text>>>,
+    goods: Vec<Change<String, crate::Map<Text, Text>>>,
     /// The control table when a control came since the previous changes.
     controls: Option<crate::controls::ControlTable>,
     /// `invtNo` serials assigned since the previous changes.
@@ -203,10 +203,7 @@ impl Engine {
                     format!("gcode '{}': {} is not a subheading of the HS nomenclature", g.gcode, &g.gcode[..6]),
                 ),
                 HsCheck::Known | HsCheck::Unverified => {
-                    self.shared
-                        .goods
-                        .or_default(&g.ebc_code)
-                        .insert(g.item_no.as_str().into(), g.gcode.as_str().into());
+                    self.shared.goods.or_default(&g.ebc_code).insert(g.item_no.clone(), g.gcode.clone());
                     (status::ACCEPTED, "goods registered".to_string())
                 }
             }
