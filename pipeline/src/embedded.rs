@@ -128,15 +128,47 @@ fn source_thread(
         .expect("spawn source thread")
 }
 
-/// Replays one merged feed (all topics in arrival order) from a single thread at `per_sec`
-/// messages/second, for latency at a fixed offered load: one source in order, so nothing
-/// waits for another source's watermark. The sequencer sees one source; entities keep
-/// their topics.
+/// When each message of a replay is due: the first `warm` messages at `warm_per_sec`, then,
+/// after `pause`, the rest at `per_sec` (a measured window behind a warm-up that builds
+/// the state it refers to; the pause lets the engine finish the warm-up first).
+#[derive(Clone, Copy, Debug)]
+pub struct Pacing {
+    /// Messages of the warm-up.
+    pub warm: usize,
+    /// Their rate (messages/s).
+    pub warm_per_sec: f64,
+    /// Between the warm-up and the rest.
+    pub pause: std::time::Duration,
+    /// The rate of the rest (messages/s).
+    pub per_sec: f64,
+}
+
+impl Pacing {
+    /// Every message at `per_sec`.
+    pub fn steady(per_sec: f64) -> Pacing {
+        Pacing { warm: 0, warm_per_sec: per_sec, pause: std::time::Duration::ZERO, per_sec }
+    }
+
+    /// When message `i` is due, from the start.
+    pub fn due(&self, i: usize) -> std::time::Duration {
+        let secs = |n: usize, rate: f64| std::time::Duration::from_secs_f64(n as f64 / rate.max(1e-9));
+        if i < self.warm {
+            secs(i, self.warm_per_sec)
+        } else {
+            secs(self.warm, self.warm_per_sec) + self.pause + secs(i - self.warm, self.per_sec)
+        }
+    }
+}
+
+/// Replays one merged feed (all topics in arrival order) from a single thread at the rates
+/// of `pacing`, for latency at a fixed offered load: one source in order, so nothing waits
+/// for another source's watermark. The sequencer sees one source; entities keep their
+/// topics.
 pub fn run_replay(
     cfg: &Config,
     hs: Nomenclature,
     feed: Vec<(Topic, Vec<u8>)>,
-    per_sec: f64,
+    pacing: Pacing,
     sink: Box<dyn Sink>,
 ) -> anyhow::Result<RunStats> {
     let (sink_tx, sink_h) = spawn_sink(sink, cfg.queue_capacity);
@@ -150,7 +182,7 @@ pub fn run_replay(
             let mut batcher = Batcher::new(tx, 1);
             let start = Instant::now();
             for (i, (t, msg)) in feed.into_iter().enumerate() {
-                wait_until(start + std::time::Duration::from_secs_f64(i as f64 / per_sec.max(1e-9)));
+                wait_until(start + pacing.due(i));
                 let mut send = |m: EngineMsg| batcher.push(m);
                 decode_message(&mut dec, t, &names[&t], replay, i as i64, None, &msg, Instant::now(), &mut send);
             }
@@ -191,4 +223,24 @@ pub fn run(
     }
     sink_h.join().map_err(|_| anyhow::anyhow!("sink thread panicked"))??;
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pacing;
+    use std::time::Duration;
+
+    /// The warm-up's messages at its rate, the pause once, then the rest at theirs; a steady
+    /// pacing is one rate from the first message.
+    #[test]
+    fn a_replay_is_paced_warm_up_then_pause_then_window() {
+        let p = Pacing { warm: 4, warm_per_sec: 1_000.0, pause: Duration::from_millis(500), per_sec: 100.0 };
+        let ms = |i| p.due(i).as_secs_f64() * 1e3;
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        assert!(close(ms(0), 0.0) && close(ms(3), 3.0), "{} {}", ms(0), ms(3));
+        assert!(close(ms(4), 4.0 + 500.0), "{}", ms(4));
+        assert!(close(ms(5), 4.0 + 500.0 + 10.0) && close(ms(14), 4.0 + 500.0 + 100.0), "{} {}", ms(5), ms(14));
+        let s = Pacing::steady(200.0);
+        assert!(close(s.due(0).as_secs_f64(), 0.0) && close(s.due(10).as_secs_f64(), 0.05));
+    }
 }
