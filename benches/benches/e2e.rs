@@ -171,7 +171,7 @@ fn main() {
                 let n = feed.len() - prefix;
                 let per_sec = n as f64 * scan_rate / scans;
                 // Registrations and standing controls first, as in the window's warm-up (until
-                // the tenth session they were left out here: every item was unregistered).
+                // the tenth session the leading ones were left out here: most items were unregistered).
                 let pacing = embedded::Pacing {
                     warm: prefix,
                     warm_per_sec: 200_000.0,
