@@ -285,6 +285,7 @@ enum Fail {
 /// has its own checkpoint directory): the state reaches the standby through the topic.
 fn takeover(tag: &str, fail: Fail, store: StoreKind) {
     let Some(b) = brokers() else { return };
+    let _timing = timing();
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(&b, &unique_prefix(tag), dir.path());
     c.checkpoint_store = store;

@@ -3,6 +3,7 @@
 //! including crash safety with SIGKILL. `scripts/test.sh` (the README's test command)
 //! starts Apache Kafka and sets the variable.
 
+mod compose;
 mod embedded;
 mod kafka;
 mod sql;

@@ -69,3 +69,13 @@ pub fn cbec_bin() -> PathBuf {
     );
     p
 }
+
+/// Held by the tests whose timing depends on the machine's cores (a standby taking over
+/// after a short lease session) and by the one that starts a second broker (a JVM's
+/// start-up takes both cores for seconds), so that they do not run at the same time.
+pub static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// [`TIMING`], also after a test that held it failed.
+pub fn timing() -> std::sync::MutexGuard<'static, ()> {
+    TIMING.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,206 @@
+//! The Docker stack's broker, checked where Docker cannot run: `docker/compose.yml`'s
+//! settings for the official Apache Kafka image, turned into a server configuration as the
+//! image does, run on the same Apache Kafka release the other tests use (resolved from Maven
+//! Central by `scripts/kafka.sh`), and used by a client through the listener the compose
+//! file publishes to the host.
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `environment:` entries of one service of `docker/compose.yml`, in order.
+fn service_env(compose: &str, service: &str) -> Vec<(String, String)> {
+    let mut lines = compose.lines().skip_while(|l| l.trim_end() != format!("  {service}:"));
+    lines.next().unwrap_or_else(|| panic!("service {service} in docker/compose.yml"));
+    let body: Vec<&str> = lines.take_while(|l| l.is_empty() || l.starts_with("   ")).collect();
+    let env = body.iter().skip_while(|l| l.trim() != "environment:").skip(1);
+    env.take_while(|l| l.starts_with("      "))
+        .filter(|l| !l.trim().starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.trim().split_once(':').expect("KEY: value");
+            (k.to_string(), v.trim().trim_matches('"').to_string())
+        })
+        .collect()
+}
+
+/// The topics the `topics` service creates (its `for t in … ; do` list, `cbec.` before each).
+fn compose_topics(compose: &str) -> BTreeSet<String> {
+    let from = compose.find("for t in ").expect("the topics service's loop") + "for t in ".len();
+    let to = from + compose[from..].find("; do").expect("; do");
+    compose[from..to].split_whitespace().filter(|w| *w != "\\").map(|t| format!("cbec.{t}")).collect()
+}
+
+/// A `KAFKA_*` variable as the official image turns it into a property: the prefix dropped,
+/// lower case, `___` → `_`, `__` → `-`, `_` → `.`.
+fn property_of(var: &str) -> Option<String> {
+    let name = var.strip_prefix("KAFKA_")?;
+    if ["HEAP_OPTS", "JVM_PERFORMANCE_OPTS", "LOG4J_OPTS", "JMX_OPTS", "OPTS", "GC_LOG_OPTS"].contains(&name) {
+        return None;
+    }
+    let lower = name.to_lowercase();
+    Some(lower.replace("___", "\u{0}").replace("__", "-").replace('_', ".").replace('\u{0}', "_"))
+}
+
+/// Kills the broker and removes its data when the test ends, however it ends.
+struct Broker {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Broker {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Where `scripts/kafka.sh` keeps the broker's jars, if it has resolved them.
+fn kafka_libs() -> Option<PathBuf> {
+    let pom = std::fs::read_to_string(root().join("scripts/kafka-pom.xml")).unwrap();
+    let version = pom.split("<kafka.version>").nth(1)?.split('<').next()?.to_string();
+    let cache = std::env::var_os("CBEC_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/cbec")))?;
+    let libs = cache.join(format!("kafka-{version}/libs"));
+    libs.join(".complete").exists().then_some(libs)
+}
+
+#[test]
+fn the_compose_topics_are_cbecs_topics() {
+    let compose = std::fs::read_to_string(root().join("docker/compose.yml")).unwrap();
+    let created = compose_topics(&compose);
+    let used: BTreeSet<String> = cbec_schemas::Topic::ALL
+        .iter()
+        .map(|t| t.default_name())
+        .chain(cbec_pipeline::record::OUTPUTS.iter().map(|o| format!("cbec.{o}")))
+        .collect();
+    assert_eq!(created, used, "the topics service creates every input and output topic, and only those");
+}
+
+#[test]
+fn the_compose_broker_settings_run_on_apache_kafka() {
+    let Some(libs) = kafka_libs() else {
+        eprintln!(
+            "SKIPPED: Apache Kafka is not in the cache; scripts/kafka.sh start resolves it (scripts/test.sh does)"
+        );
+        return;
+    };
+    let _timing = crate::support::timing();
+    let compose = std::fs::read_to_string(root().join("docker/compose.yml")).unwrap();
+    let env = service_env(&compose, "kafka");
+    assert!(env.iter().any(|(k, _)| k == "KAFKA_PROCESS_ROLES"), "{env:?}");
+    // Each port the file uses (internal 19092, controller 9093, published 9092) becomes a
+    // free one, listeners bind to loopback, and the controller's address `kafka` (the
+    // compose network's name for the container) is 127.0.0.1. The advertised listeners keep
+    // their hosts: the published one must be reachable from the host as written.
+    let (internal, controller, published) = (free_port(), free_port(), free_port());
+    let local = |p: &str, v: &str| {
+        let v = v
+            .replace("//:", "//127.0.0.1:")
+            .replace(":19092", &format!(":{internal}"))
+            .replace(":9093", &format!(":{controller}"))
+            .replace(":9092", &format!(":{published}"));
+        if p == "controller.quorum.voters" { v.replace("@kafka:", "@127.0.0.1:") } else { v }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut props: Vec<String> =
+        env.iter().filter_map(|(k, v)| property_of(k).map(|p| format!("{p}={}", local(&p, v)))).collect();
+    assert!(props.iter().any(|p| p.starts_with("node.id=")), "{props:?}");
+    // The image's data directory is inside its container; here, the test's.
+    props.push(format!("log.dirs={}", dir.path().join("data").display()));
+    let config = dir.path().join("server.properties");
+    std::fs::write(&config, props.join("\n") + "\n").unwrap();
+
+    let classpath = format!("{}/*", libs.display());
+    let java = |args: &[&str]| Command::new("java").arg("-cp").arg(&classpath).args(args).output().expect("java");
+    let id = java(&["kafka.tools.StorageTool", "random-uuid"]);
+    let id = String::from_utf8_lossy(&id.stdout).trim().lines().last().unwrap_or_default().to_string();
+    let format = java(&["kafka.tools.StorageTool", "format", "-t", &id, "-c", config.to_str().unwrap()]);
+    assert!(
+        format.status.success(),
+        "formatting storage with the compose settings failed:\n{}\n{}\n{}",
+        props.join("\n"),
+        String::from_utf8_lossy(&format.stdout),
+        String::from_utf8_lossy(&format.stderr)
+    );
+    let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
+    let child = Command::new("java")
+        .args(["-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-cp", &classpath, "kafka.Kafka"])
+        .arg(&config)
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start the broker");
+    let broker = Broker { child, dir };
+
+    // A client on the host reaches the broker through the published listener alone (what
+    // CBEC_TEST_BROKERS=127.0.0.1:9092 does against the stack).
+    let brokers = format!("127.0.0.1:{published}");
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &brokers);
+    let admin: AdminClient<DefaultClientContext> = cc.create().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let topics = compose_topics(&compose);
+    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, 4, TopicReplication::Fixed(1))).collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        match rt.block_on(admin.create_topics(&new, &opts)) {
+            Ok(results) if results.iter().all(Result::is_ok) => break,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the topics service's topics could not be created: {other:?}\nbroker log:\n{}",
+                    broker.log()
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", &brokers).set("enable.idempotence", "true").create().unwrap();
+    producer.send(BaseRecord::to("cbec.orders").key("O1").payload("{\"orderNo\":\"O1\"}")).map_err(|(e, _)| e).unwrap();
+    producer.flush(Duration::from_secs(30)).expect("flushed to the broker");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "compose-check")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let meta = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    for t in &topics {
+        let m = meta.topics().iter().find(|m| m.name() == t).unwrap_or_else(|| panic!("{t} in the metadata"));
+        assert_eq!(m.partitions().len(), 4, "{t}");
+    }
+    consumer.subscribe(&["cbec.orders"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        assert!(Instant::now() < deadline, "nothing consumed; broker log:\n{}", broker.log());
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+            break (m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec));
+        }
+    };
+    assert_eq!(got, (Some(b"O1".to_vec()), Some(b"{\"orderNo\":\"O1\"}".to_vec())));
+}
