@@ -1,8 +1,9 @@
-//! The Docker stack's broker, checked where Docker cannot run: `docker/compose.yml`'s
-//! settings for the official Apache Kafka image, turned into a server configuration as the
-//! image does, run on the same Apache Kafka release the other tests use (resolved from Maven
-//! Central by `scripts/kafka.sh`), and used by a client through the listener the compose
-//! file publishes to the host.
+//! The Docker files, checked where Docker cannot run: the stack's broker
+//! (`docker/compose.yml`'s settings for the official Apache Kafka image, turned into a server
+//! configuration as the image does, run on the same Apache Kafka release the other tests use,
+//! resolved from Maven Central by `scripts/kafka.sh`, and used by a client through the
+//! listener the compose file publishes to the host), its topics, and the runtime image's
+//! shared libraries.
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -203,4 +204,51 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
         }
     };
     assert_eq!(got, (Some(b"O1".to_vec()), Some(b"{\"orderNo\":\"O1\"}".to_vec())));
+}
+
+/// The Debian package that holds `path`, asking `dpkg` under the path as given, with `/usr`
+/// before it (the merged `/usr`), and resolved.
+fn package_of(path: &str) -> Option<String> {
+    let resolved = std::fs::canonicalize(path).ok().map(|p| p.display().to_string());
+    let candidates = [Some(path.to_string()), path.starts_with("/lib").then(|| format!("/usr{path}")), resolved];
+    candidates.into_iter().flatten().find_map(|p| {
+        let out = Command::new("dpkg").args(["-S", &p]).output().ok()?;
+        let line = String::from_utf8_lossy(&out.stdout).lines().next()?.to_string();
+        let pkg = line.split(':').next()?.trim().to_string();
+        (out.status.success() && !pkg.is_empty()).then_some(pkg)
+    })
+}
+
+/// Every shared library the built `cbec` needs comes, on Debian 12 (the runtime stage's
+/// base, `debian:bookworm-slim`), from a package that stage installs or from the C library
+/// and the GCC runtime every Debian image has: otherwise the image's binary would not start
+/// ("error while loading shared libraries"), which nothing else here could notice.
+#[test]
+fn the_runtime_image_installs_the_libraries_cbec_needs() {
+    let debian = std::fs::read_to_string("/etc/debian_version").unwrap_or_default();
+    if !debian.starts_with("12.") || Command::new("dpkg").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: the library check needs Debian 12 (the runtime image's release) with dpkg");
+        return;
+    }
+    let dockerfile = std::fs::read_to_string(root().join("docker/Dockerfile")).unwrap();
+    let runtime = dockerfile.split("FROM debian:bookworm-slim").nth(1).expect("the runtime stage");
+    let install = runtime.split("--no-install-recommends").nth(1).expect("its apt-get install");
+    let mut installed: BTreeSet<String> =
+        install.split("&&").next().unwrap().split_whitespace().filter(|w| *w != "\\").map(str::to_string).collect();
+    assert!(installed.contains("ca-certificates"), "{installed:?}");
+    installed.extend(["libc6".to_string(), "libgcc-s1".to_string()]);
+    let bin = crate::support::cbec_bin();
+    let ldd = Command::new("ldd").arg(&bin).output().expect("ldd");
+    let ldd = String::from_utf8_lossy(&ldd.stdout).to_string();
+    let mut needed = Vec::new();
+    for line in ldd.lines().map(str::trim).filter(|l| !l.starts_with("linux-vdso")) {
+        // `libssl.so.3 => /lib/x86_64-linux-gnu/libssl.so.3 (0x…)` or `/lib64/ld-linux… (0x…)`.
+        let path = line.split("=>").last().unwrap().split_whitespace().next().expect("a path");
+        assert!(path.starts_with('/'), "{line}: not found on this machine");
+        let pkg = package_of(path).unwrap_or_else(|| panic!("no package holds {path}"));
+        needed.push((path.to_string(), pkg));
+    }
+    assert!(needed.iter().any(|(_, p)| p == "libc6"), "{needed:?}");
+    let missing: Vec<&(String, String)> = needed.iter().filter(|(_, p)| !installed.contains(p)).collect();
+    assert!(missing.is_empty(), "the runtime stage does not install {missing:?} (it installs {installed:?})");
 }
