@@ -2,8 +2,8 @@
 //! (`docker/compose.yml`'s settings for the official Apache Kafka image, turned into a server
 //! configuration as the image does, run on the same Apache Kafka release the other tests use,
 //! resolved from Maven Central by `scripts/kafka.sh`, and used by a client through the
-//! listener the compose file publishes to the host), its topics, and the runtime image's
-//! shared libraries.
+//! listener the compose file publishes to the host), its topics, its Prometheus targets and
+//! the runtime image's shared libraries.
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -20,11 +20,16 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The `environment:` entries of one service of `docker/compose.yml`, in order.
-fn service_env(compose: &str, service: &str) -> Vec<(String, String)> {
+/// The lines of one service of `docker/compose.yml` after its name.
+fn service_block<'a>(compose: &'a str, service: &str) -> Vec<&'a str> {
     let mut lines = compose.lines().skip_while(|l| l.trim_end() != format!("  {service}:"));
     lines.next().unwrap_or_else(|| panic!("service {service} in docker/compose.yml"));
-    let body: Vec<&str> = lines.take_while(|l| l.is_empty() || l.starts_with("   ")).collect();
+    lines.take_while(|l| l.is_empty() || l.starts_with("   ")).collect()
+}
+
+/// The `environment:` entries of one service of `docker/compose.yml`, in order.
+fn service_env(compose: &str, service: &str) -> Vec<(String, String)> {
+    let body = service_block(compose, service);
     let env = body.iter().skip_while(|l| l.trim() != "environment:").skip(1);
     env.take_while(|l| l.starts_with("      "))
         .filter(|l| !l.trim().starts_with('#'))
@@ -251,4 +256,57 @@ fn the_runtime_image_installs_the_libraries_cbec_needs() {
     assert!(needed.iter().any(|(_, p)| p == "libc6"), "{needed:?}");
     let missing: Vec<&(String, String)> = needed.iter().filter(|(_, p)| !installed.contains(p)).collect();
     assert!(missing.is_empty(), "the runtime stage does not install {missing:?} (it installs {installed:?})");
+}
+
+/// The services of `docker/compose.yml` (the names at two spaces' indent under `services:`).
+fn services(compose: &str) -> BTreeSet<String> {
+    compose
+        .lines()
+        .skip_while(|l| *l != "services:")
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   ") && l.trim_end().ends_with(':'))
+        .map(|l| l.trim().trim_end_matches(':').to_string())
+        .collect()
+}
+
+/// Prometheus scrapes what the stack runs: every target of `docker/prometheus.yml` names a
+/// cbec service of the compose file at the port the image serves its metrics on
+/// (`CBEC_METRICS_ADDR` in the Dockerfile), and every cbec service is scraped.
+#[test]
+fn prometheus_scrapes_every_cbec_service_at_its_metrics_port() {
+    let compose = std::fs::read_to_string(root().join("docker/compose.yml")).unwrap();
+    let prometheus = std::fs::read_to_string(root().join("docker/prometheus.yml")).unwrap();
+    let dockerfile = std::fs::read_to_string(root().join("docker/Dockerfile")).unwrap();
+    let addr = dockerfile
+        .split("CBEC_METRICS_ADDR=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the image's metrics address");
+    let port = addr.rsplit(':').next().unwrap();
+    let services = services(&compose);
+    let mut scraped = BTreeSet::new();
+    for line in prometheus.lines().map(str::trim) {
+        if let Some(list) = line.strip_prefix("- targets:") {
+            for t in list.trim().trim_matches(|c| c == '[' || c == ']').split(',') {
+                let (host, p) = t.trim().trim_matches('"').split_once(':').expect("host:port");
+                assert_eq!(p, port, "{t}: not the image's metrics port");
+                scraped.insert(host.to_string());
+            }
+        } else if let Some(list) = line.strip_prefix("- names:") {
+            for n in list.trim().trim_matches(|c| c == '[' || c == ']').split(',') {
+                scraped.insert(n.trim().trim_matches('"').to_string());
+            }
+        } else if let Some(p) = line.strip_prefix("port:") {
+            assert_eq!(p.trim(), port, "the DNS-discovered targets' port");
+        }
+    }
+    let cbec: BTreeSet<String> = services
+        .iter()
+        .filter(|s| {
+            let block = service_block(&compose, s).join("\n");
+            block.contains("docker/Dockerfile") && block.contains("\"run\"")
+        })
+        .cloned()
+        .collect();
+    assert!(cbec.len() >= 4, "{cbec:?} among {services:?}");
+    assert_eq!(scraped, cbec, "Prometheus's targets and the compose file's cbec services");
 }
