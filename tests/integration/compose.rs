@@ -209,6 +209,96 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
         }
     };
     assert_eq!(got, (Some(b"O1".to_vec()), Some(b"{\"orderNo\":\"O1\"}".to_vec())));
+
+    // The stack's processes, outside containers: the `cbec` service's and the generator's
+    // commands with their settings (the image's and the service's), the broker's address in
+    // the compose network (`kafka:19092`) replaced by the listener the host reaches, the
+    // image's paths and metrics port by the test's, and fewer orders.
+    let dockerfile = std::fs::read_to_string(root().join("docker/Dockerfile")).unwrap();
+    let image_env: Vec<(String, String)> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("ENV "))
+        .flat_map(|l| l.split_whitespace().map(|p| p.split_once('=').expect("KEY=value")))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let hs = crate::support::shared().join("data/hs/harmonized-system.csv");
+    let host = |k: &str, v: &str| match k {
+        "CBEC_HS_FILE" => hs.display().to_string(),
+        "CBEC_OUTPUT_DIR" => broker.dir.path().join("out").display().to_string(),
+        "CBEC_CHECKPOINT_DIR" => broker.dir.path().join("checkpoints").display().to_string(),
+        "CBEC_METRICS_ADDR" => metrics.clone(),
+        _ => v.to_string(),
+    };
+    let process = |service: &str| {
+        let block = service_block(&compose, service).join("\n");
+        let line = block.lines().find_map(|l| l.trim().strip_prefix("command:")).expect("a command");
+        let args: Vec<String> = serde_json::from_str(line.trim()).expect("a command as a JSON list");
+        let args: Vec<String> = args.iter().map(|a| a.replace("kafka:19092", &brokers)).collect();
+        let mut c = Command::new(crate::support::cbec_bin());
+        c.args(args.iter().map(|a| if a == "200000" { "2000" } else { a }));
+        for (k, v) in image_env.iter().chain(&service_env(&compose, service)) {
+            c.env(k, host(k, v));
+        }
+        c.stdout(Stdio::null());
+        (args, c)
+    };
+    let (args, mut run) = process("cbec");
+    assert_eq!(args.first().map(String::as_str), Some("run"), "{args:?}");
+    let run_log = broker.dir.path().join("cbec.log");
+    let cbec = run.stderr(std::fs::File::create(&run_log).unwrap()).spawn().expect("cbec run");
+    let mut cbec = Kill(cbec);
+    let (args, mut generator) = process("generator");
+    assert!(args.contains(&"--orders".to_string()), "{args:?}");
+    let out = generator.output().expect("cbec gen");
+    assert!(out.status.success(), "the generator failed: {}", String::from_utf8_lossy(&out.stderr));
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "compose-check-sorting")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["cbec.sorting"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let decision = loop {
+        let log = || std::fs::read_to_string(&run_log).unwrap_or_default();
+        assert!(Instant::now() < deadline, "no sorting decision from the cbec service; its log:\n{}", log());
+        if let Ok(Some(status)) = cbec.0.try_wait() {
+            panic!("the cbec service's process ended ({status}); its log:\n{}", log());
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+            break serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or_default()).expect("JSON");
+        }
+    };
+    let port = decision.get("port").and_then(|p| p.as_str()).unwrap_or_default();
+    assert!(["release", "inspect", "certificate", "hold"].contains(&port), "{decision}");
+    // What Prometheus scrapes (the message counts are set once a second).
+    let scrape = || {
+        let mut body = String::new();
+        let mut s = std::net::TcpStream::connect(&metrics).expect("the metrics endpoint");
+        std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.0\r\nHost: cbec\r\n\r\n").unwrap();
+        std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+        body
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = scrape();
+        if body.contains("cbec_messages_in_total{topic=\"scans\"}") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no scans counted at the metrics endpoint:\n{body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Kills a process when the test ends, however it ends.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The Debian package that holds `path`, asking `dpkg` under the path as given, with `/usr`
