@@ -452,6 +452,7 @@ fn transactional_inputs_are_read_to_their_end_and_match_the_embedded_run() {
 #[test]
 fn stages_in_separate_processes_match_the_embedded_run_through_kills() {
     let Some(b) = brokers() else { return };
+    let _timing = timing();
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(&b, &unique_prefix("s"), dir.path());
     c.checkpoint_store = StoreKind::Kafka;

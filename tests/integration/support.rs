@@ -71,8 +71,9 @@ pub fn cbec_bin() -> PathBuf {
 }
 
 /// Held by the tests whose timing depends on the machine's cores (a standby taking over
-/// after a short lease session) and by the one that starts a second broker (a JVM's
-/// start-up takes both cores for seconds), so that they do not run at the same time.
+/// after a short lease session, summarize instances killed while they share partitions)
+/// and by the one that starts a second broker (a JVM's start-up takes both cores for
+/// seconds), so that they do not run at the same time.
 pub static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// [`TIMING`], also after a test that held it failed.
