@@ -5,6 +5,7 @@
 //! listener the compose file publishes to the host), its topics, its Prometheus targets and
 //! the runtime image's shared libraries.
 
+use crate::support::repo_root;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -15,10 +16,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The lines of one service of `docker/compose.yml` after its name.
 fn service_block<'a>(compose: &'a str, service: &str) -> Vec<&'a str> {
@@ -58,17 +55,20 @@ fn property_of(var: &str) -> Option<String> {
     Some(lower.replace("___", "\u{0}").replace("__", "-").replace('_', ".").replace('\u{0}', "_"))
 }
 
-/// Kills the broker and removes its data when the test ends, however it ends.
-struct Broker {
-    child: Child,
-    dir: tempfile::TempDir,
+/// Kills a process when the test ends, however it ends.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The broker, killed (before its data is removed) when the test ends.
+struct Broker {
+    _process: Kill,
+    dir: tempfile::TempDir,
 }
 
 impl Broker {
@@ -77,13 +77,23 @@ impl Broker {
     }
 }
 
+/// A consumer of `brokers` in `group`, from the earliest offsets.
+fn consumer(brokers: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Where `scripts/kafka.sh` keeps the broker's jars, if it has resolved them.
 fn kafka_libs() -> Option<PathBuf> {
-    let pom = std::fs::read_to_string(root().join("scripts/kafka-pom.xml")).unwrap();
+    let pom = std::fs::read_to_string(repo_root().join("scripts/kafka-pom.xml")).unwrap();
     let version = pom.split("<kafka.version>").nth(1)?.split('<').next()?.to_string();
     let cache = std::env::var_os("CBEC_CACHE")
         .map(PathBuf::from)
@@ -94,7 +104,7 @@ fn kafka_libs() -> Option<PathBuf> {
 
 #[test]
 fn the_compose_topics_are_cbecs_topics() {
-    let compose = std::fs::read_to_string(root().join("docker/compose.yml")).unwrap();
+    let compose = std::fs::read_to_string(repo_root().join("docker/compose.yml")).unwrap();
     let created = compose_topics(&compose);
     let used: BTreeSet<String> = cbec_schemas::Topic::ALL
         .iter()
@@ -113,7 +123,7 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
         return;
     };
     let _timing = crate::support::timing();
-    let compose = std::fs::read_to_string(root().join("docker/compose.yml")).unwrap();
+    let compose = std::fs::read_to_string(repo_root().join("docker/compose.yml")).unwrap();
     let env = service_env(&compose, "kafka");
     assert!(env.iter().any(|(k, _)| k == "KAFKA_PROCESS_ROLES"), "{env:?}");
     // Each port the file uses (internal 19092, controller 9093, published 9092) becomes a
@@ -158,7 +168,7 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
         .stderr(Stdio::from(log))
         .spawn()
         .expect("start the broker");
-    let broker = Broker { child, dir };
+    let broker = Broker { _process: Kill(child), dir };
 
     // A client on the host reaches the broker through the published listener alone (what
     // CBEC_TEST_BROKERS=127.0.0.1:9092 does against the stack).
@@ -189,22 +199,17 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
         ClientConfig::new().set("bootstrap.servers", &brokers).set("enable.idempotence", "true").create().unwrap();
     producer.send(BaseRecord::to("cbec.orders").key("O1").payload("{\"orderNo\":\"O1\"}")).map_err(|(e, _)| e).unwrap();
     producer.flush(Duration::from_secs(30)).expect("flushed to the broker");
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "compose-check")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    let meta = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    let reader = consumer(&brokers, "compose-check");
+    let meta = reader.fetch_metadata(None, Duration::from_secs(10)).unwrap();
     for t in &topics {
         let m = meta.topics().iter().find(|m| m.name() == t).unwrap_or_else(|| panic!("{t} in the metadata"));
         assert_eq!(m.partitions().len(), 4, "{t}");
     }
-    consumer.subscribe(&["cbec.orders"]).unwrap();
+    reader.subscribe(&["cbec.orders"]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let got = loop {
         assert!(Instant::now() < deadline, "nothing consumed; broker log:\n{}", broker.log());
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(500)) {
             break (m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec));
         }
     };
@@ -214,13 +219,7 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
     // commands with their settings (the image's and the service's), the broker's address in
     // the compose network (`kafka:19092`) replaced by the listener the host reaches, the
     // image's paths and metrics port by the test's, and fewer orders.
-    let dockerfile = std::fs::read_to_string(root().join("docker/Dockerfile")).unwrap();
-    let image_env: Vec<(String, String)> = dockerfile
-        .lines()
-        .filter_map(|l| l.strip_prefix("ENV "))
-        .flat_map(|l| l.split_whitespace().map(|p| p.split_once('=').expect("KEY=value")))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let image_env = crate::support::dockerfile_env();
     let metrics = format!("127.0.0.1:{}", free_port());
     let hs = crate::support::shared().join("data/hs/harmonized-system.csv");
     let host = |k: &str, v: &str| match k {
@@ -231,12 +230,19 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
         _ => v.to_string(),
     };
     let process = |service: &str| {
-        let block = service_block(&compose, service).join("\n");
-        let line = block.lines().find_map(|l| l.trim().strip_prefix("command:")).expect("a command");
-        let args: Vec<String> = serde_json::from_str(line.trim()).expect("a command as a JSON list");
-        let args: Vec<String> = args.iter().map(|a| a.replace("kafka:19092", &brokers)).collect();
+        let line = service_block(&compose, service)
+            .into_iter()
+            .find_map(|l| l.trim().strip_prefix("command:"))
+            .expect("a command");
+        let mut args: Vec<String> = serde_json::from_str(line.trim()).expect("a command as a JSON list");
+        for a in &mut args {
+            *a = a.replace("kafka:19092", &brokers);
+        }
+        if let Some(i) = args.iter().position(|a| a == "--orders") {
+            args[i + 1] = "2000".into();
+        }
         let mut c = Command::new(crate::support::cbec_bin());
-        c.args(args.iter().map(|a| if a == "200000" { "2000" } else { a }));
+        c.args(&args);
         for (k, v) in image_env.iter().chain(&service_env(&compose, service)) {
             c.env(k, host(k, v));
         }
@@ -252,13 +258,8 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
     assert!(args.contains(&"--orders".to_string()), "{args:?}");
     let out = generator.output().expect("cbec gen");
     assert!(out.status.success(), "the generator failed: {}", String::from_utf8_lossy(&out.stderr));
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "compose-check-sorting")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&["cbec.sorting"]).unwrap();
+    let sorting = consumer(&brokers, "compose-check-sorting");
+    sorting.subscribe(&["cbec.sorting"]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     let decision = loop {
         let log = || std::fs::read_to_string(&run_log).unwrap_or_default();
@@ -266,7 +267,7 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
         if let Ok(Some(status)) = cbec.0.try_wait() {
             panic!("the cbec service's process ended ({status}); its log:\n{}", log());
         }
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+        if let Some(Ok(m)) = sorting.poll(Duration::from_millis(500)) {
             break serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or_default()).expect("JSON");
         }
     };
@@ -288,16 +289,6 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
         }
         assert!(Instant::now() < deadline, "no scans counted at the metrics endpoint:\n{body}");
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Kills a process when the test ends, however it ends.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -325,7 +316,7 @@ fn the_runtime_image_installs_the_libraries_cbec_needs() {
         eprintln!("SKIPPED: the library check needs Debian 12 (the runtime image's release) with dpkg");
         return;
     }
-    let dockerfile = std::fs::read_to_string(root().join("docker/Dockerfile")).unwrap();
+    let dockerfile = std::fs::read_to_string(repo_root().join("docker/Dockerfile")).unwrap();
     let runtime = dockerfile.split("FROM debian:bookworm-slim").nth(1).expect("the runtime stage");
     let install = runtime.split("--no-install-recommends").nth(1).expect("its apt-get install");
     let mut installed: BTreeSet<String> =
@@ -363,14 +354,11 @@ fn services(compose: &str) -> BTreeSet<String> {
 /// (`CBEC_METRICS_ADDR` in the Dockerfile), and every cbec service is scraped.
 #[test]
 fn prometheus_scrapes_every_cbec_service_at_its_metrics_port() {
-    let compose = std::fs::read_to_string(root().join("docker/compose.yml")).unwrap();
-    let prometheus = std::fs::read_to_string(root().join("docker/prometheus.yml")).unwrap();
-    let dockerfile = std::fs::read_to_string(root().join("docker/Dockerfile")).unwrap();
-    let addr = dockerfile
-        .split("CBEC_METRICS_ADDR=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .expect("the image's metrics address");
+    let compose = std::fs::read_to_string(repo_root().join("docker/compose.yml")).unwrap();
+    let prometheus = std::fs::read_to_string(repo_root().join("docker/prometheus.yml")).unwrap();
+    let image_env = crate::support::dockerfile_env();
+    let addr =
+        image_env.iter().find(|(k, _)| k == "CBEC_METRICS_ADDR").map(|(_, v)| v).expect("the image's metrics address");
     let port = addr.rsplit(':').next().unwrap();
     let services = services(&compose);
     let mut scraped = BTreeSet::new();

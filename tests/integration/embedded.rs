@@ -277,20 +277,14 @@ fn the_state_retention_drops_old_state_and_dead_letters_expired_messages() {
 /// with a warning).
 #[test]
 fn the_docker_files_settings_load() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = crate::support::repo_root();
     let mut settings = Vec::new();
     let compose = std::fs::read_to_string(root.join("docker/compose.yml")).unwrap();
     for line in compose.lines().map(str::trim).filter(|l| l.starts_with("CBEC_")) {
         let (k, v) = line.split_once(':').expect("KEY: value");
         settings.push((k.to_string(), v.trim().to_string()));
     }
-    let dockerfile = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
-    for line in dockerfile.lines().filter_map(|l| l.strip_prefix("ENV ")) {
-        for pair in line.split_whitespace() {
-            let (k, v) = pair.split_once('=').expect("KEY=value");
-            settings.push((k.to_string(), v.to_string()));
-        }
-    }
+    settings.extend(crate::support::dockerfile_env());
     let names: BTreeMap<String, String> = settings.iter().cloned().collect();
     for k in ["CBEC_STAGE", "CBEC_CHECKPOINT_STORE", "CBEC_GROUP_ID", "CBEC_METRICS_ADDR"] {
         assert!(names.contains_key(k), "{k} is among the Docker files' settings: {names:?}");
@@ -308,7 +302,7 @@ fn the_docker_files_settings_load() {
 /// and copies them into the build stage.
 #[test]
 fn the_docker_build_context_holds_the_workspace_not_the_build_output() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = crate::support::repo_root();
     let ignore = std::fs::read_to_string(root.join(".dockerignore")).expect(".dockerignore at the repository root");
     let patterns: Vec<&str> = ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     // A top-level name is left out when a pattern names it (`name`, `name/`, `/name`).

@@ -80,3 +80,19 @@ pub static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub fn timing() -> std::sync::MutexGuard<'static, ()> {
     TIMING.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// The `ENV` settings of `docker/Dockerfile`, in order.
+pub fn dockerfile_env() -> Vec<(String, String)> {
+    let dockerfile = std::fs::read_to_string(repo_root().join("docker/Dockerfile")).unwrap();
+    dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("ENV "))
+        .flat_map(|l| l.split_whitespace().map(|p| p.split_once('=').expect("KEY=value")))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The repository's root (the parent of this crate).
+pub fn repo_root() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
