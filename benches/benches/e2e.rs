@@ -134,6 +134,14 @@ fn main() {
         // Keyed state sized for the story, as a deployment sizes it for its peak
         // (`state_capacity`): no map resizes on the decision path.
         let sized = Config { state_capacity: lat_orders, ..cfg.clone() };
+        // The first `warm` messages at 200,000 msg/s, 1 s for the engine to finish them, then
+        // the rest at `per_sec`.
+        let behind_warm_up = |warm: usize, per_sec: f64| embedded::Pacing {
+            warm,
+            warm_per_sec: 200_000.0,
+            pause: std::time::Duration::from_secs(1),
+            per_sec,
+        };
         for (i, scan_rate) in rates.iter().copied().enumerate() {
             let want = (scan_rate * 6.0) as usize;
             let (mut start, mut k) = (steady_end, 0);
@@ -144,12 +152,7 @@ fn main() {
             let n = steady_end - start;
             let per_sec = n as f64 * scan_rate / k.max(1) as f64;
             let before = feed[..start].iter().filter(is_scan).count();
-            let pacing = embedded::Pacing {
-                warm: start,
-                warm_per_sec: 200_000.0,
-                pause: std::time::Duration::from_secs(1),
-                per_sec,
-            };
+            let pacing = behind_warm_up(start, per_sec);
             let part = feed[..steady_end].to_vec();
             let mut s = embedded::run_replay(&sized, h.clone(), part, pacing, Box::new(NullSink)).expect("run");
             let all = s.latencies_us.len();
@@ -172,12 +175,7 @@ fn main() {
                 let per_sec = n as f64 * scan_rate / scans;
                 // Registrations and standing controls first, as in the window's warm-up (until
                 // the tenth session the leading ones were left out here: most items were unregistered).
-                let pacing = embedded::Pacing {
-                    warm: prefix,
-                    warm_per_sec: 200_000.0,
-                    pause: std::time::Duration::from_secs(1),
-                    per_sec,
-                };
+                let pacing = behind_warm_up(prefix, per_sec);
                 let s = embedded::run_replay(&sized, h.clone(), feed.clone(), pacing, Box::new(NullSink)).expect("run");
                 let p = |q| us(s.latency_pct(q));
                 println!(
