@@ -302,11 +302,12 @@ impl Engine {
         self.watermark = wm;
         let from = out.len();
         // Timers fire in global (time, orderNo) order, whatever the partitioning.
+        // The earliest timers are compared where they lie: the watermark moves with almost
+        // every message, and a copy of each partition's first key cost an allocation each.
         loop {
-            let next =
-                (0..self.declare.len()).filter_map(|p| self.declare[p].next_timer().map(|t| (t.clone(), p))).min();
+            let next = (0..self.declare.len()).filter_map(|p| self.declare[p].next_timer().map(|t| (t, p))).min();
             let Some(((t, _), p)) = next else { break };
-            if t > wm.0 {
+            if *t > wm.0 {
                 break;
             }
             let mut d = Vec::new();
