@@ -59,6 +59,7 @@ fn inputs(g: &Generated) -> Vec<(Topic, TopicInput)> {
 fn main() {
     // As the `cbec` binary does (`pipeline/src/alloc.rs`).
     cbec_pipeline::alloc::keep_freed_memory();
+    cbec_pipeline::alloc::no_transparent_huge_pages();
     if std::env::args().any(|a| a == "--list") {
         println!("e2e: bench");
         return;
@@ -69,7 +70,11 @@ fn main() {
     let h = hs();
     let rules = Rules::default();
     let cfg = Config::default();
-    println!("machine: {}", machine());
+    println!(
+        "machine: {}; transparent huge pages {}",
+        machine(),
+        if cbec_pipeline::alloc::thp_disabled() { "off (as in cbec)" } else { "as the system sets them" }
+    );
     println!("command: {CMD}  (CBEC_BENCH_ORDERS={orders})");
 
     if phase("throughput") {

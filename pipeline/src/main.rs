@@ -125,6 +125,7 @@ struct GenArgs {
 
 fn main() -> anyhow::Result<()> {
     cbec_pipeline::alloc::keep_freed_memory();
+    cbec_pipeline::alloc::no_transparent_huge_pages();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Check { files } => {
