@@ -3,15 +3,17 @@
 use crate::runner::RunStats;
 use std::fmt::Write;
 
-/// One progress line.
+/// One progress line (once a second, on the engine thread: counts only; the p99 it used to
+/// show sorted every latency held, a pause that grew with the run; live latency is the
+/// `cbec_decision_latency_seconds` histogram).
 pub fn progress_line(s: &RunStats) -> String {
     let n: u64 = s.input.values().sum();
     let rate = n as f64 / s.elapsed.as_secs_f64().max(1e-9);
     format!(
-        "cbec: {n} in ({rate:.0}/s), {} out, {} dead letters, p99 decision {}",
+        "cbec: {n} in ({rate:.0}/s), {} out, {} dead letters, {} decisions",
         s.output.values().sum::<u64>(),
         s.dead.values().sum::<u64>(),
-        s.latency_pct(0.99).map_or("-".into(), |v| format!("{v} µs"))
+        s.decisions_timed
     )
 }
 
@@ -68,6 +70,13 @@ pub fn render(s: &RunStats) -> String {
     let pct = |q: f64| s.latency_pct(q).map_or("-".to_string(), |v| format!("{v} µs"));
     let _ =
         writeln!(r, "  scan→decision latency (in-process): p50 {} p99 {} p99.9 {}", pct(0.5), pct(0.99), pct(0.999));
+    if s.latency_stride > 1 {
+        let _ = writeln!(
+            r,
+            "    (over every {}th of the {} decisions: a uniform sample, held bounded)",
+            s.latency_stride, s.decisions_timed
+        );
+    }
     if s.read_ahead && !s.latencies_us.is_empty() {
         let _ = writeln!(
             r,

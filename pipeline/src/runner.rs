@@ -220,6 +220,30 @@ pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
     Some(sorted[((last as f64 * p.clamp(0.0, 1.0)).round() as usize).min(last)])
 }
 
+/// Latencies held per run at most (16 MiB): a run's first 4,194,304 decisions exactly, after
+/// that a uniform sample of them. Held whole, they grew by 4 bytes a decision for as long as
+/// a Kafka-mode process ran.
+pub const LATENCIES_KEPT: usize = 1 << 22;
+
+/// Appends the `seen`-th value `x` to `kept` when it falls on the stride (`*stride` 0 counts
+/// as 1); when `kept` reaches `cap`, every other value is dropped and the stride doubles, so
+/// `kept` holds the values whose position is a multiple of the stride, in order.
+fn keep_sampled(kept: &mut Vec<u32>, stride: &mut u32, seen: &mut u64, cap: usize, x: u32) {
+    *stride = (*stride).max(1);
+    if (*seen).is_multiple_of(u64::from(*stride)) {
+        kept.push(x);
+    }
+    *seen += 1;
+    if kept.len() >= cap.max(2) {
+        let mut i = 0;
+        kept.retain(|_| {
+            i += 1;
+            i % 2 == 1
+        });
+        *stride = stride.saturating_mul(2);
+    }
+}
+
 /// Counts and latencies of a run.
 #[derive(Debug, Default, Clone)]
 pub struct RunStats {
@@ -233,8 +257,15 @@ pub struct RunStats {
     pub ports: BTreeMap<String, u64>,
     /// Channel decisions (red, total).
     pub red: (u64, u64),
-    /// Scan → decision latencies in microseconds.
+    /// Scan → decision latencies in microseconds, in decision order: every decision's until
+    /// [`LATENCIES_KEPT`] are held, then every `latency_stride`-th (see
+    /// [`RunStats::record_latency`]), so a process that runs for days holds a bounded sample.
     pub latencies_us: Vec<u32>,
+    /// 1 while every decision's latency is in `latencies_us`; 2, 4, … once it holds every
+    /// 2nd, 4th, … (a uniform sample in order).
+    pub latency_stride: u32,
+    /// Decisions whose latency was measured (all of them, sampled or not).
+    pub decisions_timed: u64,
     /// The input was read as fast as it decoded (embedded files or generated messages, not
     /// paced): a scan's latency includes its wait behind the input read before it.
     pub read_ahead: bool,
@@ -267,7 +298,12 @@ impl RunStats {
         self.input.values().sum::<u64>() + self.dead.values().sum::<u64>()
     }
 
-    /// Latency percentile in microseconds.
+    /// Records one decision's latency (µs); see [`RunStats::latencies_us`].
+    pub fn record_latency(&mut self, us: u32) {
+        keep_sampled(&mut self.latencies_us, &mut self.latency_stride, &mut self.decisions_timed, LATENCIES_KEPT, us);
+    }
+
+    /// Latency percentile in microseconds (over the sample once it is one).
     pub fn latency_pct(&self, p: f64) -> Option<u32> {
         let mut v = self.latencies_us.clone();
         v.sort_unstable();
@@ -470,7 +506,7 @@ impl State {
                 }
                 if let Some(t) = read_at {
                     let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                    self.stats.latencies_us.push(us);
+                    self.stats.record_latency(us);
                     m::DecisionLatency { seconds: us as f64 / 1e6 }.emit();
                 }
             }
@@ -1022,6 +1058,33 @@ mod tests {
     use crate::checkpoint::LocalDirStore;
     use crate::config::Config;
     use cbec_schemas::hs::Nomenclature;
+
+    /// Under the bound every latency is kept in order; past it the held values are those at
+    /// positions that are multiples of the stride (a uniform sample in order), never more
+    /// than the bound, and every decision is counted.
+    #[test]
+    fn latencies_are_held_whole_up_to_the_bound_then_as_a_uniform_sample() {
+        let (mut kept, mut stride, mut seen) = (Vec::new(), 0, 0);
+        for x in 0..7u32 {
+            keep_sampled(&mut kept, &mut stride, &mut seen, 8, x);
+        }
+        assert_eq!((kept.clone(), stride, seen), ((0..7).collect::<Vec<u32>>(), 1, 7));
+        for x in 7..1000u32 {
+            keep_sampled(&mut kept, &mut stride, &mut seen, 8, x);
+            assert!(kept.len() < 8, "{} held", kept.len());
+        }
+        assert_eq!(seen, 1000);
+        assert_eq!(stride, 256, "1,000 values held in fewer than 8");
+        let want: Vec<u32> = (0..1000).filter(|x| x % stride == 0).collect();
+        assert_eq!(kept, want);
+        // Through `RunStats`: the count, the stride and the percentiles of the sample.
+        let mut st = RunStats::default();
+        for x in 0..100u32 {
+            st.record_latency(x);
+        }
+        assert_eq!((st.decisions_timed, st.latency_stride, st.latencies_us.len()), (100, 1, 100));
+        assert_eq!(st.latency_pct(0.5), Some(50));
+    }
 
     /// The checkpoint files of a run — whole checkpoints and the changes between them, as
     /// the writer chooses — load back into the engine's and summarize's state of the last
