@@ -321,3 +321,46 @@ fn the_docker_build_context_holds_the_workspace_not_the_build_output() {
     let dockerfile = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
     assert!(dockerfile.contains("COPY . ."), "the Dockerfile copies the context whole");
 }
+
+/// The `cbec` binary turns transparent huge pages off for its process first thing
+/// (`pipeline/src/alloc.rs`), whatever it is asked to do, and leaves them to the system when
+/// `MIMALLOC_ALLOW_THP` is set: read from the kernel's view of a running process (`cbec sql`
+/// waiting for a statement on its standard input).
+#[test]
+fn the_cbec_process_runs_without_transparent_huge_pages() {
+    let thp_enabled = |allow: Option<&str>| {
+        let logs = tempfile::tempdir().unwrap();
+        let (out, err) = (logs.path().join("out"), logs.path().join("err"));
+        let mut c = std::process::Command::new(cbec_bin());
+        c.args(["sql", "--data"]).arg(logs.path().join("no-tables-here"));
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap());
+        c.env_remove("MIMALLOC_ALLOW_THP");
+        if let Some(v) = allow {
+            c.env("MIMALLOC_ALLOW_THP", v);
+        }
+        let mut child = c.spawn().expect("cbec sql");
+        let status = format!("/proc/{}/status", child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // The flag is set first thing in `main`: once the prompt's banner is out, `main` has
+        // run past it (the prompt then waits on the open standard input). Kernels before 5.0
+        // do not show the flag (`None`).
+        let said = || [&out, &err].iter().any(|f| std::fs::metadata(f).is_ok_and(|m| m.len() > 0));
+        while !said() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(said(), "cbec sql printed nothing in 60 s");
+        let text = std::fs::read_to_string(&status).unwrap_or_default();
+        let seen = text.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(|v| v.trim().to_string());
+        let _ = child.kill();
+        let _ = child.wait();
+        seen
+    };
+    let Some(off) = thp_enabled(None) else {
+        eprintln!("SKIPPED: this kernel does not show THP_enabled in /proc/<pid>/status");
+        return;
+    };
+    assert_eq!(off, "0", "cbec left transparent huge pages on");
+    assert_eq!(thp_enabled(Some("1")).as_deref(), Some("1"), "MIMALLOC_ALLOW_THP=1 should leave them to the system");
+}

@@ -482,6 +482,19 @@ fn stages_in_separate_processes_match_the_embedded_run_through_kills() {
     }
     let mut a = logged("a", &["--exit-when-idle"], "a.log");
     let mut b_ = logged("b", &[], "b.log");
+    // The engine stage starts once A and B share the partitions: started at once, on a busy
+    // machine A could take every exit in before the group gave B its share, and B would never
+    // take one (the condition below would wait in vain).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !(said("a", "a.log").contains("took partition") && said("b", "b.log").contains("took partition")) {
+        assert!(
+            Instant::now() < deadline,
+            "A and B did not share the partitions:\nA: {}\nB: {}",
+            said("a", "a.log"),
+            said("b", "b.log")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mut engine = logged("engine", &[], "first.log");
     // Once the engine stage saved a checkpoint and B took exits in (its progress line counts
     // them) and saved them, both are killed.
