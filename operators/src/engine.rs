@@ -69,9 +69,10 @@ pub struct Engine {
     /// Recording changes for [`Incremental::cut`] (`Some`); a copy does not.
     #[serde(skip)]
     tracking: Unshared<()>,
-    /// A control was applied since the last [`Incremental::cut`].
+    /// The controls applied since the last [`Incremental::cut`], in order, while recording:
+    /// applying them again to the previous table gives the table now.
     #[serde(skip)]
-    controls_changed: bool,
+    controls_applied: Unshared<Vec<cbec_schemas::Control>>,
 }
 
 /// The engine's state for a checkpoint ([`Incremental::cut`]).
@@ -79,7 +80,7 @@ pub type EngineCut = Cut<Engine, EngineChanges>;
 
 /// What changed in the engine since the previous [`Incremental::cut`]: the keyed entries
 /// written (orders, parcels, seals, bills, goods registrations by company), the codes and
-/// `invtNo` serials added, the control table if a control came, and copies of the flat or
+/// `invtNo` serials added, the controls applied (in order), and copies of the flat or
 /// small parts (retention queues, rules).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct EngineChanges {
@@ -87,8 +88,14 @@ pub struct EngineChanges {
     clear: Vec<ClearChanges>,
     seals: SealChanges,
     goods: Vec<Change<String, crate::Map<Text, Text>>>,
-    /// The control table when a control came since the previous changes.
+    /// The whole control table (what changes written before the twelfth session hold: read,
+    /// never written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     controls: Option<crate::controls::ControlTable>,
+    /// The controls applied since the previous changes, in order (the table is a function of
+    /// them: copying it whole at every checkpoint after a control cost O(all controls held)).
+    #[serde(default)]
+    controls_applied: Vec<cbec_schemas::Control>,
     /// `invtNo` serials assigned since the previous changes.
     serials: Vec<u64>,
     serials_from_year: u32,
@@ -121,7 +128,7 @@ impl Engine {
             expired: (0, 0),
             exits: 0,
             tracking: Unshared(None),
-            controls_changed: false,
+            controls_applied: Unshared(None),
         }
     }
 
@@ -287,8 +294,10 @@ impl Engine {
                 }
             }
             Entity::Control(c) => {
+                if let Some(log) = &mut self.controls_applied.0 {
+                    log.push(c.clone());
+                }
                 self.shared.controls.apply(c);
-                self.controls_changed = true;
             }
             Entity::WayBill(_) => {}
         }
@@ -402,7 +411,8 @@ impl Incremental for Engine {
             clear: self.clear.iter_mut().map(Clear::changes).collect(),
             seals: self.seals.changes(),
             goods: self.shared.goods.changes(),
-            controls: std::mem::take(&mut self.controls_changed).then(|| self.shared.controls.clone()),
+            controls: None,
+            controls_applied: self.controls_applied.0.replace(Vec::new()).unwrap_or_default(),
             serials: self.shared.new_serials.replace(Vec::new()).unwrap_or_default(),
             serials_from_year: self.shared.serials_from_year,
             rules: self.shared.rules.clone(),
@@ -437,6 +447,9 @@ impl Incremental for Engine {
         if let Some(controls) = c.controls {
             self.shared.controls = controls;
         }
+        for control in c.controls_applied {
+            self.shared.controls.apply(control);
+        }
         self.shared.serials.extend(c.serials);
         if self.shared.serials_from_year < c.serials_from_year {
             self.shared.serials_from_year = c.serials_from_year;
@@ -456,6 +469,6 @@ impl Incremental for Engine {
         self.seals.track();
         self.shared.goods.track();
         self.shared.new_serials = Some(Vec::new());
-        self.controls_changed = false;
+        self.controls_applied = Unshared(Some(Vec::new()));
     }
 }
