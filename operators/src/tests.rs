@@ -974,6 +974,26 @@ fn state_value(e: &Engine) -> serde_json::Value {
     v
 }
 
+/// Changes written before the twelfth session hold the whole control table after a control
+/// (not the controls applied): they still load, and the copy they bring up to date equals
+/// the engine.
+#[test]
+fn changes_holding_the_whole_control_table_still_apply() {
+    let mut e = Engine::new(rules(), hs(), 2);
+    let mut out = Vec::new();
+    let Cut::Whole(first) = e.cut() else { panic!("the first cut is whole") };
+    let mut copy = *first;
+    e.process(control("M1", "control", json!({"ebcCode": "EBC001"})), &mut out);
+    e.process(control("V1", "verified", json!({"logisticsNo": "LP1"})), &mut out);
+    let Cut::Changes(c) = e.cut() else { panic!("changes expected") };
+    let mut old = serde_json::to_value(&c).unwrap();
+    assert_eq!(old["controls_applied"].as_array().map(Vec::len), Some(2), "{old}");
+    old["controls_applied"] = json!([]);
+    old["controls"] = state_value(&e)["shared"]["controls"].clone();
+    copy.apply(serde_json::from_value(old).unwrap()).unwrap();
+    assert!(state_value(&copy) == state_value(&e), "the copy differs from the engine");
+}
+
 /// Incremental checkpoints: a copy kept up to date with the engine's cuts
 /// ([`Incremental::cut`], serialized and read back, as a checkpoint file holds them) equals
 /// the engine at every checkpoint — through orders, lists, payments, parcels, seals, goods
