@@ -58,8 +58,7 @@ fn inputs(g: &Generated) -> Vec<(Topic, TopicInput)> {
 
 fn main() {
     // As the `cbec` binary does (`pipeline/src/alloc.rs`).
-    cbec_pipeline::alloc::keep_freed_memory();
-    cbec_pipeline::alloc::no_transparent_huge_pages();
+    cbec_pipeline::alloc::set_up();
     if std::env::args().any(|a| a == "--list") {
         println!("e2e: bench");
         return;
@@ -160,6 +159,8 @@ fn main() {
             let pacing = behind_warm_up(start, per_sec);
             let part = feed[..steady_end].to_vec();
             let mut s = embedded::run_replay(&sized, h.clone(), part, pacing, Box::new(NullSink)).expect("run");
+            // The warm-up's decisions are dropped by position: every latency must be held.
+            assert_eq!(s.latency_stride, 1, "{} decisions: latencies sampled", s.decisions_timed);
             let all = s.latencies_us.len();
             s.latencies_us.drain(..before.min(all));
             let p = |q| us(s.latency_pct(q));

@@ -37,6 +37,13 @@ pub fn keep_freed_memory() -> bool {
     true
 }
 
+/// Every memory setting of this module, as `main` makes them (the `cbec` binary and the
+/// end-to-end bench call this one function, so they run with the same settings).
+pub fn set_up() {
+    keep_freed_memory();
+    no_transparent_huge_pages();
+}
+
 /// Turns transparent huge pages off for this process (and the processes it starts) unless
 /// `MIMALLOC_ALLOW_THP` is set; true when it did. Called first thing in `main`; it applies to
 /// memory mapped before the call too (the kernel checks the process's flag at each fault).
@@ -44,52 +51,29 @@ pub fn no_transparent_huge_pages() -> bool {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return false;
     }
-    set_thp_disabled()
-}
-
-#[cfg(target_os = "linux")]
-fn set_thp_disabled() -> bool {
-    // SAFETY: `prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)` sets a flag of the calling process; it
-    // reads no memory of ours.
-    #[allow(unsafe_code)]
-    let r = unsafe {
-        libc::prctl(
-            libc::PR_SET_THP_DISABLE,
-            1 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
-    r == 0
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_thp_disabled() -> bool {
+    #[cfg(target_os = "linux")]
+    return thp_prctl(libc::PR_SET_THP_DISABLE, 1) == 0;
+    #[cfg(not(target_os = "linux"))]
     false
-}
-
-/// True when transparent huge pages are off for this process.
-#[cfg(target_os = "linux")]
-pub fn thp_disabled() -> bool {
-    // SAFETY: `prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0)` reads a flag of the calling process.
-    #[allow(unsafe_code)]
-    let r = unsafe {
-        libc::prctl(
-            libc::PR_GET_THP_DISABLE,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
-    r == 1
 }
 
 /// True when transparent huge pages are off for this process (never, off Linux).
-#[cfg(not(target_os = "linux"))]
 pub fn thp_disabled() -> bool {
+    #[cfg(target_os = "linux")]
+    return thp_prctl(libc::PR_GET_THP_DISABLE, 0) == 1;
+    #[cfg(not(target_os = "linux"))]
     false
+}
+
+/// `prctl(op, arg, 0, 0, 0)` for the process's transparent-huge-page flag.
+#[cfg(target_os = "linux")]
+fn thp_prctl(op: libc::c_int, arg: libc::c_ulong) -> libc::c_int {
+    // SAFETY: `PR_SET_THP_DISABLE` / `PR_GET_THP_DISABLE` set or read a flag of the calling
+    // process; neither reads nor writes memory of ours.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::prctl(op, arg, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong)
+    }
 }
 
 /// The allocator's purge delay now (ms; −1: never).

@@ -124,8 +124,7 @@ struct GenArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    cbec_pipeline::alloc::keep_freed_memory();
-    cbec_pipeline::alloc::no_transparent_huge_pages();
+    cbec_pipeline::alloc::set_up();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Check { files } => {

@@ -73,7 +73,7 @@ pub fn render(s: &RunStats) -> String {
     if s.latency_stride > 1 {
         let _ = writeln!(
             r,
-            "    (over every {}th of the {} decisions: a uniform sample, held bounded)",
+            "    (over one decision in {} of the {}: a uniform sample, held bounded)",
             s.latency_stride, s.decisions_timed
         );
     }
