@@ -199,6 +199,21 @@ impl Aging for Parcel {
     }
 }
 
+/// Keeps the aimed controls applying to the parcel from its day on (after it was touched on
+/// a later day or got its list or `invtNo`: see [`crate::controls`]).
+#[inline]
+fn keep_controls(controls: &mut ControlTable, logistics_no: &str, p: &Parcel) {
+    if controls.has_aimed() {
+        let ids = ListIds {
+            invt_no: p.decl.as_ref().map(|d| d.invt_no.as_str()),
+            order_no: p.list.as_ref().map_or("", StoredList::order_no),
+            logistics_no,
+            ebc_code: "",
+        };
+        controls.keep(ids, p.touched);
+    }
+}
+
 /// Emits a receipt for a parcel (identity: list or parcel key + status + `tag`).
 #[allow(clippy::too_many_arguments)]
 fn receipt(
@@ -547,7 +562,10 @@ impl Operator for Clear {
         match input {
             ClearIn::List(l) => {
                 let key = l.logistics_no.as_str();
-                let p = retention.state_of(parcels, key, l.app_time);
+                let (p, moved) = retention.state_of_moved(parcels, key, l.app_time);
+                if moved {
+                    keep_controls(&mut ctx.controls, key, p);
+                }
                 if let Some(d) = &p.decl {
                     let hash = ids::content_digest(&l);
                     if hash != d.hash {
@@ -571,9 +589,13 @@ impl Operator for Clear {
                 }
                 p.list = Some(StoredList::pack(&l, codes));
                 Clear::activate(ctx, codes, key, p, out);
+                keep_controls(&mut ctx.controls, key, p);
             }
             ClearIn::Status(s) => {
-                let p = retention.state_of(parcels, &s.logistics_no, s.time);
+                let (p, moved) = retention.state_of_moved(parcels, &s.logistics_no, s.time);
+                if moved {
+                    keep_controls(&mut ctx.controls, &s.logistics_no, p);
+                }
                 let was = p.comparison.replace(s.comparison);
                 if let Some(c) = &s.pay_code {
                     p.pay_code = Some(codes.id(c));
@@ -601,7 +623,10 @@ impl Operator for Clear {
             }
             ClearIn::Waybill(w) => {
                 let key = w.logistics_no.as_str();
-                let p = retention.state_of(parcels, key, w.app_time);
+                let (p, moved) = retention.state_of_moved(parcels, key, w.app_time);
+                if moved {
+                    keep_controls(&mut ctx.controls, key, p);
+                }
                 match (p.waybill, &p.decl) {
                     (Some(t), Some(d)) if t != w.app_time => {
                         let info: Text =
@@ -621,11 +646,15 @@ impl Operator for Clear {
                     (None, _) => {
                         p.waybill = Some(w.app_time);
                         Clear::activate(ctx, codes, key, p, out);
+                        keep_controls(&mut ctx.controls, key, p);
                     }
                 }
             }
             ClearIn::Arrived { logistics_no, time } => {
-                let p = retention.state_of(parcels, &logistics_no, time);
+                let (p, moved) = retention.state_of_moved(parcels, &logistics_no, time);
+                if moved {
+                    keep_controls(&mut ctx.controls, &logistics_no, p);
+                }
                 if !p.arrived {
                     p.arrived = true;
                     if p.decl.is_none() {
@@ -643,15 +672,24 @@ impl Operator for Clear {
                 }
             }
             ClearIn::Scan(s) => {
-                let p = retention.state_of(parcels, &s.logistics_no, s.scan_time);
+                let (p, moved) = retention.state_of_moved(parcels, &s.logistics_no, s.scan_time);
+                if moved {
+                    keep_controls(&mut ctx.controls, &s.logistics_no, p);
+                }
                 Clear::scan(ctx, codes, s, p, out);
             }
             ClearIn::PortRelease { logistics_no, seal_no, time } => {
-                let p = retention.state_of(parcels, &logistics_no, time);
+                let (p, moved) = retention.state_of_moved(parcels, &logistics_no, time);
+                if moved {
+                    keep_controls(&mut ctx.controls, &logistics_no, p);
+                }
                 p.port_released = Some(seal_no.as_str().into());
             }
             ClearIn::Departed { logistics_no, time } => {
-                let p = retention.state_of(parcels, &logistics_no, time);
+                let (p, moved) = retention.state_of_moved(parcels, &logistics_no, time);
+                if moved {
+                    keep_controls(&mut ctx.controls, &logistics_no, p);
+                }
                 if p.exited {
                     return;
                 }

@@ -66,13 +66,17 @@ pub struct Engine {
     /// Exits so far (the `seq` of the last [`Exited`]).
     #[serde(default)]
     exits: u64,
+    /// The latest event time processed (an aimed control is kept from its day at least:
+    /// no parcel it applies to was touched later).
+    #[serde(default = "no_time")]
+    latest: EventTime,
     /// Recording changes for [`Incremental::cut`] (`Some`); a copy does not.
     #[serde(skip)]
     tracking: Unshared<()>,
-    /// The controls applied since the last [`Incremental::cut`], in order, while recording:
-    /// applying them again to the previous table gives the table now.
-    #[serde(skip)]
-    controls_applied: Unshared<Vec<cbec_schemas::Control>>,
+}
+
+fn no_time() -> EventTime {
+    EventTime::MIN
 }
 
 /// The engine's state for a checkpoint ([`Incremental::cut`]).
@@ -80,7 +84,7 @@ pub type EngineCut = Cut<Engine, EngineChanges>;
 
 /// What changed in the engine since the previous [`Incremental::cut`]: the keyed entries
 /// written (orders, parcels, seals, bills, goods registrations by company), the codes and
-/// `invtNo` serials added, the controls applied (in order), and copies of the flat or
+/// `invtNo` serials added, what the control table did (in order), and copies of the flat or
 /// small parts (retention queues, rules).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct EngineChanges {
@@ -92,10 +96,15 @@ pub struct EngineChanges {
     /// never written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     controls: Option<crate::controls::ControlTable>,
-    /// The controls applied since the previous changes, in order (the table is a function of
-    /// them: copying it whole at every checkpoint after a control cost O(all controls held)).
-    #[serde(default)]
+    /// The controls applied since the previous changes, in order (what changes written in
+    /// the twelfth session hold: read, never written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     controls_applied: Vec<cbec_schemas::Control>,
+    /// What the control table did since the previous changes, in order (controls applied,
+    /// aimed controls kept longer or dropped by the retention): the table is a function of
+    /// them, and copying it whole at every checkpoint after a control cost O(all held).
+    #[serde(default)]
+    control_ops: Vec<crate::controls::ControlOp>,
     /// `invtNo` serials assigned since the previous changes.
     serials: Vec<u64>,
     serials_from_year: u32,
@@ -104,6 +113,8 @@ pub struct EngineChanges {
     expired: (u64, u64),
     #[serde(default)]
     exits: u64,
+    #[serde(default = "no_time")]
+    latest: EventTime,
 }
 
 /// True when copying the whole state is cheaper than copying `changed` of `held` keys:
@@ -127,8 +138,8 @@ impl Engine {
             watermark: EventTime::MIN,
             expired: (0, 0),
             exits: 0,
+            latest: EventTime::MIN,
             tracking: Unshared(None),
-            controls_applied: Unshared(None),
         }
     }
 
@@ -239,6 +250,7 @@ impl Engine {
 
     /// Processes one input entity.
     pub fn process(&mut self, e: Entity, out: &mut Vec<Out>) {
+        self.latest = self.latest.max(e.event_time());
         let from = out.len();
         self.process_entity(e, out);
         self.number_exits(out, from);
@@ -294,10 +306,8 @@ impl Engine {
                 }
             }
             Entity::Control(c) => {
-                if let Some(log) = &mut self.controls_applied.0 {
-                    log.push(c.clone());
-                }
-                self.shared.controls.apply(c);
+                let day = day_of(self.latest.max(self.watermark));
+                self.shared.controls.apply(c, day);
             }
             Entity::WayBill(_) => {}
         }
@@ -338,6 +348,7 @@ impl Engine {
                 self.expired.1 += c.expire(cutoff) as u64;
             }
             self.seals.expire(cutoff);
+            self.shared.controls.expire(cutoff);
             // `invtNo` serials of a declaration year no activation can still be in (its
             // waybill would be older than the retention: dead-lettered as expired).
             let year = cbec_schemas::time::period_of(horizon) / 100;
@@ -351,7 +362,8 @@ impl Engine {
     /// True when `e` is about keyed state and its event time is older than the retention
     /// before the watermark: it would find its key's state dropped and start it afresh (a
     /// spurious wait, a second return), so the runtime dead-letters it (`expired`). Goods
-    /// registrations and controls are reference data and never expire.
+    /// registrations and controls are never dead-lettered so (an aimed control is kept
+    /// from the latest event time's day, and ages with the parcels it applies to).
     pub fn expired(&self, e: &Entity) -> bool {
         !matches!(e, Entity::Goods(_) | Entity::Control(_)) && self.expired_at(e.event_time())
     }
@@ -369,6 +381,12 @@ impl Engine {
     /// State dropped by retention so far: (orders, parcels).
     pub fn expired_keys(&self) -> (u64, u64) {
         self.expired
+    }
+
+    /// Officer controls held: (all, those aimed at one list, order or parcel, which age
+    /// with its state).
+    pub fn controls_held(&self) -> (usize, usize) {
+        (self.shared.controls.len(), self.shared.controls.aimed_len())
     }
 
     /// Serializes the whole state (checkpoint).
@@ -412,13 +430,15 @@ impl Incremental for Engine {
             seals: self.seals.changes(),
             goods: self.shared.goods.changes(),
             controls: None,
-            controls_applied: self.controls_applied.0.replace(Vec::new()).unwrap_or_default(),
+            controls_applied: Vec::new(),
+            control_ops: self.shared.controls.changes(),
             serials: self.shared.new_serials.replace(Vec::new()).unwrap_or_default(),
             serials_from_year: self.shared.serials_from_year,
             rules: self.shared.rules.clone(),
             watermark: self.watermark,
             expired: self.expired,
             exits: self.exits,
+            latest: self.latest,
         })
     }
 
@@ -448,8 +468,10 @@ impl Incremental for Engine {
             self.shared.controls = controls;
         }
         for control in c.controls_applied {
-            self.shared.controls.apply(control);
+            let day = day_of(control.time);
+            self.shared.controls.apply(control, day);
         }
+        self.shared.controls.replay(c.control_ops);
         self.shared.serials.extend(c.serials);
         if self.shared.serials_from_year < c.serials_from_year {
             self.shared.serials_from_year = c.serials_from_year;
@@ -459,6 +481,7 @@ impl Incremental for Engine {
         self.watermark = c.watermark;
         self.expired = c.expired;
         self.exits = c.exits;
+        self.latest = c.latest;
         Ok(())
     }
 
@@ -469,6 +492,6 @@ impl Incremental for Engine {
         self.seals.track();
         self.shared.goods.track();
         self.shared.new_serials = Some(Vec::new());
-        self.controls_applied = Unshared(Some(Vec::new()));
+        self.shared.controls.track();
     }
 }

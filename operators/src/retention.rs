@@ -171,12 +171,26 @@ impl Retention {
     /// when stale (and not pinned). Every keyed input reaches its state through this.
     #[inline]
     pub fn state_of<'a, V: Aging>(&mut self, map: &'a mut Tracked<Text, Box<V>>, key: &str, t: EventTime) -> &'a mut V {
+        self.state_of_moved(map, key, t).0
+    }
+
+    /// [`Retention::state_of`], and whether the state's day moved on (or it is new or
+    /// started afresh).
+    #[inline]
+    pub fn state_of_moved<'a, V: Aging>(
+        &mut self,
+        map: &'a mut Tracked<Text, Box<V>>,
+        key: &str,
+        t: EventTime,
+    ) -> (&'a mut V, bool) {
         let v: &mut V = map.or_default(key);
         if self.stale(*v.touched()) && !v.pinned() {
             *v = V::default();
         }
+        let before = *v.touched();
         self.touch(v.touched(), key, t);
-        v
+        let moved = *v.touched() != before;
+        (v, moved)
     }
 
     /// Moves the cutoff to `cutoff` and frees, within the sweep budget, the state in `map`

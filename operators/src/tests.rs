@@ -900,6 +900,57 @@ fn state_past_the_retention_is_dropped_and_a_later_message_starts_afresh() {
     assert_ne!(seal, ["unknown seal"]);
 }
 
+/// Controls aimed at one parcel or order live as long as the state they apply to: a
+/// parcel kept alive by its messages keeps its controls past the retention after them
+/// (still released by its `verified`), and once a parcel's state is dropped its controls
+/// go with it: the same numbers declared afresh are judged without them.
+#[test]
+fn aimed_controls_live_as_long_as_the_parcel_they_apply_to() {
+    let (a, b) = (Story::new(70), Story::new(71));
+    let days = |d: f64| (d * 24.0 * 60.0) as i64;
+    let mut e = Engine::new(Rules { state_retention_days: 2, ..rules() }, hs(), 2);
+    let mut input = vec![a.goods(), b.goods()];
+    input.extend(a.happy());
+    input.extend(b.happy());
+    input.extend([
+        control("CA", "control", json!({"logisticsNo": a.lno()})),
+        control("CB", "control", json!({"orderNo": b.order_no()})),
+        a.scan("S0", None, 35),
+        b.scan("S0", None, 36),
+        control("VA", "verified", json!({"logisticsNo": a.lno()})),
+        control("VB", "verified", json!({"logisticsNo": b.lno()})),
+    ]);
+    // Only A is heard of again, every day and a half.
+    input.extend([1.5, 3.0, 4.5, 6.0].iter().enumerate().map(|(i, d)| a.scan(&format!("S{}", i + 1), None, days(*d))));
+    let out = feed(&mut e, input);
+    let sorting: Vec<(String, String, Vec<String>)> = out
+        .iter()
+        .filter_map(|o| match o {
+            Out::Sorting(s) if s.logistics_no == a.lno() => {
+                Some((s.port.to_string(), s.reasons.join(","), s.control_ids.iter().map(ToString::to_string).collect()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sorting[0].0, "inspect", "{sorting:?}");
+    for (port, reasons, ids) in &sorting[1..] {
+        assert_eq!(
+            (port.as_str(), ids.as_slice()),
+            ("release", &["CA".to_string(), "VA".to_string()][..]),
+            "{reasons}"
+        );
+    }
+    assert_eq!(sorting.len(), 5);
+    assert_eq!(e.keys().1, 1, "B's parcel was dropped, A's kept");
+    assert_eq!(e.controls_held(), (2, 2), "B's controls went with it, A's stay");
+    // B's numbers come back: a list and a waybill declare them afresh, without CB.
+    let t = |m: i64| b.t(days(6.0) + m);
+    let out = feed(&mut e, vec![at(b.list(), &t(1)), at(b.waybill(), &t(2)), b.scan("S9", None, days(6.0) + 3)]);
+    let (channel, reasons) = channel(&out);
+    assert_eq!(channel, "green", "{reasons:?}");
+    assert_eq!(ports(&out), ["release"]);
+}
+
 /// An order whose payment wait is still running is kept whatever the retention, and so is
 /// its parcel (the retention is at least the wait): the wait's return still reaches it.
 #[test]
@@ -974,24 +1025,45 @@ fn state_value(e: &Engine) -> serde_json::Value {
     v
 }
 
-/// Changes written before the twelfth session hold the whole control table after a control
-/// (not the controls applied): they still load, and the copy they bring up to date equals
-/// the engine.
+/// Changes written before the thirteenth session hold the whole control table after a
+/// control (until the twelfth session) or the controls applied (the twelfth), not what the
+/// table did: they still load, and the copy they bring up to date equals the engine.
 #[test]
-fn changes_holding_the_whole_control_table_still_apply() {
+fn changes_written_by_earlier_sessions_still_apply() {
     let mut e = Engine::new(rules(), hs(), 2);
     let mut out = Vec::new();
     let Cut::Whole(first) = e.cut() else { panic!("the first cut is whole") };
-    let mut copy = *first;
     e.process(control("M1", "control", json!({"ebcCode": "EBC001"})), &mut out);
     e.process(control("V1", "verified", json!({"logisticsNo": "LP1"})), &mut out);
     let Cut::Changes(c) = e.cut() else { panic!("changes expected") };
-    let mut old = serde_json::to_value(&c).unwrap();
-    assert_eq!(old["controls_applied"].as_array().map(Vec::len), Some(2), "{old}");
-    old["controls_applied"] = json!([]);
-    old["controls"] = state_value(&e)["shared"]["controls"].clone();
-    copy.apply(serde_json::from_value(old).unwrap()).unwrap();
-    assert!(state_value(&copy) == state_value(&e), "the copy differs from the engine");
+    let now = serde_json::to_value(&c).unwrap();
+    let ops = now["control_ops"].as_array().cloned().unwrap_or_default();
+    assert_eq!(ops.len(), 2, "{now}");
+    assert!(now.get("controls_applied").is_none() && now.get("controls").is_none(), "{now}");
+    let whole_table = {
+        let mut old = now.clone();
+        old["control_ops"] = json!([]);
+        old["controls"] = state_value(&e)["shared"]["controls"].clone();
+        old
+    };
+    let applied = {
+        let mut old = now.clone();
+        old["control_ops"] = json!([]);
+        old["controls_applied"] = ops.iter().map(|op| op["apply"][0].clone()).collect();
+        old
+    };
+    for (name, old) in [("the whole table", whole_table), ("the controls applied", applied)] {
+        let mut copy = (*first).clone();
+        copy.apply(serde_json::from_value(old).unwrap()).unwrap();
+        assert!(state_value(&copy) == state_value(&e), "the copy differs from the engine with {name}");
+    }
+    // A table as written before (no ages): it loads, its aimed controls held for good.
+    let mut table = state_value(&e)["shared"]["controls"].clone();
+    for k in ["aimed", "aimed_by_day", "cutoff"] {
+        assert!(table.as_object_mut().unwrap().remove(k).is_some(), "{k}");
+    }
+    let old: crate::controls::ControlTable = serde_json::from_value(table).unwrap();
+    assert_eq!((old.len(), old.aimed_len()), (2, 0));
 }
 
 /// Incremental checkpoints: a copy kept up to date with the engine's cuts
@@ -1032,6 +1104,16 @@ fn a_copy_kept_by_the_changes_equals_the_engine_at_every_checkpoint() {
             // An officer's control in the middle of the stream.
             e.process(control("M2", "control", json!({"ebcCode": "EBC001"})), &mut out);
         }
+        if i % 40 == 7 {
+            // Controls aimed at parcels and orders met so far (kept longer as they are
+            // touched, dropped with them), now and then lifted.
+            let s = Story::new(i / 9);
+            e.process(control(&format!("A{i}"), "verified", json!({"logisticsNo": s.lno()})), &mut out);
+            e.process(control(&format!("B{i}"), "control", json!({"orderNo": s.order_no()})), &mut out);
+            if i % 120 == 7 {
+                e.process(control(&format!("L{i}"), "lift", json!({"controlId": format!("A{i}")})), &mut out);
+            }
+        }
         if i == 1500 {
             // A restart: the engine from its checkpoint, the writer's copy made from it.
             e = Engine::restore(&copy.as_ref().unwrap().snapshot(), hs()).unwrap();
@@ -1049,6 +1131,7 @@ fn a_copy_kept_by_the_changes_equals_the_engine_at_every_checkpoint() {
         }
     }
     assert_eq!(e.keys(), (0, 0), "the retention dropped every key");
+    assert_eq!(e.controls_held(), (3, 0), "and every aimed control (V1, M1 and M2 stay)");
     // A year later the serials of the story's year are dropped too.
     e.advance(EventTime::parse_ceb("20280102000000").unwrap(), &mut out);
     checkpoint(&mut e, &mut copy, "in the next year but one");

@@ -180,6 +180,22 @@ impl StateExpired {
     }
 }
 
+/// `cbec_controls_held{scope}`: officer controls held (aimed: at one list, order or
+/// parcel, aging with its state; standing: company, commodity, vehicle, rate).
+pub struct ControlsHeld {
+    /// All controls held.
+    pub all: usize,
+    /// Of which aimed.
+    pub aimed: usize,
+}
+impl ControlsHeld {
+    /// Records it.
+    pub fn emit(&self) {
+        gauge!("cbec_controls_held", "scope" => "aimed").set(self.aimed as f64);
+        gauge!("cbec_controls_held", "scope" => "standing").set(self.all.saturating_sub(self.aimed) as f64);
+    }
+}
+
 /// `cbec_sequencer_forced_total`: items released before the watermark (bounded buffer).
 pub struct SequencerForced;
 impl SequencerForced {

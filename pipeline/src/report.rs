@@ -89,6 +89,13 @@ pub fn render(s: &RunStats) -> String {
         "  state at end: declare {d} B ({} orders), clear {c} B ({} parcels), summarize {m} B",
         s.keys.0, s.keys.1
     );
+    if s.controls.0 > 0 {
+        let _ = writeln!(
+            r,
+            "  controls held at end: {} ({} aimed at one list, order or parcel: they go with its state)",
+            s.controls.0, s.controls.1
+        );
+    }
     if s.expired != (0, 0) {
         let _ = writeln!(r, "  dropped by the state retention: {} orders, {} parcels", s.expired.0, s.expired.1);
     }

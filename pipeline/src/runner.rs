@@ -280,6 +280,8 @@ pub struct RunStats {
     pub keys: (usize, usize),
     /// Keys whose state the retention dropped: (orders, parcels).
     pub expired: (u64, u64),
+    /// Officer controls held at the end: (all, aimed at one list, order or parcel).
+    pub controls: (usize, usize),
     /// Checkpoints written.
     pub checkpoints: u64,
     /// The longest the engine thread stopped to copy its state for a checkpoint.
@@ -723,6 +725,8 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
             m::MessageCounts { input: &st.stats.input, output: &st.stats.output }.emit();
             let (orders, parcels) = st.engine.expired_keys();
             m::StateExpired { orders, parcels }.emit();
+            let (all, aimed) = st.engine.controls_held();
+            m::ControlsHeld { all, aimed }.emit();
         }
         if let Some(cb) = &mut run.progress
             && now.duration_since(last_progress) >= Duration::from_secs(1)
@@ -807,6 +811,8 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
     st.stats.keys = st.engine.keys();
     st.stats.expired = st.engine.expired_keys();
     m::StateExpired { orders: st.stats.expired.0, parcels: st.stats.expired.1 }.emit();
+    st.stats.controls = st.engine.controls_held();
+    m::ControlsHeld { all: st.stats.controls.0, aimed: st.stats.controls.1 }.emit();
     st.stats.elapsed = started.elapsed();
     Ok(st.stats)
 }

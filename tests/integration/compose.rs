@@ -284,10 +284,12 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let body = scrape();
-        if body.contains("cbec_messages_in_total{topic=\"scans\"}") {
+        if body.contains("cbec_messages_in_total{topic=\"scans\"}")
+            && body.contains("cbec_controls_held{scope=\"aimed\"}")
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "no scans counted at the metrics endpoint:\n{body}");
+        assert!(Instant::now() < deadline, "no scans or controls counted at the metrics endpoint:\n{body}");
         std::thread::sleep(Duration::from_millis(200));
     }
 }

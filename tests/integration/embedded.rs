@@ -187,6 +187,7 @@ fn the_embedded_default_runs_with_no_arguments() {
         "sorting ports:",
         "summary declarations:",
         "p99",
+        "controls held at end:",
     ] {
         assert!(report.contains(needle), "{needle} missing from:\n{report}");
     }
