@@ -563,7 +563,8 @@ impl Operator for Clear {
             ClearIn::List(l) => {
                 let key = l.logistics_no.as_str();
                 let (p, moved) = retention.state_of_moved(parcels, key, l.app_time);
-                if moved {
+                if moved && (p.decl.is_some() || l.app_type == cbec_schemas::AppType::Delete) {
+                    // Kept here when no list is stored below (which keeps them after).
                     keep_controls(&mut ctx.controls, key, p);
                 }
                 if let Some(d) = &p.decl {
@@ -646,7 +647,9 @@ impl Operator for Clear {
                     (None, _) => {
                         p.waybill = Some(w.app_time);
                         Clear::activate(ctx, codes, key, p, out);
-                        keep_controls(&mut ctx.controls, key, p);
+                        if let Some(d) = &p.decl {
+                            ctx.controls.keep_invt(&d.invt_no, p.touched);
+                        }
                     }
                 }
             }

@@ -193,8 +193,23 @@ impl ControlTable {
             return;
         }
         let keys = [(ORDER, Some(ids.order_no)), (LOGISTICS, Some(ids.logistics_no)), (INVT, ids.invt_no)];
+        self.keep_slots(&keys, day);
+    }
+
+    /// [`ControlTable::keep`] for a list that just got its `invtNo` (its other numbers were
+    /// kept when it was touched).
+    pub fn keep_invt(&mut self, invt_no: &str, day: i32) {
+        if !self.aimed.is_empty() {
+            self.keep_slots(&[(INVT, Some(invt_no))], day);
+        }
+    }
+
+    fn keep_slots(&mut self, keys: &[(usize, Option<&str>)], day: i32) {
         let mut moved = Vec::new();
-        for (slot, k) in keys {
+        for &(slot, k) in keys {
+            if self.index[slot].is_empty() {
+                continue;
+            }
             let Some(list) = k.and_then(|k| self.index[slot].get(k)) else { continue };
             for id in list {
                 if let Some(d) = self.aimed.get(id)
