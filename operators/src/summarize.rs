@@ -209,6 +209,16 @@ pub fn form_of(s: &Summary) -> String {
     [&s.ebc_code, &s.owner_code, &s.country, &s.port_code, &s.traf_mode].map(String::as_str).join("-")
 }
 
+/// Frees a closed period's lists on a thread of its own: a month's lists are hundreds of
+/// thousands of allocations, and the summaries should not wait for their release (inline
+/// when no thread can be started).
+fn drop_elsewhere(lists: BTreeMap<String, Exited>) {
+    if lists.len() >= 10_000 {
+        // A failed spawn drops the closure, and the lists with it, here.
+        let _ = std::thread::Builder::new().name("cbec-free".into()).spawn(move || drop(lists));
+    }
+}
+
 impl Summarize {
     /// Lists waiting in open periods.
     pub fn pending(&self) -> usize {
@@ -317,6 +327,8 @@ impl Operator for Summarize {
             for s in sums {
                 out.collect(s);
             }
+            drop(refs);
+            drop_elsewhere(lists);
         }
     }
 

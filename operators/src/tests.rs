@@ -1158,6 +1158,37 @@ fn story_exits() -> Vec<crate::engine::Exited> {
         .collect()
 }
 
+/// A month's close of many lists declares every one of them and frees them all (on a
+/// thread of its own): nothing of a closed period stays behind.
+#[test]
+fn a_large_close_declares_every_list_and_frees_them() {
+    let exited: Vec<_> = story_exits().into_iter().filter(|x| x.summarizable).collect();
+    assert!(!exited.is_empty());
+    let mut sum = Summarize::default();
+    let mut r = Rules::default();
+    let mut out = Vec::new();
+    let mut held = Vec::new();
+    for i in 0..12_000 {
+        let x = &exited[i % exited.len()];
+        let list = std::sync::Arc::new((*x.list).clone());
+        if i % 1000 == 0 {
+            held.push(std::sync::Arc::downgrade(&list));
+        }
+        let invt_no = format!("51412026E{i:011}").into();
+        sum.process(&mut r, crate::engine::Exited { invt_no, summarizable: true, list, seq: i as u64 + 1 }, &mut out);
+    }
+    assert_eq!(sum.pending(), 12_000);
+    sum.on_watermark(&mut r, EventTime::MAX, &mut out);
+    assert_eq!(sum.pending(), 0);
+    let declared: usize = out.iter().map(|s| s.invt_nos.len()).sum();
+    assert_eq!(declared, 12_000);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while held.iter().any(|w| w.upgrade().is_some()) {
+        assert!(std::time::Instant::now() < deadline, "a closed period's lists were not freed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// The summarize state's copy kept by its cuts (serialized and read back) equals it,
 /// through lists coming in, lists taken out (returned after they exited) and periods
 /// closing with their revisions.
