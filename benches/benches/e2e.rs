@@ -14,6 +14,8 @@
 //! (default `50000,5000`); `CBEC_BENCH_LRATES` those of the in-process latency phase
 //! (default `50000,10000`). `CBEC_BENCH_DIAG=1` prints, for the in-process
 //! latency and close phases, the worst latency in each 2.5 % slice of the decisions (where stalls are).
+//! `CBEC_PIN_ENGINE=true` pins the engine thread of the in-process phases to a CPU of its
+//! own, as `pin_engine` does in cbec.
 
 use cbec_benches::{machine, peak_rss_mib};
 use cbec_operators::rules::Rules;
@@ -68,11 +70,13 @@ fn main() {
     let phase = |p: &str| only.is_empty() || only.split(',').any(|x| x == p);
     let h = hs();
     let rules = Rules::default();
-    let cfg = Config::default();
+    let pin = std::env::var("CBEC_PIN_ENGINE").is_ok_and(|v| v == "true" || v == "1");
+    let cfg = Config { pin_engine: pin, ..Config::default() };
     println!(
-        "machine: {}; transparent huge pages {}",
+        "machine: {}; transparent huge pages {}; engine thread {}",
         machine(),
-        if cbec_pipeline::alloc::thp_disabled() { "off (as in cbec)" } else { "as the system sets them" }
+        if cbec_pipeline::alloc::thp_disabled() { "off (as in cbec)" } else { "as the system sets them" },
+        if pin { "pinned to a CPU of its own (CBEC_PIN_ENGINE)" } else { "not pinned" }
     );
     println!("command: {CMD}  (CBEC_BENCH_ORDERS={orders})");
 

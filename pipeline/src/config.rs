@@ -94,6 +94,11 @@ pub struct Config {
     /// by all input partitions: per partition two thirds for librdkafka's queue and one
     /// third for a fetch.
     pub input_prefetch_mb: usize,
+    /// The engine thread on a CPU of its own (the last this process may use), every other
+    /// thread of the process on the others: the decisions never wait for a CPU behind the
+    /// decoding, sink or summarize threads. For a machine given to one cbec process: two
+    /// pinned processes would share the same CPU.
+    pub pin_engine: bool,
     /// Supervision rules.
     pub rules: Rules,
 }
@@ -121,6 +126,7 @@ impl Default for Config {
             parquet_rows: 200_000,
             state_capacity: 0,
             input_prefetch_mb: 512,
+            pin_engine: false,
             rules: Rules::default(),
         }
     }

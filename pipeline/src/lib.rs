@@ -2,6 +2,7 @@
 //! the load generator, `cbec check`, and DataFusion SQL over the Parquet output.
 #![forbid(missing_docs)]
 
+pub mod affinity;
 pub mod alloc;
 pub mod check;
 pub mod checkpoint;

@@ -417,6 +417,8 @@ pub struct EngineRun {
     /// Summarize in other processes: exits and event time go to the sink for the topic
     /// `<group_id>.exited` with this many partitions ([`crate::stage`]).
     pub exited_partitions: Option<usize>,
+    /// Pin the engine thread to a CPU of its own ([`crate::affinity`]).
+    pub pin_engine: bool,
 }
 
 impl EngineRun {
@@ -435,6 +437,7 @@ impl EngineRun {
             lateness_ms: cfg.lateness_ms,
             max_buffered: cfg.queue_capacity * 8,
             state_capacity: cfg.state_capacity,
+            pin_engine: cfg.pin_engine,
             inputs,
             sink,
             end_of_time_when_done: true,
@@ -680,6 +683,20 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
         // first run did, whatever the configuration says now).
         None => summary_stage::spawn(summarize_state, engine.rules().clone(), run.sink.clone(), cap),
     };
+    // Every thread of the run is started now (the summarize stage just before): the
+    // engine thread takes a CPU of its own, the others share the rest.
+    let pinned = run.pin_engine
+        && match crate::affinity::pin_engine() {
+            Ok(cpu) => {
+                eprintln!("cbec: engine thread pinned to CPU {cpu}, the process's other threads to the others");
+                true
+            }
+            Err(e) => {
+                eprintln!("cbec: pin_engine: {e}; the engine thread is not pinned");
+                false
+            }
+        };
+    let _unpin = pinned.then_some(crate::affinity::Unpin);
     let mut st = State {
         engine,
         summarize,

@@ -365,3 +365,69 @@ fn the_cbec_process_runs_without_transparent_huge_pages() {
     assert_eq!(off, "0", "cbec left transparent huge pages on");
     assert_eq!(thp_enabled(Some("1")).as_deref(), Some("1"), "MIMALLOC_ALLOW_THP=1 should leave them to the system");
 }
+
+/// `pin_engine`: while a run is under way, the engine thread may use one CPU (the last)
+/// and every other thread of the process only the others.
+#[test]
+fn pin_engine_gives_the_engine_thread_a_cpu_of_its_own() {
+    let logs = tempfile::tempdir().unwrap();
+    let err = logs.path().join("err");
+    let mut child = std::process::Command::new(cbec_bin())
+        .args(["run", "--orders", "100000", "--metrics-addr", "", "--no-parquet", "--output"])
+        .arg(logs.path().join("out"))
+        .env("CBEC_HS_FILE", shared().join("data/hs/harmonized-system.csv"))
+        .env("CBEC_PIN_ENGINE", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("cbec run");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let said = loop {
+        let text = std::fs::read_to_string(&err).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains("pin_engine") || l.contains("engine thread pinned")) {
+            break l.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no word of pinning in 120 s:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let threads: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .map(|d| d.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+            let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
+            Some((field("Name:")?, field("Cpus_allowed_list:")?))
+        })
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if cpus < 2 {
+        assert!(said.contains("not pinned"), "{said}");
+        eprintln!("SKIPPED: one CPU, nothing to pin to");
+        return;
+    }
+    let cpu: usize = said
+        .split("pinned to CPU ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    // `Cpus_allowed_list` reads like `0-2,5`.
+    let list = |allowed: &str| -> Vec<usize> {
+        allowed
+            .split(',')
+            .flat_map(|r| {
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()
+            })
+            .collect()
+    };
+    let engine: Vec<_> = threads.iter().filter(|(_, allowed)| list(allowed) == [cpu]).collect();
+    assert_eq!(engine.len(), 1, "one thread on CPU {cpu} alone: {threads:?}");
+    assert!(threads.len() > 3, "{threads:?}");
+    for (name, allowed) in threads.iter().filter(|(_, allowed)| list(allowed) != [cpu]) {
+        assert!(!list(allowed).contains(&cpu), "{name} may still run on the engine's CPU {cpu}: {allowed}");
+    }
+}
