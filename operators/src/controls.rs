@@ -177,7 +177,7 @@ impl ControlTable {
     /// True when an aimed control (kept from `day`) is past the retention: gone.
     #[inline]
     fn stale(&self, id: &str) -> bool {
-        self.cutoff > i32::MIN && self.aimed.get(id).is_some_and(|d| *d < self.cutoff)
+        self.aimed.get(id).is_some_and(|d| *d < self.cutoff)
     }
 
     /// True when some aimed control is held (only then need a touched parcel keep them).

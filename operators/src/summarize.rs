@@ -209,11 +209,14 @@ pub fn form_of(s: &Summary) -> String {
     [&s.ebc_code, &s.owner_code, &s.country, &s.port_code, &s.traf_mode].map(String::as_str).join("-")
 }
 
+/// Closed periods of at least this many lists are freed on a thread of their own.
+const FREE_ELSEWHERE_FROM: usize = 10_000;
+
 /// Frees a closed period's lists on a thread of its own: a month's lists are hundreds of
 /// thousands of allocations, and the summaries should not wait for their release (inline
-/// when no thread can be started).
+/// when there are fewer than [`FREE_ELSEWHERE_FROM`] or no thread can be started).
 fn drop_elsewhere(lists: BTreeMap<String, Exited>) {
-    if lists.len() >= 10_000 {
+    if lists.len() >= FREE_ELSEWHERE_FROM {
         // A failed spawn drops the closure, and the lists with it, here.
         let _ = std::thread::Builder::new().name("cbec-free".into()).spawn(move || drop(lists));
     }

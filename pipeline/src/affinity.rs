@@ -4,8 +4,9 @@
 //! On a small machine the engine thread shares its CPU with the decoding, sink and
 //! summarize threads; when it is woken for the next scan and its CPU is taken, the scan
 //! waits out the other thread's time slice, and a backlog builds behind it. Pinned, the
-//! engine never queues behind them (BENCHMARKS.md, thirteenth session: at 50,000 scans/s no
-//! steady-window p99 over 5.1 ms in eight runs, against four of eight over 20 ms unpinned).
+//! engine never queues behind them (BENCHMARKS.md, thirteenth session: at 50,000 scans/s a
+//! steady-window p99 of 0.54–1.97 ms in nine runs, against 1.19–33 ms unpinned, at 5–15 %
+//! less throughput).
 //! Off by default: two cbec processes pinned on one machine would share the same CPU.
 
 /// The CPUs this process may run on.

@@ -323,6 +323,11 @@ fn the_docker_build_context_holds_the_workspace_not_the_build_output() {
     assert!(dockerfile.contains("COPY . ."), "the Dockerfile copies the context whole");
 }
 
+/// The value of `key` (with its colon) in the text of a `/proc/<pid>/status` file.
+fn status_field(status: &str, key: &str) -> Option<String> {
+    status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string())
+}
+
 /// The `cbec` binary turns transparent huge pages off for its process first thing
 /// (`pipeline/src/alloc.rs`), whatever it is asked to do, and leaves them to the system when
 /// `MIMALLOC_ALLOW_THP` is set: read from the kernel's view of a running process (`cbec sql`
@@ -352,8 +357,7 @@ fn the_cbec_process_runs_without_transparent_huge_pages() {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         assert!(said(), "cbec sql printed nothing in 60 s");
-        let text = std::fs::read_to_string(&status).unwrap_or_default();
-        let seen = text.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(|v| v.trim().to_string());
+        let seen = status_field(&std::fs::read_to_string(&status).unwrap_or_default(), "THP_enabled:");
         let _ = child.kill();
         let _ = child.wait();
         seen
@@ -396,8 +400,7 @@ fn pin_engine_gives_the_engine_thread_a_cpu_of_its_own() {
         .into_iter()
         .filter_map(|t| {
             let status = std::fs::read_to_string(t.path().join("status")).ok()?;
-            let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
-            Some((field("Name:")?, field("Cpus_allowed_list:")?))
+            Some((status_field(&status, "Name:")?, status_field(&status, "Cpus_allowed_list:")?))
         })
         .collect();
     let _ = child.kill();
