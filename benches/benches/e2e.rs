@@ -21,8 +21,8 @@ use cbec_benches::{machine, peak_rss_mib};
 use cbec_operators::rules::Rules;
 use cbec_operators::tracked::{Cut, Incremental};
 use cbec_pipeline::config::Config;
-use cbec_pipeline::embedded::{self, TopicInput};
-use cbec_pipeline::generator::{GenConfig, Generated, generate};
+use cbec_pipeline::embedded;
+use cbec_pipeline::generator::{GenConfig, generate};
 use cbec_pipeline::sink::{FileSink, NullSink};
 use cbec_schemas::Topic;
 use cbec_schemas::hs::Nomenclature;
@@ -54,10 +54,6 @@ fn diag(s: &cbec_pipeline::runner::RunStats) {
     }
 }
 
-fn inputs(g: &Generated) -> Vec<(Topic, TopicInput)> {
-    g.topics.iter().map(|(t, v)| (*t, TopicInput::Messages(v.iter().map(|(_, p)| p.clone()).collect()))).collect()
-}
-
 fn main() {
     // As the `cbec` binary does (`pipeline/src/alloc.rs`).
     cbec_pipeline::alloc::set_up();
@@ -87,7 +83,7 @@ fn main() {
         println!("generated {total} messages for {orders} orders in {:.1} s", t.elapsed().as_secs_f64());
 
         // 1. Sustained throughput, engine + decode only (outputs discarded).
-        let s = embedded::run(&cfg, h.clone(), inputs(&g), Box::new(NullSink), None).expect("run");
+        let s = embedded::run(&cfg, h.clone(), g.inputs(), Box::new(NullSink), None).expect("run");
         println!(
             "embedded, outputs discarded: {} messages in {:.2} s = {:.0} msg/s ({} partitions); sustained until the last input {:.0} msg/s ({:.2} s, then {:.2} s of end of input: the month's summary close)",
             s.total_in(),
@@ -101,7 +97,7 @@ fn main() {
         // 2. With the real file sinks (JSON lines per topic + Parquet).
         let dir = std::env::temp_dir().join(format!("cbec-bench-{}", std::process::id()));
         let sink = FileSink::new(&dir, "cbec.", Some(cfg.parquet_rows)).expect("sink");
-        let s = embedded::run(&cfg, h.clone(), inputs(&g), Box::new(sink), None).expect("run");
+        let s = embedded::run(&cfg, h.clone(), g.inputs(), Box::new(sink), None).expect("run");
         let outs: u64 = s.output.values().sum();
         println!(
             "embedded, JSON lines + Parquet: {} messages in {:.2} s = {:.0} msg/s, {outs} output records; sustained until the last input {:.0} msg/s",
@@ -284,7 +280,7 @@ fn main() {
     if phase("state") {
         let n = 100_000;
         let g = generate(&GenConfig { orders: n, missing_waybill: 1.0, seed: 9, ..GenConfig::default() }, &rules, &h);
-        let s = embedded::run(&cfg, h.clone(), inputs(&g), Box::new(NullSink), None).expect("run");
+        let s = embedded::run(&cfg, h.clone(), g.inputs(), Box::new(NullSink), None).expect("run");
         let (d, c, _) = s.state_bytes;
         println!(
             "state per pending list: {:.0} bytes (declare {:.0} + clear {:.0}) over {n} stored, uncollected lists",
@@ -456,7 +452,7 @@ fn main() {
             s.checkpoints,
             s.checkpoint_pause.as_secs_f64() * 1000.0
         );
-        let e = embedded::run(&cfg, h.clone(), inputs(&g), Box::new(NullSink), None).expect("run");
+        let e = embedded::run(&cfg, h.clone(), g.inputs(), Box::new(NullSink), None).expect("run");
         println!(
             "  the embedded run of the same story: {} output records (the Kafka run must match)",
             e.output.values().sum::<u64>()

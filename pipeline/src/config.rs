@@ -82,6 +82,11 @@ pub struct Config {
     pub exited_partitions: usize,
     /// Allowed out-of-orderness across sources, in event-time milliseconds.
     pub lateness_ms: i64,
+    /// How far, in milliseconds, a message's event time may lie after it was sent (its
+    /// Kafka record's timestamp; in the embedded mode its file's modification time or a
+    /// generated message's arrival): a message dated further ahead goes to the dead-letter
+    /// topic (`future_time`) instead of moving event time there for every key. 0: no bound.
+    pub max_lead_ms: u64,
     /// Capacity of every bounded queue (messages).
     pub queue_capacity: usize,
     /// Rows per Parquet file before it is closed (files appear atomically).
@@ -122,6 +127,7 @@ impl Default for Config {
             stage: Stage::All,
             exited_partitions: 4,
             lateness_ms: 0,
+            max_lead_ms: 3_600_000,
             queue_capacity: 8192,
             parquet_rows: 200_000,
             state_capacity: 0,

@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::runner::{
-    Batch, Batcher, EngineMsg, EngineRun, RunStats, batches_for, decode_message, run_engine, spawn_sink,
+    Batch, Batcher, EngineMsg, EngineRun, RunStats, Sent, batches_for, decode_message, run_engine, spawn_sink,
 };
 use crate::sequencer::SourceId;
 use crate::sink::Sink;
@@ -23,8 +23,10 @@ const BATCH: usize = 256;
 pub enum TopicInput {
     /// Files, read in order (JSON lines, or one CEB XML document per file).
     Files(Vec<PathBuf>),
-    /// Messages already in memory (generator).
-    Messages(Vec<Vec<u8>>),
+    /// Messages already in memory (generator), each with the time it was sent (Unix
+    /// milliseconds: a generated message's arrival), which bounds its event time
+    /// (`max_lead_ms`).
+    Messages(Vec<(i64, Vec<u8>)>),
     /// Messages offered at a fixed rate (messages/second), for latency measurements.
     Paced(Vec<Vec<u8>>, f64),
 }
@@ -82,6 +84,7 @@ fn source_thread(
     topic: Topic,
     topic_name: String,
     input: TopicInput,
+    max_lead_ms: u64,
     tx: Sender<Batch>,
 ) -> std::thread::JoinHandle<anyhow::Result<()>> {
     std::thread::Builder::new()
@@ -91,24 +94,26 @@ fn source_thread(
             let src = (topic, 0);
             let paced = matches!(input, TopicInput::Paced(..));
             let mut batcher = Batcher::new(tx, if paced { 1 } else { BATCH });
-            let mut one = |msg: &[u8], offset: i64| {
+            let mut one = |msg: &[u8], offset: i64, sent: Option<Sent>| {
                 let mut send = |m: EngineMsg| batcher.push(m);
-                decode_message(&mut dec, topic, &topic_name, src, offset, None, msg, Instant::now(), &mut send);
+                decode_message(&mut dec, topic, &topic_name, src, offset, None, msg, sent, Instant::now(), &mut send);
             };
             let mut offset = 0i64;
             match input {
                 TopicInput::Files(files) => {
                     for f in files {
+                        // A file holds what was sent by the time it was last written.
+                        let sent = Sent::file_written(&f, max_lead_ms);
                         let bytes = std::fs::read(&f)?;
                         for msg in split_messages(&bytes) {
-                            one(msg, offset);
+                            one(msg, offset, sent);
                             offset += 1;
                         }
                     }
                 }
                 TopicInput::Messages(msgs) => {
-                    for msg in msgs {
-                        one(&msg, offset);
+                    for (at, msg) in msgs {
+                        one(&msg, offset, Sent::new(Some(at), "its arrival in the generated story", max_lead_ms));
                         offset += 1;
                     }
                 }
@@ -116,7 +121,7 @@ fn source_thread(
                     let start = Instant::now();
                     for msg in msgs {
                         wait_until(start + std::time::Duration::from_secs_f64(offset as f64 / per_sec.max(1e-9)));
-                        one(&msg, offset);
+                        one(&msg, offset, None);
                         offset += 1;
                     }
                 }
@@ -184,7 +189,7 @@ pub fn run_replay(
             for (i, (t, msg)) in feed.into_iter().enumerate() {
                 wait_until(start + pacing.due(i));
                 let mut send = |m: EngineMsg| batcher.push(m);
-                decode_message(&mut dec, t, &names[&t], replay, i as i64, None, &msg, Instant::now(), &mut send);
+                decode_message(&mut dec, t, &names[&t], replay, i as i64, None, &msg, None, Instant::now(), &mut send);
             }
             batcher.push(EngineMsg::Done(replay));
             batcher.flush();
@@ -213,7 +218,7 @@ pub fn run(
     let mut handles = Vec::new();
     for (t, input) in inputs {
         let (tx, rx) = bounded(batches_for(cfg.queue_capacity, BATCH));
-        handles.push(source_thread(t, cfg.input_topic(t), input, tx));
+        handles.push(source_thread(t, cfg.input_topic(t), input, cfg.max_lead_ms, tx));
         groups.push((vec![(t, 0)], rx));
     }
     let run = EngineRun { progress, ..EngineRun::new(cfg, hs, groups, sink_tx) };

@@ -95,7 +95,8 @@ impl Default for GenConfig {
 pub struct Expected {
     /// Messages generated per topic (including duplicates and malformed ones).
     pub messages: BTreeMap<String, u64>,
-    /// Malformed messages (each must end in the dead-letter topic).
+    /// Malformed messages, and messages dated a century after they arrive (each must end in
+    /// the dead-letter topic).
     pub malformed: u64,
     /// Lists that must be declared (collected by a waybill).
     pub declared: u64,
@@ -487,17 +488,23 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
             }
         }
     }
-    // Malformed messages, spread over the topics.
+    // Malformed messages, spread over the topics, every kind on every topic in turn; one
+    // kind is well-formed but dated a century after it arrives (`future_time`).
     let total_msgs: usize = out.values().map(Vec::len).sum();
     let n_bad = (total_msgs as f64 * g.malformed).round() as usize;
     for b in 0..n_bad {
         let topic = Topic::ALL[b % Topic::ALL.len()];
         let at = start.plus_ms(rng.random_range(0..g.duration_s.max(1) * 1000));
-        let payload: Vec<u8> = match b % 4 {
+        let payload: Vec<u8> = match (b + b / Topic::ALL.len()) % 5 {
             0 => b"{\"orderNo\": \"truncated".to_vec(),
             1 => b"<ceb:CEB303Message xmlns:ceb=\"http://www.chinaport.gov.cn/ceb\"><ceb:Order>".to_vec(),
             2 => b"{\"logisticsNo\": 12, \"charge\": \"-5\"}".to_vec(),
-            _ => vec![0xff, 0xfe, b'{', 0x00],
+            3 => vec![0xff, 0xfe, b'{', 0x00],
+            _ => {
+                let q = out.get(&topic).map_or(&[][..], Vec::as_slice);
+                let pick = (!q.is_empty()).then(|| rng.random_range(0..q.len()));
+                pick.and_then(|i| a_century_later(topic, &q[i].3)).unwrap_or_else(|| b"{}".to_vec())
+            }
         };
         let q = out.entry(topic).or_default();
         n_msg += 1;
@@ -513,6 +520,42 @@ pub fn generate(g: &GenConfig, rules: &Rules, hs: &Nomenclature) -> Generated {
         topics.insert(t, v.into_iter().map(|(_, _, k, p)| (k, p)).collect());
     }
     Generated { topics, arrival, expected: ex }
+}
+
+/// The field holding a topic's event time in the generated JSON.
+fn time_field(t: Topic) -> &'static str {
+    match t {
+        Topic::Payments => "accountingDate",
+        Topic::Scans => "scanTime",
+        Topic::Departures => "leaveTime",
+        Topic::Seals | Topic::Controls => "time",
+        _ => "appTime",
+    }
+}
+
+/// A generated message of topic `t` with its event time a hundred years later (CEB and
+/// RFC 3339 times both start with the year).
+fn a_century_later(t: Topic, payload: &[u8]) -> Option<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let field = v.get_mut(time_field(t))?;
+    let text = field.as_str()?;
+    let year: u32 = text.get(..4)?.parse().ok()?;
+    *field = serde_json::Value::String(format!("{}{}", year + 100, &text[4..]));
+    serde_json::to_vec(&v).ok()
+}
+
+impl Generated {
+    /// The story as the embedded mode's inputs: each topic's messages with their arrival
+    /// times (when they were sent).
+    pub fn inputs(&self) -> Vec<(Topic, crate::embedded::TopicInput)> {
+        self.topics
+            .iter()
+            .map(|(t, v)| {
+                let sent = self.arrival[t].iter().copied().zip(v.iter().map(|(_, p)| p.clone()));
+                (*t, crate::embedded::TopicInput::Messages(sent.collect()))
+            })
+            .collect()
+    }
 }
 
 /// Every message of the story merged in arrival order, as one feed would carry it: topic,

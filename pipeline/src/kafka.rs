@@ -26,7 +26,7 @@ use crate::kafka_store::KafkaTopicStore;
 use crate::lease::Lease;
 use crate::record::{OUTPUTS, Record};
 use crate::runner::{
-    Batch, Batcher, EngineMsg, EngineRun, Restored, RunStats, batches_for, decode_message, run_engine, spawn_sink,
+    Batch, Batcher, EngineMsg, EngineRun, Restored, RunStats, Sent, batches_for, decode_message, run_engine, spawn_sink,
 };
 use crate::sequencer::{SourceId, rank};
 use crate::sink::Sink;
@@ -309,6 +309,8 @@ struct PartState {
     /// partition: offsets below the high watermark that hold no deliverable message
     /// (transaction markers) do not make it look behind.
     eof: Option<(i64, i64)>,
+    /// `max_lead_ms`: how far after a record's timestamp its event times may lie.
+    max_lead_ms: u64,
 }
 
 /// Whether a partition is caught up: read up to the high watermark, or at the end
@@ -378,6 +380,9 @@ impl PartState {
             }
             batcher.push(x)
         };
+        // The record's timestamp (the producer's CreateTime, or the broker's LogAppendTime)
+        // is when it was sent; none (or not after 1970) leaves the event time unbounded.
+        let at = m.timestamp().to_millis().filter(|t| *t > 0);
         decode_message(
             dec,
             self.topic,
@@ -386,6 +391,7 @@ impl PartState {
             m.offset(),
             m.key(),
             m.payload().unwrap_or(&[]),
+            Sent::new(at, "its Kafka timestamp", self.max_lead_ms),
             Instant::now(),
             &mut send,
         );
@@ -709,6 +715,7 @@ pub fn run(
                         time: i64::MIN,
                         stalled_since: None,
                         eof: None,
+                        max_lead_ms: cfg.max_lead_ms,
                     });
                 }
             }

@@ -242,11 +242,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 let story = generator::generate(&g, &cfg.rules, &hs);
                 std::fs::create_dir_all(&out)?;
                 std::fs::write(out.join("expected.json"), serde_json::to_vec_pretty(&story.expected)?)?;
-                story
-                    .topics
-                    .into_iter()
-                    .map(|(t, v)| (t, embedded::TopicInput::Messages(v.into_iter().map(|(_, p)| p).collect())))
-                    .collect()
+                story.inputs()
             }
         };
         let file_sink = sink::FileSink::new(&out, &cfg.output_prefix, (!a.no_parquet).then_some(cfg.parquet_rows))?;

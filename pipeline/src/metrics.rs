@@ -223,7 +223,7 @@ pub fn install(addr: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
-    use crate::embedded::{self, TopicInput};
+    use crate::embedded;
     use crate::generator::{GenConfig, generate};
     use cbec_schemas::hs::Nomenclature;
 
@@ -243,11 +243,7 @@ mod tests {
             &cfg.rules,
             &Nomenclature::default(),
         );
-        let inputs = g
-            .topics
-            .iter()
-            .map(|(t, v)| (*t, TopicInput::Messages(v.iter().map(|(_, p)| p.clone()).collect())))
-            .collect();
+        let inputs = g.inputs();
         let recorder = super::builder().unwrap().build_recorder();
         let handle = recorder.handle();
         let stats = metrics::with_local_recorder(&recorder, || {

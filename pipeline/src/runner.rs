@@ -151,7 +151,59 @@ fn spawn_writer() -> (Sender<WriterJob>, Receiver<anyhow::Error>, std::thread::J
     (tx, erx, h)
 }
 
-/// Decodes one message and hands its entities or dead letters to `send`.
+/// When a message was sent, as its source records it, and how far after that its event
+/// times may lie (`max_lead_ms`). A message dated further ahead is dead-lettered
+/// (`future_time`): released in event-time order it would move event time there for every
+/// key (payment waits fire, the retention drops state, later messages count as expired).
+/// The reference travels with the message (a Kafka record's timestamp, a file's
+/// modification time, a generated message's arrival), so a replay decides alike.
+#[derive(Clone, Copy, Debug)]
+pub struct Sent {
+    /// When the message was sent.
+    pub at: EventTime,
+    /// What `at` is, for the dead letter's reason.
+    pub by: &'static str,
+    /// The largest lead of event time over `at`, in milliseconds.
+    pub max_lead_ms: i64,
+}
+
+impl Sent {
+    /// The reference of a message sent at `at` (Unix milliseconds, `by` saying what that
+    /// is), or `None` when there is no bound (`max_lead_ms` 0) or no time.
+    pub fn new(at: Option<i64>, by: &'static str, max_lead_ms: u64) -> Option<Sent> {
+        let max_lead_ms = i64::try_from(max_lead_ms).ok().filter(|m| *m > 0)?;
+        Some(Sent { at: EventTime(at?), by, max_lead_ms })
+    }
+
+    /// The time a file was last written, as a reference for its messages.
+    pub fn file_written(path: &std::path::Path, max_lead_ms: u64) -> Option<Sent> {
+        let ms = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_millis()).ok());
+        Sent::new(ms, "the file's modification time", max_lead_ms)
+    }
+
+    fn check(&self, t: EventTime) -> Result<(), cbec_schemas::DecodeError> {
+        if t.0 <= self.at.0.saturating_add(self.max_lead_ms) {
+            return Ok(());
+        }
+        Err(cbec_schemas::DecodeError::new(
+            cbec_schemas::ErrorCode::FutureTime,
+            format!(
+                "event time {} is more than max_lead_ms ({} ms) after the message was sent ({}, {}): taken as given it would move event time there for every key",
+                t.to_rfc3339(),
+                self.max_lead_ms,
+                self.by,
+                self.at.to_rfc3339()
+            ),
+        ))
+    }
+}
+
+/// Decodes one message and hands its entities or dead letters to `send`; `sent` bounds
+/// how far ahead its event times may lie ([`Sent`]).
 #[allow(clippy::too_many_arguments)]
 pub fn decode_message(
     decoder: &mut Decoder,
@@ -161,6 +213,7 @@ pub fn decode_message(
     offset: i64,
     key: Option<&[u8]>,
     payload: &[u8],
+    sent: Option<Sent>,
     read_at: Instant,
     send: &mut dyn FnMut(EngineMsg),
 ) {
@@ -175,6 +228,9 @@ pub fn decode_message(
                 cbec_schemas::ErrorCode::WrongEntity,
                 "CEB607 is not an input of any cbec topic",
             ));
+        }
+        if let Some(s) = &sent {
+            s.check(e.event_time())?;
         }
         Ok(e)
     };
@@ -1081,6 +1137,53 @@ mod tests {
     use crate::checkpoint::LocalDirStore;
     use crate::config::Config;
     use cbec_schemas::hs::Nomenclature;
+
+    /// A message is dead-lettered `future_time` when its event time lies more than
+    /// `max_lead_ms` after it was sent (each entity of a CEB document on its own), kept at
+    /// the bound exactly, and never judged without a reference or with the bound at 0.
+    #[test]
+    fn messages_dated_too_far_after_their_sending_are_dead_lettered() {
+        let scan =
+            |t: &str| format!(r#"{{"logisticsNo":"LP1","lineId":"L1","scanId":"S1","scanTime":"{t}","xray":null}}"#);
+        let sent_at = EventTime::parse_rfc3339("2026-11-11T12:00:00Z").unwrap().0;
+        let decode = |topic: Topic, payload: &[u8], sent: Option<Sent>| {
+            let mut got = Vec::new();
+            let mut dec = Decoder::new();
+            decode_message(&mut dec, topic, "in", (topic, 0), 7, None, payload, sent, Instant::now(), &mut |m| {
+                got.push(match m {
+                    EngineMsg::Event(e) => format!("event {}", e.time.to_rfc3339()),
+                    EngineMsg::Dead(_, _, d) => format!("dead {} {:?}", d.code, d.entity_index),
+                    other => format!("{other:?}"),
+                })
+            });
+            got
+        };
+        let hour = Sent::new(Some(sent_at), "test", 3_600_000);
+        let one = |t: &str, sent| decode(Topic::Scans, scan(t).as_bytes(), sent);
+        assert_eq!(one("2026-11-11T13:00:00Z", hour), ["event 2026-11-11T21:00:00.000+08:00"]);
+        assert_eq!(one("2026-11-11T13:00:00.001Z", hour), ["dead future_time None"]);
+        assert_eq!(one("2126-11-11T12:00:00Z", hour), ["dead future_time None"]);
+        // Earlier than its sending is what late messages are: no bound.
+        assert_eq!(one("2016-11-11T12:00:00Z", hour), ["event 2016-11-11T20:00:00.000+08:00"]);
+        assert!(Sent::new(Some(sent_at), "test", 0).is_none() && Sent::new(None, "test", 3_600_000).is_none());
+        assert_eq!(one("2126-11-11T12:00:00Z", None), ["event 2126-11-11T20:00:00.000+08:00"]);
+        // A CEB document: the second payment is dated ahead, the first is not.
+        let receipt = |no: &str, at: &str| {
+            format!(
+                "<ceb:Receipts><ceb:guid>4CDE1CFD-EDED-46B1-946C-B8022E42FC9{}</ceb:guid><ceb:appType>1</ceb:appType><ceb:appTime>{at}</ceb:appTime><ceb:appStatus>2</ceb:appStatus><ceb:ebpCode>EBP1</ceb:ebpCode><ceb:ebpName>p</ceb:ebpName><ceb:orderNo>{no}</ceb:orderNo><ceb:payCode>PAY1</ceb:payCode><ceb:payName>pay</ceb:payName><ceb:payNo>PN{no}</ceb:payNo><ceb:charge>100</ceb:charge><ceb:currency>142</ceb:currency><ceb:accountingDate>{at}</ceb:accountingDate><ceb:ebcCode>EBC1</ceb:ebcCode><ceb:ebcName>c</ceb:ebcName><ceb:note></ceb:note></ceb:Receipts>",
+                &no[no.len() - 1..]
+            )
+        };
+        let doc = format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><ceb:CEB403Message guid="4CDE1CFD-EDED-46B1-946C-B8022E42FC9A" version="1.0" xmlns:ceb="http://www.chinaport.gov.cn/ceb"><ceb:BaseTransfer><ceb:copCode>C1</ceb:copCode><ceb:copName>c</ceb:copName><ceb:dxpMode>DXP</ceb:dxpMode><ceb:dxpId>DXPENT0000000001</ceb:dxpId></ceb:BaseTransfer>{}{}</ceb:CEB403Message>"#,
+            receipt("O1", "20261111200000"),
+            receipt("O2", "21261111200000")
+        );
+        assert_eq!(
+            decode(Topic::Payments, doc.as_bytes(), hour),
+            ["event 2026-11-11T20:00:00.000+08:00", "dead future_time Some(1)"]
+        );
+    }
 
     /// Under the bound every latency is kept in order; past it the held values are those at
     /// positions that are multiples of the stride (a uniform sample in order), never more

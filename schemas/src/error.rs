@@ -53,6 +53,10 @@ pub enum ErrorCode {
     /// Event time older than the state retention before the watermark: the key's state may
     /// be gone, so the message cannot be judged against it.
     Expired,
+    /// Event time further after the message was sent (its Kafka timestamp, its file's
+    /// modification) than `max_lead_ms` allows: taken as given it would move event time
+    /// there for every key.
+    FutureTime,
 }
 
 impl ErrorCode {
@@ -81,6 +85,7 @@ impl ErrorCode {
             ErrorCode::BadTarget => "bad_target",
             ErrorCode::AmbiguousXml => "ambiguous_xml",
             ErrorCode::Expired => "expired",
+            ErrorCode::FutureTime => "future_time",
         }
     }
 
@@ -91,7 +96,7 @@ impl ErrorCode {
 }
 
 /// Every code, for documentation and metrics.
-pub const ALL_CODES: [ErrorCode; 22] = [
+pub const ALL_CODES: [ErrorCode; 23] = [
     ErrorCode::JsonInvalid,
     ErrorCode::XmlInvalid,
     ErrorCode::UnknownEncoding,
@@ -114,6 +119,7 @@ pub const ALL_CODES: [ErrorCode; 22] = [
     ErrorCode::BadTarget,
     ErrorCode::AmbiguousXml,
     ErrorCode::Expired,
+    ErrorCode::FutureTime,
 ];
 
 impl fmt::Display for ErrorCode {

@@ -112,6 +112,7 @@ fn malformed_messages_on_every_topic_go_to_the_dead_letter_topic() {
     let codes: BTreeSet<String> =
         records.iter().filter_map(|r| if let Record::Dead(d) = r { Some(d.code.clone()) } else { None }).collect();
     assert!(codes.len() >= 3, "{codes:?}");
+    assert!(codes.contains("future_time"), "a message dated a century ahead of its arrival: {codes:?}");
     // The good messages around them were processed.
     assert!(records.iter().filter(|r| matches!(r, Record::Declared(_))).count() as u64 == g.expected.declared);
 }
@@ -270,6 +271,82 @@ fn the_state_retention_drops_old_state_and_dead_letters_expired_messages() {
     assert!(!report.contains("dropped by the state retention") && !report.contains("expired"), "{report}");
     assert!(report.contains("in  cbec.orders      3"), "{report}");
     assert_eq!(dlq.lines().count(), 0, "{dlq}");
+}
+
+/// Through `cbec run --input`: a sorting-line scan dated a century after its file was
+/// written goes to `cbec.dlq` as `future_time` and every other output is what the story
+/// gives without it. With `max_lead_ms = 0` it is taken as given: event time moves a century
+/// on, the state retention drops every order's and parcel's state (the report says so) and
+/// the scan finds its parcel unknown (a decision the story does not have).
+#[test]
+fn a_message_dated_far_after_its_file_was_written_is_dead_lettered_and_changes_nothing_else() {
+    let g = story(400, 21);
+    let (plain, ahead) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_dir(&g, plain.path()).unwrap();
+    write_dir(&g, ahead.path()).unwrap();
+    let scans = std::fs::read_to_string(ahead.path().join("scans.jsonl")).unwrap();
+    let mut scan: serde_json::Value = scans.lines().find_map(|l| serde_json::from_str(l).ok()).unwrap();
+    let time = scan["scanTime"].as_str().unwrap().to_string();
+    scan["scanTime"] = format!("21{}", &time[2..]).into();
+    scan["scanId"] = "S-AHEAD".into();
+    let line = scan.to_string();
+    std::fs::write(ahead.path().join("scans.jsonl"), format!("{scans}{line}\n")).unwrap();
+    let run = |input: &std::path::Path, config: &str| {
+        let o = tempfile::tempdir().unwrap();
+        let cfg = o.path().join("cbec.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let out = std::process::Command::new(cbec_bin())
+            .args(["run", "--metrics-addr", "", "--no-parquet", "--input"])
+            .arg(input)
+            .arg("--output")
+            .arg(o.path())
+            .arg("--config")
+            .arg(&cfg)
+            .env("CBEC_HS_FILE", shared().join("data/hs/harmonized-system.csv"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // Each output topic's lines, sorted (two threads write some topics).
+        let mut topics: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for e in std::fs::read_dir(o.path()).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if let Some(topic) = name.strip_suffix(".jsonl") {
+                let mut lines: Vec<String> = std::fs::read_to_string(&p).unwrap().lines().map(String::from).collect();
+                lines.sort();
+                topics.insert(topic.to_string(), lines);
+            }
+        }
+        (String::from_utf8_lossy(&out.stdout).into_owned(), topics)
+    };
+    let (_, want) = run(plain.path(), "");
+    let (report, mut got) = run(ahead.path(), "");
+    let dlq = got.remove("cbec.dlq").unwrap();
+    let mut want_rest = want.clone();
+    let want_dlq = want_rest.remove("cbec.dlq").unwrap();
+    assert!(got == want_rest, "outputs other than the dead letters differ from the story without the message");
+    assert_eq!(dlq.len(), want_dlq.len() + 1, "{report}");
+    let new: Vec<serde_json::Value> =
+        dlq.iter().filter(|l| !want_dlq.contains(l)).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0]["code"], "future_time", "{}", new[0]);
+    assert_eq!(new[0]["sourceTopic"], "cbec.scans");
+    assert_eq!(new[0]["payload"].as_str(), Some(line.as_str()));
+    assert!(new[0]["reason"].as_str().unwrap().contains("the file's modification time"), "{}", new[0]);
+    assert!(!report.contains("dropped by the state retention"), "{report}");
+    let (report, unbounded) = run(ahead.path(), "max_lead_ms = 0\n");
+    assert!(report.contains("dropped by the state retention: "), "{report}");
+    assert!(unbounded["cbec.dlq"] == want_dlq, "nothing more is dead-lettered without the bound");
+    let extra: Vec<&String> = unbounded["cbec.sorting"].iter().filter(|l| !want["cbec.sorting"].contains(l)).collect();
+    assert_eq!(extra.len(), 1, "{extra:?}");
+    // The parcel was declared; with its state dropped it looks undeclared.
+    let decided: serde_json::Value = serde_json::from_str(extra[0]).unwrap();
+    assert_eq!(
+        (decided["port"].as_str(), decided["reasons"].to_string()),
+        (Some("hold"), r#"["no_declared_list"]"#.into())
+    );
+    let lno = decided["logisticsNo"].as_str().unwrap();
+    assert!(want["cbec.declared"].iter().any(|l| l.contains(&format!("\"logisticsNo\":\"{lno}\""))), "{lno} declared");
 }
 
 /// Every `CBEC_*` setting the Docker files give (`docker/compose.yml`, `docker/Dockerfile`)

@@ -188,6 +188,9 @@ fn kafka_mode_matches_the_embedded_run() {
     assert_eq!(got.1.len() as u64, g.expected.malformed);
     let topics: std::collections::BTreeSet<&String> = got.1.iter().map(|d| &d.0).collect();
     assert_eq!(topics.len(), 10, "a malformed message on every input topic ends in the DLQ: {topics:?}");
+    // Dated a century after their Kafka timestamps.
+    let ahead = got.1.iter().filter(|d| d.1 == "\"future_time\"").count();
+    assert!(ahead > 0 && ahead < got.1.len(), "{ahead} of {} dead letters future_time", got.1.len());
 }
 
 /// The messages of `g` that arrive in the `k`-th of `n` equal spans of its arrival times.

@@ -35,7 +35,7 @@ fn example_queries_answer_from_the_parquet_tables() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = Config { parquet_rows: 700, ..Config::default() };
     let sink = FileSink::new(dir.path(), "cbec.", Some(cfg.parquet_rows)).unwrap();
-    let stats = embedded::run(&cfg, hs(), inputs(&g), Box::new(sink), None).unwrap();
+    let stats = embedded::run(&cfg, hs(), g.inputs(), Box::new(sink), None).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let ctx = context(dir.path(), Arc::new(hs())).await.unwrap();

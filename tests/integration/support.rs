@@ -2,7 +2,7 @@
 
 use cbec_operators::rules::Rules;
 use cbec_pipeline::config::Config;
-use cbec_pipeline::embedded::{self, TopicInput};
+use cbec_pipeline::embedded;
 use cbec_pipeline::generator::{self, GenConfig, Generated};
 use cbec_pipeline::record::Record;
 use cbec_pipeline::runner::RunStats;
@@ -25,15 +25,11 @@ pub fn story(orders: usize, seed: u64) -> Generated {
     generator::generate(&GenConfig { orders, seed, ..GenConfig::default() }, &Rules::default(), &hs())
 }
 
-pub fn inputs(g: &Generated) -> Vec<(cbec_schemas::Topic, TopicInput)> {
-    g.topics.iter().map(|(t, v)| (*t, TopicInput::Messages(v.iter().map(|(_, p)| p.clone()).collect()))).collect()
-}
-
 pub fn run_embedded(g: &Generated, partitions: usize) -> (Vec<Record>, RunStats) {
     let cfg = Config { partitions, ..Config::default() };
     let sink = MemorySink::default();
     let records = sink.records.clone();
-    let stats = embedded::run(&cfg, hs(), inputs(g), Box::new(sink), None).expect("embedded run");
+    let stats = embedded::run(&cfg, hs(), g.inputs(), Box::new(sink), None).expect("embedded run");
     let r = records.lock().unwrap().clone();
     (r, stats)
 }
