@@ -35,7 +35,7 @@ use anyhow::Context;
 use cbec_schemas::hs::Nomenclature;
 use cbec_schemas::{Decoder, Topic};
 use crossbeam_channel::{Receiver, Sender, bounded};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::base_consumer::PartitionQueue;
@@ -49,6 +49,13 @@ use std::ffi::{CStr, CString};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// The largest output record cbec produces, and the `max.message.bytes` it creates
+/// `cbec.summaries` with: a month's summary declaration lists every `invtNo` it covers
+/// (23 bytes each in JSON), so one company's month on one route passes the 1 MB that
+/// librdkafka and the broker allow by default at about 45,000 lists; 64 MiB holds about
+/// 2.9 million, and stays below the broker's `socket.request.max.bytes` (100 MiB).
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
 
 /// Counts delivery failures so a flush can report them (nothing lost silently).
 #[derive(Default, Clone)]
@@ -68,14 +75,24 @@ impl ClientContext for Deliveries {}
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
     fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = r {
-            eprintln!("error: delivery failed: {e}");
+        if let Err((e, m)) = r {
+            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+                let size = m.payload().map_or(0, <[u8]>::len);
+                eprintln!(
+                    "error: delivery to {} failed: {e}: the record has {size} bytes, more than the topic's max.message.bytes allows; raise it to {MAX_RECORD_BYTES} (kafka-configs.sh --alter --entity-type topics --entity-name {} --add-config max.message.bytes={MAX_RECORD_BYTES})",
+                    m.topic(),
+                    m.topic()
+                );
+            } else {
+                eprintln!("error: delivery failed: {e}");
+            }
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-/// An idempotent producer (`acks=all`, lz4) that counts delivery failures in `ctx`.
+/// An idempotent producer (`acks=all`, lz4, records up to [`MAX_RECORD_BYTES`]) that counts
+/// delivery failures in `ctx`.
 pub fn producer(brokers: &str, linger_ms: u32, ctx: Deliveries) -> anyhow::Result<ThreadedProducer<Deliveries>> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -84,6 +101,7 @@ pub fn producer(brokers: &str, linger_ms: u32, ctx: Deliveries) -> anyhow::Resul
         .set("linger.ms", linger_ms.to_string())
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "200000")
+        .set("message.max.bytes", MAX_RECORD_BYTES.to_string())
         .create_with_context(ctx)?)
 }
 
@@ -109,6 +127,10 @@ pub fn send_to(
                 rec = r;
                 std::thread::sleep(Duration::from_millis(1));
             }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => anyhow::bail!(
+                "a record of {} bytes for {topic} is larger than cbec produces ({MAX_RECORD_BYTES} bytes)",
+                payload.len()
+            ),
             Err((e, _)) => return Err(e.into()),
         }
     }
@@ -160,8 +182,15 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<()> {
     names.extend(OUTPUTS.iter().map(|t| cfg.output_topic(t)));
     let parts = cfg.partitions.min(64) as i32;
     let lease = crate::lease::topic(cfg);
-    let mut new: Vec<NewTopic<'_>> =
-        names.iter().map(|n| NewTopic::new(n, parts, TopicReplication::Fixed(1))).collect();
+    let summaries = cfg.output_topic("summaries");
+    let max_record = MAX_RECORD_BYTES.to_string();
+    let mut new: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| {
+            let t = NewTopic::new(n, parts, TopicReplication::Fixed(1));
+            if *n == summaries { t.set("max.message.bytes", &max_record) } else { t }
+        })
+        .collect();
     new.push(NewTopic::new(&lease, 1, TopicReplication::Fixed(1)));
     let exited = cfg.exited_topic();
     if cfg.stage != Stage::All {
@@ -171,7 +200,33 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<()> {
     if cfg.checkpoint_store == StoreKind::Kafka && cfg.stage != Stage::Summarize {
         new.push(checkpoint_topic(&checkpoints));
     }
-    create_topics(&admin, &new)
+    create_topics(&admin, &new)?;
+    if let Some(w) = record_limit_warning(&admin, &summaries)? {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
+}
+
+/// A warning when `topic` (created before, by someone else) takes records smaller than
+/// [`MAX_RECORD_BYTES`]: a summary declaration larger than its limit would not be
+/// delivered (the run stops with an error at that month's close, and again on every
+/// restart until the limit is raised).
+pub fn record_limit_warning(admin: &AdminClient<DefaultClientContext>, topic: &str) -> anyhow::Result<Option<String>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let res = rt.block_on(admin.describe_configs(
+        &[ResourceSpecifier::Topic(topic)],
+        &AdminOptions::new().request_timeout(Some(Duration::from_secs(30))),
+    ))?;
+    let limit = res
+        .into_iter()
+        .filter_map(Result::ok)
+        .find_map(|r| r.get("max.message.bytes").and_then(|e| e.value.as_deref()?.parse::<usize>().ok()));
+    Ok(limit.filter(|l| *l < MAX_RECORD_BYTES).map(|l| {
+        format!(
+            "{topic} takes records of at most {l} bytes (max.message.bytes): a summary declaration larger than that (about {} lists) cannot be delivered; raise it to {MAX_RECORD_BYTES} (kafka-configs.sh --alter --entity-type topics --entity-name {topic} --add-config max.message.bytes={MAX_RECORD_BYTES})",
+            l / 23
+        )
+    }))
 }
 
 /// A checkpoint topic: two partitions, kept until cbec deletes what it no longer needs.

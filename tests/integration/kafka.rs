@@ -193,6 +193,74 @@ fn kafka_mode_matches_the_embedded_run() {
     assert!(ahead > 0 && ahead < got.1.len(), "{ahead} of {} dead letters future_time", got.1.len());
 }
 
+/// A summary declaration covering 200,000 lists (4.6 MB of JSON, more than 2 MB after lz4:
+/// past the 1 MB librdkafka and the broker take by default) reaches the summaries topic
+/// whole: cbec creates the topic with room for it and its producer allows it. A summaries
+/// topic created before with the broker's default limit is warned about.
+#[test]
+fn a_summary_declaration_of_200000_lists_is_delivered_whole() {
+    use cbec_pipeline::kafka::{KafkaSink, ensure_topics, record_limit_warning};
+    use cbec_pipeline::record::Record;
+    use cbec_pipeline::sink::Sink;
+    use cbec_schemas::outputs::{Summary, SummaryItem};
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let Some(b) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix("big");
+    let c = config(&b, &prefix, dir.path());
+    ensure_topics(&c).unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+    assert_eq!(record_limit_warning(&admin, &c.output_topic("summaries")).unwrap(), None);
+    // invtNos whose serials look random, as the keyed hash makes them (lz4 cannot shrink
+    // them to under a megabyte).
+    let invt_nos: Vec<String> = (0..200_000u64)
+        .map(|i| format!("51412026E{:011}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 100_000_000_000))
+        .collect();
+    let item = SummaryItem {
+        gnum: 1,
+        gcode: "8517130000".into(),
+        unit: "011".into(),
+        currency: "142".into(),
+        country: "502".into(),
+        qty: cbec_schemas::Dec::ZERO,
+        qty1: cbec_schemas::Dec::ZERO,
+        total_price: cbec_schemas::Dec::ZERO,
+        list_count: 200_000,
+    };
+    let summary = Summary {
+        summary_id: "202611-EBC00001-502-5141-4".into(),
+        period: 202611,
+        ebc_code: "EBC00001".into(),
+        owner_code: String::new(),
+        country: "502".into(),
+        port_code: "5141".into(),
+        traf_mode: "4".into(),
+        list_count: 200_000,
+        total_price: cbec_schemas::Dec::ZERO,
+        items: vec![item],
+        invt_nos,
+    };
+    let record = Record::Summary(summary);
+    let json = record.to_json();
+    assert!(json.len() > 4_000_000, "{} bytes", json.len());
+    let mut sink = KafkaSink::new(&c).unwrap();
+    sink.write(&record).unwrap();
+    sink.flush().unwrap();
+    let got = consume_outputs(&c);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].0.as_str(), got[0].2 == json), ("summaries", true));
+    // A topic created with the broker's defaults.
+    let other = format!("{prefix}other.summaries");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let created = rt
+        .block_on(admin.create_topics(&[NewTopic::new(&other, 1, TopicReplication::Fixed(1))], &AdminOptions::new()))
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let warning = record_limit_warning(&admin, &other).unwrap().expect("a warning");
+    assert!(warning.contains("max.message.bytes=67108864"), "{warning}");
+}
+
 /// The messages of `g` that arrive in the `k`-th of `n` equal spans of its arrival times.
 fn part(g: &Generated, k: usize, n: usize) -> Generated {
     let times = || g.arrival.values().flatten().copied();
