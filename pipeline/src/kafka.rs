@@ -18,6 +18,9 @@
 //! * Several processes of one group: the one holding the group's lease ([`crate::lease`])
 //!   consumes every partition (explicit assignment); the others stand by and take over with
 //!   the state it checkpointed. Splitting the partitions between processes is not done.
+//! * Explicitly assigned, input partitions added while running would go unread until a
+//!   restart: a watcher looks up the partition counts every [`PARTITION_CHECK`], and when
+//!   one grew the run checkpoints and starts again from that checkpoint with every partition.
 
 use crate::checkpoint::{CheckpointStore, LocalDirStore};
 use crate::config::{Config, Stage, StoreKind};
@@ -201,8 +204,10 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<()> {
         new.push(checkpoint_topic(&checkpoints));
     }
     create_topics(&admin, &new)?;
-    if let Some(w) = record_limit_warning(&admin, &summaries)? {
-        eprintln!("warning: {w}");
+    match record_limit_warning(&admin, &summaries) {
+        Ok(Some(w)) => eprintln!("warning: {w}"),
+        Ok(None) => {}
+        Err(e) => eprintln!("warning: could not read the record limit of {summaries}: {e:#}"),
     }
     Ok(())
 }
@@ -210,21 +215,23 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<()> {
 /// A warning when `topic` (created before, by someone else) takes records smaller than
 /// [`MAX_RECORD_BYTES`]: a summary declaration larger than its limit would not be
 /// delivered (the run stops with an error at that month's close, and again on every
-/// restart until the limit is raised).
+/// restart until the limit is raised). An error when its configuration cannot be read.
 pub fn record_limit_warning(admin: &AdminClient<DefaultClientContext>, topic: &str) -> anyhow::Result<Option<String>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let res = rt.block_on(admin.describe_configs(
         &[ResourceSpecifier::Topic(topic)],
         &AdminOptions::new().request_timeout(Some(Duration::from_secs(30))),
     ))?;
-    let limit = res
-        .into_iter()
-        .filter_map(Result::ok)
-        .find_map(|r| r.get("max.message.bytes").and_then(|e| e.value.as_deref()?.parse::<usize>().ok()));
-    Ok(limit.filter(|l| *l < MAX_RECORD_BYTES).map(|l| {
+    let resource =
+        res.into_iter().next().context("no answer")?.map_err(|e| anyhow::anyhow!("describing {topic}: {e}"))?;
+    let limit = resource
+        .get("max.message.bytes")
+        .and_then(|e| e.value.as_deref()?.parse::<usize>().ok())
+        .with_context(|| format!("{topic} has no max.message.bytes"))?;
+    Ok((limit < MAX_RECORD_BYTES).then(|| {
         format!(
-            "{topic} takes records of at most {l} bytes (max.message.bytes): a summary declaration larger than that (about {} lists) cannot be delivered; raise it to {MAX_RECORD_BYTES} (kafka-configs.sh --alter --entity-type topics --entity-name {topic} --add-config max.message.bytes={MAX_RECORD_BYTES})",
-            l / 23
+            "{topic} takes records of at most {limit} bytes (max.message.bytes): a summary declaration larger than that (about {} lists) cannot be delivered; raise it to {MAX_RECORD_BYTES} (kafka-configs.sh --alter --entity-type topics --entity-name {topic} --add-config max.message.bytes={MAX_RECORD_BYTES})",
+            limit / 23
         )
     }))
 }
@@ -743,6 +750,95 @@ pub fn run(
             standby.applied
         );
     }
+    let progress = progress.map(|p| Arc::new(std::sync::Mutex::new(p)));
+    let mut restored = restored;
+    let mut total: Option<RunStats> = None;
+    loop {
+        // The progress callback goes on across the runs below.
+        let forward = progress.clone().map(|p| -> crate::runner::Progress {
+            Box::new(move |s: &RunStats| (p.lock().unwrap_or_else(|e| e.into_inner()))(s))
+        });
+        let (stats, grown) =
+            run_partitions(cfg, &hs, restored.take(), store.clone(), &place, &stop, exit_when_idle, forward)?;
+        total = Some(match total {
+            Some(t) => t.then(stats),
+            None => stats,
+        });
+        match grown {
+            Some(what) if !stop.load(Ordering::Relaxed) => {
+                eprintln!("cbec: {what}: checkpointed, reading on with every partition");
+                let cp = store.load().with_context(|| format!("loading the checkpoint from {place}"))?;
+                restored = cp.map(|cp| Restored::from_checkpoint(&cp, hs.clone())).transpose()?;
+            }
+            _ => return Ok(total.unwrap_or_default()),
+        }
+    }
+}
+
+/// How often the input topics' partition counts are looked up while running.
+pub const PARTITION_CHECK: Duration = Duration::from_secs(2);
+
+/// Ends a run (sets `run_stop`) when `stop` is set (a signal), or when an input topic has
+/// more partitions than `counts` (looked up every [`PARTITION_CHECK`]): explicitly assigned,
+/// a partition added while running would otherwise not be read until a restart. Returns
+/// what grew.
+fn watch_partitions(
+    brokers: String,
+    counts: BTreeMap<String, usize>,
+    stop: Arc<AtomicBool>,
+    run_stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Option<String>> {
+    std::thread::Builder::new()
+        .name("cbec-partitions".into())
+        .spawn(move || {
+            let meta: Option<BaseConsumer> = ClientConfig::new().set("bootstrap.servers", &brokers).create().ok();
+            let mut checked = Instant::now();
+            loop {
+                if run_stop.load(Ordering::Relaxed) {
+                    return None;
+                }
+                if stop.load(Ordering::Relaxed) {
+                    run_stop.store(true, Ordering::Relaxed);
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                if checked.elapsed() < PARTITION_CHECK {
+                    continue;
+                }
+                checked = Instant::now();
+                let Some(meta) = &meta else { continue };
+                let grown: Vec<String> = counts
+                    .iter()
+                    .filter_map(|(name, n)| {
+                        let md = meta.fetch_metadata(Some(name), Duration::from_secs(5)).ok()?;
+                        let now = md.topics().iter().find(|t| t.name() == name)?.partitions().len();
+                        (now > *n).then(|| format!("{name} {n} → {now}"))
+                    })
+                    .collect();
+                // Unless the run has ended meanwhile (then the next start sees them).
+                if !grown.is_empty() {
+                    let ends = run_stop.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_ok();
+                    return ends.then(|| format!("input partitions added ({})", grown.join(", ")));
+                }
+            }
+        })
+        .expect("spawn partition watcher")
+}
+
+/// One run over the input partitions there are now, from `restored`: until the input ends
+/// (`exit_when_idle`), a signal, or an input topic gains partitions (then `Some(what)`,
+/// after the final checkpoint).
+#[allow(clippy::too_many_arguments)]
+fn run_partitions(
+    cfg: &Config,
+    hs: &Nomenclature,
+    restored: Option<Restored>,
+    store: Arc<dyn CheckpointStore>,
+    place: &str,
+    stop: &Arc<AtomicBool>,
+    exit_when_idle: bool,
+    progress: Option<crate::runner::Progress>,
+) -> anyhow::Result<(RunStats, Option<String>)> {
     // The input partitions and where to start, read with a short-lived client: the
     // consumer's prefetch is sized by their number.
     let mut tpl = TopicPartitionList::new();
@@ -799,6 +895,12 @@ pub fn run(
             .create()?,
     );
     let sources: Vec<SourceId> = state.iter().map(|p| (p.topic, p.partition)).collect();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for p in &state {
+        *counts.entry(p.name.clone()).or_default() += 1;
+    }
+    let run_stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_partitions(cfg.brokers.clone(), counts, stop.clone(), run_stop.clone());
     consumer.assign(&tpl)?;
     // One queue per partition (after `assign`, before the first poll), each waking the
     // consumer thread when it receives messages.
@@ -819,7 +921,7 @@ pub fn run(
     }
     let (tx, rx) = bounded(batches_for(cfg.queue_capacity, 256));
     let (ctx, crx) = bounded(4);
-    let h = consumer_thread(consumer, Parts { queues, state }, wake, tx, crx, stop.clone(), exit_when_idle);
+    let h = consumer_thread(consumer, Parts { queues, state }, wake, tx, crx, run_stop.clone(), exit_when_idle);
     let (sink_tx, sink_h) = spawn_sink(Box::new(KafkaSink::new(cfg)?), cfg.queue_capacity);
     // Stages in separate processes: exits go to the summarize instances' topic.
     let exited_partitions = match cfg.stage {
@@ -831,15 +933,16 @@ pub fn run(
         end_of_time_when_done: exit_when_idle,
         checkpoint: Some((store, Duration::from_millis(cfg.checkpoint_interval_ms))),
         commits: Some(ctx),
-        stop: stop.clone(),
+        stop: run_stop.clone(),
         progress,
-        ..EngineRun::new(cfg, hs, vec![(sources, rx)], sink_tx)
+        ..EngineRun::new(cfg, hs.clone(), vec![(sources, rx)], sink_tx)
     };
     let stats = run_engine(run, restored);
-    stop.store(true, Ordering::Relaxed);
+    run_stop.store(true, Ordering::Relaxed);
+    let grown = watcher.join().map_err(|_| anyhow::anyhow!("partition watcher panicked"))?;
     h.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
     sink_h.join().map_err(|_| anyhow::anyhow!("sink panicked"))??;
-    stats
+    Ok((stats?, grown))
 }
 
 #[cfg(test)]

@@ -85,7 +85,15 @@ fn consume_outputs(c: &Config) -> Vec<(String, String, Vec<u8>)> {
         let name = c.output_topic(t);
         let md = consumer.fetch_metadata(Some(&name), Duration::from_secs(10)).unwrap();
         for p in md.topics()[0].partitions() {
-            let (_, high) = consumer.fetch_watermarks(&name, p.id(), Duration::from_secs(10)).unwrap();
+            // A partition just created may refuse a moment longer (NotLeaderForPartition).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let high = loop {
+                match consumer.fetch_watermarks(&name, p.id(), Duration::from_secs(10)) {
+                    Ok((_, high)) => break high,
+                    Err(e) => assert!(Instant::now() < deadline, "watermarks of {name} {}: {e}", p.id()),
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
             if high > 0 {
                 ends.insert((name.clone(), p.id()), high);
                 tpl.add_partition_offset(&name, p.id(), Offset::Beginning).unwrap();
@@ -257,7 +265,15 @@ fn a_summary_declaration_of_200000_lists_is_delivered_whole() {
         .block_on(admin.create_topics(&[NewTopic::new(&other, 1, TopicReplication::Fixed(1))], &AdminOptions::new()))
         .unwrap();
     assert!(created.iter().all(Result::is_ok), "{created:?}");
-    let warning = record_limit_warning(&admin, &other).unwrap().expect("a warning");
+    // (Its configuration reads back once the topic is ready.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let warning = loop {
+        if let Ok(Some(w)) = record_limit_warning(&admin, &other) {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "no warning for {other}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(warning.contains("max.message.bytes=67108864"), "{warning}");
 }
 
@@ -275,6 +291,97 @@ fn part(g: &Generated, k: usize, n: usize) -> Generated {
         p.arrival.insert(*t, keep.iter().map(|i| at[*i]).collect());
     }
     p
+}
+
+/// Whether the group's committed offsets reach the high watermark of every partition of
+/// every input topic (a partition with no messages counts once anything was committed).
+fn committed_to_the_end(c: &Config) -> bool {
+    let reader: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &c.brokers).set("group.id", &c.group_id).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in Topic::ALL {
+        let topic = c.input_topic(t);
+        let Ok(md) = reader.fetch_metadata(Some(&topic), Duration::from_secs(10)) else { return false };
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition(&topic, p.id());
+        }
+    }
+    let Ok(committed) = reader.committed_offsets(tpl, Duration::from_secs(10)) else { return false };
+    let mut any = false;
+    let all = committed.elements().iter().all(|e| {
+        let Ok((_, high)) = reader.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10)) else {
+            return false;
+        };
+        let at = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        };
+        any |= at > 0;
+        at >= high
+    });
+    any && all
+}
+
+/// Waits until `done` holds, at most `limit`; panics with `what` and `context()` then.
+fn wait_for(limit: Duration, what: &str, context: impl Fn() -> String, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{}", context());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Partitions added to an input topic while cbec runs are read by the running process: it
+/// checkpoints, takes the new partitions from their beginning and reads on. The story's
+/// second half, produced after the scans topic grew from 4 to 6 partitions, lands partly
+/// in the new ones; the running process's commits reach the end of all six. Once the story
+/// is finished, every scan has its one sorting decision and every dead letter is there, as
+/// in the embedded run. (Produced while the process reads, the second half is not in
+/// canonical order: a partition read to its end does not hold the others back, so the
+/// decisions themselves may differ from the embedded run's; README, idle partitions.)
+#[test]
+fn input_partitions_added_while_running_are_read_by_the_running_process() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let Some(b) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&b, &unique_prefix("grow"), dir.path());
+    let g = story(1500, 43);
+    let cfg = write_config(&c, dir.path());
+    produce_story(&b, &c, &part(&g, 0, 2), 0, false).unwrap();
+    let log = dir.path().join("cbec.log");
+    let mut child =
+        command(&cfg, &[]).stderr(Stdio::from(std::fs::File::create(&log).unwrap())).spawn().expect("spawn cbec");
+    let scans = c.input_topic(Topic::Scans);
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for(Duration::from_secs(60), "the first half read", said, || committed_to_the_end(&c));
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let grown = rt.block_on(admin.create_partitions(&[NewPartitions::new(&scans, 6)], &AdminOptions::new())).unwrap();
+    assert!(grown.iter().all(Result::is_ok), "{grown:?}");
+    wait_for(Duration::from_secs(30), "the process to take the new partitions", said, || {
+        said().contains(&format!("input partitions added ({scans} 4 → 6)"))
+    });
+    produce_story(&b, &c, &part(&g, 1, 2), 0, false).unwrap();
+    let probe: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+    for p in [4, 5] {
+        let (_, high) = probe.fetch_watermarks(&scans, p, Duration::from_secs(10)).unwrap();
+        assert!(high > 0, "partition {p} of {scans} got scans of the second half");
+    }
+    wait_for(Duration::from_secs(60), "the second half read, the new partitions included", said, || {
+        committed_to_the_end(&c)
+    });
+    assert!(child.try_wait().unwrap().is_none(), "the process reads on: {}", said());
+    // SIGTERM: drain, checkpoint, exit 0; then a run to the end of the story (end of time).
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(wait_at_most(&mut child, Duration::from_secs(60)).success(), "{}", said());
+    assert!(spawn(&cfg, &["--exit-when-idle"]).wait().unwrap().success());
+    let (got, want) = (comparable(by_identity(consume_outputs(&c))), embedded_expected(&g));
+    let decided = |m: &BTreeMap<(String, String), String>| -> Vec<String> {
+        m.keys().filter(|(t, _)| t == "sorting").map(|(_, id)| id.clone()).collect()
+    };
+    assert_eq!(decided(&got.0), decided(&want.0), "one sorting decision for every scan");
+    assert_eq!(got.1, want.1, "dead letters differ");
 }
 
 /// The story arrives in three parts; after each the pipeline is killed (SIGKILL) while it
