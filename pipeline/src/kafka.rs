@@ -330,10 +330,10 @@ pub fn produce_story(brokers: &str, cfg: &Config, story: &Generated, rate: u64, 
     Ok(sent)
 }
 
-/// The high watermark librdkafka cached from its latest fetch response for a partition (no
-/// broker round trip), if it has one.
+/// The (low, high) watermarks librdkafka cached from its latest fetch response for a
+/// partition (no broker round trip), each if it has one.
 #[allow(unsafe_code)]
-fn cached_high(consumer: &BaseConsumer, topic: &CStr, partition: i32) -> Option<i64> {
+fn cached_watermarks(consumer: &BaseConsumer, topic: &CStr, partition: i32) -> (Option<i64>, Option<i64>) {
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: the client pointer is valid while `consumer` is borrowed; `topic` is a valid
     // NUL-terminated string for the call; `low` and `high` are valid for writes. The
@@ -347,7 +347,10 @@ fn cached_high(consumer: &BaseConsumer, topic: &CStr, partition: i32) -> Option<
             &mut high,
         )
     };
-    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+    if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        return (None, None);
+    }
+    ((low >= 0).then_some(low), (high >= 0).then_some(high))
 }
 
 /// What the consumer knows about one assigned input partition.
@@ -373,6 +376,9 @@ struct PartState {
     eof: Option<(i64, i64)>,
     /// `max_lead_ms`: how far after a record's timestamp its event times may lie.
     max_lead_ms: u64,
+    /// Offsets the topic deleted before they were read, found at the start (the
+    /// checkpoint's offset below the partition's first): dead-lettered before reading.
+    deleted: Option<(i64, i64)>,
 }
 
 /// Whether a partition is caught up: read up to the high watermark, or at the end
@@ -382,9 +388,27 @@ fn caught_up(next: i64, high: i64, eof: Option<(i64, i64)>) -> bool {
 }
 
 impl PartState {
+    /// The dead letter of offsets `from..to` deleted before they were read.
+    fn deleted_unread(&self, from: i64, to: i64) -> EngineMsg {
+        let err = cbec_schemas::DecodeError::new(
+            cbec_schemas::ErrorCode::DeletedUnread,
+            format!(
+                "offsets {from}..{to} ({} offsets) of {} partition {} were deleted (the topic's retention) before cbec read them",
+                to - from,
+                self.name,
+                self.partition
+            ),
+        );
+        eprintln!("warning: {}", err.reason);
+        let d = cbec_schemas::DeadLetter::new(&self.name, self.partition, from, None, &err, &[]);
+        // Placed at the range's last offset: once it is released, a checkpoint resumes
+        // after the range (not inside it, which would report the rest again).
+        EngineMsg::Dead((self.topic, self.partition), to - 1, Box::new(d))
+    }
+
     /// Takes in librdkafka's cached high watermark (it only grows here).
     fn observe_high(&mut self, consumer: &BaseConsumer) {
-        if let Some(h) = cached_high(consumer, &self.cname, self.partition) {
+        if let Some(h) = cached_watermarks(consumer, &self.cname, self.partition).1 {
             self.high = self.high.max(h);
         }
     }
@@ -427,6 +451,16 @@ impl PartState {
         dec: &mut Decoder,
         batcher: &mut Batcher,
     ) {
+        // Offsets skipped: transaction markers or compaction, or offsets the topic deleted
+        // before they were read (librdkafka then resumed at the partition's first offset,
+        // which its latest fetch reported): those are dead-lettered, not skipped silently.
+        if m.offset() > self.next
+            && let (Some(low), _) = cached_watermarks(consumer, &self.cname, self.partition)
+            && low > self.next
+        {
+            let d = self.deleted_unread(self.next, low.min(m.offset()));
+            batcher.push(d);
+        }
         self.next = m.offset() + 1;
         self.stalled_since = None;
         self.eof = None;
@@ -635,6 +669,12 @@ fn consumer_thread(
             let mut last_check = Instant::now();
             let mut idle_since: Option<Instant> = None;
             let mut batcher = Batcher::new(tx, 256);
+            for part in &mut parts.state {
+                if let Some((from, to)) = part.deleted.take() {
+                    let d = part.deleted_unread(from, to);
+                    batcher.push(d);
+                }
+            }
             let mut steps = 0u64;
             loop {
                 if stop.load(Ordering::Relaxed) {
@@ -854,6 +894,7 @@ fn run_partitions(
                         restored.as_ref().and_then(|c| c.offsets.get(&name)).and_then(|m| m.get(&p.id())).copied();
                     let (low, high) = meta.fetch_watermarks(&name, p.id(), Duration::from_secs(10))?;
                     let start = from.unwrap_or(low).max(low);
+                    let deleted = from.filter(|f| *f < low).map(|f| (f, low));
                     tpl.add_partition_offset(&name, p.id(), Offset::Offset(start))?;
                     state.push(PartState {
                         topic: t,
@@ -867,6 +908,7 @@ fn run_partitions(
                         stalled_since: None,
                         eof: None,
                         max_lead_ms: cfg.max_lead_ms,
+                        deleted,
                     });
                 }
             }
@@ -879,6 +921,8 @@ fn run_partitions(
             .set("group.id", &cfg.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
+            // A fetch position the topic deleted meanwhile (its retention, while cbec was
+            // behind) resumes at the partition's first offset; `take` dead-letters the gap.
             .set("auto.offset.reset", "earliest")
             // End-of-partition events (on each partition's own queue) say a partition is
             // caught up even when transaction markers keep it below its high watermark.

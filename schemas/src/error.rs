@@ -57,6 +57,9 @@ pub enum ErrorCode {
     /// modification) than `max_lead_ms` allows: taken as given it would move event time
     /// there for every key.
     FutureTime,
+    /// Input offsets the topic deleted (its retention) before cbec read them (Kafka mode):
+    /// the messages are gone; the dead letter names the range.
+    DeletedUnread,
 }
 
 impl ErrorCode {
@@ -86,6 +89,7 @@ impl ErrorCode {
             ErrorCode::AmbiguousXml => "ambiguous_xml",
             ErrorCode::Expired => "expired",
             ErrorCode::FutureTime => "future_time",
+            ErrorCode::DeletedUnread => "deleted_unread",
         }
     }
 
@@ -96,7 +100,7 @@ impl ErrorCode {
 }
 
 /// Every code, for documentation and metrics.
-pub const ALL_CODES: [ErrorCode; 23] = [
+pub const ALL_CODES: [ErrorCode; 24] = [
     ErrorCode::JsonInvalid,
     ErrorCode::XmlInvalid,
     ErrorCode::UnknownEncoding,
@@ -120,6 +124,7 @@ pub const ALL_CODES: [ErrorCode; 23] = [
     ErrorCode::AmbiguousXml,
     ErrorCode::Expired,
     ErrorCode::FutureTime,
+    ErrorCode::DeletedUnread,
 ];
 
 impl fmt::Display for ErrorCode {

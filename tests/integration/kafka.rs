@@ -293,6 +293,127 @@ fn part(g: &Generated, k: usize, n: usize) -> Generated {
     p
 }
 
+/// The messages of `g` in the `k`-th of `n` shares of equal count, by arrival time.
+fn share(g: &Generated, k: usize, n: usize) -> Generated {
+    let mut times: Vec<i64> = g.arrival.values().flatten().copied().collect();
+    times.sort_unstable();
+    let cut = |k: usize| if k >= n { i64::MAX } else { times[times.len() * k / n] };
+    let (from, to) = (cut(k), cut(k + 1));
+    let mut p = Generated { topics: BTreeMap::new(), arrival: BTreeMap::new(), expected: Default::default() };
+    for (t, msgs) in &g.topics {
+        let at = &g.arrival[t];
+        let keep: Vec<usize> = (0..msgs.len()).filter(|i| (from..to).contains(&at[*i])).collect();
+        p.topics.insert(*t, keep.iter().map(|i| msgs[*i].clone()).collect());
+        p.arrival.insert(*t, keep.iter().map(|i| at[*i]).collect());
+    }
+    p
+}
+
+/// High watermarks of every input partition.
+fn input_highs(c: &Config) -> BTreeMap<(String, i32), i64> {
+    let reader: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &c.brokers).create().unwrap();
+    let mut highs = BTreeMap::new();
+    for t in Topic::ALL {
+        let topic = c.input_topic(t);
+        let md = reader.fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();
+        for p in md.topics()[0].partitions() {
+            let (_, high) = reader.fetch_watermarks(&topic, p.id(), Duration::from_secs(10)).unwrap();
+            highs.insert((topic.clone(), p.id()), high);
+        }
+    }
+    highs
+}
+
+/// Deletes the first half of what a partition received since `before` (one with at least
+/// four new messages, as the topic's retention would); returns (topic, partition, the
+/// first offset deleted, the first kept).
+fn delete_half_of_the_new(c: &Config, before: &BTreeMap<(String, i32), i64>) -> (String, i32, i64, i64) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let after = input_highs(c);
+    let ((topic, p), (from, grew)) = after
+        .iter()
+        .map(|(k, high)| (k.clone(), (before[k], high - before[k])))
+        .find(|(_, (_, grew))| *grew >= 4)
+        .expect("a partition with four new messages");
+    let to = from + grew / 2;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &c.brokers).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, p, Offset::Offset(to)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let res = rt.block_on(admin.delete_records(&tpl, &AdminOptions::new())).unwrap();
+    assert_eq!(res.elements()[0].offset(), Offset::Offset(to), "{res:?}");
+    (topic, p, from, to)
+}
+
+/// Input the topic deleted (its retention) before cbec read it is not skipped silently: a
+/// dead letter `deleted_unread` names each range deleted — while the process ran behind
+/// (stopped with SIGSTOP: its fetch position found out of range) and while it was not
+/// running (found at start, below its checkpoint's offsets) — and what follows is read.
+#[test]
+fn input_deleted_before_it_was_read_is_dead_lettered() {
+    let Some(b) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&b, &unique_prefix("del"), dir.path());
+    // Stopped for a few seconds, the process keeps its lease.
+    c.lease_session_ms = 30_000;
+    let g = story(1500, 59);
+    let cfg = write_config(&c, dir.path());
+    produce_story(&b, &c, &share(&g, 0, 3), 0, false).unwrap();
+    let log = dir.path().join("cbec.log");
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut child =
+        command(&cfg, &[]).stderr(Stdio::from(std::fs::File::create(&log).unwrap())).spawn().expect("spawn cbec");
+    wait_for(Duration::from_secs(60), "the first share read", said, || committed_to_the_end(&c));
+    let signal =
+        |sig: &str| assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
+    signal("-STOP");
+    // Its pending fetch comes back empty meanwhile: the next one asks for what is deleted.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = input_highs(&c);
+    produce_story(&b, &c, &share(&g, 1, 3), 0, false).unwrap();
+    let running = delete_half_of_the_new(&c, &before);
+    signal("-CONT");
+    wait_for(Duration::from_secs(60), "the second share read past the deleted offsets", said, || {
+        committed_to_the_end(&c)
+    });
+    signal("-TERM");
+    assert!(wait_at_most(&mut child, Duration::from_secs(60)).success(), "{}", said());
+    let before = input_highs(&c);
+    produce_story(&b, &c, &share(&g, 2, 3), 0, false).unwrap();
+    let stopped = delete_half_of_the_new(&c, &before);
+    let out = command(&cfg, &["--exit-when-idle"]).stderr(Stdio::piped()).output().unwrap();
+    let said_last = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said_last}");
+    let mut deleted: Vec<(String, i32, i64, String)> = consume_outputs(&c)
+        .into_iter()
+        .filter(|(t, _, _)| t == "dlq")
+        .map(|(_, _, json)| serde_json::from_slice::<serde_json::Value>(&json).unwrap())
+        .filter(|v| v["code"] == "deleted_unread")
+        .map(|v| {
+            let at = |k: &str| v[k].as_i64().unwrap();
+            (v["sourceTopic"].as_str().unwrap().into(), at("partition") as i32, at("offset"), v["reason"].to_string())
+        })
+        .collect();
+    deleted.sort();
+    deleted.dedup();
+    let want = |(topic, p, from, to): &(String, i32, i64, i64)| {
+        (
+            topic.clone(),
+            *p,
+            *from,
+            format!(
+                "\"offsets {from}..{to} ({} offsets) of {topic} partition {p} were deleted (the topic's retention) before cbec read them\"",
+                to - from
+            ),
+        )
+    };
+    let mut expected = vec![want(&running), want(&stopped)];
+    expected.sort();
+    assert_eq!(deleted, expected, "{}\n{said_last}", said());
+}
+
 /// Whether the group's committed offsets reach the high watermark of every partition of
 /// every input topic (a partition with no messages counts once anything was committed).
 fn committed_to_the_end(c: &Config) -> bool {
