@@ -847,10 +847,13 @@ fn watch_partitions(
                 }
                 checked = Instant::now();
                 let Some(meta) = &meta else { continue };
+                // A short timeout per topic, and a signal looked at between them: a broker
+                // that does not answer must not hold up a stop.
                 let grown: Vec<String> = counts
                     .iter()
+                    .take_while(|_| !stop.load(Ordering::Relaxed))
                     .filter_map(|(name, n)| {
-                        let md = meta.fetch_metadata(Some(name), Duration::from_secs(5)).ok()?;
+                        let md = meta.fetch_metadata(Some(name), Duration::from_secs(1)).ok()?;
                         let now = md.topics().iter().find(|t| t.name() == name)?.partitions().len();
                         (now > *n).then(|| format!("{name} {n} → {now}"))
                     })
