@@ -42,7 +42,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, Top
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, DefaultConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, DefaultConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -333,7 +333,11 @@ pub fn produce_story(brokers: &str, cfg: &Config, story: &Generated, rate: u64, 
 /// The (low, high) watermarks librdkafka cached from its latest fetch response for a
 /// partition (no broker round trip), each if it has one.
 #[allow(unsafe_code)]
-fn cached_watermarks(consumer: &BaseConsumer, topic: &CStr, partition: i32) -> (Option<i64>, Option<i64>) {
+pub(crate) fn cached_watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &CStr,
+    partition: i32,
+) -> (Option<i64>, Option<i64>) {
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: the client pointer is valid while `consumer` is borrowed; `topic` is a valid
     // NUL-terminated string for the call; `low` and `high` are valid for writes. The
@@ -351,6 +355,20 @@ fn cached_watermarks(consumer: &BaseConsumer, topic: &CStr, partition: i32) -> (
         return (None, None);
     }
     ((low >= 0).then_some(low), (high >= 0).then_some(high))
+}
+
+/// The dead letter of offsets `from..to` of a partition the topic deleted before cbec read
+/// them (with a warning on stderr).
+pub(crate) fn deleted_unread(topic: &str, partition: i32, from: i64, to: i64) -> cbec_schemas::DeadLetter {
+    let err = cbec_schemas::DecodeError::new(
+        cbec_schemas::ErrorCode::DeletedUnread,
+        format!(
+            "offsets {from}..{to} ({} offsets) of {topic} partition {partition} were deleted (the topic's retention) before cbec read them",
+            to - from
+        ),
+    );
+    eprintln!("warning: {}", err.reason);
+    cbec_schemas::DeadLetter::new(topic, partition, from, None, &err, &[])
 }
 
 /// What the consumer knows about one assigned input partition.
@@ -390,17 +408,7 @@ fn caught_up(next: i64, high: i64, eof: Option<(i64, i64)>) -> bool {
 impl PartState {
     /// The dead letter of offsets `from..to` deleted before they were read.
     fn deleted_unread(&self, from: i64, to: i64) -> EngineMsg {
-        let err = cbec_schemas::DecodeError::new(
-            cbec_schemas::ErrorCode::DeletedUnread,
-            format!(
-                "offsets {from}..{to} ({} offsets) of {} partition {} were deleted (the topic's retention) before cbec read them",
-                to - from,
-                self.name,
-                self.partition
-            ),
-        );
-        eprintln!("warning: {}", err.reason);
-        let d = cbec_schemas::DeadLetter::new(&self.name, self.partition, from, None, &err, &[]);
+        let d = deleted_unread(&self.name, self.partition, from, to);
         // Placed at the range's last offset: once it is released, a checkpoint resumes
         // after the range (not inside it, which would report the rest again).
         EngineMsg::Dead((self.topic, self.partition), to - 1, Box::new(d))

@@ -459,6 +459,14 @@ impl Owned {
     }
 
     /// Applies one record of partition `p` at `offset`, writing the summaries it closes.
+    /// Reports offsets `from..to` of partition `p` deleted before they were read.
+    fn deleted_unread(&mut self, p: i32, from: i64, to: i64) -> anyhow::Result<()> {
+        let d = crate::kafka::deleted_unread(&self.topic, p, from, to);
+        *self.stats.dead.entry(d.code.clone()).or_default() += 1;
+        m::DeadLetterEvent { code: &d.code }.emit();
+        self.sink.write(&Record::Dead(d))
+    }
+
     fn handle(&mut self, p: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) -> anyhow::Result<()> {
         let Some(h) = self.parts.get_mut(&p) else { return Ok(()) };
         h.next = Some(offset + 1);
@@ -565,6 +573,7 @@ pub fn run_summarize(cfg: &Config, exit_when_idle: bool, mut progress: Option<Pr
     crate::kafka::stop_on_signals(stop.clone());
     let started = Instant::now();
     let topic = cfg.exited_topic();
+    let ctopic = std::ffi::CString::new(topic.as_str()).context("topic name")?;
     let owned = Arc::new(Mutex::new(Owned {
         cfg: cfg.clone(),
         topic: topic.clone(),
@@ -599,7 +608,17 @@ pub fn run_summarize(cfg: &Config, exit_when_idle: bool, mut progress: Option<Pr
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(msg)) => {
                 let payload = msg.payload().unwrap_or_default();
-                lock()?.handle(msg.partition(), msg.offset(), msg.key(), payload)?;
+                let mut o = lock()?;
+                // Exits the topic deleted before they were read (no instance read this
+                // partition within its retention) are reported, not skipped silently.
+                let read_to = o.parts.get(&msg.partition()).map(|h| h.next.unwrap_or(0));
+                if let Some(from) = read_to.filter(|n| msg.offset() > *n)
+                    && let (Some(low), _) = crate::kafka::cached_watermarks(&consumer, &ctopic, msg.partition())
+                    && low > from
+                {
+                    o.deleted_unread(msg.partition(), from, low.min(msg.offset()))?;
+                }
+                o.handle(msg.partition(), msg.offset(), msg.key(), payload)?;
             }
             Some(Err(KafkaError::PartitionEOF(_))) | None => {}
             Some(Err(e)) => eprintln!("warning: summarize consumer: {e}"),

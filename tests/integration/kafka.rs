@@ -414,6 +414,55 @@ fn input_deleted_before_it_was_read_is_dead_lettered() {
     assert_eq!(deleted, expected, "{}\n{said_last}", said());
 }
 
+/// Hand-over records of `<group_id>.exited` the topic deleted before any summarize
+/// instance read them are dead-lettered (`deleted_unread`), not skipped: their exits are
+/// missing from the summaries, and the dead letter says which.
+#[test]
+fn exits_deleted_before_a_summarize_instance_read_them_are_dead_lettered() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let Some(b) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&b, &unique_prefix("x"), dir.path());
+    c.exited_partitions = 2;
+    let g = story(600, 67);
+    produce_story(&b, &c, &g, 0, false).unwrap();
+    let stage = |name: &str, stage: Stage| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        write_config(&Config { stage, checkpoint_dir: d.join("checkpoints").display().to_string(), ..c.clone() }, &d)
+    };
+    let engine = stage("engine", Stage::Engine);
+    assert!(command(&engine, &["--exit-when-idle"]).status().unwrap().success());
+    let topic = c.exited_topic();
+    let reader: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+    let (_, high) = reader.fetch_watermarks(&topic, 0, Duration::from_secs(10)).unwrap();
+    assert!(high >= 4, "{high} hand-over records in partition 0");
+    let to = high / 2;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(to)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(admin.delete_records(&tpl, &AdminOptions::new())).unwrap();
+    let summarize = stage("summarize", Stage::Summarize);
+    let out = command(&summarize, &["--exit-when-idle"]).stderr(Stdio::piped()).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}");
+    let deleted: Vec<serde_json::Value> = consume_outputs(&c)
+        .into_iter()
+        .filter(|(t, _, _)| t == "dlq")
+        .map(|(_, _, json)| serde_json::from_slice::<serde_json::Value>(&json).unwrap())
+        .filter(|v| v["code"] == "deleted_unread")
+        .collect();
+    assert_eq!(deleted.len(), 1, "{deleted:?}\n{said}");
+    let d = &deleted[0];
+    assert_eq!(
+        (d["sourceTopic"].as_str(), d["partition"].as_i64(), d["offset"].as_i64()),
+        (Some(topic.as_str()), Some(0), Some(0))
+    );
+    assert!(d["reason"].as_str().unwrap().starts_with(&format!("offsets 0..{to} ")), "{d}");
+}
+
 /// Whether the group's committed offsets reach the high watermark of every partition of
 /// every input topic (a partition with no messages counts once anything was committed).
 fn committed_to_the_end(c: &Config) -> bool {
