@@ -187,11 +187,21 @@ pub fn ensure_topics(cfg: &Config) -> anyhow::Result<()> {
     let lease = crate::lease::topic(cfg);
     let summaries = cfg.output_topic("summaries");
     let max_record = MAX_RECORD_BYTES.to_string();
+    let inputs = Topic::ALL.len();
     let mut new: Vec<NewTopic<'_>> = names
         .iter()
-        .map(|n| {
+        .enumerate()
+        .map(|(i, n)| {
             let t = NewTopic::new(n, parts, TopicReplication::Fixed(1));
-            if *n == summaries { t.set("max.message.bytes", &max_record) } else { t }
+            if i < inputs {
+                // When a message was sent bounds its event time (`max_lead_ms`): the
+                // broker's clock at append, not the producer's, which may run behind.
+                t.set("message.timestamp.type", "LogAppendTime")
+            } else if *n == summaries {
+                t.set("max.message.bytes", &max_record)
+            } else {
+                t
+            }
         })
         .collect();
     new.push(NewTopic::new(&lease, 1, TopicReplication::Fixed(1)));

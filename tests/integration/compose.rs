@@ -112,12 +112,14 @@ fn the_compose_topics_are_cbecs_topics() {
         .chain(cbec_pipeline::record::OUTPUTS.iter().map(|o| format!("cbec.{o}")))
         .collect();
     assert_eq!(created, used, "the topics service creates every input and output topic, and only those");
-    // With the record limit cbec creates the summaries topic with (and only that one).
-    let room = format!("room=\"--config max.message.bytes={}\"", cbec_pipeline::kafka::MAX_RECORD_BYTES);
-    assert_eq!(compose.matches(&room).count(), 1, "{room}");
-    assert!(
-        compose.contains("if [ \"$$t\" = summaries ]; then room=") && compose.contains("--replication-factor 1 $$room")
-    );
+    // With the settings cbec creates them with: the summaries topic's record limit, the
+    // input topics' broker timestamps (every topic not an output), nothing for the others.
+    let limit = format!("summaries) cfg=\"--config max.message.bytes={}\" ;;", cbec_pipeline::kafka::MAX_RECORD_BYTES);
+    assert_eq!(compose.matches(&limit).count(), 1, "{limit}");
+    let plain: Vec<&str> = cbec_pipeline::record::OUTPUTS.iter().copied().filter(|o| *o != "summaries").collect();
+    assert!(compose.contains(&format!("{}) cfg=\"\" ;;", plain.join("|"))), "{plain:?}");
+    assert!(compose.contains("*) cfg=\"--config message.timestamp.type=LogAppendTime\" ;;"));
+    assert!(compose.contains("--replication-factor 1 $$cfg"));
 }
 
 #[test]

@@ -414,6 +414,57 @@ fn input_deleted_before_it_was_read_is_dead_lettered() {
     assert_eq!(deleted, expected, "{}\n{said_last}", said());
 }
 
+/// The input topics cbec creates stamp records with the broker's clock (LogAppendTime), and
+/// that bounds event times (`max_lead_ms`): a producer whose clock runs a day behind does
+/// not make its messages look dated ahead (its scan of a minute ago is decided), while a
+/// scan dated a day after the broker's clock is dead-lettered as `future_time`.
+#[test]
+fn event_times_are_bounded_by_the_brokers_clock_not_the_producers() {
+    use rdkafka::message::Timestamp;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let Some(b) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&b, &unique_prefix("clk"), dir.path());
+    cbec_pipeline::kafka::ensure_topics(&c).unwrap();
+    let now = cbec_schemas::time::wall_clock();
+    let day = 86_400_000;
+    let scans = c.input_topic(Topic::Scans);
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+    for (id, t) in [("S-NOW", now.plus_ms(-60_000)), ("S-AHEAD", now.plus_ms(day))] {
+        let scan = serde_json::json!({"logisticsNo": "LP1", "lineId": "L1", "scanId": id, "scanTime": t.to_rfc3339(), "xray": null});
+        let payload = scan.to_string();
+        // The producer's clock, a day behind.
+        let record = BaseRecord::to(&scans).key("LP1").payload(&payload).timestamp(now.0 - day);
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let reader: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &b).set("group.id", "clk-check").create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..c.partitions as i32 {
+        tpl.add_partition_offset(&scans, p, Offset::Beginning).unwrap();
+    }
+    reader.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stamped = loop {
+        assert!(Instant::now() < deadline, "no scan read back");
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
+            break m.timestamp();
+        }
+    };
+    assert!(matches!(stamped, Timestamp::LogAppendTime(t) if t >= now.0 - 60_000), "{stamped:?}");
+    let cfg = write_config(&c, dir.path());
+    assert!(spawn(&cfg, &["--exit-when-idle"]).wait().unwrap().success());
+    let out = consume_outputs(&c);
+    assert!(out.iter().any(|(t, id, _)| t == "sorting" && id == "L1/S-NOW"), "the scan of a minute ago is decided");
+    let dead: Vec<serde_json::Value> =
+        out.iter().filter(|(t, _, _)| t == "dlq").map(|(_, _, json)| serde_json::from_slice(json).unwrap()).collect();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["code"], "future_time");
+    assert!(dead[0]["payload"].as_str().unwrap().contains("S-AHEAD"), "{}", dead[0]);
+}
+
 /// Hand-over records of `<group_id>.exited` the topic deleted before any summarize
 /// instance read them are dead-lettered (`deleted_unread`), not skipped: their exits are
 /// missing from the summaries, and the dead letter says which.
