@@ -328,8 +328,6 @@ fn input_highs(c: &Config) -> BTreeMap<(String, i32), i64> {
 /// four new messages, as the topic's retention would); returns (topic, partition, the
 /// first offset deleted, the first kept).
 fn delete_half_of_the_new(c: &Config, before: &BTreeMap<(String, i32), i64>) -> (String, i32, i64, i64) {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
     let after = input_highs(c);
     let ((topic, p), (from, grew)) = after
         .iter()
@@ -337,14 +335,26 @@ fn delete_half_of_the_new(c: &Config, before: &BTreeMap<(String, i32), i64>) -> 
         .find(|(_, (_, grew))| *grew >= 4)
         .expect("a partition with four new messages");
     let to = from + grew / 2;
+    delete_before(&c.brokers, &topic, p, to);
+    (topic, p, from, to)
+}
+
+/// Deletes the records of partition `p` of `topic` before offset `to`.
+fn delete_before(brokers: &str, topic: &str, p: i32, to: i64) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
     let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", &c.brokers).create().unwrap();
+        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, p, Offset::Offset(to)).unwrap();
+    tpl.add_partition_offset(topic, p, Offset::Offset(to)).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let res = rt.block_on(admin.delete_records(&tpl, &AdminOptions::new())).unwrap();
     assert_eq!(res.elements()[0].offset(), Offset::Offset(to), "{res:?}");
-    (topic, p, from, to)
+}
+
+/// The dead letters among output records (as [`consume_outputs`] reads them), as JSON.
+fn dead_letters(outputs: &[(String, String, Vec<u8>)]) -> Vec<serde_json::Value> {
+    outputs.iter().filter(|(t, _, _)| t == "dlq").map(|(_, _, json)| serde_json::from_slice(json).unwrap()).collect()
 }
 
 /// Input the topic deleted (its retention) before cbec read it is not skipped silently: a
@@ -386,10 +396,8 @@ fn input_deleted_before_it_was_read_is_dead_lettered() {
     let out = command(&cfg, &["--exit-when-idle"]).stderr(Stdio::piped()).output().unwrap();
     let said_last = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{said_last}");
-    let mut deleted: Vec<(String, i32, i64, String)> = consume_outputs(&c)
+    let mut deleted: Vec<(String, i32, i64, String)> = dead_letters(&consume_outputs(&c))
         .into_iter()
-        .filter(|(t, _, _)| t == "dlq")
-        .map(|(_, _, json)| serde_json::from_slice::<serde_json::Value>(&json).unwrap())
         .filter(|v| v["code"] == "deleted_unread")
         .map(|v| {
             let at = |k: &str| v[k].as_i64().unwrap();
@@ -458,8 +466,7 @@ fn event_times_are_bounded_by_the_brokers_clock_not_the_producers() {
     assert!(spawn(&cfg, &["--exit-when-idle"]).wait().unwrap().success());
     let out = consume_outputs(&c);
     assert!(out.iter().any(|(t, id, _)| t == "sorting" && id == "L1/S-NOW"), "the scan of a minute ago is decided");
-    let dead: Vec<serde_json::Value> =
-        out.iter().filter(|(t, _, _)| t == "dlq").map(|(_, _, json)| serde_json::from_slice(json).unwrap()).collect();
+    let dead = dead_letters(&out);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["code"], "future_time");
     assert!(dead[0]["payload"].as_str().unwrap().contains("S-AHEAD"), "{}", dead[0]);
@@ -470,8 +477,6 @@ fn event_times_are_bounded_by_the_brokers_clock_not_the_producers() {
 /// missing from the summaries, and the dead letter says which.
 #[test]
 fn exits_deleted_before_a_summarize_instance_read_them_are_dead_lettered() {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
     let Some(b) = brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(&b, &unique_prefix("x"), dir.path());
@@ -490,21 +495,13 @@ fn exits_deleted_before_a_summarize_instance_read_them_are_dead_lettered() {
     let (_, high) = reader.fetch_watermarks(&topic, 0, Duration::from_secs(10)).unwrap();
     assert!(high >= 4, "{high} hand-over records in partition 0");
     let to = high / 2;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Offset(to)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(admin.delete_records(&tpl, &AdminOptions::new())).unwrap();
+    delete_before(&b, &topic, 0, to);
     let summarize = stage("summarize", Stage::Summarize);
     let out = command(&summarize, &["--exit-when-idle"]).stderr(Stdio::piped()).output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{said}");
-    let deleted: Vec<serde_json::Value> = consume_outputs(&c)
-        .into_iter()
-        .filter(|(t, _, _)| t == "dlq")
-        .map(|(_, _, json)| serde_json::from_slice::<serde_json::Value>(&json).unwrap())
-        .filter(|v| v["code"] == "deleted_unread")
-        .collect();
+    let deleted: Vec<serde_json::Value> =
+        dead_letters(&consume_outputs(&c)).into_iter().filter(|v| v["code"] == "deleted_unread").collect();
     assert_eq!(deleted.len(), 1, "{deleted:?}\n{said}");
     let d = &deleted[0];
     assert_eq!(
