@@ -209,6 +209,87 @@ pub fn form_of(s: &Summary) -> String {
     [&s.ebc_code, &s.owner_code, &s.country, &s.port_code, &s.traf_mode].map(String::as_str).join("-")
 }
 
+/// The number of the next declaration of `form` in period `p`, given how often each form
+/// (and, in format-2 checkpoints, each period) was declared.
+fn next_revision(
+    forms: &BTreeMap<u32, BTreeMap<String, u32>>,
+    revisions: &BTreeMap<u32, u32>,
+    p: u32,
+    form: &str,
+) -> u32 {
+    let before = forms.get(&p).and_then(|f| f.get(form)).copied();
+    before.unwrap_or_else(|| revisions.get(&p).copied().unwrap_or(0)) + 1
+}
+
+/// Closes of at least this many lists at the end of time are split over two threads.
+const CLOSE_IN_TWO_FROM: usize = 10_000;
+
+/// The summary declarations of period `p`'s lists, in the order of their head keys. With
+/// `in_two` (the end of a finite input: nothing else runs then) and enough lists, the
+/// lists are split by their head key (each declaration's lists on one side) and the two
+/// halves summarized on two threads, then merged back into that order: the same
+/// declarations in the same order as on one thread.
+pub fn close_period(
+    lists: &[&Exited],
+    p: u32,
+    flag: u8,
+    revision: &(dyn Fn(&str) -> u32 + Sync),
+    in_two: bool,
+) -> Vec<Summary> {
+    if !in_two || lists.len() < CLOSE_IN_TWO_FROM {
+        return summarize_batch(&rows_batch(lists, flag), p, revision);
+    }
+    let (a, b): (Vec<&Exited>, Vec<&Exited>) =
+        lists.iter().copied().partition(|e| head_hash(e, flag).is_multiple_of(2));
+    let (sa, sb) = std::thread::scope(|scope| {
+        let other = std::thread::Builder::new()
+            .name("cbec-close".into())
+            .spawn_scoped(scope, || summarize_batch(&rows_batch(&b, flag), p, revision));
+        let sa = summarize_batch(&rows_batch(&a, flag), p, revision);
+        // No thread to be had: the other half here too.
+        let sb = match other {
+            Ok(h) => h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            Err(_) => summarize_batch(&rows_batch(&b, flag), p, revision),
+        };
+        (sa, sb)
+    });
+    merge_by_head(sa, sb)
+}
+
+/// A declaration's head key: `ebcCode`, `ownerCode` (with `summaryFlag` 2), `country`,
+/// `portCode`, `trafMode`.
+fn head_of(s: &Summary) -> [&str; HEAD_KEYS] {
+    [&s.ebc_code, &s.owner_code, &s.country, &s.port_code, &s.traf_mode].map(String::as_str)
+}
+
+/// FNV-1a of a list's head key (a fixed function: the split is the same on every run).
+fn head_hash(e: &Exited, flag: u8) -> u64 {
+    let l = &e.list;
+    let owner = if flag == 2 { l.owner_code.as_str() } else { "" };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [l.ebc_code.as_str(), owner, &l.country, &l.port_code, &l.traf_mode] {
+        for b in part.bytes().chain([0xff]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Merges two lists of declarations, each in head-key order and with no head key in both.
+fn merge_by_head(a: Vec<Summary>, b: Vec<Summary>) -> Vec<Summary> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => head_of(x) < head_of(y),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return out,
+        };
+        out.extend(if take_a { a.next() } else { b.next() });
+    }
+}
+
 /// Closed periods of at least this many lists are freed on a thread of their own.
 const FREE_ELSEWHERE_FROM: usize = 10_000;
 
@@ -251,8 +332,7 @@ impl Summarize {
 
     /// The number of the next declaration of `form` in period `p`.
     fn next_revision(&self, p: u32, form: &str) -> u32 {
-        let before = self.forms.get(&p).and_then(|f| f.get(form)).copied();
-        before.unwrap_or_else(|| self.revisions.get(&p).copied().unwrap_or(0)) + 1
+        next_revision(&self.forms, &self.revisions, p, form)
     }
 
     /// Records that `forms` of period `p` were declared.
@@ -325,7 +405,9 @@ impl Operator for Summarize {
         for p in due {
             let lists = self.close(p);
             let refs: Vec<&Exited> = lists.values().collect();
-            let sums = summarize_batch(&rows_batch(&refs, rules.summary_flag), p, |form| self.next_revision(p, form));
+            let (forms, revisions) = (&self.forms, &self.revisions);
+            let revision = |form: &str| next_revision(forms, revisions, p, form);
+            let sums = close_period(&refs, p, rules.summary_flag, &revision, wm == EventTime::MAX);
             self.declared(p, sums.iter().map(form_of).collect());
             for s in sums {
                 out.collect(s);

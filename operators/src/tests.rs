@@ -1189,6 +1189,34 @@ fn a_large_close_declares_every_list_and_frees_them() {
     }
 }
 
+/// A close at the end of time split over two threads declares what one thread does, in
+/// the same order, numbers included (one declaration per company, and per owner too).
+#[test]
+fn a_close_in_two_declares_what_a_close_in_one_does() {
+    use crate::summarize::close_period;
+    let exited: Vec<_> = story_exits().into_iter().filter(|x| x.summarizable).collect();
+    // 97 companies with 5 owners each over the story's lists.
+    let lists: Vec<crate::engine::Exited> = (0..12_000)
+        .map(|i| {
+            let x = &exited[i % exited.len()];
+            let mut list = (*x.list).clone();
+            list.ebc_code = format!("EBC{:05}", i % 97).into();
+            list.owner_code = format!("OWN{:05}", i % 5).into();
+            let invt_no = format!("51412026E{i:011}").into();
+            crate::engine::Exited { invt_no, seq: i as u64 + 1, list: std::sync::Arc::new(list), ..x.clone() }
+        })
+        .collect();
+    let refs: Vec<&crate::engine::Exited> = lists.iter().collect();
+    let revision = |form: &str| form.len() as u32 % 3 + 1;
+    for flag in [1, 2] {
+        let one = close_period(&refs, 202611, flag, &revision, false);
+        let two = close_period(&refs, 202611, flag, &revision, true);
+        assert!(one.len() > 10, "{} declarations", one.len());
+        assert_eq!(one.iter().map(|s| s.invt_nos.len()).sum::<usize>(), 12_000);
+        assert!(one == two, "flag {flag}: the declarations differ");
+    }
+}
+
 /// The summarize state's copy kept by its cuts (serialized and read back) equals it,
 /// through lists coming in, lists taken out (returned after they exited) and periods
 /// closing with their revisions.
