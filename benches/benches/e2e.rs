@@ -123,13 +123,13 @@ fn main() {
     if phase("latency") {
         let lat_orders = (orders / 2).max(20_000);
         let g = generate(&GenConfig { orders: lat_orders, seed: 7, ..GenConfig::default() }, &rules, &h);
-        let feed: Vec<(Topic, Vec<u8>)> =
-            cbec_pipeline::generator::merged(&g).into_iter().map(|(t, _, p)| (t, p)).collect();
+        let feed: Vec<(Topic, i64, Vec<u8>)> =
+            cbec_pipeline::generator::merged_sent(&g).into_iter().map(|(t, at, _, p)| (t, at, p)).collect();
         drop(g);
-        let is_scan = |m: &&(Topic, Vec<u8>)| m.0 == Topic::Scans;
+        let is_scan = |m: &&(Topic, i64, Vec<u8>)| m.0 == Topic::Scans;
         // Registrations and standing controls (the day before) come first.
-        let prefix = feed.iter().take_while(|(t, _)| matches!(t, Topic::Goods | Topic::Controls)).count();
-        let steady_end = feed.iter().rposition(|(t, _)| *t == Topic::Orders).map_or(feed.len(), |i| i + 1);
+        let prefix = feed.iter().take_while(|(t, ..)| matches!(t, Topic::Goods | Topic::Controls)).count();
+        let steady_end = feed.iter().rposition(|(t, ..)| *t == Topic::Orders).map_or(feed.len(), |i| i + 1);
         // `CBEC_BENCH_LRATES=100000` sets the offered loads (scans/s).
         let rates: Vec<f64> = std::env::var("CBEC_BENCH_LRATES")
             .ok()
@@ -214,8 +214,8 @@ fn main() {
         };
         let g = generate(&gc, &rules, &h);
         let scans = g.topics.get(&Topic::Scans).map_or(1, Vec::len) as f64;
-        let feed: Vec<(Topic, Vec<u8>)> =
-            cbec_pipeline::generator::merged(&g).into_iter().map(|(t, _, p)| (t, p)).collect();
+        let feed: Vec<(Topic, i64, Vec<u8>)> =
+            cbec_pipeline::generator::merged_sent(&g).into_iter().map(|(t, at, _, p)| (t, at, p)).collect();
         drop(g);
         let per_sec = feed.len() as f64 * 10_000.0 / scans;
         let n_msgs = feed.len();
@@ -241,13 +241,18 @@ fn main() {
     if phase("engine") {
         let n = (orders / 4).max(20_000);
         let g = generate(&GenConfig { orders: n, seed: 7, ..GenConfig::default() }, &rules, &h);
-        let feed = cbec_pipeline::generator::merged(&g);
+        let feed = cbec_pipeline::generator::merged_sent(&g);
         drop(g);
         let mut decoder = cbec_schemas::Decoder::new();
         let mut decoded: Vec<cbec_schemas::Entity> = Vec::with_capacity(feed.len());
+        let lead = cfg.max_lead_ms as i64;
         let t = Instant::now();
-        for (t, _, m) in &feed {
-            if let cbec_schemas::Decoded::One(Ok(x)) = decoder.decode(*t, m) {
+        for (t, at, _, m) in &feed {
+            // What the runtime dead-letters (malformed, or dated ahead of its arrival)
+            // never reaches the engine.
+            if let cbec_schemas::Decoded::One(Ok(x)) = decoder.decode(*t, m)
+                && (lead == 0 || x.event_time().0 <= at + lead)
+            {
                 decoded.push(x);
             }
         }

@@ -168,11 +168,12 @@ impl Pacing {
 /// Replays one merged feed (all topics in arrival order) from a single thread at the rates
 /// of `pacing`, for latency at a fixed offered load: one source in order, so nothing waits
 /// for another source's watermark. The sequencer sees one source; entities keep their
-/// topics.
+/// topics. Each message comes with its arrival time (Unix milliseconds), which bounds its
+/// event time (`max_lead_ms`) as a generated input's does.
 pub fn run_replay(
     cfg: &Config,
     hs: Nomenclature,
-    feed: Vec<(Topic, Vec<u8>)>,
+    feed: Vec<(Topic, i64, Vec<u8>)>,
     pacing: Pacing,
     sink: Box<dyn Sink>,
 ) -> anyhow::Result<RunStats> {
@@ -180,16 +181,18 @@ pub fn run_replay(
     let (tx, rx) = bounded(batches_for(cfg.queue_capacity, 1));
     let replay: SourceId = (Topic::Goods, 0);
     let names: HashMap<Topic, String> = Topic::ALL.iter().map(|t| (*t, cfg.input_topic(*t))).collect();
+    let max_lead_ms = cfg.max_lead_ms;
     let h = std::thread::Builder::new()
         .name("cbec-replay".into())
         .spawn(move || {
             let mut dec = Decoder::new();
             let mut batcher = Batcher::new(tx, 1);
             let start = Instant::now();
-            for (i, (t, msg)) in feed.into_iter().enumerate() {
+            for (i, (t, at, msg)) in feed.into_iter().enumerate() {
                 wait_until(start + pacing.due(i));
                 let mut send = |m: EngineMsg| batcher.push(m);
-                decode_message(&mut dec, t, &names[&t], replay, i as i64, None, &msg, None, Instant::now(), &mut send);
+                let sent = Sent::new(Some(at), "its arrival in the generated story", max_lead_ms);
+                decode_message(&mut dec, t, &names[&t], replay, i as i64, None, &msg, sent, Instant::now(), &mut send);
             }
             batcher.push(EngineMsg::Done(replay));
             batcher.flush();
@@ -234,6 +237,25 @@ pub fn run(
 mod tests {
     use super::Pacing;
     use std::time::Duration;
+
+    /// A replayed feed bounds event times by each message's arrival, as the other inputs
+    /// do: the generator's messages dated a century ahead are dead-lettered, and every
+    /// scan is decided (taken as given, one such message made every later one expired).
+    #[test]
+    fn a_replayed_feed_dead_letters_what_is_dated_ahead_of_its_arrival() {
+        use crate::generator::{GenConfig, generate, merged_sent};
+        let cfg = crate::config::Config::default();
+        let hs = cbec_schemas::hs::Nomenclature::default();
+        let g = generate(&GenConfig { orders: 300, malformed: 0.02, ..GenConfig::default() }, &cfg.rules, &hs);
+        // The scans that are not among the malformed (keys `BAD…`).
+        let scans = g.topics[&cbec_schemas::Topic::Scans].iter().filter(|(k, _)| !k.starts_with("BAD")).count() as u64;
+        let feed = merged_sent(&g).into_iter().map(|(t, at, _, p)| (t, at, p)).collect();
+        let stats = super::run_replay(&cfg, hs, feed, Pacing::steady(1e9), Box::new(crate::sink::NullSink)).unwrap();
+        assert!(stats.dead.get("future_time").copied().unwrap_or(0) > 0, "{:?}", stats.dead);
+        assert!(!stats.dead.contains_key("expired"), "{:?}", stats.dead);
+        let decided: u64 = stats.ports.values().sum();
+        assert_eq!(decided, scans, "one decision per scan");
+    }
 
     /// The warm-up's messages at its rate, the pause once, then the rest at theirs; a steady
     /// pacing is one rate from the first message.

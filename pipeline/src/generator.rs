@@ -561,15 +561,21 @@ impl Generated {
 /// Every message of the story merged in arrival order, as one feed would carry it: topic,
 /// key, payload.
 pub fn merged(g: &Generated) -> Vec<(Topic, String, Vec<u8>)> {
+    merged_sent(g).into_iter().map(|(t, _, k, p)| (t, k, p)).collect()
+}
+
+/// [`merged`] with each message's arrival time (Unix milliseconds: when it was sent), which
+/// bounds its event time as the runtime does (`max_lead_ms`): topic, arrival, key, payload.
+pub fn merged_sent(g: &Generated) -> Vec<(Topic, i64, String, Vec<u8>)> {
     let mut all: Vec<(i64, u8, usize, Topic)> = Vec::new();
     for (t, times) in &g.arrival {
         all.extend(times.iter().enumerate().map(|(i, at)| (*at, crate::sequencer::rank(*t), i, *t)));
     }
     all.sort_unstable();
     all.into_iter()
-        .map(|(_, _, i, t)| {
+        .map(|(at, _, i, t)| {
             let (k, p) = &g.topics[&t][i];
-            (t, k.clone(), p.clone())
+            (t, at, k.clone(), p.clone())
         })
         .collect()
 }
