@@ -1,9 +1,11 @@
 //! `cbec check FILE...`: decode and validate message files (JSON lines or CEB XML, detected
 //! by content), one line per entity and a count per type; exit status 0 only when every
 //! entity is valid. The topic of JSON lines comes from the file name when it names one,
-//! else from the fields present.
+//! else from the fields present. An entity dated more than `max_lead_ms` after its file was
+//! last written is an error (`future_time`), as `cbec run --input` dead-letters it.
 
 use crate::embedded::split_messages;
+use crate::runner::Sent;
 use cbec_schemas::json::sniff_topic;
 use cbec_schemas::{Decoded, Decoder, Format, Topic, detect, xml};
 use std::collections::BTreeMap;
@@ -30,8 +32,13 @@ fn line(
     out: &mut dyn Write,
     rep: &mut CheckReport,
     r: Result<cbec_schemas::Entity, cbec_schemas::DecodeError>,
+    sent: Option<Sent>,
     note: &str,
 ) -> std::io::Result<()> {
+    let r = r.and_then(|e| match &sent {
+        Some(s) => s.check(e.event_time()).map(|()| e),
+        None => Ok(e),
+    });
     match r {
         Ok(e) => {
             let (k, v) = e.key_field();
@@ -58,10 +65,11 @@ fn line(
 }
 
 /// Checks files, writing one line per entity to `out`.
-pub fn check_files(files: &[&Path], out: &mut dyn Write) -> anyhow::Result<CheckReport> {
+pub fn check_files(files: &[&Path], max_lead_ms: u64, out: &mut dyn Write) -> anyhow::Result<CheckReport> {
     let mut rep = CheckReport::default();
     let mut dec = Decoder::new();
     for f in files {
+        let sent = Sent::file_written(f, max_lead_ms);
         let bytes = std::fs::read(f)?;
         let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let named = Topic::from_name(name);
@@ -74,10 +82,10 @@ pub fn check_files(files: &[&Path], out: &mut dyn Write) -> anyhow::Result<Check
                             writeln!(out, "tolerated {}: {t}{note}", doc.message)?;
                         }
                         for r in doc.entities {
-                            line(out, &mut rep, r, &note)?;
+                            line(out, &mut rep, r, sent, &note)?;
                         }
                     }
-                    Err(e) => line(out, &mut rep, Err(e), &note)?,
+                    Err(e) => line(out, &mut rep, Err(e), sent, &note)?,
                 },
                 _ => {
                     let topic = named.or_else(|| sniff_topic(msg));
@@ -92,7 +100,7 @@ pub fn check_files(files: &[&Path], out: &mut dyn Write) -> anyhow::Result<Check
                             "cannot tell the entity type: name the file after its topic (orders.jsonl, …)",
                         )),
                     };
-                    line(out, &mut rep, r, &note)?;
+                    line(out, &mut rep, r, sent, &note)?;
                 }
             }
         }

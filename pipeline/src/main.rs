@@ -130,7 +130,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Check { files } => {
             let paths: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
             let mut out = std::io::stdout().lock();
-            let rep = check::check_files(&paths, &mut out)?;
+            // The bound on event times ahead of a file's writing, as `cbec run` has it
+            // (`CBEC_MAX_LEAD_MS`).
+            let lead = Config::load(None, &Config::env()).map_err(anyhow::Error::msg)?.max_lead_ms;
+            let rep = check::check_files(&paths, lead, &mut out)?;
             std::process::exit(if rep.all_valid() { 0 } else { 1 });
         }
         Cmd::Gen(a) => generate_cmd(a),

@@ -185,7 +185,8 @@ impl Sent {
         Sent::new(ms, "the file's modification time", max_lead_ms)
     }
 
-    fn check(&self, t: EventTime) -> Result<(), cbec_schemas::DecodeError> {
+    /// `future_time` when `t` lies more than the bound after the sending.
+    pub fn check(&self, t: EventTime) -> Result<(), cbec_schemas::DecodeError> {
         if t.0 <= self.at.0.saturating_add(self.max_lead_ms) {
             return Ok(());
         }

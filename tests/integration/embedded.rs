@@ -152,6 +152,29 @@ fn official_samples_run_through_the_pipeline_and_check() {
         text.contains("error missing_field") && text.contains("invalid: missing_field=1 unknown_encoding=1"),
         "{text}"
     );
+    // A scan dated a century after its file was written, as `cbec run` dead-letters it; with
+    // the bound off (`CBEC_MAX_LEAD_MS=0`) it is valid.
+    let other = tempfile::tempdir().unwrap();
+    let ahead = other.path().join("scans.jsonl");
+    std::fs::write(
+        &ahead,
+        r#"{"logisticsNo": "LP1", "lineId": "L1", "scanId": "S1", "scanTime": "2126-11-11T12:00:00Z", "xray": null}"#,
+    )
+    .unwrap();
+    let check = |lead: &str| {
+        let out = std::process::Command::new(cbec_bin())
+            .args(["check"])
+            .arg(&ahead)
+            .env("CBEC_MAX_LEAD_MS", lead)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, text) = check("3600000");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("error future_time") && text.contains("invalid: future_time=1"), "{text}");
+    let (code, text) = check("0");
+    assert_eq!(code, Some(0), "{text}");
     // And through `cbec run --input`.
     let o = tempfile::tempdir().unwrap();
     std::fs::remove_file(&bad).unwrap();
