@@ -206,7 +206,7 @@ pub fn summarize_batch(batch: &RecordBatch, period: u32, revision: impl Fn(&str)
 /// The declaration form of a summary: what its `summaryId` names between period and
 /// revision.
 pub fn form_of(s: &Summary) -> String {
-    [&s.ebc_code, &s.owner_code, &s.country, &s.port_code, &s.traf_mode].map(String::as_str).join("-")
+    head_of(s).join("-")
 }
 
 /// The number of the next declaration of `form` in period `p`, given how often each form

@@ -27,8 +27,6 @@ pub enum TopicInput {
     /// milliseconds: a generated message's arrival), which bounds its event time
     /// (`max_lead_ms`).
     Messages(Vec<(i64, Vec<u8>)>),
-    /// Messages offered at a fixed rate (messages/second), for latency measurements.
-    Paced(Vec<Vec<u8>>, f64),
 }
 
 /// Sleeps until about `due` (pacing of offered load). It never spins: a spinning feed
@@ -92,8 +90,7 @@ fn source_thread(
         .spawn(move || {
             let mut dec = Decoder::new();
             let src = (topic, 0);
-            let paced = matches!(input, TopicInput::Paced(..));
-            let mut batcher = Batcher::new(tx, if paced { 1 } else { BATCH });
+            let mut batcher = Batcher::new(tx, BATCH);
             let mut one = |msg: &[u8], offset: i64, sent: Option<Sent>| {
                 let mut send = |m: EngineMsg| batcher.push(m);
                 decode_message(&mut dec, topic, &topic_name, src, offset, None, msg, sent, Instant::now(), &mut send);
@@ -114,14 +111,6 @@ fn source_thread(
                 TopicInput::Messages(msgs) => {
                     for (at, msg) in msgs {
                         one(&msg, offset, Sent::new(Some(at), "its arrival in the generated story", max_lead_ms));
-                        offset += 1;
-                    }
-                }
-                TopicInput::Paced(msgs, per_sec) => {
-                    let start = Instant::now();
-                    for msg in msgs {
-                        wait_until(start + std::time::Duration::from_secs_f64(offset as f64 / per_sec.max(1e-9)));
-                        one(&msg, offset, None);
                         offset += 1;
                     }
                 }
@@ -215,7 +204,8 @@ pub fn run(
     sink: Box<dyn Sink>,
     progress: Option<crate::runner::Progress>,
 ) -> anyhow::Result<RunStats> {
-    let read_ahead = inputs.iter().any(|(_, i)| !matches!(i, TopicInput::Paced(..)));
+    // Files and generated messages are read as fast as they decode (`run_replay` paces).
+    let read_ahead = !inputs.is_empty();
     let (sink_tx, sink_h) = spawn_sink(sink, cfg.queue_capacity);
     let mut groups = Vec::new();
     let mut handles = Vec::new();

@@ -60,6 +60,13 @@ use std::time::{Duration, Instant};
 /// 2.9 million, and stays below the broker's `socket.request.max.bytes` (100 MiB).
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
 
+/// How to let `topic` take cbec's largest records.
+fn raise_limit(topic: &str) -> String {
+    format!(
+        "raise it to {MAX_RECORD_BYTES} (kafka-configs.sh --alter --entity-type topics --entity-name {topic} --add-config max.message.bytes={MAX_RECORD_BYTES})"
+    )
+}
+
 /// Counts delivery failures so a flush can report them (nothing lost silently).
 #[derive(Default, Clone)]
 pub struct Deliveries {
@@ -82,9 +89,9 @@ impl ProducerContext for Deliveries {
             if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
                 let size = m.payload().map_or(0, <[u8]>::len);
                 eprintln!(
-                    "error: delivery to {} failed: {e}: the record has {size} bytes, more than the topic's max.message.bytes allows; raise it to {MAX_RECORD_BYTES} (kafka-configs.sh --alter --entity-type topics --entity-name {} --add-config max.message.bytes={MAX_RECORD_BYTES})",
+                    "error: delivery to {} failed: {e}: the record has {size} bytes, more than the topic's max.message.bytes allows; {}",
                     m.topic(),
-                    m.topic()
+                    raise_limit(m.topic())
                 );
             } else {
                 eprintln!("error: delivery failed: {e}");
@@ -181,29 +188,22 @@ impl Sink for KafkaSink {
 pub fn ensure_topics(cfg: &Config) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &cfg.brokers).create()?;
-    let mut names: Vec<String> = Topic::ALL.iter().map(|t| cfg.input_topic(*t)).collect();
-    names.extend(OUTPUTS.iter().map(|t| cfg.output_topic(t)));
+    let inputs: Vec<String> = Topic::ALL.iter().map(|t| cfg.input_topic(*t)).collect();
+    let outputs: Vec<String> = OUTPUTS.iter().map(|t| cfg.output_topic(t)).collect();
     let parts = cfg.partitions.min(64) as i32;
     let lease = crate::lease::topic(cfg);
     let summaries = cfg.output_topic("summaries");
     let max_record = MAX_RECORD_BYTES.to_string();
-    let inputs = Topic::ALL.len();
-    let mut new: Vec<NewTopic<'_>> = names
+    // When a message was sent bounds its event time (`max_lead_ms`): on input topics the
+    // broker's clock at append, not the producer's, which may run behind.
+    let mut new: Vec<NewTopic<'_>> = inputs
         .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let t = NewTopic::new(n, parts, TopicReplication::Fixed(1));
-            if i < inputs {
-                // When a message was sent bounds its event time (`max_lead_ms`): the
-                // broker's clock at append, not the producer's, which may run behind.
-                t.set("message.timestamp.type", "LogAppendTime")
-            } else if *n == summaries {
-                t.set("max.message.bytes", &max_record)
-            } else {
-                t
-            }
-        })
+        .map(|n| NewTopic::new(n, parts, TopicReplication::Fixed(1)).set("message.timestamp.type", "LogAppendTime"))
         .collect();
+    new.extend(outputs.iter().map(|n| {
+        let t = NewTopic::new(n, parts, TopicReplication::Fixed(1));
+        if *n == summaries { t.set("max.message.bytes", &max_record) } else { t }
+    }));
     new.push(NewTopic::new(&lease, 1, TopicReplication::Fixed(1)));
     let exited = cfg.exited_topic();
     if cfg.stage != Stage::All {
@@ -240,8 +240,9 @@ pub fn record_limit_warning(admin: &AdminClient<DefaultClientContext>, topic: &s
         .with_context(|| format!("{topic} has no max.message.bytes"))?;
     Ok((limit < MAX_RECORD_BYTES).then(|| {
         format!(
-            "{topic} takes records of at most {limit} bytes (max.message.bytes): a summary declaration larger than that (about {} lists) cannot be delivered; raise it to {MAX_RECORD_BYTES} (kafka-configs.sh --alter --entity-type topics --entity-name {topic} --add-config max.message.bytes={MAX_RECORD_BYTES})",
-            limit / 23
+            "{topic} takes records of at most {limit} bytes (max.message.bytes): a summary declaration larger than that (about {} lists) cannot be delivered; {}",
+            limit / 23,
+            raise_limit(topic)
         )
     }))
 }
@@ -343,7 +344,7 @@ pub fn produce_story(brokers: &str, cfg: &Config, story: &Generated, rate: u64, 
 /// The (low, high) watermarks librdkafka cached from its latest fetch response for a
 /// partition (no broker round trip), each if it has one.
 #[allow(unsafe_code)]
-pub(crate) fn cached_watermarks<C: ConsumerContext>(
+fn cached_watermarks<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &CStr,
     partition: i32,
@@ -365,6 +366,23 @@ pub(crate) fn cached_watermarks<C: ConsumerContext>(
         return (None, None);
     }
     ((low >= 0).then_some(low), (high >= 0).then_some(high))
+}
+
+/// The offsets a consumer skipped from `next` to the message at `offset` that the topic
+/// deleted before they were read: below the first offset librdkafka's latest fetch of the
+/// partition reported. Other skips are transaction markers or compaction.
+pub(crate) fn deleted_gap<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &CStr,
+    partition: i32,
+    next: i64,
+    offset: i64,
+) -> Option<(i64, i64)> {
+    if offset <= next {
+        return None;
+    }
+    let low = cached_watermarks(consumer, topic, partition).0.filter(|low| *low > next)?;
+    Some((next, low.min(offset)))
 }
 
 /// The dead letter of offsets `from..to` of a partition the topic deleted before cbec read
@@ -469,14 +487,10 @@ impl PartState {
         dec: &mut Decoder,
         batcher: &mut Batcher,
     ) {
-        // Offsets skipped: transaction markers or compaction, or offsets the topic deleted
-        // before they were read (librdkafka then resumed at the partition's first offset,
-        // which its latest fetch reported): those are dead-lettered, not skipped silently.
-        if m.offset() > self.next
-            && let (Some(low), _) = cached_watermarks(consumer, &self.cname, self.partition)
-            && low > self.next
-        {
-            let d = self.deleted_unread(self.next, low.min(m.offset()));
+        // Offsets the topic deleted before they were read (librdkafka then resumed at the
+        // partition's first offset) are dead-lettered, not skipped silently.
+        if let Some((from, to)) = deleted_gap(consumer, &self.cname, self.partition, self.next, m.offset()) {
+            let d = self.deleted_unread(from, to);
             batcher.push(d);
         }
         self.next = m.offset() + 1;
@@ -793,13 +807,16 @@ pub fn run(
         return Ok(RunStats::default());
     };
     let (store, place) = checkpoint_store(cfg)?;
+    let load_last = || -> anyhow::Result<Option<Restored>> {
+        let cp = store.load().with_context(|| format!("loading the checkpoint from {place}"))?;
+        cp.map(|cp| Restored::from_checkpoint(&cp, hs.clone())).transpose()
+    };
     // Catch up with what was saved last, or (when following failed) read it all.
-    let restored = match standby.follow() {
+    let mut restored = match standby.follow() {
         Ok(()) => standby.state.map(|(r, _)| r),
         Err(e) => {
             eprintln!("cbec: could not catch up with the checkpoints ({e:#}); reading the last one whole");
-            let cp = store.load().with_context(|| format!("loading the checkpoint from {place}"))?;
-            cp.map(|cp| Restored::from_checkpoint(&cp, hs.clone())).transpose()?
+            load_last()?
         }
     };
     if standby.applied > 0 {
@@ -809,7 +826,6 @@ pub fn run(
         );
     }
     let progress = progress.map(|p| Arc::new(std::sync::Mutex::new(p)));
-    let mut restored = restored;
     let mut total: Option<RunStats> = None;
     loop {
         // The progress callback goes on across the runs below.
@@ -825,8 +841,7 @@ pub fn run(
         match grown {
             Some(what) if !stop.load(Ordering::Relaxed) => {
                 eprintln!("cbec: {what}: checkpointed, reading on with every partition");
-                let cp = store.load().with_context(|| format!("loading the checkpoint from {place}"))?;
-                restored = cp.map(|cp| Restored::from_checkpoint(&cp, hs.clone())).transpose()?;
+                restored = load_last()?;
             }
             _ => return Ok(total.unwrap_or_default()),
         }

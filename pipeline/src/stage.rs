@@ -458,15 +458,14 @@ impl Owned {
         }
     }
 
-    /// Applies one record of partition `p` at `offset`, writing the summaries it closes.
-    /// Reports offsets `from..to` of partition `p` deleted before they were read.
-    fn deleted_unread(&mut self, p: i32, from: i64, to: i64) -> anyhow::Result<()> {
-        let d = crate::kafka::deleted_unread(&self.topic, p, from, to);
+    /// Writes a dead letter, counted.
+    fn dead(&mut self, d: cbec_schemas::DeadLetter) -> anyhow::Result<()> {
         *self.stats.dead.entry(d.code.clone()).or_default() += 1;
         m::DeadLetterEvent { code: &d.code }.emit();
         self.sink.write(&Record::Dead(d))
     }
 
+    /// Applies one record of partition `p` at `offset`, writing the summaries it closes.
     fn handle(&mut self, p: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) -> anyhow::Result<()> {
         let Some(h) = self.parts.get_mut(&p) else { return Ok(()) };
         h.next = Some(offset + 1);
@@ -492,10 +491,7 @@ impl Owned {
                     cbec_schemas::ErrorCode::JsonInvalid,
                     format!("not a hand-over record of the engine stage: {e}"),
                 );
-                let d = cbec_schemas::DeadLetter::new(&self.topic, p, offset, key, &err, payload);
-                *self.stats.dead.entry(d.code.clone()).or_default() += 1;
-                m::DeadLetterEvent { code: &d.code }.emit();
-                self.sink.write(&Record::Dead(d))?;
+                self.dead(cbec_schemas::DeadLetter::new(&self.topic, p, offset, key, &err, payload))?;
             }
         }
         if summaries.is_empty() {
@@ -612,11 +608,11 @@ pub fn run_summarize(cfg: &Config, exit_when_idle: bool, mut progress: Option<Pr
                 // Exits the topic deleted before they were read (no instance read this
                 // partition within its retention) are reported, not skipped silently.
                 let read_to = o.parts.get(&msg.partition()).map(|h| h.next.unwrap_or(0));
-                if let Some(from) = read_to.filter(|n| msg.offset() > *n)
-                    && let (Some(low), _) = crate::kafka::cached_watermarks(&consumer, &ctopic, msg.partition())
-                    && low > from
+                if let Some(next) = read_to
+                    && let Some((from, to)) =
+                        crate::kafka::deleted_gap(&consumer, &ctopic, msg.partition(), next, msg.offset())
                 {
-                    o.deleted_unread(msg.partition(), from, low.min(msg.offset()))?;
+                    o.dead(crate::kafka::deleted_unread(&topic, msg.partition(), from, to))?;
                 }
                 o.handle(msg.partition(), msg.offset(), msg.key(), payload)?;
             }

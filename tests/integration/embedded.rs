@@ -258,6 +258,36 @@ fn the_same_story_as_ceb_xml_gives_the_same_records() {
 /// and a message that arrives after that with an October time goes to `cbec.dlq` as
 /// `expired`; with `state_retention_days = 0` in the config file nothing is dropped and the
 /// late order is processed.
+/// `cbec run --input <input>` with the configuration `config` (TOML): its report and each
+/// output topic's lines, sorted (two threads write some topics).
+fn run_input(input: &std::path::Path, config: &str) -> (String, BTreeMap<String, Vec<String>>) {
+    let o = tempfile::tempdir().unwrap();
+    let cfg = o.path().join("cbec.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let out = std::process::Command::new(cbec_bin())
+        .args(["run", "--metrics-addr", "", "--no-parquet", "--input"])
+        .arg(input)
+        .arg("--output")
+        .arg(o.path())
+        .arg("--config")
+        .arg(&cfg)
+        .env("CBEC_HS_FILE", shared().join("data/hs/harmonized-system.csv"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut topics: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in std::fs::read_dir(o.path()).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if let Some(topic) = name.strip_suffix(".jsonl") {
+            let mut lines: Vec<String> = std::fs::read_to_string(&p).unwrap().lines().map(String::from).collect();
+            lines.sort();
+            topics.insert(topic.to_string(), lines);
+        }
+    }
+    (String::from_utf8_lossy(&out.stdout).into_owned(), topics)
+}
+
 #[test]
 fn the_state_retention_drops_old_state_and_dead_letters_expired_messages() {
     let order = |no: &str, t: &str| {
@@ -268,21 +298,11 @@ fn the_state_retention_drops_old_state_and_dead_letters_expired_messages() {
     let dir = tempfile::tempdir().unwrap();
     let lines = [order("O0", "20261001100000"), order("O2", "20261120100000"), order("O1", "20261001110000")];
     std::fs::write(dir.path().join("orders.jsonl"), lines.join("\n")).unwrap();
-    let run = |config: Option<&str>| {
-        let o = tempfile::tempdir().unwrap();
-        let mut c = std::process::Command::new(cbec_bin());
-        c.args(["run", "--metrics-addr", "", "--no-parquet", "--input"]).arg(dir.path()).arg("--output").arg(o.path());
-        if let Some(text) = config {
-            let p = o.path().join("cbec.toml");
-            std::fs::write(&p, text).unwrap();
-            c.arg("--config").arg(p);
-        }
-        let out = c.env("CBEC_HS_FILE", shared().join("data/hs/harmonized-system.csv")).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let dlq = std::fs::read_to_string(o.path().join("cbec.dlq.jsonl")).unwrap_or_default();
-        (String::from_utf8_lossy(&out.stdout).into_owned(), dlq)
+    let run = |config: &str| {
+        let (report, outputs) = run_input(dir.path(), config);
+        (report, outputs.get("cbec.dlq").map(|l| l.join("\n")).unwrap_or_default())
     };
-    let (report, dlq) = run(None);
+    let (report, dlq) = run("");
     assert!(report.contains("dropped by the state retention: 1 orders, 0 parcels"), "{report}");
     assert!(report.contains("dead letters by code: expired=1"), "{report}");
     assert!(report.contains("in  cbec.orders      2"), "{report}");
@@ -290,7 +310,7 @@ fn the_state_retention_drops_old_state_and_dead_letters_expired_messages() {
     assert_eq!(dead.len(), 1, "{dlq}");
     assert_eq!((dead[0]["code"].as_str(), dead[0]["offset"].as_i64()), (Some("expired"), Some(2)));
     assert!(dead[0]["payload"].as_str().unwrap().contains("\"O1\""), "{dlq}");
-    let (report, dlq) = run(Some("[rules]\nstate_retention_days = 0\n"));
+    let (report, dlq) = run("[rules]\nstate_retention_days = 0\n");
     assert!(!report.contains("dropped by the state retention") && !report.contains("expired"), "{report}");
     assert!(report.contains("in  cbec.orders      3"), "{report}");
     assert_eq!(dlq.lines().count(), 0, "{dlq}");
@@ -314,36 +334,8 @@ fn a_message_dated_far_after_its_file_was_written_is_dead_lettered_and_changes_n
     scan["scanId"] = "S-AHEAD".into();
     let line = scan.to_string();
     std::fs::write(ahead.path().join("scans.jsonl"), format!("{scans}{line}\n")).unwrap();
-    let run = |input: &std::path::Path, config: &str| {
-        let o = tempfile::tempdir().unwrap();
-        let cfg = o.path().join("cbec.toml");
-        std::fs::write(&cfg, config).unwrap();
-        let out = std::process::Command::new(cbec_bin())
-            .args(["run", "--metrics-addr", "", "--no-parquet", "--input"])
-            .arg(input)
-            .arg("--output")
-            .arg(o.path())
-            .arg("--config")
-            .arg(&cfg)
-            .env("CBEC_HS_FILE", shared().join("data/hs/harmonized-system.csv"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        // Each output topic's lines, sorted (two threads write some topics).
-        let mut topics: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for e in std::fs::read_dir(o.path()).unwrap() {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            if let Some(topic) = name.strip_suffix(".jsonl") {
-                let mut lines: Vec<String> = std::fs::read_to_string(&p).unwrap().lines().map(String::from).collect();
-                lines.sort();
-                topics.insert(topic.to_string(), lines);
-            }
-        }
-        (String::from_utf8_lossy(&out.stdout).into_owned(), topics)
-    };
-    let (_, want) = run(plain.path(), "");
-    let (report, mut got) = run(ahead.path(), "");
+    let (_, want) = run_input(plain.path(), "");
+    let (report, mut got) = run_input(ahead.path(), "");
     let dlq = got.remove("cbec.dlq").unwrap();
     let mut want_rest = want.clone();
     let want_dlq = want_rest.remove("cbec.dlq").unwrap();
@@ -357,7 +349,7 @@ fn a_message_dated_far_after_its_file_was_written_is_dead_lettered_and_changes_n
     assert_eq!(new[0]["payload"].as_str(), Some(line.as_str()));
     assert!(new[0]["reason"].as_str().unwrap().contains("the file's modification time"), "{}", new[0]);
     assert!(!report.contains("dropped by the state retention"), "{report}");
-    let (report, unbounded) = run(ahead.path(), "max_lead_ms = 0\n");
+    let (report, unbounded) = run_input(ahead.path(), "max_lead_ms = 0\n");
     assert!(report.contains("dropped by the state retention: "), "{report}");
     assert!(unbounded["cbec.dlq"] == want_dlq, "nothing more is dead-lettered without the bound");
     let extra: Vec<&String> = unbounded["cbec.sorting"].iter().filter(|l| !want["cbec.sorting"].contains(l)).collect();
