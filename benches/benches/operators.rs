@@ -147,6 +147,7 @@ fn bench(c: &mut Criterion) {
         .map(|(i, l)| cbec_operators::engine::Exited {
             invt_no: format!("51412026E{i:011}").into(),
             summarizable: true,
+            was_summarizable: false,
             list: l.clone().into(),
             seq: i as u64 + 1,
         })

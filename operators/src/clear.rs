@@ -538,14 +538,18 @@ impl Clear {
         }
     }
 
-    fn exited(p: &Parcel, logistics_no: &str, codes: &Codes) -> Option<Exited> {
+    /// The exit of parcel `p`'s list; `was` its comparison as it last left (`None` when it
+    /// leaves the first time).
+    fn exited(p: &Parcel, logistics_no: &str, codes: &Codes, was: Option<&Option<Comparison>>) -> Option<Exited> {
         let (Some(d), Some(l)) = (&p.decl, &p.list) else { return None };
         let list = l.unpack(logistics_no, codes);
+        let summarizable = |c: &Option<Comparison>| {
+            !d.tax && list.statistics_flag == StatisticsFlag::B && *c == Some(Comparison::Consistent)
+        };
         Some(Exited {
             invt_no: d.invt_no.clone(),
-            summarizable: !d.tax
-                && list.statistics_flag == StatisticsFlag::B
-                && p.comparison == Some(Comparison::Consistent),
+            summarizable: summarizable(&p.comparison),
+            was_summarizable: was.is_some_and(summarizable),
             list: Arc::new(list),
             seq: 0,
         })
@@ -617,7 +621,7 @@ impl Operator for Clear {
                 }
                 if p.exited
                     && was != p.comparison
-                    && let Some(e) = Clear::exited(p, &s.logistics_no, codes)
+                    && let Some(e) = Clear::exited(p, &s.logistics_no, codes, Some(&was))
                 {
                     out.collect(Out::Exited(e));
                 }
@@ -699,7 +703,7 @@ impl Operator for Clear {
                 if p.port_released.is_some() && p.decl.is_some() {
                     p.exited = true;
                     receipt(out, p, &logistics_no, status::CLOSED, Text::const_new("exit confirmed"), time, "", vec![]);
-                    if let Some(e) = Clear::exited(p, &logistics_no, codes) {
+                    if let Some(e) = Clear::exited(p, &logistics_no, codes, None) {
                         out.collect(Out::Exited(e));
                     }
                 } else {

@@ -25,6 +25,10 @@ pub struct Exited {
     pub invt_no: cbec_schemas::Text,
     /// Consistent, non-tax-related, `statisticsFlag` B: goes into a summary declaration.
     pub summarizable: bool,
+    /// It was summarizable as it last left (false the first time): a list that stops being
+    /// summarizable after its period's declaration was made is withdrawn from it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub was_summarizable: bool,
     /// The list.
     pub list: std::sync::Arc<Inventory>,
     /// Its place among the engine's exits (1, 2, …): deterministic, so the same on a

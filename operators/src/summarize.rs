@@ -5,7 +5,9 @@
 //! find the runs of equal keys; sums per run): one declaration per (`ebcCode`, `ownerCode` when
 //! `summaryFlag` is 2, `country`, `portCode`, `trafMode`), one item row per (`gcode`, `unit`,
 //! item `currency`, item `country`). Each list is in exactly one declaration. A list exiting
-//! after its period closed goes into a supplementary declaration (`…/2`, `…/3`).
+//! after its period closed goes into a supplementary declaration (`…/2`, `…/3`); a list
+//! returned after the declaration that covers it was made is withdrawn from it (`…/w1`,
+//! `…/w2`: a record with the list's rows, quantities, amounts and count negative).
 
 use crate::engine::Exited;
 use crate::rules::Rules;
@@ -39,6 +41,10 @@ pub struct Summarize {
     /// changes nothing.
     #[serde(default)]
     forms: BTreeMap<u32, BTreeMap<String, u32>>,
+    /// How many lists were withdrawn from each declaration form per period (a list returned
+    /// after its declaration was made): the next withdrawal is `…/w<n+1>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    withdrawals: BTreeMap<u32, BTreeMap<String, u32>>,
     /// The earliest open period and the event time it closes at (watermarks arrive with
     /// every item; this spares a calendar computation per item).
     #[serde(skip)]
@@ -57,6 +63,8 @@ enum Step {
     Closed(u32),
     /// Declaration forms of a period were declared (once more each).
     Declared(u32, Vec<String>),
+    /// A list was withdrawn from the declaration of a form in a period.
+    Withdrawn(u32, String),
 }
 
 /// What changed in the summarize state since the previous [`Incremental::cut`]: the exited
@@ -177,7 +185,7 @@ pub fn summarize_batch(batch: &RecordBatch, period: u32, revision: impl Fn(&str)
                 qty: sum(qty, s, e),
                 qty1: sum(qty1, s, e),
                 total_price: sum(total, s, e),
-                list_count: invts.len() as u64,
+                list_count: invts.len() as i64,
             });
         }
         invt_all.sort_unstable();
@@ -193,10 +201,11 @@ pub fn summarize_batch(batch: &RecordBatch, period: u32, revision: impl Fn(&str)
             country: key[2].to_string(),
             port_code: key[3].to_string(),
             traf_mode: key[4].to_string(),
-            list_count: invt_all.len() as u64,
+            list_count: invt_all.len() as i64,
             total_price: items.iter().map(|i| i.total_price).sum(),
             items,
             invt_nos: invt_all.into_iter().map(String::from).collect(),
+            withdrawal: false,
         });
         i = j;
     }
@@ -309,17 +318,51 @@ impl Summarize {
         self.open.values().map(BTreeMap::len).sum()
     }
 
-    fn exited(&mut self, e: Exited) {
+    /// Takes an exited list into its period, or out of it when it is no longer
+    /// summarizable. The list back when it must be withdrawn from a declaration already
+    /// made: it was summarizable as it last left and is in no open period.
+    fn exited(&mut self, e: Exited) -> Option<Exited> {
         if let Some(log) = &mut self.log.0 {
             log.push(Step::Exited(e.clone()));
         }
         let period = e.list.ie_date.period();
-        let open = self.open.entry(period).or_default();
         if e.summarizable {
-            open.insert(e.invt_no.to_string(), e);
-        } else {
-            open.remove(e.invt_no.as_str());
+            self.open.entry(period).or_default().insert(e.invt_no.to_string(), e);
+            return None;
         }
+        let removed = self.open.get_mut(&period).and_then(|o| o.remove(e.invt_no.as_str())).is_some();
+        (e.was_summarizable && !removed).then_some(e)
+    }
+
+    /// The withdrawal of list `e` from the declaration of its form in its period (the first
+    /// or a supplementary one: whichever covers it), numbered `…/w1`, `…/w2` per form: its
+    /// rows with quantities, amounts and count negative. None when no declaration of the
+    /// form was made in the period (nothing to withdraw from).
+    fn withdraw(&mut self, e: &Exited, flag: u8) -> Option<Summary> {
+        let period = e.list.ie_date.period();
+        let mut w = summarize_batch(&rows_batch(&[e], flag), period, |_| 1).pop()?;
+        let form = form_of(&w);
+        if !self.forms.get(&period).is_some_and(|f| f.contains_key(&form)) && !self.revisions.contains_key(&period) {
+            return None;
+        }
+        let n = self.withdrawn(period, form.clone());
+        let neg = |d: Dec| Dec::ZERO.sub(d);
+        w.summary_id = format!("{period}-{form}/w{n}");
+        (w.list_count, w.total_price, w.withdrawal) = (-w.list_count, neg(w.total_price), true);
+        for i in &mut w.items {
+            (i.qty, i.qty1, i.total_price, i.list_count) = (neg(i.qty), neg(i.qty1), neg(i.total_price), -i.list_count);
+        }
+        Some(w)
+    }
+
+    /// Records one more withdrawal from `form` in period `p`; its number.
+    fn withdrawn(&mut self, p: u32, form: String) -> u32 {
+        if let Some(log) = &mut self.log.0 {
+            log.push(Step::Withdrawn(p, form.clone()));
+        }
+        let n = self.withdrawals.entry(p).or_default().entry(form).or_insert(0);
+        *n += 1;
+        *n
     }
 
     /// Closes period `p`: its lists.
@@ -367,7 +410,12 @@ impl Incremental for Summarize {
     fn apply(&mut self, SummarizeChanges(steps): SummarizeChanges) -> Result<(), String> {
         for step in steps {
             match step {
-                Step::Exited(e) => self.exited(e),
+                Step::Exited(e) => {
+                    self.exited(e);
+                }
+                Step::Withdrawn(p, form) => {
+                    self.withdrawn(p, form);
+                }
                 Step::Closed(p) => {
                     self.close(p);
                 }
@@ -383,8 +431,12 @@ impl Operator for Summarize {
     type Out = Summary;
     type Ctx = Rules;
 
-    fn process(&mut self, _rules: &mut Rules, e: Exited, _out: &mut dyn Collector<Summary>) {
-        self.exited(e);
+    fn process(&mut self, rules: &mut Rules, e: Exited, out: &mut dyn Collector<Summary>) {
+        if let Some(e) = self.exited(e)
+            && let Some(w) = self.withdraw(&e, rules.summary_flag)
+        {
+            out.collect(w);
+        }
     }
 
     fn on_watermark(&mut self, rules: &mut Rules, wm: EventTime, out: &mut dyn Collector<Summary>) {

@@ -144,17 +144,22 @@ fn channel(out: &[Out]) -> (String, Vec<String>) {
         .expect("a channel decision")
 }
 
-#[test]
-fn green_parcel_walks_to_exit_and_summary() {
-    let s = Story::new(1);
-    let mut e = Engine::new(rules(), hs(), 1);
+/// Story `s`'s parcel from goods registration to exit: green, released, sealed, exited.
+fn walk_to_exit(s: &Story) -> Vec<Entity> {
     let mut input = vec![s.goods(), control("V1", "vehicle", json!({"vehicleNo": "粤B12345"}))];
     input.extend(s.happy());
     input.push(s.scan("S1", Some("clear"), 40));
     input.push(ent(Topic::Seals, json!({"kind": "sealed", "sealNo": "SEAL1", "vehicleNo": "粤B12345", "logisticsNos": [s.lno()], "time": s.rfc(50)})));
     input.push(ent(Topic::Seals, json!({"kind": "verified", "sealNo": "SEAL1", "vehicleNo": "粤B12345", "portCode": "5141", "intact": true, "time": s.rfc(90)})));
     input.push(ent(Topic::Departures, json!({"customsCode": "5141", "logisticsCode": "LOG1", "trafMode": "4", "leaveTime": s.t(120), "items": [{"logisticsNo": s.lno()}]})));
-    let out = run(&mut e, input);
+    input
+}
+
+#[test]
+fn green_parcel_walks_to_exit_and_summary() {
+    let s = Story::new(1);
+    let mut e = Engine::new(rules(), hs(), 1);
+    let out = run(&mut e, walk_to_exit(&s));
     let declared: Vec<_> = out.iter().filter_map(|o| if let Out::Declared(d) = o { Some(d) } else { None }).collect();
     assert_eq!(declared.len(), 1);
     let invt = &declared[0].invt_no;
@@ -181,6 +186,133 @@ fn green_parcel_walks_to_exit_and_summary() {
     assert_eq!(summaries.len(), 1);
     assert_eq!(summaries[0].invt_nos, vec![invt.clone()]);
     assert_eq!(summaries[0].items[0].total_price, Dec::from_int(100));
+}
+
+/// A list returned after its month's declaration was made (a second payment with another
+/// `payNo` arrives after the close) is withdrawn from it: the engine says it was
+/// summarizable as it last left, and summarize answers with the declaration's withdrawal,
+/// whose sums with the declaration leave nothing declared. The same return before the close
+/// only takes it out of the open period.
+#[test]
+fn a_list_returned_after_its_declaration_is_withdrawn() {
+    let s = Story::new(2);
+    let late_payment = |t: &str| {
+        ent(
+            Topic::Payments,
+            json!({"orderNo": s.order_no(), "ebpCode": "EBP1", "ebcCode": s.ebc, "payCode": "PAY1", "payName": "pay", "payNo": "P2", "charge": s.charge, "currency": "142", "accountingDate": t}),
+        )
+    };
+    let close = EventTime::parse_rfc3339("2026-12-04T00:00:00+08:00").unwrap();
+    let (mut r, mut sums) = (rules(), Vec::new());
+    // After the close.
+    let mut e = Engine::new(rules(), hs(), 1);
+    let mut sum = Summarize::default();
+    let exits = |out: Vec<Out>| -> Vec<crate::engine::Exited> {
+        out.into_iter().filter_map(|o| if let Out::Exited(x) = o { Some(x) } else { None }).collect()
+    };
+    let first = exits(run(&mut e, walk_to_exit(&s)));
+    assert_eq!(first.len(), 1);
+    assert!(first[0].summarizable && !first[0].was_summarizable, "a first exit was nothing before");
+    sum.process(&mut r, first[0].clone(), &mut sums);
+    sum.on_watermark(&mut r, close, &mut sums);
+    assert_eq!(sums.len(), 1, "November declared");
+    let out = run(&mut e, vec![late_payment("20261205000000")]);
+    assert!(out.iter().any(|o| matches!(o, Out::Return(x) if x.reasons.iter().any(|r| r == "duplicate_payment"))));
+    let again = exits(out);
+    assert_eq!(again.len(), 1);
+    assert!(!again[0].summarizable && again[0].was_summarizable, "it leaves the summary");
+    sum.process(&mut r, again[0].clone(), &mut sums);
+    assert_eq!(sums.len(), 2, "a withdrawal");
+    let (d, w) = (&sums[0], &sums[1]);
+    assert!(w.withdrawal && !d.withdrawal);
+    assert_eq!(w.summary_id, format!("{}/w1", d.summary_id));
+    assert_eq!(w.invt_nos, d.invt_nos);
+    assert_eq!((w.list_count, w.total_price), (-1, Dec::from_int(-100)));
+    assert_eq!(w.items.len(), d.items.len());
+    for (wi, di) in w.items.iter().zip(&d.items) {
+        assert_eq!((&wi.gcode, &wi.unit, &wi.currency, &wi.country), (&di.gcode, &di.unit, &di.currency, &di.country));
+        assert_eq!(
+            (wi.qty.add(di.qty), wi.qty1.add(di.qty1), wi.total_price.add(di.total_price)),
+            (Dec::ZERO, Dec::ZERO, Dec::ZERO)
+        );
+        assert_eq!(wi.list_count + di.list_count, 0);
+    }
+    let wire = serde_json::to_value(w).unwrap();
+    assert_eq!((wire["withdrawal"].as_bool(), wire["listCount"].as_i64()), (Some(true), Some(-1)));
+    assert!(serde_json::to_value(d).unwrap().get("withdrawal").is_none(), "declarations look as they did");
+    // Before the close: out of the open period, no record, nothing declared.
+    let mut e = Engine::new(rules(), hs(), 1);
+    let mut sum = Summarize::default();
+    let mut sums = Vec::new();
+    let mut out = run(&mut e, walk_to_exit(&s));
+    out.extend(run(&mut e, vec![late_payment("20261120000000")]));
+    for x in exits(out) {
+        sum.process(&mut r, x, &mut sums);
+    }
+    assert!(sums.is_empty());
+    sum.on_watermark(&mut r, close, &mut sums);
+    assert!(sums.is_empty(), "the returned list is in no declaration: {sums:?}");
+}
+
+/// Withdrawals are numbered per form and period (`…/w1`, `…/w2`); a list withdrawn and
+/// then consistent again goes into a supplementary declaration and can be withdrawn from
+/// that one too; a list that was not summarizable as it last left, or whose period holds
+/// it still, is not withdrawn; and a copy of the state kept by its cuts numbers the next
+/// withdrawal as the state itself does.
+#[test]
+fn withdrawals_are_numbered_per_form_and_survive_a_restore() {
+    let exited: Vec<crate::engine::Exited> = story_exits().into_iter().filter(|x| x.summarizable).collect();
+    let a = exited[0].clone();
+    let b = exited
+        .iter()
+        .find(|x| {
+            x.invt_no != a.invt_no
+                && x.list.ebc_code == a.list.ebc_code
+                && x.list.country == a.list.country
+                && x.list.port_code == a.list.port_code
+                && x.list.traf_mode == a.list.traf_mode
+                && x.list.ie_date.period() == a.list.ie_date.period()
+        })
+        .expect("two lists of one form")
+        .clone();
+    let (mut s, mut r, mut sums) = (Summarize::default(), rules(), Vec::new());
+    let mut copy = None;
+    through_file(s.cut(), &mut copy);
+    for x in &exited {
+        s.process(&mut r, x.clone(), &mut sums);
+    }
+    // Returned while its period is open: out, no record.
+    let gone =
+        |x: &crate::engine::Exited| crate::engine::Exited { summarizable: false, was_summarizable: true, ..x.clone() };
+    let c = exited.iter().find(|x| x.invt_no != a.invt_no && x.invt_no != b.invt_no).unwrap();
+    s.process(&mut r, gone(c), &mut sums);
+    assert!(sums.is_empty());
+    s.on_watermark(&mut r, EventTime::MAX, &mut sums);
+    assert!(sums.iter().all(|d| !d.invt_nos.contains(&c.invt_no.to_string())));
+    let declared = sums.len();
+    let mut one = |s: &mut Summarize, x: crate::engine::Exited| {
+        let mut out = Vec::new();
+        s.process(&mut r, x, &mut out);
+        s.on_watermark(&mut r, EventTime::MAX, &mut out);
+        assert!(out.len() <= 1, "{out:?}");
+        out.pop()
+    };
+    let wa = one(&mut s, gone(&a)).expect("a withdrawn");
+    assert!(wa.summary_id.ends_with("/w1") && wa.withdrawal, "{}", wa.summary_id);
+    assert_eq!(wa.invt_nos, vec![a.invt_no.to_string()]);
+    // Not summarizable as it last left (returned again, another reason): nothing.
+    assert_eq!(one(&mut s, crate::engine::Exited { was_summarizable: false, ..gone(&a) }), None);
+    // Consistent again: a supplementary declaration; returned again: withdrawn from it.
+    let sup = one(&mut s, a.clone()).expect("a supplementary declaration");
+    assert!(sup.summary_id.ends_with("/2") && !sup.withdrawal, "{}", sup.summary_id);
+    through_file(s.cut(), &mut copy);
+    let mut restored = copy.take().unwrap();
+    let next = one(&mut s, gone(&b)).expect("b withdrawn");
+    assert!(next.summary_id.ends_with("/w2"), "per form: {}", next.summary_id);
+    assert_eq!(one(&mut restored, gone(&b)), Some(next), "the restored copy numbers alike");
+    let again = one(&mut s, gone(&a)).expect("a withdrawn from its supplementary declaration");
+    assert!(again.summary_id.ends_with("/w3"), "{}", again.summary_id);
+    assert_eq!(sums.len(), declared);
 }
 
 #[test]
@@ -571,7 +703,7 @@ fn summaries_cover_each_exited_list_once_with_exact_sums() {
         let items: Dec = s.items.iter().map(|i| i.total_price).sum();
         assert_eq!(items, s.total_price);
         // Each list of this story has one item of 100.
-        assert_eq!(s.total_price, Dec::from_int(100 * s.list_count as i64));
+        assert_eq!(s.total_price, Dec::from_int(100 * s.list_count));
     }
     // Exactly the consistent B lists that exited (amount mismatches are returned; A is not summarized).
     let returned = lines.iter().filter(|l| l.starts_with("Return(")).count();
@@ -618,6 +750,7 @@ fn summarize_batch_equals_a_plain_grouping() {
         lists.push(Exited {
             invt_no: format!("51412026E{n:011}").into(),
             summarizable: true,
+            was_summarizable: false,
             list: (*l).into(),
             seq: n as u64,
         });
@@ -1175,7 +1308,11 @@ fn a_large_close_declares_every_list_and_frees_them() {
             held.push(std::sync::Arc::downgrade(&list));
         }
         let invt_no = format!("51412026E{i:011}").into();
-        sum.process(&mut r, crate::engine::Exited { invt_no, summarizable: true, list, seq: i as u64 + 1 }, &mut out);
+        sum.process(
+            &mut r,
+            crate::engine::Exited { invt_no, summarizable: true, was_summarizable: false, list, seq: i as u64 + 1 },
+            &mut out,
+        );
     }
     assert_eq!(sum.pending(), 12_000);
     sum.on_watermark(&mut r, EventTime::MAX, &mut out);

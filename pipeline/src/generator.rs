@@ -107,7 +107,7 @@ pub struct Expected {
     /// Lists that must be tax-related.
     pub tax_related: u64,
     /// Summary totals per period `YYYYMM`: (lists, Σ totalPrice).
-    pub summaries: BTreeMap<u32, (u64, Dec)>,
+    pub summaries: BTreeMap<u32, (i64, Dec)>,
     /// Parcels that must exit.
     pub exited: u64,
 }

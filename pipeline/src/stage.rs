@@ -233,8 +233,8 @@ impl PartState {
         PartState { state, applied: 0, watermark: EventTime::MIN, rules }
     }
 
-    /// Applies one record of the partition; the summaries of the periods it closes go to
-    /// `out`. False when it was skipped: an exit applied before (sent again after the
+    /// Applies one record of the partition; the summaries of the periods it closes (and a
+    /// withdrawal, for a list returned after its declaration was made) go to `out`. False when it was skipped: an exit applied before (sent again after the
     /// engine stage restarted).
     pub fn apply(&mut self, msg: StageMsg, out: &mut Vec<Summary>) -> bool {
         match msg {
@@ -243,7 +243,7 @@ impl PartState {
                     return false;
                 }
                 self.applied = x.seq;
-                self.state.process(&mut self.rules, x, &mut Vec::new());
+                self.state.process(&mut self.rules, x, out);
             }
             StageMsg::Watermark { time } => {
                 if time > self.watermark {
@@ -736,7 +736,8 @@ mod tests {
     /// What a partition's summarize state makes of the records an engine stage sends when it
     /// restarts from a checkpoint and sends again what followed it: exits applied before are
     /// skipped (a list is neither declared twice nor revived after it left its summary), an
-    /// older watermark changes nothing, and the result equals the run without the repeat.
+    /// older watermark changes nothing, and the result equals the run without the repeat. A
+    /// list returned after its declaration was made is withdrawn from it.
     #[test]
     fn a_partition_skips_what_a_restarted_engine_stage_sends_again() {
         let first = [
@@ -746,7 +747,10 @@ mod tests {
             StageMsg::Exited(exited(2, "EBC1", 3, false)),
             wm("2026-12-05T00:00:00+08:00"),
         ];
-        let after = [StageMsg::Exited(exited(3, "EBC1", 4, true)), wm("2026-12-06T00:00:00+08:00")];
+        // List 1 is returned after November's declaration: withdrawn from it.
+        let returned = Exited { was_summarizable: true, ..exited(1, "EBC1", 5, false) };
+        let after =
+            [StageMsg::Exited(exited(3, "EBC1", 4, true)), StageMsg::Exited(returned), wm("2026-12-06T00:00:00+08:00")];
         // The engine restarted from a checkpoint after exit 1: it sends 2, 3 and the close again.
         let again = first[1..].to_vec();
         let run = |msgs: Vec<StageMsg>| {
@@ -758,9 +762,15 @@ mod tests {
         let (plain, none) = run(first.iter().chain(&after).cloned().collect());
         assert_eq!(none, 0);
         let ids: Vec<&str> = plain.iter().map(|s| s.summary_id.as_str()).collect();
-        assert_eq!(plain.len(), 2, "November's declaration, then the late list's supplementary: {ids:?}");
+        assert_eq!(
+            plain.len(),
+            3,
+            "November's declaration, list 1's withdrawal, the late list's supplementary: {ids:?}"
+        );
         assert_eq!(plain[0].invt_nos, ["51412026E00000000001"], "list 2 left its summary before the close");
-        assert!(plain[1].summary_id.ends_with("/2"), "{ids:?}");
+        assert_eq!(plain[1].summary_id, format!("{}/w1", plain[0].summary_id));
+        assert!(plain[1].withdrawal && plain[1].invt_nos == plain[0].invt_nos && plain[1].list_count == -1);
+        assert!(plain[2].summary_id.ends_with("/2"), "{ids:?}");
         let (repeated, skipped) = run(first.iter().chain(&again).chain(&after).cloned().collect());
         assert_eq!(skipped, 2, "exits 2 and 3 are skipped");
         assert_eq!(repeated, plain);

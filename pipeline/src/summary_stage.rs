@@ -70,25 +70,24 @@ pub fn spawn(
     spawn_stage("cbec-summarize", cap, move |rx| {
         let stopped = || anyhow::anyhow!("sink stopped");
         let mut end = StageEnd::default();
+        let mut sums = Vec::new();
         for batch in rx {
             for msg in batch {
                 match msg {
-                    SumMsg::Exited(x) => state.process(&mut rules, x, &mut Vec::new()),
-                    SumMsg::Watermark(wm) => {
-                        let mut sums = Vec::new();
-                        state.on_watermark(&mut rules, wm, &mut sums);
-                        if !sums.is_empty() {
-                            end.summaries += sums.len() as u64;
-                            m::SummariesOut { total: end.summaries }.emit();
-                            let records = sums.into_iter().map(Record::Summary).collect();
-                            sink.send(SinkMsg::Records(records)).map_err(|_| stopped())?;
-                        }
-                    }
+                    // An exit can withdraw a list from a declaration made (returned late).
+                    SumMsg::Exited(x) => state.process(&mut rules, x, &mut sums),
+                    SumMsg::Watermark(wm) => state.on_watermark(&mut rules, wm, &mut sums),
                     SumMsg::Cut(f) => {
                         m::StateSize { operator: "summarize", bytes: state.state_size() }.emit();
                         sink.send(f(state.cut())).map_err(|_| stopped())?;
                     }
                     SumMsg::Flush(ack) => sink.send(SinkMsg::Flush(ack)).map_err(|_| stopped())?,
+                }
+                if !sums.is_empty() {
+                    end.summaries += sums.len() as u64;
+                    m::SummariesOut { total: end.summaries }.emit();
+                    let records = sums.drain(..).map(Record::Summary).collect();
+                    sink.send(SinkMsg::Records(records)).map_err(|_| stopped())?;
                 }
             }
         }
@@ -107,7 +106,13 @@ pub(crate) fn test_exited(n: u64, ebc: &str, seq: u64, summarizable: bool) -> Ex
     else {
         panic!("test list does not decode")
     };
-    Exited { invt_no: format!("51412026E{n:011}").into(), summarizable, list: (*l).into(), seq }
+    Exited {
+        invt_no: format!("51412026E{n:011}").into(),
+        summarizable,
+        was_summarizable: false,
+        list: (*l).into(),
+        seq,
+    }
 }
 
 #[cfg(test)]

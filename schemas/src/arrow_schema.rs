@@ -10,8 +10,8 @@ use crate::decimal::Dec;
 use crate::outputs::*;
 use crate::time::EventTime;
 use arrow::array::{
-    ArrayRef, BooleanArray, Decimal128Array, Int32Array, ListBuilder, StringArray, StringBuilder,
-    TimestampMillisecondArray, UInt32Array, UInt64Array,
+    ArrayRef, BooleanArray, Decimal128Array, Int32Array, Int64Array, ListBuilder, StringArray, StringBuilder,
+    TimestampMillisecondArray, UInt32Array,
 };
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
@@ -57,8 +57,8 @@ fn i32s(it: impl Iterator<Item = i32>) -> ArrayRef {
 fn u32s(it: impl Iterator<Item = u32>) -> ArrayRef {
     Arc::new(UInt32Array::from_iter_values(it))
 }
-fn u64s(it: impl Iterator<Item = u64>) -> ArrayRef {
-    Arc::new(UInt64Array::from_iter_values(it))
+fn i64s(it: impl Iterator<Item = i64>) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(it))
 }
 fn list<'a>(it: impl Iterator<Item = &'a [String]>) -> ArrayRef {
     let mut lb = ListBuilder::new(StringBuilder::new());
@@ -259,10 +259,11 @@ pub fn summaries_batch(v: &[Summary]) -> Result<RecordBatch, ArrowError> {
         ("country", s(v.iter().map(|x| x.country.as_str()))),
         ("portCode", s(v.iter().map(|x| x.port_code.as_str()))),
         ("trafMode", s(v.iter().map(|x| x.traf_mode.as_str()))),
-        ("listCount", u64s(v.iter().map(|x| x.list_count))),
+        ("listCount", i64s(v.iter().map(|x| x.list_count))),
         ("totalPrice", dec(v.iter().map(|x| x.total_price), 38)),
         ("itemCount", u32s(v.iter().map(|x| x.items.len() as u32))),
         ("invtNos", list(v.iter().map(|x| x.invt_nos.as_slice()))),
+        ("withdrawal", b(v.iter().map(|x| x.withdrawal))),
     ])
 }
 
@@ -281,7 +282,7 @@ pub fn summary_items_batch(v: &[Summary]) -> Result<RecordBatch, ArrowError> {
         ("qty", dec(rows.iter().map(|(_, i)| i.qty), 38)),
         ("qty1", dec(rows.iter().map(|(_, i)| i.qty1), 38)),
         ("totalPrice", dec(rows.iter().map(|(_, i)| i.total_price), 38)),
-        ("listCount", u64s(rows.iter().map(|(_, i)| i.list_count))),
+        ("listCount", i64s(rows.iter().map(|(_, i)| i.list_count))),
     ])
 }
 

@@ -274,11 +274,14 @@ pub struct SummaryItem {
     pub qty1: Dec,
     /// Σ totalPrice.
     pub total_price: Dec,
-    /// Lists contributing.
-    pub list_count: u64,
+    /// Lists contributing (negative in a withdrawal: lists taken out).
+    pub list_count: i64,
 }
 
-/// `cbec.summaries`: one summary declaration (CEB701/792 sense).
+/// `cbec.summaries`: one summary declaration (CEB701/792 sense), or the withdrawal of a
+/// list from a declaration already made (`withdrawal`: the list was returned after its
+/// period closed; its quantities, amounts and count negative, so that sums over a period's
+/// records are what stands declared).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
@@ -296,14 +299,17 @@ pub struct Summary {
     pub port_code: String,
     /// Transport mode.
     pub traf_mode: String,
-    /// Lists covered.
-    pub list_count: u64,
+    /// Lists covered (negative in a withdrawal).
+    pub list_count: i64,
     /// Σ totalPrice over rows.
     pub total_price: Dec,
     /// Item rows.
     pub items: Vec<SummaryItem>,
-    /// The lists covered.
+    /// The lists covered (withdrawn, in a withdrawal).
     pub invt_nos: Vec<String>,
+    /// A withdrawal: `invtNos` are taken out of the period's declaration of this form.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withdrawal: bool,
 }
 
 /// `cbec.dlq`: rejected input.

@@ -37,7 +37,7 @@ fn pipeline_concludes_what_the_generator_expects() {
     let mut sampled = 0u64;
     let mut tax = 0u64;
     let mut declared = 0u64;
-    let mut summaries: BTreeMap<u32, (u64, Dec)> = BTreeMap::new();
+    let mut summaries: BTreeMap<u32, (i64, Dec)> = BTreeMap::new();
     let mut dead = 0u64;
     let mut exits = 0u64;
     for r in &records {
@@ -253,22 +253,28 @@ fn the_same_story_as_ceb_xml_gives_the_same_records() {
     assert_eq!((da, db), (g.expected.malformed as usize, g.expected.malformed as usize));
 }
 
-/// Through `cbec run --input`: with the default retention (30 days), an order whose state
-/// is older than it when event time reaches 20 November is dropped (the report says so),
-/// and a message that arrives after that with an October time goes to `cbec.dlq` as
-/// `expired`; with `state_retention_days = 0` in the config file nothing is dropped and the
-/// late order is processed.
 /// `cbec run --input <input>` with the configuration `config` (TOML): its report and each
 /// output topic's lines, sorted (two threads write some topics).
 fn run_input(input: &std::path::Path, config: &str) -> (String, BTreeMap<String, Vec<String>>) {
-    let o = tempfile::tempdir().unwrap();
-    let cfg = o.path().join("cbec.toml");
+    run_input_into(input, config, tempfile::tempdir().unwrap().path(), false)
+}
+
+/// [`run_input`] with the outputs in `o`, and Parquet with `parquet`.
+fn run_input_into(
+    input: &std::path::Path,
+    config: &str,
+    o: &std::path::Path,
+    parquet: bool,
+) -> (String, BTreeMap<String, Vec<String>>) {
+    let cfg = o.join("cbec.toml");
     std::fs::write(&cfg, config).unwrap();
     let out = std::process::Command::new(cbec_bin())
-        .args(["run", "--metrics-addr", "", "--no-parquet", "--input"])
+        .args(["run", "--metrics-addr", ""])
+        .args(if parquet { None } else { Some("--no-parquet") })
+        .arg("--input")
         .arg(input)
         .arg("--output")
-        .arg(o.path())
+        .arg(o)
         .arg("--config")
         .arg(&cfg)
         .env("CBEC_HS_FILE", shared().join("data/hs/harmonized-system.csv"))
@@ -276,7 +282,7 @@ fn run_input(input: &std::path::Path, config: &str) -> (String, BTreeMap<String,
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut topics: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for e in std::fs::read_dir(o.path()).unwrap() {
+    for e in std::fs::read_dir(o).unwrap() {
         let p = e.unwrap().path();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         if let Some(topic) = name.strip_suffix(".jsonl") {
@@ -288,6 +294,11 @@ fn run_input(input: &std::path::Path, config: &str) -> (String, BTreeMap<String,
     (String::from_utf8_lossy(&out.stdout).into_owned(), topics)
 }
 
+/// Through `cbec run --input`: with the default retention (30 days), an order whose state
+/// is older than it when event time reaches 20 November is dropped (the report says so),
+/// and a message that arrives after that with an October time goes to `cbec.dlq` as
+/// `expired`; with `state_retention_days = 0` in the config file nothing is dropped and the
+/// late order is processed.
 #[test]
 fn the_state_retention_drops_old_state_and_dead_letters_expired_messages() {
     let order = |no: &str, t: &str| {
@@ -362,6 +373,106 @@ fn a_message_dated_far_after_its_file_was_written_is_dead_lettered_and_changes_n
     );
     let lno = decided["logisticsNo"].as_str().unwrap();
     assert!(want["cbec.declared"].iter().any(|l| l.contains(&format!("\"logisticsNo\":\"{lno}\""))), "{lno} declared");
+}
+
+/// Through `cbec run --input`: a second payment (another `payNo`) arriving after November's
+/// declarations were made returns its list (`duplicate_payment`) and withdraws it from its
+/// declaration: one withdrawal record per such list on `cbec.summaries`, with the list's
+/// amount and count negative; the declarations, channels, sorting decisions and declared
+/// lists are what the story gives without the late payments; and the analysts' monthly
+/// totals over the Parquet tables (the SQL example) leave the withdrawn lists out.
+#[test]
+fn lists_returned_after_their_declaration_are_withdrawn_from_it() {
+    use cbec_pipeline::sql::{EXAMPLES, context, query};
+    let g = story(400, 23);
+    let (plain, late) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_dir(&g, plain.path()).unwrap();
+    write_dir(&g, late.path()).unwrap();
+    let (_, want) = run_input(plain.path(), "");
+    let json = |l: &String| serde_json::from_str::<serde_json::Value>(l).unwrap();
+    let dec = |v: &serde_json::Value| Dec::parse(v.as_str().expect("a decimal text")).unwrap();
+    // Five declared lists, their orders and amounts.
+    let summarized: BTreeSet<String> = want["cbec.summaries"]
+        .iter()
+        .flat_map(|l| {
+            json(l)["invtNos"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>()
+        })
+        .collect();
+    let picked: BTreeMap<String, (String, Dec)> = want["cbec.declared"]
+        .iter()
+        .map(json)
+        .filter(|d| summarized.contains(d["invtNo"].as_str().unwrap()))
+        .take(5)
+        .map(|d| {
+            let items = d["items"].as_array().unwrap();
+            let total = items.iter().map(|i| dec(&i["totalPrice"])).sum();
+            (d["invtNo"].as_str().unwrap().to_string(), (d["orderNo"].as_str().unwrap().to_string(), total))
+        })
+        .collect();
+    assert_eq!(picked.len(), 5);
+    let path = late.path().join("payments.jsonl");
+    let mut payments = std::fs::read_to_string(&path).unwrap();
+    for (order, _) in picked.values() {
+        let mut p = payments
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|p| p["orderNo"].as_str() == Some(order) && p["payNo"].is_string())
+            .expect("the order's payment");
+        p["payNo"] = format!("LATE-{order}").into();
+        p["accountingDate"] = "20261205100000".into();
+        payments.push_str(&format!("{p}\n"));
+    }
+    std::fs::write(&path, payments).unwrap();
+    // Sent on 6 December: within the bound on event times ahead of sending.
+    let sent = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_515_200);
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(sent).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (report, got) = run_input_into(late.path(), "", out.path(), true);
+    for topic in ["cbec.declared", "cbec.channels", "cbec.sorting"] {
+        assert!(got[topic] == want[topic], "{topic} differs");
+    }
+    let (withdrawals, declarations): (Vec<&String>, Vec<&String>) =
+        got["cbec.summaries"].iter().partition(|l| json(l)["withdrawal"] == true);
+    assert!(declarations.into_iter().eq(want["cbec.summaries"].iter()), "the declarations are as before");
+    assert_eq!(withdrawals.len(), picked.len(), "{report}");
+    let mut withdrawn = BTreeMap::new();
+    for w in withdrawals.iter().map(|l| json(l)) {
+        let invt = w["invtNos"][0].as_str().unwrap().to_string();
+        assert_eq!(w["invtNos"].as_array().unwrap().len(), 1);
+        assert!(w["summaryId"].as_str().unwrap().contains("/w"), "{w}");
+        assert_eq!(w["listCount"], -1);
+        withdrawn.insert(invt, dec(&w["totalPrice"]));
+    }
+    let expected: BTreeMap<String, Dec> = picked.iter().map(|(i, (_, t))| (i.clone(), Dec::ZERO.sub(*t))).collect();
+    assert_eq!(withdrawn, expected);
+    let returned: BTreeSet<String> = got["cbec.returns"]
+        .iter()
+        .filter(|l| !want["cbec.returns"].contains(l))
+        .map(json)
+        .filter(|r| r["reasons"].to_string().contains("duplicate_payment"))
+        .map(|r| r["orderNo"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(returned, picked.values().map(|(o, _)| o.clone()).collect());
+    // The monthly totals, as analysts query them.
+    let (want_lists, want_total) = want["cbec.summaries"]
+        .iter()
+        .map(json)
+        .fold((0i64, Dec::ZERO), |(n, t), s| (n + s["listCount"].as_i64().unwrap(), t.add(dec(&s["totalPrice"]))));
+    let monthly = EXAMPLES.iter().find(|(n, _, _)| *n == "monthly_totals_by_country_port").unwrap().2;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let b = rt.block_on(async {
+        let ctx = context(out.path(), std::sync::Arc::new(hs())).await.unwrap();
+        query(&ctx, &format!("SELECT CAST(sum(lists) AS BIGINT) AS lists, sum(total) AS total FROM ({monthly})"))
+            .await
+            .unwrap()
+    });
+    use arrow::array::AsArray;
+    let lists = b[0].column_by_name("lists").unwrap().as_primitive::<arrow::datatypes::Int64Type>().value(0);
+    let total = Dec::from_scaled(
+        b[0].column_by_name("total").unwrap().as_primitive::<arrow::datatypes::Decimal128Type>().value(0),
+    );
+    let gone: Dec = picked.values().map(|(_, t)| *t).sum();
+    assert_eq!((lists, total), (want_lists - 5, want_total.sub(gone)));
 }
 
 /// Every `CBEC_*` setting the Docker files give (`docker/compose.yml`, `docker/Dockerfile`)

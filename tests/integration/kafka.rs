@@ -248,6 +248,7 @@ fn a_summary_declaration_of_200000_lists_is_delivered_whole() {
         total_price: cbec_schemas::Dec::ZERO,
         items: vec![item],
         invt_nos,
+        withdrawal: false,
     };
     let record = Record::Summary(summary);
     let json = record.to_json();
