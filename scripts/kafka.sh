@@ -3,6 +3,7 @@
 #
 #   scripts/kafka.sh start   # resolve Kafka from Maven Central into the cache (once), format, start
 #   scripts/kafka.sh stop    # stop it and remove its data
+#   scripts/kafka.sh crash   # kill it (SIGKILL), keeping its data; `resume` starts it again
 #   scripts/kafka.sh env     # print CBEC_TEST_BROKERS=... for the running broker
 #
 # Cache: $CBEC_CACHE (default ~/.cache/cbec). Port: $CBEC_KAFKA_PORT (default 19092).
@@ -32,6 +33,16 @@ wait_port() {
   echo "kafka.sh: broker did not open port $port; log follows" >&2
   tail -50 "$run/broker.log" >&2 || true
   return 1
+}
+
+# Starts the broker JVM on the formatted storage in $run.
+launch() {
+  local cp="$libs/*"
+  nohup java -Xms256m -Xmx1g -XX:+UseSerialGC -cp "$cp" kafka.Kafka "$run/server.properties" \
+    >>"$run/broker.log" 2>&1 &
+  echo $! > "$run/pid"
+  wait_port
+  echo "kafka.sh: Apache Kafka $version up on 127.0.0.1:$port (pid $(cat "$run/pid"))" >&2
 }
 
 start() {
@@ -68,11 +79,22 @@ PROPS
   local id
   id=$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
   java -cp "$cp" kafka.tools.StorageTool format -t "$id" -c "$run/server.properties" >"$run/format.log" 2>&1
-  nohup java -Xms256m -Xmx1g -XX:+UseSerialGC -cp "$cp" kafka.Kafka "$run/server.properties" \
-    >"$run/broker.log" 2>&1 &
-  echo $! > "$run/pid"
-  wait_port
-  echo "kafka.sh: Apache Kafka $version up on 127.0.0.1:$port (pid $(cat "$run/pid"))" >&2
+  launch
+}
+
+# Kills the broker JVM (SIGKILL: a crash), keeping its data for `resume`.
+crash() {
+  [ -f "$run/pid" ] || { echo "kafka.sh: no broker on port $port" >&2; exit 1; }
+  local pid; pid=$(cat "$run/pid")
+  kill -9 "$pid" 2>/dev/null || true
+  for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+}
+
+# Starts the broker again on the data a `crash` left.
+resume() {
+  [ -f "$run/server.properties" ] || { echo "kafka.sh: nothing to resume on port $port" >&2; exit 1; }
+  if kill -0 "$(cat "$run/pid")" 2>/dev/null; then echo "kafka.sh: broker still running" >&2; exit 1; fi
+  launch
 }
 
 stop() {
@@ -88,6 +110,8 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
+  crash) crash ;;
+  resume) resume ;;
   env) echo "CBEC_TEST_BROKERS=127.0.0.1:$port" ;;
-  *) echo "usage: $0 start|stop|env" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|crash|resume|env" >&2; exit 2 ;;
 esac

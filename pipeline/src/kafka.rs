@@ -768,6 +768,35 @@ pub(crate) fn stop_on_signals(stop: Arc<AtomicBool>) {
     });
 }
 
+/// Waits until `brokers` answer a metadata request (a broker restarting, a stack starting
+/// up), saying so at once and every `say_every` while they do not; false if `stop` is set
+/// first.
+pub(crate) fn wait_for_brokers(brokers: &str, stop: &AtomicBool, say_every: Duration) -> bool {
+    let client: Result<BaseConsumer, _> = ClientConfig::new().set("bootstrap.servers", brokers).create();
+    let Ok(client) = client else { return true }; // a bad setting: the next step says what
+    let mut said: Option<Instant> = None;
+    loop {
+        match client.fetch_metadata(None, Duration::from_secs(2)) {
+            Ok(_) => {
+                if said.is_some() {
+                    eprintln!("cbec: the brokers at {brokers} answer");
+                }
+                return true;
+            }
+            Err(e) => {
+                if said.is_none_or(|t| t.elapsed() >= say_every) {
+                    eprintln!("cbec: waiting for the brokers at {brokers} ({e})");
+                    said = Some(Instant::now());
+                }
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Opens the configured checkpoint store (claiming a new epoch in it), and says where it is.
 pub fn checkpoint_store(cfg: &Config) -> anyhow::Result<(Arc<dyn CheckpointStore>, String)> {
     Ok(match cfg.checkpoint_store {
@@ -786,9 +815,13 @@ pub fn run(
     exit_when_idle: bool,
     progress: Option<crate::runner::Progress>,
 ) -> anyhow::Result<RunStats> {
-    ensure_topics(cfg).context("creating topics")?;
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signals(stop.clone());
+    if !wait_for_brokers(&cfg.brokers, &stop, Duration::from_secs(30)) {
+        eprintln!("cbec: stopped while waiting for the brokers");
+        return Ok(RunStats::default());
+    }
+    ensure_topics(cfg).context("creating topics")?;
     // One process of the group is active: the one holding the lease. It is dropped (and
     // the lease passes on) when this function returns, after the final checkpoint. While
     // it waits, it keeps the state of the active process's last checkpoint up to date (a

@@ -13,10 +13,15 @@
 //! waits — and resumes from its offsets: outputs are again identical to an uninterrupted
 //! run after de-duplication by identity.
 //!
-//! A holder that learns it lost the lease (its session ended while it was stalled) exits at
-//! once with status 3, saving nothing more; and the checkpoint store's epochs
-//! ([`crate::checkpoint::LocalDirStore`]) keep what it may have saved before noticing apart
-//! from the new holder's checkpoints.
+//! A holder that learns it lost the lease (its session ended: it was stalled, or the
+//! brokers could not be reached, say while one restarted) stops at once, saving nothing
+//! more, and starts again as a standby: the process replaces itself with a fresh run of the
+//! same command (`exec`, same arguments and environment), which waits for the lease and goes
+//! on from the last checkpoint, as a restarted process does. Nothing it produced after that
+//! checkpoint is lost (the replay produces it again, identical) and the checkpoint store's
+//! epochs ([`crate::checkpoint::LocalDirStore`]) keep what it may have saved before noticing
+//! apart from the new holder's checkpoints. If the fresh run cannot be started (the binary
+//! was replaced on disk), it exits with status 3 instead.
 
 use crate::config::Config;
 use crate::metrics::LeaseHeld;
@@ -28,8 +33,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Exit status of a process that lost its lease while active.
+/// Exit status of a process that lost its lease while active and could not start again as
+/// a standby.
 pub const LOST_EXIT_CODE: i32 = 3;
+
+/// Stops this process at once and starts the same command afresh in its place (same
+/// process id, arguments and environment; nothing of this run carried over): the fresh run
+/// stands by for the lease and goes on from the last checkpoint. Exits with
+/// [`LOST_EXIT_CODE`] if it cannot be started.
+fn restart_as_standby() -> ! {
+    use std::os::unix::process::CommandExt;
+    let err = match std::env::current_exe() {
+        Ok(exe) => std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec(),
+        Err(e) => e,
+    };
+    eprintln!("cbec: could not start again as a standby ({err}): exiting");
+    std::process::exit(LOST_EXIT_CODE);
+}
 
 /// The lease topic (and group) of a configuration: `<group_id>.lease`.
 pub fn topic(cfg: &Config) -> String {
@@ -104,8 +124,11 @@ impl Lease {
                             LeaseHeld { held: true }.emit();
                         }
                     } else if h.load(Ordering::Acquire) {
-                        eprintln!("cbec: lost the lease (the group gave it to another process): exiting at once");
-                        std::process::exit(LOST_EXIT_CODE);
+                        let why = if said.is_empty() { String::new() } else { format!("; last error: {said}") };
+                        eprintln!(
+                            "cbec: lost the lease (its session ended: the group may have given it to another process{why}): stopping at once, starting again as a standby"
+                        );
+                        restart_as_standby();
                     }
                 }
                 // Dropping the consumer leaves the group: the lease passes on.

@@ -564,9 +564,13 @@ impl ConsumerContext for Rebalancing {
 /// from its offset. An instance that dies loses its partitions when its session ends
 /// (`lease_session_ms`); the others take them from their last checkpoints.
 pub fn run_summarize(cfg: &Config, exit_when_idle: bool, mut progress: Option<Progress>) -> anyhow::Result<RunStats> {
-    crate::kafka::ensure_topics(cfg).context("creating topics")?;
     let stop = Arc::new(AtomicBool::new(false));
     crate::kafka::stop_on_signals(stop.clone());
+    if !crate::kafka::wait_for_brokers(&cfg.brokers, &stop, Duration::from_secs(30)) {
+        eprintln!("cbec: stopped while waiting for the brokers");
+        return Ok(RunStats { summarize_instance: true, ..RunStats::default() });
+    }
+    crate::kafka::ensure_topics(cfg).context("creating topics")?;
     let started = Instant::now();
     let topic = cfg.exited_topic();
     let ctopic = std::ffi::CString::new(topic.as_str()).context("topic name")?;

@@ -5,7 +5,7 @@
 //! listener the compose file publishes to the host), its topics, its Prometheus targets and
 //! the runtime image's shared libraries.
 
-use crate::support::repo_root;
+use crate::support::{free_port, kafka_libs, repo_root};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -13,7 +13,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -85,21 +84,6 @@ fn consumer(brokers: &str, group: &str) -> BaseConsumer {
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Where `scripts/kafka.sh` keeps the broker's jars, if it has resolved them.
-fn kafka_libs() -> Option<PathBuf> {
-    let pom = std::fs::read_to_string(repo_root().join("scripts/kafka-pom.xml")).unwrap();
-    let version = pom.split("<kafka.version>").nth(1)?.split('<').next()?.to_string();
-    let cache = std::env::var_os("CBEC_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/cbec")))?;
-    let libs = cache.join(format!("kafka-{version}/libs"));
-    libs.join(".complete").exists().then_some(libs)
 }
 
 #[test]

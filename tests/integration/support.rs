@@ -92,3 +92,19 @@ pub fn dockerfile_env() -> Vec<(String, String)> {
 pub fn repo_root() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Where `scripts/kafka.sh` keeps the broker's jars, if it has resolved them.
+pub fn kafka_libs() -> Option<PathBuf> {
+    let pom = std::fs::read_to_string(repo_root().join("scripts/kafka-pom.xml")).unwrap();
+    let version = pom.split("<kafka.version>").nth(1)?.split('<').next()?.to_string();
+    let cache = std::env::var_os("CBEC_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/cbec")))?;
+    let libs = cache.join(format!("kafka-{version}/libs"));
+    libs.join(".complete").exists().then_some(libs)
+}
