@@ -320,20 +320,40 @@ impl CheckpointStore for KafkaTopicStore {
         let first = *self.send_all(records)?.iter().min().context("no chunk delivered")?;
         if !changes
             && let Some(keep) = checkpoint::keep_from(&places, at)
-            && !self.superseded()?
             && let Some(&(_, _, from)) = known.iter().find(|(p, ..)| *p == keep)
         {
-            let admin: AdminClient<DefaultClientContext> =
-                ClientConfig::new().set("bootstrap.servers", &self.brokers).create()?;
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&self.topic, CHUNKS, Offset::Offset(from))?;
-            for r in self.rt.block_on(admin.delete_records(&tpl, &AdminOptions::new()))?.elements() {
-                r.error().with_context(|| format!("deleting old checkpoints from {}", self.topic))?;
+            // Housekeeping once the checkpoint is saved: a failure (a broker just restarted
+            // and not yet leading the partition) is said, and the next whole checkpoint
+            // deletes them.
+            match self.delete_before(from) {
+                Ok(true) => known.retain(|(p, ..)| *p >= keep),
+                Ok(false) => {}
+                Err(e) => eprintln!(
+                    "warning: old checkpoints of {} not deleted ({e:#}): the next whole checkpoint deletes them",
+                    self.topic
+                ),
             }
-            known.retain(|(p, ..)| *p >= keep);
         }
         known.push((at, changes, first));
         Ok(out.len() as u64)
+    }
+}
+
+impl KafkaTopicStore {
+    /// Deletes the checkpoint records before offset `from`, unless a later writer claimed
+    /// the topic (it decides what it keeps); whether they were deleted.
+    fn delete_before(&self, from: i64) -> anyhow::Result<bool> {
+        if self.superseded()? {
+            return Ok(false);
+        }
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &self.brokers).create()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, CHUNKS, Offset::Offset(from))?;
+        for r in self.rt.block_on(admin.delete_records(&tpl, &AdminOptions::new()))?.elements() {
+            r.error().with_context(|| format!("deleting old checkpoints from {}", self.topic))?;
+        }
+        Ok(true)
     }
 }
 

@@ -367,6 +367,19 @@ pub fn part_store(cfg: &Config, p: i32) -> anyhow::Result<(Arc<dyn CheckpointSto
     })
 }
 
+/// Whether partition `p` of `<group_id>.exited` reached the end of time in its last
+/// checkpoint (read without claiming an epoch: its holder's saves go on undisturbed).
+fn part_finished(cfg: &Config, p: i32) -> anyhow::Result<bool> {
+    let store: Box<dyn CheckpointStore> = match cfg.checkpoint_store {
+        StoreKind::Kafka => Box::new(KafkaTopicStore::reader(&cfg.brokers, &part_store_topic(cfg, p))?),
+        StoreKind::Dir => Box::new(LocalDirStore::reader(format!("{}/summarize-{p}", cfg.checkpoint_dir))),
+    };
+    Ok(match store.load()? {
+        Some(cp) => PartState::restore(&cp)?.at_end(),
+        None => false,
+    })
+}
+
 /// The checkpoint topic of partition `p` of `<group_id>.exited` (`checkpoint_store = "kafka"`).
 pub fn part_store_topic(cfg: &Config, p: i32) -> String {
     format!("{}.summarize-{p}.checkpoints", cfg.group_id)
@@ -393,6 +406,9 @@ struct Owned {
     closed: bool,
     held_any: bool,
     empty_since: Option<Instant>,
+    /// When [`Owned::all_finished`] last looked, and whether it said it waits.
+    finished_checked: Option<Instant>,
+    said_unfinished: bool,
     skipped: u64,
     stats: RunStats,
 }
@@ -506,15 +522,46 @@ impl Owned {
         Ok(())
     }
 
-    /// A finite input is done here: every partition held reached the end of time, or none
-    /// has been held for 5 s after some were (or 30 s after the start).
+    /// A finite input is done here: every partition held reached the end of time; or none
+    /// has been held for 5 s after some were (or 30 s after the start) and every partition
+    /// of the topic reached the end of time in its last checkpoint (the instances holding
+    /// them finished). Without that last condition, instances that all lost their partitions
+    /// at once (a broker restarting ends every session) would all leave, with the month's
+    /// summaries still to be made.
     fn done(&mut self, started: Instant) -> bool {
         if self.parts.is_empty() {
             let since = *self.empty_since.get_or_insert_with(Instant::now);
-            since.elapsed() >= Duration::from_secs(5) && (self.held_any || started.elapsed() >= Duration::from_secs(30))
+            since.elapsed() >= Duration::from_secs(5)
+                && (self.held_any || started.elapsed() >= Duration::from_secs(30))
+                && self.all_finished()
         } else {
             self.empty_since = None;
             self.parts.values().all(|h| h.part.at_end())
+        }
+    }
+
+    /// Whether every partition of the topic reached the end of time in its last checkpoint,
+    /// looked up at most every 2 s (false in between); said once when not.
+    fn all_finished(&mut self) -> bool {
+        if self.finished_checked.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+            return false;
+        }
+        self.finished_checked = Some(Instant::now());
+        let finished = exited_partitions(&self.cfg)
+            .and_then(|parts| parts.into_iter().try_fold(true, |all, p| Ok(all && part_finished(&self.cfg, p)?)));
+        match finished {
+            Ok(true) => true,
+            Ok(false) | Err(_) => {
+                if !self.said_unfinished {
+                    self.said_unfinished = true;
+                    let why = finished.err().map(|e| format!(" ({e:#})")).unwrap_or_default();
+                    eprintln!(
+                        "cbec: holding no partition of {}, but not all of them are finished{why}: waiting",
+                        self.topic
+                    );
+                }
+                false
+            }
         }
     }
 }
@@ -583,6 +630,8 @@ pub fn run_summarize(cfg: &Config, exit_when_idle: bool, mut progress: Option<Pr
         closed: false,
         held_any: false,
         empty_since: None,
+        finished_checked: None,
+        said_unfinished: false,
         skipped: 0,
         stats: RunStats { summarize_instance: true, ..RunStats::default() },
     }));
