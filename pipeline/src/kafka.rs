@@ -768,6 +768,20 @@ pub(crate) fn stop_on_signals(stop: Arc<AtomicBool>) {
     });
 }
 
+/// `ask` (a metadata or watermark request), asked again for up to 30 s while it fails: a
+/// broker that just started or restarted may not lead a partition yet
+/// (NotLeaderForPartition). The last error after that.
+pub(crate) fn patiently<T>(mut ask: impl FnMut() -> rdkafka::error::KafkaResult<T>) -> anyhow::Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match ask() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 /// Waits until `brokers` answer a metadata request (a broker restarting, a stack starting
 /// up), saying so at once and every `say_every` while they do not; false if `stop` is set
 /// first.
@@ -956,12 +970,12 @@ fn run_partitions(
         let meta: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &cfg.brokers).create()?;
         for t in Topic::ALL {
             let name = cfg.input_topic(t);
-            let md = meta.fetch_metadata(Some(&name), Duration::from_secs(10))?;
+            let md = patiently(|| meta.fetch_metadata(Some(&name), Duration::from_secs(10)))?;
             for mt in md.topics() {
                 for p in mt.partitions() {
                     let from =
                         restored.as_ref().and_then(|c| c.offsets.get(&name)).and_then(|m| m.get(&p.id())).copied();
-                    let (low, high) = meta.fetch_watermarks(&name, p.id(), Duration::from_secs(10))?;
+                    let (low, high) = patiently(|| meta.fetch_watermarks(&name, p.id(), Duration::from_secs(10)))?;
                     let start = from.unwrap_or(low).max(low);
                     let deleted = from.filter(|f| *f < low).map(|f| (f, low));
                     tpl.add_partition_offset(&name, p.id(), Offset::Offset(start))?;

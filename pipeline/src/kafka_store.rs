@@ -132,7 +132,8 @@ impl KafkaTopicStore {
             .create()
             .context("checkpoint producer")?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let md = producer.client().fetch_metadata(Some(topic), TIMEOUT)?;
+        let md = crate::kafka::patiently(|| producer.client().fetch_metadata(Some(topic), TIMEOUT))
+            .with_context(|| format!("metadata of {topic}"))?;
         let parts = md.topics().first().map_or(0, |t| t.partitions().len());
         anyhow::ensure!(parts == 2, "checkpoint topic {topic} has {parts} partitions; cbec keeps checkpoints in 2");
         Ok(KafkaTopicStore {

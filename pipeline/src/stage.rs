@@ -344,7 +344,7 @@ impl Saver {
 pub fn exited_partitions(cfg: &Config) -> anyhow::Result<Vec<i32>> {
     let meta: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &cfg.brokers).create()?;
     let topic = cfg.exited_topic();
-    let md = meta.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+    let md = crate::kafka::patiently(|| meta.fetch_metadata(Some(&topic), Duration::from_secs(10)))?;
     let parts: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
     anyhow::ensure!(!parts.is_empty(), "topic {topic} has no partitions");
     Ok(parts)
