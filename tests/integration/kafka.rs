@@ -677,6 +677,18 @@ impl OwnBroker {
     }
 }
 
+/// For the broker-crash tests: the timing lock and a broker of the test's own; `None`
+/// (skipped) without the suite's broker or Apache Kafka in the cache.
+fn own_broker() -> Option<(std::sync::MutexGuard<'static, ()>, OwnBroker)> {
+    brokers()?;
+    if kafka_libs().is_none() {
+        eprintln!("SKIPPED: Apache Kafka is not in the cache; scripts/kafka.sh start resolves it");
+        return None;
+    }
+    let timing = timing();
+    Some((timing, OwnBroker::start()))
+}
+
 impl Drop for OwnBroker {
     fn drop(&mut self) {
         let _ = Command::new(repo_root().join("scripts/kafka.sh"))
@@ -695,13 +707,7 @@ impl Drop for OwnBroker {
 /// topics before the process starts, as in the takeover tests.)
 #[test]
 fn a_broker_crash_mid_stream_loses_nothing() {
-    let Some(_) = brokers() else { return };
-    if kafka_libs().is_none() {
-        eprintln!("SKIPPED: Apache Kafka is not in the cache; scripts/kafka.sh start resolves it");
-        return;
-    }
-    let _timing = timing();
-    let broker = OwnBroker::start();
+    let Some((_timing, broker)) = own_broker() else { return };
     let b = broker.address();
     let dir = tempfile::tempdir().unwrap();
     let c = config(&b, &unique_prefix("x"), dir.path());
@@ -1027,13 +1033,7 @@ impl Stages {
 /// included, equal the embedded run after de-duplication by identity.
 #[test]
 fn stages_in_separate_processes_ride_out_a_broker_crash() {
-    let Some(_) = brokers() else { return };
-    if kafka_libs().is_none() {
-        eprintln!("SKIPPED: Apache Kafka is not in the cache; scripts/kafka.sh start resolves it");
-        return;
-    }
-    let _timing = timing();
-    let broker = OwnBroker::start();
+    let Some((_timing, broker)) = own_broker() else { return };
     let b = broker.address();
     let dir = tempfile::tempdir().unwrap();
     let c = config(&b, &unique_prefix("y"), dir.path());
