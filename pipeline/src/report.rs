@@ -44,6 +44,11 @@ pub fn render(s: &RunStats) -> String {
         let _ = writeln!(r, "  dead letters by code: {}", d.join(" "));
     }
     let summaries = s.output.get("summaries").copied().unwrap_or(0);
+    // Records on `cbec.summaries`: declarations, and withdrawals when there were any.
+    let summaries = match s.withdrawals {
+        0 => summaries.to_string(),
+        w => format!("{}, withdrawals: {w} (lists returned after their declaration was made)", summaries - w),
+    };
     if s.summarize_instance {
         let _ = writeln!(r, "  summary declarations: {summaries}");
         let _ = writeln!(r, "  summarize state at end: {} B", s.state_bytes.2);
@@ -129,6 +134,14 @@ mod tests {
         assert!(idle.contains("summary declarations: 0") && !idle.contains("sorting ports"), "{idle}");
         let all = render(&RunStats { output: [("summaries", 3)].into_iter().collect(), ..RunStats::default() });
         assert!(all.contains("summary declarations: 3") && all.contains("sorting ports"), "{all}");
+        // Withdrawals are said apart from the declarations.
+        let some = RunStats {
+            withdrawals: 1,
+            ..RunStats { output: [("summaries", 3)].into_iter().collect(), ..RunStats::default() }
+        };
+        assert!(render(&some).contains("summary declarations: 2, withdrawals: 1 ("), "{}", render(&some));
+        let one = RunStats { withdrawals: 2, ..instance };
+        assert!(render(&one).contains("summary declarations: 0, withdrawals: 2 ("), "{}", render(&one));
     }
 
     /// An embedded run's latency, its input read ahead, says what it includes; a paced

@@ -339,6 +339,9 @@ pub struct RunStats {
     pub expired: (u64, u64),
     /// Officer controls held at the end: (all, aimed at one list, order or parcel).
     pub controls: (usize, usize),
+    /// Of the records on `cbec.summaries`, withdrawals of lists returned after their
+    /// declaration was made.
+    pub withdrawals: u64,
     /// Checkpoints written.
     pub checkpoints: u64,
     /// The longest the engine thread stopped to copy its state for a checkpoint.
@@ -389,6 +392,7 @@ impl RunStats {
         self.expired = next.expired;
         self.controls = next.controls;
         self.checkpoints += next.checkpoints;
+        self.withdrawals += next.withdrawals;
         self.checkpoint_pause = self.checkpoint_pause.max(next.checkpoint_pause);
         self.elapsed += next.elapsed;
         self.input_elapsed += next.input_elapsed;
@@ -908,6 +912,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
     if stage.summaries > 0 {
         *st.stats.output.entry("summaries").or_default() += stage.summaries;
     }
+    st.stats.withdrawals += stage.withdrawals;
     if stage.handed > 0 {
         *st.stats.output.entry("exited").or_default() += stage.handed;
     }

@@ -513,6 +513,7 @@ impl Owned {
         if summaries.is_empty() {
             return Ok(());
         }
+        self.stats.withdrawals += summaries.iter().filter(|s| s.withdrawal).count() as u64;
         let total = self.stats.output.entry("summaries").or_default();
         *total += summaries.len() as u64;
         m::SummariesOut { total: *total }.emit();

@@ -39,8 +39,10 @@ pub enum SumMsg {
 /// What the stage reports when it ends.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StageEnd {
-    /// Summary declarations written.
+    /// Summary declarations written (withdrawals included).
     pub summaries: u64,
+    /// Of them, withdrawals of lists returned after their declaration was made.
+    pub withdrawals: u64,
     /// Bytes of summarize state at the end.
     pub state_bytes: usize,
     /// Exits handed over to the summarize instances (stages in separate processes).
@@ -85,6 +87,7 @@ pub fn spawn(
                 }
                 if !sums.is_empty() {
                     end.summaries += sums.len() as u64;
+                    end.withdrawals += sums.iter().filter(|s| s.withdrawal).count() as u64;
                     m::SummariesOut { total: end.summaries }.emit();
                     let records = sums.drain(..).map(Record::Summary).collect();
                     sink.send(SinkMsg::Records(records)).map_err(|_| stopped())?;

@@ -435,6 +435,8 @@ fn lists_returned_after_their_declaration_are_withdrawn_from_it() {
         got["cbec.summaries"].iter().partition(|l| json(l)["withdrawal"] == true);
     assert!(declarations.into_iter().eq(want["cbec.summaries"].iter()), "the declarations are as before");
     assert_eq!(withdrawals.len(), picked.len(), "{report}");
+    let declared = want["cbec.summaries"].len();
+    assert!(report.contains(&format!("summary declarations: {declared}, withdrawals: 5 (")), "{report}");
     let mut withdrawn = BTreeMap::new();
     for w in withdrawals.iter().map(|l| json(l)) {
         let invt = w["invtNos"][0].as_str().unwrap().to_string();
