@@ -707,27 +707,67 @@ impl Drop for OwnBroker {
 /// topics before the process starts, as in the takeover tests.)
 #[test]
 fn a_broker_crash_mid_stream_loses_nothing() {
+    broker_crash("x", false);
+}
+
+/// The same with a standby of the group beside the active process (checkpoints in the
+/// topic, nothing else shared): whichever of the two the group gives the lease once the
+/// broker is back goes on, the other stands by until it is done, and both exit 0 with the
+/// embedded run's outputs.
+#[test]
+fn a_broker_crash_under_an_active_process_and_its_standby_loses_nothing() {
+    broker_crash("v", true);
+}
+
+fn broker_crash(tag: &str, with_standby: bool) {
     let Some((_timing, broker)) = own_broker() else { return };
     let b = broker.address();
     let dir = tempfile::tempdir().unwrap();
-    let c = config(&b, &unique_prefix("x"), dir.path());
+    let mut c = config(&b, &unique_prefix(tag), dir.path());
+    if with_standby {
+        c.checkpoint_store = StoreKind::Kafka;
+    }
     let g = story(12000, 67);
     let cfg = write_config(&c, dir.path());
     produce_story(&b, &c, &g, 0, false).unwrap();
+    let spawn_logged = |cfg: &Path, log: &Path| {
+        command(cfg, &["--exit-when-idle"]).stderr(std::fs::File::create(log).unwrap()).spawn().expect("spawn cbec")
+    };
+    let text = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
     let log = dir.path().join("cbec.log");
-    let mut child =
-        command(&cfg, &["--exit-when-idle"]).stderr(std::fs::File::create(&log).unwrap()).spawn().expect("spawn cbec");
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_for(Duration::from_secs(120), "a first checkpoint", log_text, || checkpoint_files(&c) > 0);
-    assert!(child.try_wait().unwrap().is_none(), "the crash must come mid-stream:\n{}", log_text());
+    let mut child = spawn_logged(&cfg, &log);
+    // The standby starts once the first process holds the lease.
+    wait_for(Duration::from_secs(60), "the lease", || text(&log), || text(&log).contains("holding the lease"));
+    let standby_dir = tempfile::tempdir().unwrap();
+    let standby_log = standby_dir.path().join("standby.log");
+    let mut standby = with_standby.then(|| {
+        let own = Config { checkpoint_dir: standby_dir.path().join("checkpoints").display().to_string(), ..c.clone() };
+        spawn_logged(&write_config(&own, standby_dir.path()), &standby_log)
+    });
+    wait_for(Duration::from_secs(120), "a first checkpoint", || text(&log), || saved(&c));
+    if standby.is_some() {
+        wait_for(
+            Duration::from_secs(60),
+            "the standby standing by",
+            || text(&standby_log),
+            || text(&standby_log).contains("standing by"),
+        );
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the crash must come mid-stream:\n{}", text(&log));
     broker.script("crash");
     std::thread::sleep(Duration::from_secs(2));
     broker.script("resume");
     let status = wait_at_most(&mut child, Duration::from_secs(240));
-    let said = log_text();
+    let said = text(&log);
     assert!(status.success(), "{status}:\n{said}");
     assert!(said.contains("lost the lease") && said.contains("starting again as a standby"), "{said}");
-    assert!(said.contains("restored checkpoint"), "{said}");
+    if let Some(s) = &mut standby {
+        let status = wait_at_most(s, Duration::from_secs(240));
+        assert!(status.success(), "the standby: {status}:\n{}", text(&standby_log));
+        eprintln!("active:\n{said}\nstandby:\n{}", text(&standby_log));
+    } else {
+        assert!(said.contains("restored checkpoint"), "{said}");
+    }
     assert_equals_embedded(&c, &g, "after a broker crash mid-stream");
 }
 
@@ -752,6 +792,19 @@ fn a_process_started_before_its_brokers_waits_for_them() {
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let status = wait_at_most(&mut child, Duration::from_secs(30));
     assert!(status.success() && log_text().contains("stopped while waiting for the brokers"), "{}", log_text());
+}
+
+/// Whether the engine (stage "all" or "engine") saved a checkpoint, in its directory or
+/// its topic.
+fn saved(c: &Config) -> bool {
+    match c.checkpoint_store {
+        StoreKind::Kafka => {
+            let reader: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &c.brokers).create().unwrap();
+            let topic = cbec_pipeline::kafka_store::topic(c);
+            reader.fetch_watermarks(&topic, 1, Duration::from_secs(10)).is_ok_and(|(_, high)| high > 0)
+        }
+        StoreKind::Dir => checkpoint_files(c) > 0,
+    }
 }
 
 /// The checkpoint files in the configured directory.
@@ -813,16 +866,8 @@ fn takeover(tag: &str, fail: Fail, store: StoreKind) {
     let active_log = dir.path().join("active.log");
     let mut active =
         command(&cfg, &[]).stderr(std::fs::File::create(&active_log).unwrap()).spawn().expect("spawn cbec");
-    let saved = || match store {
-        StoreKind::Kafka => {
-            let reader: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
-            let topic = cbec_pipeline::kafka_store::topic(&c);
-            reader.fetch_watermarks(&topic, 1, Duration::from_secs(10)).is_ok_and(|(_, high)| high > 0)
-        }
-        StoreKind::Dir => checkpoint_files(&c) > 0,
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !saved() {
+    while !saved(&c) {
         assert!(Instant::now() < deadline, "the active process saved no checkpoint");
         std::thread::sleep(Duration::from_millis(20));
     }
