@@ -34,6 +34,10 @@ enum Cmd {
     /// Kafka mode runs every stage in one process (CBEC_STAGE=all), or CBEC_STAGE=engine
     /// (declare, clear, seal) and CBEC_STAGE=summarize instances (the consumer group
     /// <group_id>.summarize) in separate processes, joined by the topic <group_id>.exited.
+    /// Several processes of one group: the one holding the lease <group_id>.lease runs, the
+    /// others stand by. A process waits for its brokers at start; one whose lease session
+    /// ends (stalled, or a broker restarting) starts again in its place as a standby and
+    /// goes on from the last checkpoint.
     Run(RunArgs),
     /// Decode and validate message files (JSON lines or CEB XML).
     Check {
