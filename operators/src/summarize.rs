@@ -85,15 +85,14 @@ pub fn rows_batch(lists: &[&Exited], summary_flag: u8) -> RecordBatch {
     let mut qty1 = Vec::with_capacity(n);
     let mut total = Vec::with_capacity(n);
     for e in lists {
-        let l = &e.list;
-        for it in &l.items {
-            let owner = if summary_flag == 2 { l.owner_code.as_str() } else { "" };
+        let head = head_of_list(e, summary_flag);
+        for it in &e.list.items {
             let vals = [
-                l.ebc_code.as_str(),
-                owner,
-                &l.country,
-                &l.port_code,
-                &l.traf_mode,
+                head[0],
+                head[1],
+                head[2],
+                head[3],
+                head[4],
                 &it.gcode,
                 &it.unit,
                 &it.currency,
@@ -271,12 +270,18 @@ fn head_of(s: &Summary) -> [&str; HEAD_KEYS] {
     [&s.ebc_code, &s.owner_code, &s.country, &s.port_code, &s.traf_mode].map(String::as_str)
 }
 
-/// FNV-1a of a list's head key (a fixed function: the split is the same on every run).
-fn head_hash(e: &Exited, flag: u8) -> u64 {
+/// A list's head key: `ebcCode`, `ownerCode` (empty unless `summaryFlag` is 2), `country`,
+/// `portCode`, `trafMode`.
+fn head_of_list(e: &Exited, flag: u8) -> [&str; HEAD_KEYS] {
     let l = &e.list;
     let owner = if flag == 2 { l.owner_code.as_str() } else { "" };
+    [l.ebc_code.as_str(), owner, &l.country, &l.port_code, &l.traf_mode]
+}
+
+/// FNV-1a of a list's head key (a fixed function: the split is the same on every run).
+fn head_hash(e: &Exited, flag: u8) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in [l.ebc_code.as_str(), owner, &l.country, &l.port_code, &l.traf_mode] {
+    for part in head_of_list(e, flag) {
         for b in part.bytes().chain([0xff]) {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
@@ -342,7 +347,7 @@ impl Summarize {
         let period = e.list.ie_date.period();
         let mut w = summarize_batch(&rows_batch(&[e], flag), period, |_| 1).pop()?;
         let form = form_of(&w);
-        if !self.forms.get(&period).is_some_and(|f| f.contains_key(&form)) && !self.revisions.contains_key(&period) {
+        if self.next_revision(period, &form) == 1 {
             return None;
         }
         let n = self.withdrawn(period, form.clone());

@@ -110,7 +110,7 @@ fn source_thread(
                 }
                 TopicInput::Messages(msgs) => {
                     for (at, msg) in msgs {
-                        one(&msg, offset, Sent::new(Some(at), "its arrival in the generated story", max_lead_ms));
+                        one(&msg, offset, Sent::arrived(at, max_lead_ms));
                         offset += 1;
                     }
                 }
@@ -180,7 +180,7 @@ pub fn run_replay(
             for (i, (t, at, msg)) in feed.into_iter().enumerate() {
                 wait_until(start + pacing.due(i));
                 let mut send = |m: EngineMsg| batcher.push(m);
-                let sent = Sent::new(Some(at), "its arrival in the generated story", max_lead_ms);
+                let sent = Sent::arrived(at, max_lead_ms);
                 decode_message(&mut dec, t, &names[&t], replay, i as i64, None, &msg, sent, Instant::now(), &mut send);
             }
             batcher.push(EngineMsg::Done(replay));

@@ -185,6 +185,11 @@ impl Sent {
         Sent::new(ms, "the file's modification time", max_lead_ms)
     }
 
+    /// The reference of a generated message that arrived at `at` (Unix milliseconds).
+    pub fn arrived(at: i64, max_lead_ms: u64) -> Option<Sent> {
+        Sent::new(Some(at), "its arrival in the generated story", max_lead_ms)
+    }
+
     /// `future_time` when `t` lies more than the bound after the sending.
     pub fn check(&self, t: EventTime) -> Result<(), cbec_schemas::DecodeError> {
         if t.0 <= self.at.0.saturating_add(self.max_lead_ms) {

@@ -234,8 +234,9 @@ impl PartState {
     }
 
     /// Applies one record of the partition; the summaries of the periods it closes (and a
-    /// withdrawal, for a list returned after its declaration was made) go to `out`. False when it was skipped: an exit applied before (sent again after the
-    /// engine stage restarted).
+    /// withdrawal, for a list returned after its declaration was made) go to `out`. False
+    /// when it was skipped: an exit applied before (sent again after the engine stage
+    /// restarted).
     pub fn apply(&mut self, msg: StageMsg, out: &mut Vec<Summary>) -> bool {
         match msg {
             StageMsg::Exited(x) => {
@@ -361,7 +362,7 @@ pub fn part_store(cfg: &Config, p: i32) -> anyhow::Result<(Arc<dyn CheckpointSto
             (Arc::new(KafkaTopicStore::new(&cfg.brokers, &topic)?), format!("topic {topic}"))
         }
         StoreKind::Dir => {
-            let dir = format!("{}/summarize-{p}", cfg.checkpoint_dir);
+            let dir = part_store_dir(cfg, p);
             (Arc::new(LocalDirStore::new(&dir)?), dir)
         }
     })
@@ -372,12 +373,17 @@ pub fn part_store(cfg: &Config, p: i32) -> anyhow::Result<(Arc<dyn CheckpointSto
 fn part_finished(cfg: &Config, p: i32) -> anyhow::Result<bool> {
     let store: Box<dyn CheckpointStore> = match cfg.checkpoint_store {
         StoreKind::Kafka => Box::new(KafkaTopicStore::reader(&cfg.brokers, &part_store_topic(cfg, p))?),
-        StoreKind::Dir => Box::new(LocalDirStore::reader(format!("{}/summarize-{p}", cfg.checkpoint_dir))),
+        StoreKind::Dir => Box::new(LocalDirStore::reader(part_store_dir(cfg, p))),
     };
     Ok(match store.load()? {
         Some(cp) => PartState::restore(&cp)?.at_end(),
         None => false,
     })
+}
+
+/// The checkpoint directory of partition `p` of `<group_id>.exited` (`checkpoint_store = "dir"`).
+fn part_store_dir(cfg: &Config, p: i32) -> String {
+    format!("{}/summarize-{p}", cfg.checkpoint_dir)
 }
 
 /// The checkpoint topic of partition `p` of `<group_id>.exited` (`checkpoint_store = "kafka"`).
