@@ -301,6 +301,20 @@ impl PartState {
         Ok(())
     }
 
+    /// Whether the partition had reached the end of time when `cp` was saved, read from the
+    /// event time its last part (changes, else the whole state) carries: nothing restored.
+    pub fn reached_end(cp: &Checkpoint) -> anyhow::Result<bool> {
+        /// The one field read; serde skips the rest without building it.
+        #[derive(Deserialize)]
+        struct Reached {
+            watermark: EventTime,
+        }
+        anyhow::ensure!(cp.engine == MARK, "this checkpoint is not a summarize partition's");
+        let last = cp.changes.last().map_or(&cp.summarize, |c| &c.summarize);
+        let r: Reached = serde_json::from_slice(last).context("summarize partition event time")?;
+        Ok(r.watermark == EventTime::MAX)
+    }
+
     /// The state of a checkpoint (its whole state and the changes after it).
     pub fn restore(cp: &Checkpoint) -> anyhow::Result<PartState> {
         anyhow::ensure!(
@@ -376,7 +390,7 @@ fn part_finished(cfg: &Config, p: i32) -> anyhow::Result<bool> {
         StoreKind::Dir => Box::new(LocalDirStore::reader(part_store_dir(cfg, p))),
     };
     Ok(match store.load()? {
-        Some(cp) => PartState::restore(&cp)?.at_end(),
+        Some(cp) => PartState::reached_end(&cp)?,
         None => false,
     })
 }
@@ -904,5 +918,40 @@ mod tests {
         assert!(back.pending() > 20);
         let not_ours = Checkpoint { engine: b"{}".to_vec(), ..cp };
         assert!(PartState::restore(&not_ours).is_err(), "an engine's checkpoint is refused");
+        assert!(PartState::reached_end(&not_ours).is_err(), "an engine's checkpoint is refused");
+    }
+
+    /// Whether a partition reached the end of time is read from its last checkpoint's last
+    /// part alone, and says what a whole restore says: after a whole state only, after
+    /// changes, before and after the end.
+    #[test]
+    fn a_partitions_end_is_read_from_its_last_checkpoint_without_a_restore() {
+        let (_dir, store, mut i, mut saver) = fresh_part();
+        let mut out = Vec::new();
+        let offsets = Offsets::new();
+        let read = |store: &crate::checkpoint::LocalDirStore| {
+            let cp = store.load().unwrap().expect("a checkpoint");
+            let end = PartState::reached_end(&cp).unwrap();
+            assert_eq!(end, PartState::restore(&cp).unwrap().at_end(), "as a restore says");
+            (end, cp.changes.len())
+        };
+        i.apply(StageMsg::Exited(exited(1, "EBC1", 1, true)), &mut out);
+        saver.save(&mut i, &store, &offsets).unwrap();
+        assert_eq!(read(&store), (false, 0), "a whole state only, not at the end");
+        for n in 2..=6u64 {
+            i.apply(StageMsg::Exited(exited(n, "EBC1", n, true)), &mut out);
+            i.apply(wm(&format!("2026-11-{:02}T00:00:00+08:00", 10 + n)), &mut out);
+            saver.save(&mut i, &store, &offsets).unwrap();
+        }
+        let (end, changes) = read(&store);
+        assert!(!end && changes > 0, "changes after the whole state, not at the end");
+        i.apply(StageMsg::Watermark { time: EventTime::MAX }, &mut out);
+        saver.save(&mut i, &store, &offsets).unwrap();
+        let (end, changes) = read(&store);
+        assert!(end && changes > 0, "the end of time, in the last changes");
+        let (_dir2, store2, mut j, mut saver2) = fresh_part();
+        j.apply(StageMsg::Watermark { time: EventTime::MAX }, &mut out);
+        saver2.save(&mut j, &store2, &offsets).unwrap();
+        assert_eq!(read(&store2), (true, 0), "the end of time, in a whole state");
     }
 }
