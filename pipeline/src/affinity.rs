@@ -7,7 +7,10 @@
 //! engine never queues behind them (BENCHMARKS.md, thirteenth session: at 50,000 scans/s a
 //! steady-window p99 of 0.54–1.97 ms in nine runs, against 1.19–33 ms unpinned, at 5–15 %
 //! less throughput).
-//! Off by default: two cbec processes pinned on one machine would share the same CPU.
+//! Off by default: two cbec processes pinned on one machine would share the same CPU. The pin
+//! holds while input arrives; at the end of the input every thread gets every CPU back (the
+//! month's close after the last input took 1.02 s pinned against 0.65 s unpinned while the
+//! pin held to the end: sixteenth session, BENCHMARKS.md).
 
 /// The CPUs this process may run on.
 pub fn allowed_cpus() -> Vec<usize> {
@@ -50,9 +53,24 @@ fn set_affinity(tid: libc::pid_t, cpus: &[usize]) -> std::io::Result<()> {
 /// process, as in the benches, splits those again, not its pinned thread's one CPU).
 static BEFORE: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
 
+/// Sets every thread the process has now, but `except`, to `cpus` (threads started later
+/// inherit their starter's CPUs). A thread may have ended since the listing: nothing to set
+/// then.
+fn set_all(cpus: &[usize], except: libc::pid_t) -> Result<(), String> {
+    let tasks = std::fs::read_dir("/proc/self/task").map_err(|e| format!("/proc/self/task: {e}"))?;
+    for t in tasks.flatten() {
+        if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<libc::pid_t>().ok())
+            && tid != except
+        {
+            let _ = set_affinity(tid, cpus);
+        }
+    }
+    Ok(())
+}
+
 /// Pins the calling thread (the engine) to the last allowed CPU and every other thread the
-/// process has now to the rest (threads started later inherit their starter's CPUs).
-/// Returns the engine's CPU; an error when the process may use fewer than two CPUs.
+/// process has now to the rest. Returns the engine's CPU; an error when the process may use
+/// fewer than two CPUs.
 pub fn pin_engine() -> Result<usize, String> {
     let cpus = BEFORE.get_or_init(allowed_cpus).clone();
     let (engine, others) =
@@ -60,28 +78,21 @@ pub fn pin_engine() -> Result<usize, String> {
     #[allow(unsafe_code)]
     // SAFETY: gettid has no preconditions.
     let me = unsafe { libc::gettid() };
-    let tasks = std::fs::read_dir("/proc/self/task").map_err(|e| format!("/proc/self/task: {e}"))?;
-    for t in tasks.flatten() {
-        if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<libc::pid_t>().ok())
-            && tid != me
-        {
-            // A thread may have ended since the listing: nothing to pin then.
-            let _ = set_affinity(tid, &others);
-        }
-    }
+    set_all(&others, me)?;
     set_affinity(0, &[engine]).map_err(|e| format!("engine thread to CPU {engine}: {e}"))?;
     Ok(engine)
 }
 
-/// Gives the thread that drops it back the CPUs the process had before [`pin_engine`]
-/// (held by the engine's run: once it is over, what the thread does next is not the
-/// engine's).
+/// Gives every thread of the process back the CPUs it had before [`pin_engine`] when
+/// dropped: at the end of the input (the decisions are made; what remains — the timers due at
+/// the end of time, the month's close — is throughput work for every CPU), or when the
+/// engine's run ends otherwise.
 pub struct Unpin;
 
 impl Drop for Unpin {
     fn drop(&mut self) {
         if let Some(cpus) = BEFORE.get() {
-            let _ = set_affinity(0, cpus);
+            let _ = set_all(cpus, 0);
         }
     }
 }
@@ -97,5 +108,57 @@ mod tests {
         assert_eq!(split(&[3]), None);
         assert_eq!(split(&[]), None);
         assert!(!allowed_cpus().is_empty());
+    }
+
+    /// The CPUs of every thread of the process.
+    fn cpus_of_threads() -> Vec<(libc::pid_t, Vec<usize>)> {
+        let mut all = Vec::new();
+        for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let tid: libc::pid_t = t.file_name().to_str().unwrap().parse().unwrap();
+            #[allow(unsafe_code)]
+            // SAFETY: as in `allowed_cpus`, for thread `tid`.
+            let set = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                if libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                    continue; // ended since the listing
+                }
+                set
+            };
+            #[allow(unsafe_code)]
+            // SAFETY: reads bits of an initialized set, within its size.
+            all.push((tid, (0..libc::CPU_SETSIZE as usize).filter(|c| unsafe { libc::CPU_ISSET(*c, &set) }).collect()));
+        }
+        all
+    }
+
+    /// Pinned, the engine thread has its CPU alone and a thread started before has the
+    /// others; once unpinned (the end of the input), every thread has every CPU again.
+    #[test]
+    fn pinning_splits_the_cpus_and_unpinning_gives_every_thread_all_of_them_back() {
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            #[allow(unsafe_code)]
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            (tid, wait.recv())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let before = BEFORE.get_or_init(allowed_cpus).clone();
+        let Some((engine, others)) = split(&before) else {
+            assert!(pin_engine().is_err(), "one CPU: nothing to pin");
+            return;
+        };
+        assert_eq!(pin_engine(), Ok(engine));
+        assert_eq!(allowed_cpus(), vec![engine], "the engine thread on its CPU alone");
+        let pinned = cpus_of_threads();
+        let unpin = Unpin;
+        drop(unpin);
+        go.send(()).unwrap();
+        let (other_tid, _) = other.join().unwrap();
+        let of = |all: &[(libc::pid_t, Vec<usize>)]| all.iter().find(|(t, _)| *t == other_tid).map(|(_, c)| c.clone());
+        assert_eq!(of(&pinned), Some(others), "a thread started before: the other CPUs");
+        let unpinned = cpus_of_threads();
+        assert!(unpinned.iter().all(|(_, c)| *c == before), "every thread has every CPU back: {unpinned:?}");
+        assert_eq!(allowed_cpus(), before);
     }
 }

@@ -795,7 +795,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
                 false
             }
         };
-    let _unpin = pinned.then_some(crate::affinity::Unpin);
+    let mut unpin = pinned.then_some(crate::affinity::Unpin);
     let mut st = State {
         engine,
         summarize,
@@ -902,6 +902,8 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
             process_item(&mut st, p.key.0, p.item, &run.sink)?;
         }
         st.stats.input_elapsed = started.elapsed();
+        // The input is over: every CPU for what remains.
+        unpin.take();
         if run.end_of_time_when_done {
             st.watermark(EventTime::MAX, &run.sink)?;
         }
