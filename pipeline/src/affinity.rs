@@ -12,20 +12,26 @@
 //! month's close after the last input took 1.02 s pinned against 0.65 s unpinned while the
 //! pin held to the end: sixteenth session, BENCHMARKS.md).
 
-/// The CPUs this process may run on.
+/// The CPUs this process may run on (its calling thread's).
 pub fn allowed_cpus() -> Vec<usize> {
+    cpus_of(0).unwrap_or_default()
+}
+
+/// The CPUs thread `tid` (0: the calling thread) may run on; `None` when it cannot be
+/// asked (it ended).
+fn cpus_of(tid: libc::pid_t) -> Option<Vec<usize>> {
     #[allow(unsafe_code)]
     // SAFETY: `set` is a plain bit set of the size passed; the call only writes into it.
     let set = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
+        if libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
         }
         set
     };
     #[allow(unsafe_code)]
     // SAFETY: reads bits of an initialized set, within its size.
-    (0..libc::CPU_SETSIZE as usize).filter(|c| unsafe { libc::CPU_ISSET(*c, &set) }).collect()
+    Some((0..libc::CPU_SETSIZE as usize).filter(|c| unsafe { libc::CPU_ISSET(*c, &set) }).collect())
 }
 
 /// The engine's CPU (the last one allowed) and the others, when there are at least two.
@@ -112,23 +118,9 @@ mod tests {
 
     /// The CPUs of every thread of the process.
     fn cpus_of_threads() -> Vec<(libc::pid_t, Vec<usize>)> {
-        let mut all = Vec::new();
-        for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-            let tid: libc::pid_t = t.file_name().to_str().unwrap().parse().unwrap();
-            #[allow(unsafe_code)]
-            // SAFETY: as in `allowed_cpus`, for thread `tid`.
-            let set = unsafe {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                if libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-                    continue; // ended since the listing
-                }
-                set
-            };
-            #[allow(unsafe_code)]
-            // SAFETY: reads bits of an initialized set, within its size.
-            all.push((tid, (0..libc::CPU_SETSIZE as usize).filter(|c| unsafe { libc::CPU_ISSET(*c, &set) }).collect()));
-        }
-        all
+        let tids = std::fs::read_dir("/proc/self/task").unwrap().flatten();
+        let tids = tids.map(|t| t.file_name().to_str().unwrap().parse::<libc::pid_t>().unwrap());
+        tids.filter_map(|tid| Some((tid, cpus_of(tid)?))).collect()
     }
 
     /// Pinned, the engine thread has its CPU alone and a thread started before has the
