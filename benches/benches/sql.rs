@@ -7,8 +7,8 @@
 //! Size: `CBEC_BENCH_LISTS` (default 10000000).
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Decimal128Array, Int32Array, ListBuilder, StringArray, StringBuilder,
-    TimestampMillisecondArray, UInt32Array, UInt64Array,
+    ArrayRef, BooleanArray, Decimal128Array, Int32Array, Int64Array, ListBuilder, StringArray, StringBuilder,
+    TimestampMillisecondArray, UInt32Array,
 };
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -62,7 +62,7 @@ fn column(name: &str, ty: &DataType, rows: &[(u64, u64)]) -> ArrayRef {
         (_, DataType::Int32) => Arc::new(Int32Array::from_iter_values(rows.iter().map(|_| 0))),
         ("period", DataType::UInt32) => Arc::new(UInt32Array::from_iter_values(rows.iter().map(|_| 202611))),
         (_, DataType::UInt32) => Arc::new(UInt32Array::from_iter_values(rows.iter().map(|(_, k)| *k as u32 + 1))),
-        (_, DataType::UInt64) => Arc::new(UInt64Array::from_iter_values(rows.iter().map(|_| 1))),
+        (_, DataType::Int64) => Arc::new(Int64Array::from_iter_values(rows.iter().map(|_| 1))),
         (_, DataType::Decimal128(p, sc)) => Arc::new(
             Decimal128Array::from_iter_values(rows.iter().map(|(l, k)| ((l * 31 + k) % 50_000) as i128 * 100_000))
                 .with_precision_and_scale(*p, *sc)
