@@ -232,9 +232,10 @@ pub const EXAMPLES: [(&str, &str, &str); 7] = [
     (
         "red_rate_by_chapter",
         "Red-channel rate by HS chapter",
-        "SELECT hs_chapter(i.gcode) AS chapter, hs_description(hs_chapter(i.gcode)) AS description, \
-         count(DISTINCT c.invtNo) AS lists, count(DISTINCT CASE WHEN c.channel = 'red' THEN c.invtNo END) AS red \
-         FROM declared_items i JOIN channels c ON c.invtNo = i.invtNo GROUP BY 1, 2 ORDER BY lists DESC, chapter",
+        "SELECT chapter, hs_description(chapter) AS description, count(*) AS lists, sum(red) AS red FROM \
+         (SELECT hs_chapter(i.gcode) AS chapter, i.invtNo, max(CASE WHEN c.channel = 'red' THEN 1 ELSE 0 END) AS red \
+          FROM declared_items i JOIN channels c ON c.invtNo = i.invtNo GROUP BY 1, 2) \
+         GROUP BY 1, 2 ORDER BY lists DESC, chapter",
     ),
     (
         "inconsistent_payment_rate_by_firm",
