@@ -750,7 +750,7 @@ fn consumer_thread(
 }
 
 /// Sets `stop` on SIGINT or SIGTERM.
-pub(crate) fn stop_on_signals(stop: Arc<AtomicBool>) {
+pub fn stop_on_signals(stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         rt.block_on(async {

@@ -4,6 +4,7 @@
 
 pub mod affinity;
 pub mod alloc;
+pub mod archive;
 pub mod check;
 pub mod checkpoint;
 pub mod config;

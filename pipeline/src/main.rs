@@ -39,6 +39,15 @@ enum Cmd {
     /// ends (stalled, or a broker restarting) starts again in its place as a standby and
     /// goes on from the last checkpoint.
     Run(RunArgs),
+    /// Write the Parquet tables of a Kafka deployment from its output topics (Kafka mode
+    /// writes topics only): the same tables and rows as the embedded mode's, under
+    /// --output, for `cbec sql --data`. Exactly once into files, through restarts: each
+    /// partition is read in chunks named after where they start, and the last chunk of
+    /// each partition is written again on start. A record the pipeline produced twice
+    /// (replayed after a crash) is written once. Reads the topic names and
+    /// output_prefix from --config / CBEC_* like `cbec run`; its consumer group is
+    /// <group_id>.archive (offsets are not committed: the files say where it is).
+    Archive(ArchiveArgs),
     /// Decode and validate message files (JSON lines or CEB XML).
     Check {
         /// Files to check.
@@ -99,6 +108,22 @@ struct RunArgs {
 }
 
 #[derive(clap::Args)]
+struct ArchiveArgs {
+    /// Settings (TOML), as for `cbec run`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Output folder (the tables go under tables/); give the archive a folder of its own.
+    #[arg(long, default_value = "cbec-archive")]
+    output: PathBuf,
+    /// Stop once every partition was read to its end (nothing new for a second).
+    #[arg(long)]
+    exit_when_idle: bool,
+}
+
+#[derive(clap::Args)]
 struct GenArgs {
     /// Write the story here: a file or folder per topic, and expected.json.
     #[arg(long)]
@@ -142,6 +167,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Gen(a) => generate_cmd(a),
         Cmd::Run(a) => run(a),
+        Cmd::Archive(a) => archive(a),
         #[cfg(feature = "sql")]
         Cmd::Sql { data, format, query } => match cbec_pipeline::sql::main(&data, &format, query.as_deref()) {
             Ok(()) => Ok(()),
@@ -165,6 +191,19 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     let mut cfg = Config::load(path, &env).map_err(anyhow::Error::msg)?;
     cfg.resolve_rules().map_err(anyhow::Error::msg)?;
     Ok(cfg)
+}
+
+fn archive(a: ArchiveArgs) -> anyhow::Result<()> {
+    let mut cfg = load_config(a.config.as_deref())?;
+    if let Some(b) = a.brokers {
+        cfg.brokers = b;
+    }
+    anyhow::ensure!(!cfg.brokers.is_empty(), "cbec archive reads the output topics: give --brokers");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    kafka::stop_on_signals(stop.clone());
+    let stats = cbec_pipeline::archive::run(&cfg, &a.output, a.exit_when_idle, stop)?;
+    print!("{}", cbec_pipeline::archive::render(&stats));
+    Ok(())
 }
 
 fn generate_cmd(a: GenArgs) -> anyhow::Result<()> {

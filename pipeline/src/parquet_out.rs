@@ -62,6 +62,12 @@ impl ParquetOut {
         }
     }
 
+    /// Writes under `<output>/tables` only when flushed, every file named
+    /// `part-<writer>-<n>.parquet` (`n` counting from 1): [`crate::archive`]'s chunks.
+    pub fn named(output: &Path, writer: String) -> ParquetOut {
+        ParquetOut { writer, rows: usize::MAX, ..ParquetOut::new(output, 1) }
+    }
+
     /// Buffers a record; writes when a table is full.
     pub fn add(&mut self, r: &Record) -> std::io::Result<()> {
         let n = match r {

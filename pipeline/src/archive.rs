@@ -1,0 +1,369 @@
+//! `cbec archive`: the Parquet tables of a Kafka deployment.
+//!
+//! In Kafka mode the pipeline writes its outputs to topics only; the analysts' tables
+//! (`declared`, `declared_items`, `channels`, `sorting`, `returns`, `receipts`, `summaries`,
+//! `summary_items`) are written from those topics by this consumer, in the same layout and
+//! with the same rows as the embedded mode's (`<output>/tables/<table>/day=…/`), so
+//! `cbec sql --data <output>` answers the same queries.
+//!
+//! Exactly once into files, without a store of its own: each (topic, partition) is read in
+//! chunks, and a chunk's files are named after where it starts
+//! (`part-k-<topic>-p<partition>-o<offset>-<n>.parquet`). On start the last chunk of each
+//! partition (which a crash may have left half-written) is deleted and read again from its
+//! start; every earlier chunk is complete. Records the pipeline produced twice (a replay
+//! after its own crash, before its last checkpoint) are written once: the identities of each
+//! partition's last [`DEDUP_WINDOW`] records are remembered.
+
+use crate::config::Config;
+use crate::parquet_out::ParquetOut;
+use crate::record::Record;
+use anyhow::Context;
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The output topics that have tables (short names): `releases` and `dlq` have none.
+pub const ARCHIVED: [&str; 6] = ["declared", "receipts", "returns", "channels", "sorting", "summaries"];
+
+/// Identities remembered per partition to write a record produced twice once.
+pub const DEDUP_WINDOW: usize = 65_536;
+
+/// A chunk is written after this long even when it is not full.
+const CHUNK_AGE: Duration = Duration::from_secs(10);
+
+/// What an archive run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ArchiveStats {
+    /// Records written, per topic short name.
+    pub records: BTreeMap<String, u64>,
+    /// Records skipped as produced before (same identity).
+    pub duplicates: u64,
+    /// Records that are not what their topic carries (skipped, each said on stderr).
+    pub unreadable: u64,
+    /// Parquet files written.
+    pub files: u64,
+    /// Files of last chunks deleted at the start, to be written again.
+    pub redone: u64,
+}
+
+/// One partition's chunk being read, and the identities seen last.
+struct Part {
+    short: &'static str,
+    partition: i32,
+    /// Next offset to read.
+    next: i64,
+    chunk: Option<Chunk>,
+    seen: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+struct Chunk {
+    out: ParquetOut,
+    rows: usize,
+    opened: Instant,
+}
+
+fn id_hash(short: &str, id: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (short, id).hash(&mut h);
+    h.finish()
+}
+
+impl Part {
+    /// True the first time an identity is seen within the window.
+    fn first(&mut self, id: u64) -> bool {
+        if !self.seen.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > DEDUP_WINDOW
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        true
+    }
+
+    fn write(&mut self, stats: &mut ArchiveStats) -> anyhow::Result<()> {
+        if let Some(mut c) = self.chunk.take() {
+            let before = c.out.files;
+            c.out.flush().with_context(|| format!("writing a chunk of {} partition {}", self.short, self.partition))?;
+            stats.files += c.out.files - before;
+        }
+        Ok(())
+    }
+}
+
+/// The writer name of the chunk of `short`'s `partition` starting at `offset`.
+fn chunk_name(short: &str, partition: i32, offset: i64) -> String {
+    format!("k-{short}-p{partition}-o{offset:020}")
+}
+
+/// Where a chunk starts: (topic short name, partition, offset).
+type ChunkStart = (String, i32, i64);
+
+/// Where each partition's last chunk starts: (topic short name, partition) → offset.
+pub type ResumePoints = BTreeMap<(String, i32), i64>;
+
+/// Where the chunk of a chunk's file name starts.
+fn parse_chunk_file(name: &str) -> Option<ChunkStart> {
+    let rest = name.strip_prefix("part-k-")?.strip_suffix(".parquet")?;
+    let (short, rest) = rest.split_once("-p")?;
+    let (partition, rest) = rest.split_once("-o")?;
+    let (offset, _n) = rest.split_once('-')?;
+    Some((short.to_string(), partition.parse().ok()?, offset.parse().ok()?))
+}
+
+/// Every chunk file under `<output>/tables` with what its name says; half-written temporary
+/// files of chunks are deleted.
+fn chunk_files(tables: &Path) -> anyhow::Result<Vec<(PathBuf, ChunkStart)>> {
+    let mut files = Vec::new();
+    let Ok(tables_dir) = std::fs::read_dir(tables) else { return Ok(files) };
+    for table in tables_dir.flatten() {
+        for part in std::fs::read_dir(table.path())?.flatten() {
+            for f in std::fs::read_dir(part.path())?.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".part-k-") && name.ends_with(".tmp") {
+                    std::fs::remove_file(f.path())?;
+                } else if let Some(c) = parse_chunk_file(&name) {
+                    files.push((f.path(), c));
+                }
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Where each partition goes on from: the start of its last chunk, whose files are deleted
+/// (a crash may have cut it short). Returns the offsets and the number of files deleted.
+pub fn resume_points(output: &Path) -> anyhow::Result<(ResumePoints, u64)> {
+    let files = chunk_files(&output.join("tables"))?;
+    let mut last = ResumePoints::new();
+    for (_, (short, p, o)) in &files {
+        let e = last.entry((short.clone(), *p)).or_insert(*o);
+        *e = (*e).max(*o);
+    }
+    let mut deleted = 0;
+    for (path, (short, p, o)) in &files {
+        if last.get(&(short.clone(), *p)) == Some(o) {
+            std::fs::remove_file(path).with_context(|| format!("deleting {}", path.display()))?;
+            deleted += 1;
+        }
+    }
+    Ok((last, deleted))
+}
+
+/// Decodes a record of output topic `short`.
+fn decode(short: &str, payload: &[u8]) -> Result<Record, String> {
+    let e = |e: serde_json::Error| e.to_string();
+    Ok(match short {
+        "declared" => Record::Declared(serde_json::from_slice(payload).map_err(e)?),
+        "receipts" => Record::Receipt(serde_json::from_slice(payload).map_err(e)?),
+        "returns" => Record::Return(Box::new(serde_json::from_slice(payload).map_err(e)?)),
+        "channels" => Record::Channel(serde_json::from_slice(payload).map_err(e)?),
+        "sorting" => Record::Sorting(serde_json::from_slice(payload).map_err(e)?),
+        "summaries" => Record::Summary(serde_json::from_slice(payload).map_err(e)?),
+        other => return Err(format!("{other} has no table")),
+    })
+}
+
+/// Archives the output topics of `cfg` into Parquet tables under `output` until `stop` is
+/// set or, with `exit_when_idle`, once it has read every partition to the end it had when
+/// last looked (nothing new for a second).
+pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBool>) -> anyhow::Result<ArchiveStats> {
+    if !crate::kafka::wait_for_brokers(&cfg.brokers, &stop, Duration::from_secs(30)) {
+        return Ok(ArchiveStats::default());
+    }
+    let (resume, redone) = resume_points(output)?;
+    let mut stats = ArchiveStats { redone, ..ArchiveStats::default() };
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", format!("{}.archive", cfg.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .context("creating the archive consumer")?;
+    let mut parts: BTreeMap<(String, i32), Part> = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for short in ARCHIVED {
+        let topic = cfg.output_topic(short);
+        let md = crate::kafka::patiently(|| consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)))?;
+        for p in md.topics().iter().flat_map(|t| t.partitions()) {
+            let from = resume.get(&(short.to_string(), p.id())).copied();
+            tpl.add_partition_offset(&topic, p.id(), from.map_or(Offset::Beginning, Offset::Offset))?;
+            let (low, _) =
+                crate::kafka::patiently(|| consumer.fetch_watermarks(&topic, p.id(), Duration::from_secs(10)))?;
+            let part = Part {
+                short,
+                partition: p.id(),
+                next: from.unwrap_or(low),
+                chunk: None,
+                seen: HashSet::new(),
+                order: VecDeque::new(),
+            };
+            parts.insert((topic.clone(), p.id()), part);
+        }
+    }
+    consumer.assign(&tpl).context("assigning the output topics' partitions")?;
+    eprintln!(
+        "cbec: archiving {} partitions of {} topics into {} ({} files of last chunks written again)",
+        parts.len(),
+        ARCHIVED.len(),
+        output.join("tables").display(),
+        redone
+    );
+    let mut quiet_since: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                quiet_since = None;
+                let Some(part) = parts.get_mut(&(m.topic().to_string(), m.partition())) else { continue };
+                part.next = m.offset() + 1;
+                let Some(payload) = m.payload() else { continue };
+                let record = match decode(part.short, payload) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        stats.unreadable += 1;
+                        eprintln!(
+                            "cbec: archive: {} partition {} offset {} is not a {} record, skipped: {e}",
+                            m.topic(),
+                            m.partition(),
+                            m.offset(),
+                            part.short
+                        );
+                        continue;
+                    }
+                };
+                if !part.first(id_hash(part.short, &record.id())) {
+                    stats.duplicates += 1;
+                    continue;
+                }
+                let (short, partition, offset) = (part.short, part.partition, m.offset());
+                let chunk = part.chunk.get_or_insert_with(|| Chunk {
+                    out: ParquetOut::named(output, chunk_name(short, partition, offset)),
+                    rows: 0,
+                    opened: Instant::now(),
+                });
+                chunk.out.add(&record)?;
+                chunk.rows += 1;
+                *stats.records.entry(short.to_string()).or_default() += 1;
+                if chunk.rows >= cfg.parquet_rows {
+                    part.write(&mut stats)?;
+                }
+            }
+            Some(Err(e)) => eprintln!("cbec: archive: {e}"),
+            None => {
+                for part in parts.values_mut() {
+                    if part.chunk.as_ref().is_some_and(|c| c.opened.elapsed() >= CHUNK_AGE) {
+                        part.write(&mut stats)?;
+                    }
+                }
+                let quiet = *quiet_since.get_or_insert_with(Instant::now);
+                if exit_when_idle && quiet.elapsed() >= Duration::from_secs(1) && caught_up(&consumer, &parts)? {
+                    break;
+                }
+            }
+        }
+    }
+    for part in parts.values_mut() {
+        part.write(&mut stats)?;
+    }
+    Ok(stats)
+}
+
+/// Whether every partition was read to its high watermark.
+fn caught_up(consumer: &BaseConsumer, parts: &BTreeMap<(String, i32), Part>) -> anyhow::Result<bool> {
+    for ((topic, p), part) in parts {
+        let (_, high) = crate::kafka::patiently(|| consumer.fetch_watermarks(topic, *p, Duration::from_secs(10)))?;
+        if part.next < high {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The run's report.
+pub fn render(s: &ArchiveStats) -> String {
+    let per: Vec<String> = s.records.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    format!(
+        "archived {} records ({}) into {} Parquet files; {} produced twice written once; {} unreadable skipped; {} files of unfinished chunks written again\n",
+        s.records.values().sum::<u64>(),
+        if per.is_empty() { "none".to_string() } else { per.join(", ") },
+        s.files,
+        s.duplicates,
+        s.unreadable,
+        s.redone
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_file_name_says_its_topic_partition_and_start() {
+        let name = format!("part-{}-{:06}.parquet", chunk_name("declared", 3, 1234), 2);
+        assert_eq!(parse_chunk_file(&name), Some(("declared".into(), 3, 1234)));
+        assert_eq!(parse_chunk_file("part-4242-17000-000001.parquet"), None, "an embedded run's file");
+        assert_eq!(parse_chunk_file(".part-k-declared-p3-o00000000000000001234-000001.parquet.tmp"), None);
+    }
+
+    /// The last chunk of each partition is deleted (all its files, every table and day) and
+    /// read again from its start; earlier chunks and other writers' files stay.
+    #[test]
+    fn the_last_chunk_of_each_partition_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let tables = dir.path().join("tables");
+        let touch = |table: &str, day: &str, name: String| {
+            let d = tables.join(table).join(day);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(&name), b"x").unwrap();
+            d.join(name)
+        };
+        let f = |s: &str, p: i32, o: i64, n: u32| format!("part-{}-{n:06}.parquet", chunk_name(s, p, o));
+        let keep = [
+            touch("declared", "day=2026-11-11", f("declared", 0, 0, 1)),
+            touch("declared_items", "day=2026-11-11", f("declared", 0, 0, 2)),
+            touch("declared", "day=2026-11-11", f("declared", 1, 0, 1)),
+            touch("receipts", "day=2026-11-11", "part-99-1-000001.parquet".into()),
+        ];
+        let gone = [
+            touch("declared", "day=2026-11-11", f("declared", 0, 500, 1)),
+            touch("declared_items", "day=2026-11-12", f("declared", 0, 500, 2)),
+            touch("declared", "day=2026-11-12", f("declared", 1, 70, 1)),
+            touch("declared", "day=2026-11-12", ".part-k-declared-p1-o00000000000000000090-000001.parquet.tmp".into()),
+        ];
+        let (at, deleted) = resume_points(dir.path()).unwrap();
+        assert_eq!(at, BTreeMap::from([(("declared".into(), 0), 500), (("declared".into(), 1), 70)]));
+        assert_eq!(deleted, 3, "the temporary file is not a chunk's file");
+        assert!(keep.iter().all(|p| p.exists()) && gone.iter().all(|p| !p.exists()));
+        assert_eq!(resume_points(&dir.path().join("nothing")).unwrap(), (BTreeMap::new(), 0));
+    }
+
+    #[test]
+    fn an_identity_seen_within_the_window_is_a_duplicate() {
+        let mut p = Part {
+            short: "receipts",
+            partition: 0,
+            next: 0,
+            chunk: None,
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+        };
+        assert!(p.first(1) && p.first(2) && !p.first(1));
+        for i in 3..(DEDUP_WINDOW as u64 + 3) {
+            assert!(p.first(i));
+        }
+        assert!(p.first(1), "forgotten past the window");
+        assert!(!p.first(DEDUP_WINDOW as u64 + 2));
+        assert_eq!(p.seen.len(), DEDUP_WINDOW);
+    }
+}
