@@ -195,21 +195,20 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
     let mut tpl = TopicPartitionList::new();
     for short in ARCHIVED {
         let topic = cfg.output_topic(short);
-        let md = crate::kafka::patiently(|| consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)))?;
-        for p in md.topics().iter().flat_map(|t| t.partitions()) {
-            let from = resume.get(&(short.to_string(), p.id())).copied();
-            tpl.add_partition_offset(&topic, p.id(), from.map_or(Offset::Beginning, Offset::Offset))?;
-            let (low, _) =
-                crate::kafka::patiently(|| consumer.fetch_watermarks(&topic, p.id(), Duration::from_secs(10)))?;
+        let Some(partitions) = topic_partitions(&consumer, &topic, &stop)? else { return Ok(stats) };
+        for p in partitions {
+            let from = resume.get(&(short.to_string(), p)).copied();
+            tpl.add_partition_offset(&topic, p, from.map_or(Offset::Beginning, Offset::Offset))?;
+            let (low, _) = crate::kafka::patiently(|| consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)))?;
             let part = Part {
                 short,
-                partition: p.id(),
+                partition: p,
                 next: from.unwrap_or(low),
                 chunk: None,
                 seen: HashSet::new(),
                 order: VecDeque::new(),
             };
-            parts.insert((topic.clone(), p.id()), part);
+            parts.insert((topic.clone(), p), part);
         }
     }
     consumer.assign(&tpl).context("assigning the output topics' partitions")?;
@@ -221,6 +220,7 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
         redone
     );
     let mut quiet_since: Option<Instant> = None;
+    let mut last_error: Option<String> = None;
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
@@ -259,7 +259,14 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
                     part.write(&mut stats)?;
                 }
             }
-            Some(Err(e)) => eprintln!("cbec: archive: {e}"),
+            Some(Err(e)) => {
+                // Said once while it repeats (a broker away fails every poll alike).
+                let e = e.to_string();
+                if last_error.as_ref() != Some(&e) {
+                    eprintln!("cbec: archive: {e}");
+                    last_error = Some(e);
+                }
+            }
             None => {
                 for part in parts.values_mut() {
                     if part.chunk.as_ref().is_some_and(|c| c.opened.elapsed() >= CHUNK_AGE) {
@@ -277,6 +284,26 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
         part.write(&mut stats)?;
     }
     Ok(stats)
+}
+
+/// The partitions of `topic`, once it exists (the pipeline creates its output topics, with
+/// their settings: the archiver waits for them, saying so once); `None` if `stop` is set
+/// first.
+fn topic_partitions(consumer: &BaseConsumer, topic: &str, stop: &AtomicBool) -> anyhow::Result<Option<Vec<i32>>> {
+    let mut said = false;
+    while !stop.load(Ordering::Relaxed) {
+        let md = crate::kafka::patiently(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))?;
+        let parts: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+        if !parts.is_empty() {
+            return Ok(Some(parts));
+        }
+        if !said {
+            eprintln!("cbec: archive: waiting for the topic {topic} (cbec run creates it)");
+            said = true;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Ok(None)
 }
 
 /// Whether every partition was read to its high watermark.

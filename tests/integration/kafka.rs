@@ -866,6 +866,29 @@ fn a_process_started_before_its_brokers_waits_for_them() {
     assert!(status.success() && log_text().contains("stopped while waiting for the brokers"), "{}", log_text());
 }
 
+/// The archiver started before the pipeline made its output topics waits for them (it does
+/// not take "no partitions" for an empty topic) and a SIGTERM meanwhile ends it with
+/// status 0, even told to exit when idle.
+#[test]
+fn the_archiver_waits_for_the_output_topics() {
+    let Some(b) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&b, &unique_prefix("aw"), dir.path());
+    let log = dir.path().join("archive.log");
+    let mut child = archive_command(&write_config(&c, dir.path()), &dir.path().join("archive"), &["--exit-when-idle"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn cbec archive");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let waiting = format!("waiting for the topic {}", c.output_topic("declared"));
+    wait_for(Duration::from_secs(60), "the wait said", log_text, || log_text().contains(&waiting));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(child.try_wait().unwrap().is_none(), "{}", log_text());
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let status = wait_at_most(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{}", log_text());
+}
+
 /// Whether the engine (stage "all" or "engine") saved a checkpoint, in its directory or
 /// its topic.
 fn saved(c: &Config) -> bool {
