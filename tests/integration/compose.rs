@@ -233,6 +233,9 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
         if let Some(i) = args.iter().position(|a| a == "--orders") {
             args[i + 1] = "2000".into();
         }
+        if let Some(i) = args.iter().position(|a| a == "--output") {
+            args[i + 1] = broker.dir.path().join("archive").display().to_string();
+        }
         let mut c = Command::new(crate::support::cbec_bin());
         c.args(&args);
         for (k, v) in image_env.iter().chain(&service_env(&compose, service)) {
@@ -283,6 +286,23 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
         }
         assert!(Instant::now() < deadline, "no scans or controls counted at the metrics endpoint:\n{body}");
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // The archive service: the tables from the topics the cbec service writes, in the
+    // folder it is given (the volume's path replaced by the test's).
+    let (args, mut archive) = process("archive");
+    assert_eq!(args.first().map(String::as_str), Some("archive"), "{args:?}");
+    let archive_log = broker.dir.path().join("archive.log");
+    let archiver = archive.stderr(std::fs::File::create(&archive_log).unwrap()).spawn().expect("cbec archive");
+    let mut archiver = Kill(archiver);
+    let sorting_table = broker.dir.path().join("archive/tables/sorting");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !std::fs::read_dir(&sorting_table).is_ok_and(|mut days| days.next().is_some()) {
+        let log = || std::fs::read_to_string(&archive_log).unwrap_or_default();
+        assert!(Instant::now() < deadline, "no sorting table from the archive service; its log:\n{}", log());
+        if let Ok(Some(status)) = archiver.0.try_wait() {
+            panic!("the archive service's process ended ({status}); its log:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
