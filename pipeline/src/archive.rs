@@ -189,6 +189,9 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
         .set("group.id", format!("{}.archive", cfg.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        // A chunk to write again whose records the topic no longer holds: from the earliest
+        // it holds (said below), not from new records only.
+        .set("auto.offset.reset", "earliest")
         .create()
         .context("creating the archive consumer")?;
     let mut parts: BTreeMap<(String, i32), Part> = BTreeMap::new();
@@ -200,10 +203,15 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
             let from = resume.get(&(short.to_string(), p)).copied();
             tpl.add_partition_offset(&topic, p, from.map_or(Offset::Beginning, Offset::Offset))?;
             let (low, _) = crate::kafka::patiently(|| consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)))?;
+            if let Some(from) = from.filter(|f| *f < low) {
+                eprintln!(
+                    "cbec: archive: {topic} partition {p} no longer holds offsets {from}..{low} (retention): their rows are not in the tables"
+                );
+            }
             let part = Part {
                 short,
                 partition: p,
-                next: from.unwrap_or(low),
+                next: from.map_or(low, |f| f.max(low)),
                 chunk: None,
                 seen: HashSet::new(),
                 order: VecDeque::new(),
