@@ -67,7 +67,6 @@ struct Part {
 
 struct Chunk {
     out: ParquetOut,
-    rows: usize,
     opened: Instant,
 }
 
@@ -257,13 +256,11 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
                 let (short, partition, offset) = (part.short, part.partition, m.offset());
                 let chunk = part.chunk.get_or_insert_with(|| Chunk {
                     out: ParquetOut::named(output, chunk_name(short, partition, offset)),
-                    rows: 0,
                     opened: Instant::now(),
                 });
                 chunk.out.add(&record)?;
-                chunk.rows += 1;
                 *stats.records.entry(short.to_string()).or_default() += 1;
-                if chunk.rows >= cfg.parquet_rows {
+                if chunk.out.buffered() >= cfg.parquet_rows {
                     part.write(&mut stats)?;
                 }
             }

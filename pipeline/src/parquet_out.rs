@@ -47,9 +47,19 @@ impl ParquetOut {
     /// Writes under `<output>/tables`, closing a file every `rows` buffered rows.
     pub fn new(output: &Path, rows: usize) -> ParquetOut {
         let writer = format!("{}-{}", std::process::id(), cbec_schemas::time::wall_clock().0);
+        ParquetOut::with_writer(output, rows.max(1), writer)
+    }
+
+    /// Writes under `<output>/tables` only when flushed, every file named
+    /// `part-<writer>-<n>.parquet` (`n` counting from 1): [`crate::archive`]'s chunks.
+    pub fn named(output: &Path, writer: String) -> ParquetOut {
+        ParquetOut::with_writer(output, usize::MAX, writer)
+    }
+
+    fn with_writer(output: &Path, rows: usize, writer: String) -> ParquetOut {
         ParquetOut {
             dir: output.join("tables"),
-            rows: rows.max(1),
+            rows,
             writer,
             seq: 0,
             declared: Vec::new(),
@@ -62,10 +72,14 @@ impl ParquetOut {
         }
     }
 
-    /// Writes under `<output>/tables` only when flushed, every file named
-    /// `part-<writer>-<n>.parquet` (`n` counting from 1): [`crate::archive`]'s chunks.
-    pub fn named(output: &Path, writer: String) -> ParquetOut {
-        ParquetOut { writer, rows: usize::MAX, ..ParquetOut::new(output, 1) }
+    /// Records buffered, not written yet.
+    pub fn buffered(&self) -> usize {
+        self.declared.len()
+            + self.channels.len()
+            + self.sorting.len()
+            + self.returns.len()
+            + self.receipts.len()
+            + self.summaries.len()
     }
 
     /// Buffers a record; writes when a table is full.
