@@ -12,18 +12,29 @@
 //! partition (which a crash may have left half-written) is deleted and read again from its
 //! start; every earlier chunk is complete. Records the pipeline produced twice (a replay
 //! after its own crash, before its last checkpoint) are written once: the identities of each
-//! partition's last [`DEDUP_WINDOW`] records are remembered.
+//! partition's last [`DEDUP_WINDOW`] records are remembered, and on start they are read
+//! again from the [`DEDUP_WINDOW`] offsets before the chunk written again (not written), so
+//! a replay straddling a restart of the archiver is written once too.
+//!
+//! Partitions added to an output topic while it runs are looked for every
+//! [`crate::kafka::PARTITION_CHECK`] and read from their beginning. Metrics (when an
+//! endpoint is installed): `cbec_archive_records_total{topic}`,
+//! `cbec_archive_duplicates_total{topic}`, `cbec_archive_unreadable_total{topic}`,
+//! `cbec_archive_files_total`, `cbec_archive_redone_files_total` and
+//! `cbec_consumer_lag{topic,partition}`.
 
 use crate::config::Config;
 use crate::parquet_out::ParquetOut;
 use crate::record::Record;
 use anyhow::Context;
+use metrics::{Counter, counter};
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::ffi::CString;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,11 +69,34 @@ pub struct ArchiveStats {
 struct Part {
     short: &'static str,
     partition: i32,
+    /// The topic's name (for librdkafka's cached watermarks).
+    cname: CString,
     /// Next offset to read.
     next: i64,
+    /// Records before this offset were written by an earlier run: read only to fill the
+    /// de-duplication window.
+    write_from: i64,
     chunk: Option<Chunk>,
     seen: HashSet<u64>,
     order: VecDeque<u64>,
+    counts: Counts,
+}
+
+/// A topic's counters (`cbec_archive_*_total{topic}`).
+struct Counts {
+    records: Counter,
+    duplicates: Counter,
+    unreadable: Counter,
+}
+
+impl Counts {
+    fn of(short: &'static str) -> Counts {
+        Counts {
+            records: counter!("cbec_archive_records_total", "topic" => short),
+            duplicates: counter!("cbec_archive_duplicates_total", "topic" => short),
+            unreadable: counter!("cbec_archive_unreadable_total", "topic" => short),
+        }
+    }
 }
 
 struct Chunk {
@@ -96,6 +130,7 @@ impl Part {
             let before = c.out.files;
             c.out.flush().with_context(|| format!("writing a chunk of {} partition {}", self.short, self.partition))?;
             stats.files += c.out.files - before;
+            counter!("cbec_archive_files_total").increment(c.out.files - before);
         }
         Ok(())
     }
@@ -174,6 +209,71 @@ fn decode(short: &str, payload: &[u8]) -> Result<Record, String> {
     })
 }
 
+/// Opens partition `p` of output topic `short` (`topic`) for reading into `tpl`: from
+/// `resume` (the start of its last chunk, written again) or its beginning; before a resumed
+/// chunk, the [`DEDUP_WINDOW`] offsets that fill the de-duplication window.
+fn open_part(
+    consumer: &BaseConsumer,
+    tpl: &mut TopicPartitionList,
+    short: &'static str,
+    topic: &str,
+    p: i32,
+    resume: Option<i64>,
+) -> anyhow::Result<Part> {
+    let (low, _) = crate::kafka::patiently(|| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)))?;
+    if let Some(from) = resume.filter(|f| *f < low) {
+        eprintln!(
+            "cbec: archive: {topic} partition {p} no longer holds offsets {from}..{low} (retention): their rows are not in the tables"
+        );
+    }
+    let write_from = resume.map_or(low, |f| f.max(low));
+    let read_from = if resume.is_some() { write_from.saturating_sub(DEDUP_WINDOW as i64).max(low) } else { write_from };
+    tpl.add_partition_offset(topic, p, Offset::Offset(read_from))?;
+    Ok(Part {
+        short,
+        partition: p,
+        cname: CString::new(topic).context("topic name")?,
+        next: read_from,
+        write_from,
+        chunk: None,
+        seen: HashSet::new(),
+        order: VecDeque::new(),
+        counts: Counts::of(short),
+    })
+}
+
+/// Partitions of the output topics that `parts` does not hold yet (added since they were
+/// looked up), opened from their beginning and added to the consumer's assignment. A topic
+/// whose metadata does not come within a second is looked at next time.
+fn open_added_parts(
+    cfg: &Config,
+    consumer: &BaseConsumer,
+    parts: &mut BTreeMap<(String, i32), Part>,
+) -> anyhow::Result<()> {
+    let mut tpl = TopicPartitionList::new();
+    let mut grown = Vec::new();
+    for short in ARCHIVED {
+        let topic = cfg.output_topic(short);
+        let Ok(md) = consumer.fetch_metadata(Some(&topic), Duration::from_secs(1)) else { continue };
+        let ids: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+        let held = parts.range((topic.clone(), i32::MIN)..=(topic.clone(), i32::MAX)).count();
+        let added: Vec<i32> = ids.into_iter().filter(|p| !parts.contains_key(&(topic.clone(), *p))).collect();
+        if added.is_empty() {
+            continue;
+        }
+        grown.push(format!("{topic} {held} → {}", held + added.len()));
+        for p in added {
+            let part = open_part(consumer, &mut tpl, short, &topic, p, None)?;
+            parts.insert((topic.clone(), p), part);
+        }
+    }
+    if !grown.is_empty() {
+        consumer.incremental_assign(&tpl).context("assigning the added partitions")?;
+        eprintln!("cbec: archive: partitions added ({}), read from their beginning", grown.join(", "));
+    }
+    Ok(())
+}
+
 /// Archives the output topics of `cfg` into Parquet tables under `output` until `stop` is
 /// set or, with `exit_when_idle`, once it has read every partition to the end it had when
 /// last looked (nothing new for a second).
@@ -182,6 +282,7 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
         return Ok(ArchiveStats::default());
     }
     let (resume, redone) = resume_points(output)?;
+    counter!("cbec_archive_redone_files_total").increment(redone);
     let mut stats = ArchiveStats { redone, ..ArchiveStats::default() };
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
@@ -189,7 +290,7 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         // A chunk to write again whose records the topic no longer holds: from the earliest
-        // it holds (said below), not from new records only.
+        // it holds (said in `open_part`), not from new records only.
         .set("auto.offset.reset", "earliest")
         .create()
         .context("creating the archive consumer")?;
@@ -200,21 +301,7 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
         let Some(partitions) = topic_partitions(&consumer, &topic, &stop)? else { return Ok(stats) };
         for p in partitions {
             let from = resume.get(&(short.to_string(), p)).copied();
-            tpl.add_partition_offset(&topic, p, from.map_or(Offset::Beginning, Offset::Offset))?;
-            let (low, _) = crate::kafka::patiently(|| consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)))?;
-            if let Some(from) = from.filter(|f| *f < low) {
-                eprintln!(
-                    "cbec: archive: {topic} partition {p} no longer holds offsets {from}..{low} (retention): their rows are not in the tables"
-                );
-            }
-            let part = Part {
-                short,
-                partition: p,
-                next: from.map_or(low, |f| f.max(low)),
-                chunk: None,
-                seen: HashSet::new(),
-                order: VecDeque::new(),
-            };
+            let part = open_part(&consumer, &mut tpl, short, &topic, p, from)?;
             parts.insert((topic.clone(), p), part);
         }
     }
@@ -228,7 +315,21 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
     );
     let mut quiet_since: Option<Instant> = None;
     let mut last_error: Option<String> = None;
+    let (mut checked, mut lags_at) = (Instant::now(), Instant::now());
     while !stop.load(Ordering::Relaxed) {
+        if checked.elapsed() >= crate::kafka::PARTITION_CHECK {
+            open_added_parts(cfg, &consumer, &mut parts)?;
+            checked = Instant::now();
+        }
+        if lags_at.elapsed() >= Duration::from_secs(1) {
+            for ((topic, p), part) in &parts {
+                if let Some(high) = crate::kafka::cached_watermarks(&consumer, &part.cname, *p).1 {
+                    let lag = (high - part.next).max(0);
+                    crate::metrics::ConsumerLag { topic, partition: *p, lag }.emit();
+                }
+            }
+            lags_at = Instant::now();
+        }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 quiet_since = None;
@@ -237,8 +338,11 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
                 let Some(payload) = m.payload() else { continue };
                 let record = match decode(part.short, payload) {
                     Ok(r) => r,
+                    // Said, and counted, by the run that wrote it.
+                    Err(_) if m.offset() < part.write_from => continue,
                     Err(e) => {
                         stats.unreadable += 1;
+                        part.counts.unreadable.increment(1);
                         eprintln!(
                             "cbec: archive: {} partition {} offset {} is not a {} record, skipped: {e}",
                             m.topic(),
@@ -249,8 +353,13 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
                         continue;
                     }
                 };
-                if !part.first(id_hash(part.short, &record.id())) {
+                let first = part.first(id_hash(part.short, &record.id()));
+                if m.offset() < part.write_from {
+                    continue;
+                }
+                if !first {
                     stats.duplicates += 1;
+                    part.counts.duplicates.increment(1);
                     continue;
                 }
                 let (short, partition, offset) = (part.short, part.partition, m.offset());
@@ -260,6 +369,7 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
                 });
                 chunk.out.add(&record)?;
                 *stats.records.entry(short.to_string()).or_default() += 1;
+                part.counts.records.increment(1);
                 if chunk.out.buffered() >= cfg.parquet_rows {
                     part.write(&mut stats)?;
                 }
@@ -385,10 +495,13 @@ mod tests {
         let mut p = Part {
             short: "receipts",
             partition: 0,
+            cname: CString::new("receipts").unwrap(),
             next: 0,
+            write_from: 0,
             chunk: None,
             seen: HashSet::new(),
             order: VecDeque::new(),
+            counts: Counts::of("receipts"),
         };
         assert!(p.first(1) && p.first(2) && !p.first(1));
         for i in 3..(DEDUP_WINDOW as u64 + 3) {

@@ -344,7 +344,7 @@ pub fn produce_story(brokers: &str, cfg: &Config, story: &Generated, rate: u64, 
 /// The (low, high) watermarks librdkafka cached from its latest fetch response for a
 /// partition (no broker round trip), each if it has one.
 #[allow(unsafe_code)]
-fn cached_watermarks<C: ConsumerContext>(
+pub(crate) fn cached_watermarks<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &CStr,
     partition: i32,

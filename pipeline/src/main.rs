@@ -44,7 +44,8 @@ enum Cmd {
     /// --output, for `cbec sql --data`. Exactly once into files, through restarts: each
     /// partition is read in chunks named after where they start, and the last chunk of
     /// each partition is written again on start. A record the pipeline produced twice
-    /// (replayed after a crash) is written once. Reads the topic names and
+    /// (replayed after a crash) is written once, across restarts of the archiver too;
+    /// partitions added while it runs are read. Reads the topic names and
     /// output_prefix from --config / CBEC_* like `cbec run`; its consumer group is
     /// <group_id>.archive (offsets are not committed: the files say where it is).
     Archive(ArchiveArgs),
@@ -121,6 +122,10 @@ struct ArchiveArgs {
     /// Stop once every partition was read to its end (nothing new for a second).
     #[arg(long)]
     exit_when_idle: bool,
+    /// Prometheus endpoint (empty: none); not `metrics_addr`, which `cbec run` on the same
+    /// host takes.
+    #[arg(long, default_value = "127.0.0.1:9899")]
+    metrics_addr: String,
 }
 
 #[derive(clap::Args)]
@@ -199,6 +204,11 @@ fn archive(a: ArchiveArgs) -> anyhow::Result<()> {
         cfg.brokers = b;
     }
     anyhow::ensure!(!cfg.brokers.is_empty(), "cbec archive reads the output topics: give --brokers");
+    if !a.metrics_addr.is_empty()
+        && let Err(e) = cbec_pipeline::metrics::install(&a.metrics_addr)
+    {
+        eprintln!("warning: metrics endpoint {} not started: {e}", a.metrics_addr);
+    }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     kafka::stop_on_signals(stop.clone());
     let stats = cbec_pipeline::archive::run(&cfg, &a.output, a.exit_when_idle, stop)?;

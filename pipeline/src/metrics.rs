@@ -213,6 +213,12 @@ fn builder() -> anyhow::Result<metrics_exporter_prometheus::PrometheusBuilder> {
     )?)
 }
 
+/// A Prometheus recorder with cbec's settings, not installed (to render what a run on this
+/// thread records: `metrics::with_local_recorder`).
+pub fn recorder() -> anyhow::Result<metrics_exporter_prometheus::PrometheusRecorder> {
+    Ok(builder()?.build_recorder())
+}
+
 /// Installs the Prometheus endpoint at `addr` (`host:port`).
 pub fn install(addr: &str) -> anyhow::Result<()> {
     let addr: std::net::SocketAddr = addr.parse()?;

@@ -12,7 +12,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -213,6 +213,7 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
     // image's paths and metrics port by the test's, and fewer orders.
     let image_env = crate::support::dockerfile_env();
     let metrics = format!("127.0.0.1:{}", free_port());
+    let archive_metrics = format!("127.0.0.1:{}", free_port());
     let hs = crate::support::shared().join("data/hs/harmonized-system.csv");
     let host = |k: &str, v: &str| match k {
         "CBEC_HS_FILE" => hs.display().to_string(),
@@ -235,6 +236,9 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
         }
         if let Some(i) = args.iter().position(|a| a == "--output") {
             args[i + 1] = broker.dir.path().join("archive").display().to_string();
+        }
+        if let Some(i) = args.iter().position(|a| a == "--metrics-addr") {
+            args[i + 1] = archive_metrics.clone();
         }
         let mut c = Command::new(crate::support::cbec_bin());
         c.args(&args);
@@ -269,13 +273,14 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
     let port = decision.get("port").and_then(|p| p.as_str()).unwrap_or_default();
     assert!(["release", "inspect", "certificate", "hold"].contains(&port), "{decision}");
     // What Prometheus scrapes (the message counts are set once a second).
-    let scrape = || {
+    let scrape_at = |addr: &str| {
         let mut body = String::new();
-        let mut s = std::net::TcpStream::connect(&metrics).expect("the metrics endpoint");
+        let mut s = std::net::TcpStream::connect(addr).expect("the metrics endpoint");
         std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.0\r\nHost: cbec\r\n\r\n").unwrap();
         std::io::Read::read_to_string(&mut s, &mut body).unwrap();
         body
     };
+    let scrape = || scrape_at(&metrics);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let body = scrape();
@@ -304,6 +309,9 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Its metrics endpoint, at the address its command gives.
+    let body = scrape_at(&archive_metrics);
+    assert!(body.contains("cbec_archive_records_total{topic=\"sorting\"}"), "{body}");
 }
 
 /// The Debian package that holds `path`, asking `dpkg` under the path as given, with `/usr`
@@ -364,8 +372,9 @@ fn services(compose: &str) -> BTreeSet<String> {
 }
 
 /// Prometheus scrapes what the stack runs: every target of `docker/prometheus.yml` names a
-/// cbec service of the compose file at the port the image serves its metrics on
-/// (`CBEC_METRICS_ADDR` in the Dockerfile), and every cbec service is scraped.
+/// cbec service of the compose file at the port it serves its metrics on (`cbec run`: the
+/// image's `CBEC_METRICS_ADDR`; `cbec archive`: its command's `--metrics-addr`), and every
+/// cbec service is scraped.
 #[test]
 fn prometheus_scrapes_every_cbec_service_at_its_metrics_port() {
     let compose = std::fs::read_to_string(repo_root().join("docker/compose.yml")).unwrap();
@@ -373,14 +382,31 @@ fn prometheus_scrapes_every_cbec_service_at_its_metrics_port() {
     let image_env = crate::support::dockerfile_env();
     let addr =
         image_env.iter().find(|(k, _)| k == "CBEC_METRICS_ADDR").map(|(_, v)| v).expect("the image's metrics address");
-    let port = addr.rsplit(':').next().unwrap();
+    let run_port = addr.rsplit(':').next().unwrap().to_string();
     let services = services(&compose);
+    // The cbec services, each with the port it serves its metrics on.
+    let mut cbec = BTreeMap::new();
+    for s in &services {
+        let block = service_block(&compose, s).join("\n");
+        if !block.contains("docker/Dockerfile") {
+            continue;
+        }
+        if block.contains("\"run\"") {
+            cbec.insert(s.clone(), run_port.clone());
+        } else if block.contains("[\"archive\"") {
+            let after = block.split("\"--metrics-addr\", \"").nth(1).expect("the archive's --metrics-addr");
+            let port = after.split('"').next().unwrap().rsplit(':').next().unwrap();
+            cbec.insert(s.clone(), port.to_string());
+        }
+    }
+    assert!(cbec.len() >= 5, "{cbec:?} among {services:?}");
     let mut scraped = BTreeSet::new();
+    let mut dns_port = None;
     for line in prometheus.lines().map(str::trim) {
         if let Some(list) = line.strip_prefix("- targets:") {
             for t in list.trim().trim_matches(|c| c == '[' || c == ']').split(',') {
                 let (host, p) = t.trim().trim_matches('"').split_once(':').expect("host:port");
-                assert_eq!(p, port, "{t}: not the image's metrics port");
+                assert_eq!(cbec.get(host).map(String::as_str), Some(p), "{t}: not a cbec service at its metrics port");
                 scraped.insert(host.to_string());
             }
         } else if let Some(list) = line.strip_prefix("- names:") {
@@ -388,17 +414,9 @@ fn prometheus_scrapes_every_cbec_service_at_its_metrics_port() {
                 scraped.insert(n.trim().trim_matches('"').to_string());
             }
         } else if let Some(p) = line.strip_prefix("port:") {
-            assert_eq!(p.trim(), port, "the DNS-discovered targets' port");
+            dns_port = Some(p.trim().to_string());
         }
     }
-    let cbec: BTreeSet<String> = services
-        .iter()
-        .filter(|s| {
-            let block = service_block(&compose, s).join("\n");
-            block.contains("docker/Dockerfile") && block.contains("\"run\"")
-        })
-        .cloned()
-        .collect();
-    assert!(cbec.len() >= 4, "{cbec:?} among {services:?}");
-    assert_eq!(scraped, cbec, "Prometheus's targets and the compose file's cbec services");
+    assert_eq!(dns_port.as_ref(), Some(&run_port), "the DNS-discovered targets' port");
+    assert_eq!(scraped, cbec.keys().cloned().collect(), "Prometheus's targets and the compose file's cbec services");
 }

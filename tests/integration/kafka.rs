@@ -663,7 +663,12 @@ fn sigkill_at_several_points_then_restart_gives_the_same_outputs() {
 /// `cbec archive` of the output topics of `cfg` into `out`.
 fn archive_command(cfg: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(cbec_bin());
-    c.args(["archive", "--config"]).arg(cfg).arg("--output").arg(out).args(extra).stdout(Stdio::piped());
+    c.args(["archive", "--metrics-addr", "", "--config"])
+        .arg(cfg)
+        .arg("--output")
+        .arg(out)
+        .args(extra)
+        .stdout(Stdio::piped());
     c
 }
 
@@ -887,6 +892,108 @@ fn the_archiver_waits_for_the_output_topics() {
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let status = wait_at_most(&mut child, Duration::from_secs(30));
     assert!(status.success(), "{}", log_text());
+}
+
+/// Receipts `ids` as the pipeline would produce them, to `partition` of `c`'s receipts topic.
+fn produce_receipts(c: &Config, partition: i32, ids: std::ops::RangeInclusive<u32>) {
+    let p = cbec_pipeline::kafka::producer(&c.brokers, 0, Default::default()).unwrap();
+    for i in ids {
+        let r = cbec_schemas::Receipt {
+            id: format!("test/{i}").into(),
+            invt_no: None,
+            order_no: Some(format!("ORDER{i}").into()),
+            logistics_no: None,
+            return_status: 2,
+            return_info: "declared".into(),
+            return_time: cbec_schemas::EventTime(1_794_355_200_000 + i64::from(i)),
+            control_ids: Vec::new(),
+        };
+        let topic = c.output_topic("receipts");
+        cbec_pipeline::kafka::send_to(
+            &p,
+            &topic,
+            Some(partition),
+            &format!("ORDER{i}"),
+            &serde_json::to_vec(&r).unwrap(),
+        )
+        .unwrap();
+    }
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
+}
+
+/// The archiver across its own restarts and a topic's growth. Receipts 1–10 are archived in
+/// chunks of 4 rows; then the pipeline "replays" 5–10 (as after a crash before its
+/// checkpoint) and goes on with 11 and 12. The archiver, started again, writes its last
+/// chunk (9, 10) again and must know 5–8 from the chunks before it: it reads them back
+/// into its de-duplication window without writing them. While it runs, the topic gains a
+/// partition, where receipts 13–15 land: it reads them without a restart. The table holds
+/// each receipt once, and the metrics endpoint's counters say what the report says.
+#[test]
+fn the_archiver_writes_a_replay_once_across_its_restarts_and_reads_added_partitions() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(b) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&b, &unique_prefix("ar"), dir.path());
+    c.parquet_rows = 4;
+    c.partitions = 2;
+    cbec_pipeline::kafka::ensure_topics(&c).unwrap();
+    let out = dir.path().join("archive");
+    produce_receipts(&c, 0, 1..=10);
+    let first = cbec_pipeline::archive::run(&c, &out, true, Arc::new(AtomicBool::new(false))).unwrap();
+    assert_eq!((first.records.get("receipts"), first.files, first.duplicates), (Some(&10), 3, 0), "{first:?}");
+    produce_receipts(&c, 0, 5..=12);
+    let stop = Arc::new(AtomicBool::new(false));
+    let recorder = cbec_pipeline::metrics::recorder().unwrap();
+    let exposition = recorder.handle();
+    let archiver = {
+        let (c, out, stop) = (c.clone(), out.clone(), stop.clone());
+        std::thread::spawn(move || {
+            metrics::with_local_recorder(&recorder, || cbec_pipeline::archive::run(&c, &out, false, stop))
+        })
+    };
+    let sample = |text: &str, name: &str| -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    let records = "cbec_archive_records_total{topic=\"receipts\"}";
+    // Once it has written records, the archiver has looked up the partitions: the topic grows.
+    wait_for(Duration::from_secs(60), "the archiver's first records", String::new, || {
+        sample(&exposition.render(), records).is_some_and(|n| n >= 2.0)
+    });
+    let topic = c.output_topic("receipts");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let grown = rt.block_on(admin.create_partitions(&[NewPartitions::new(&topic, 3)], &AdminOptions::new())).unwrap();
+    assert!(grown.iter().all(Result::is_ok), "{grown:?}");
+    produce_receipts(&c, 2, 13..=15);
+    let chunk_of_p2 = || {
+        let days = std::fs::read_dir(out.join("tables/receipts")).into_iter().flatten().flatten();
+        let files = days.flat_map(|d| std::fs::read_dir(d.path())).flatten().flatten();
+        files.filter(|f| f.file_name().to_string_lossy().contains("-p2-")).count() > 0
+    };
+    wait_for(Duration::from_secs(60), "a chunk of the added partition", String::new, chunk_of_p2);
+    stop.store(true, Ordering::Relaxed);
+    let second = archiver.join().unwrap().unwrap();
+    eprintln!("{}", cbec_pipeline::archive::render(&second));
+    // 9 and 10 again (their chunk redone), 11, 12, and 13–15 from the added partition.
+    assert_eq!((second.records.get("receipts"), second.duplicates, second.redone), (Some(&7), 6, 1), "{second:?}");
+    let rows = &table_rows(&out)["receipts"];
+    let mut ids: Vec<String> = rows
+        .iter()
+        .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap()["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((rows.len(), ids.len()), (15, 15), "each receipt once: {rows:#?}");
+    let text = exposition.render();
+    let sample = |name: &str| sample(&text, name);
+    assert_eq!(sample(records), Some(7.0), "{text}");
+    assert_eq!(sample("cbec_archive_duplicates_total{topic=\"receipts\"}"), Some(6.0), "{text}");
+    assert_eq!(sample("cbec_archive_files_total"), Some(second.files as f64), "{text}");
+    assert_eq!(sample("cbec_archive_redone_files_total"), Some(1.0), "{text}");
+    assert_eq!(sample(&format!("cbec_consumer_lag{{topic=\"{topic}\",partition=\"2\"}}")), Some(0.0), "{text}");
 }
 
 /// Whether the engine (stage "all" or "engine") saved a checkpoint, in its directory or
