@@ -63,6 +63,10 @@ pub struct ArchiveStats {
     pub files: u64,
     /// Files of last chunks deleted at the start, to be written again.
     pub redone: u64,
+    /// Offsets of a chunk to write again that the topic no longer held (retention deleted
+    /// them before they were read again): (topic, partition) → (from, to), `to` excluded.
+    /// Their rows are not in the tables.
+    pub gaps: BTreeMap<(String, i32), (i64, i64)>,
 }
 
 /// One partition's chunk being read, and the identities seen last.
@@ -215,16 +219,16 @@ fn decode(short: &str, payload: &[u8]) -> Result<Record, String> {
 fn open_part(
     consumer: &BaseConsumer,
     tpl: &mut TopicPartitionList,
-    short: &'static str,
-    topic: &str,
-    p: i32,
+    (short, topic, p): (&'static str, &str, i32),
     resume: Option<i64>,
+    stats: &mut ArchiveStats,
 ) -> anyhow::Result<Part> {
     let (low, _) = crate::kafka::patiently(|| consumer.fetch_watermarks(topic, p, Duration::from_secs(10)))?;
     if let Some(from) = resume.filter(|f| *f < low) {
         eprintln!(
             "cbec: archive: {topic} partition {p} no longer holds offsets {from}..{low} (retention): their rows are not in the tables"
         );
+        stats.gaps.insert((topic.to_string(), p), (from, low));
     }
     let write_from = resume.map_or(low, |f| f.max(low));
     let read_from = if resume.is_some() { write_from.saturating_sub(DEDUP_WINDOW as i64).max(low) } else { write_from };
@@ -249,6 +253,7 @@ fn open_added_parts(
     cfg: &Config,
     consumer: &BaseConsumer,
     parts: &mut BTreeMap<(String, i32), Part>,
+    stats: &mut ArchiveStats,
 ) -> anyhow::Result<()> {
     let mut tpl = TopicPartitionList::new();
     let mut grown = Vec::new();
@@ -263,7 +268,7 @@ fn open_added_parts(
         }
         grown.push(format!("{topic} {held} → {}", held + added.len()));
         for p in added {
-            let part = open_part(consumer, &mut tpl, short, &topic, p, None)?;
+            let part = open_part(consumer, &mut tpl, (short, &topic, p), None, stats)?;
             parts.insert((topic.clone(), p), part);
         }
     }
@@ -301,7 +306,7 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
         let Some(partitions) = topic_partitions(&consumer, &topic, &stop)? else { return Ok(stats) };
         for p in partitions {
             let from = resume.get(&(short.to_string(), p)).copied();
-            let part = open_part(&consumer, &mut tpl, short, &topic, p, from)?;
+            let part = open_part(&consumer, &mut tpl, (short, &topic, p), from, &mut stats)?;
             parts.insert((topic.clone(), p), part);
         }
     }
@@ -318,7 +323,7 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
     let (mut checked, mut lags_at) = (Instant::now(), Instant::now());
     while !stop.load(Ordering::Relaxed) {
         if checked.elapsed() >= crate::kafka::PARTITION_CHECK {
-            open_added_parts(cfg, &consumer, &mut parts)?;
+            open_added_parts(cfg, &consumer, &mut parts, &mut stats)?;
             checked = Instant::now();
         }
         if lags_at.elapsed() >= Duration::from_secs(1) {
@@ -435,14 +440,16 @@ fn caught_up(consumer: &BaseConsumer, parts: &BTreeMap<(String, i32), Part>) -> 
 /// The run's report.
 pub fn render(s: &ArchiveStats) -> String {
     let per: Vec<String> = s.records.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    let gaps: Vec<String> = s.gaps.iter().map(|((t, p), (a, b))| format!("; {t} partition {p} offsets {a}..{b} deleted by retention before they were read: their rows are missing")).collect();
     format!(
-        "archived {} records ({}) into {} Parquet files; {} produced twice written once; {} unreadable skipped; {} files of unfinished chunks written again\n",
+        "archived {} records ({}) into {} Parquet files; {} produced twice written once; {} unreadable skipped; {} files of unfinished chunks written again{}\n",
         s.records.values().sum::<u64>(),
         if per.is_empty() { "none".to_string() } else { per.join(", ") },
         s.files,
         s.duplicates,
         s.unreadable,
-        s.redone
+        s.redone,
+        gaps.concat()
     )
 }
 

@@ -12,7 +12,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -994,6 +994,43 @@ fn the_archiver_writes_a_replay_once_across_its_restarts_and_reads_added_partiti
     assert_eq!(sample("cbec_archive_files_total"), Some(second.files as f64), "{text}");
     assert_eq!(sample("cbec_archive_redone_files_total"), Some(1.0), "{text}");
     assert_eq!(sample(&format!("cbec_consumer_lag{{topic=\"{topic}\",partition=\"2\"}}")), Some(0.0), "{text}");
+}
+
+/// A chunk to write again whose records retention deleted before the archiver came back:
+/// it goes on from the earliest record the partition holds, and its report names the
+/// offsets whose rows are missing. Receipts 1–10 are archived in chunks of 4 (the last one,
+/// 9 and 10, from offset 8); the partition's records before offset 10 are deleted; 11 and
+/// 12 come. Started again, the archiver writes 11 and 12, says that offsets 8..10 are gone,
+/// and the table holds 1–8, 11 and 12.
+#[test]
+fn the_archiver_says_which_rows_retention_deleted_before_it_read_them_again() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let Some(b) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&b, &unique_prefix("ag"), dir.path());
+    c.parquet_rows = 4;
+    c.partitions = 1;
+    cbec_pipeline::kafka::ensure_topics(&c).unwrap();
+    let out = dir.path().join("archive");
+    produce_receipts(&c, 0, 1..=10);
+    let first = cbec_pipeline::archive::run(&c, &out, true, Arc::new(AtomicBool::new(false))).unwrap();
+    assert_eq!((first.records.get("receipts"), first.files), (Some(&10), 3), "{first:?}");
+    let topic = c.output_topic("receipts");
+    delete_before(&b, &topic, 0, 10);
+    produce_receipts(&c, 0, 11..=12);
+    let second = cbec_pipeline::archive::run(&c, &out, true, Arc::new(AtomicBool::new(false))).unwrap();
+    let report = cbec_pipeline::archive::render(&second);
+    eprintln!("{report}");
+    assert_eq!((second.records.get("receipts"), second.redone), (Some(&2), 1), "{second:?}");
+    assert_eq!(second.gaps, BTreeMap::from([((topic.clone(), 0), (8, 10))]), "{second:?}");
+    assert!(report.contains(&format!("{topic} partition 0 offsets 8..10 deleted by retention")), "{report}");
+    let ids: BTreeSet<String> = table_rows(&out)["receipts"]
+        .iter()
+        .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap()["id"].as_str().unwrap().to_string())
+        .collect();
+    let want: BTreeSet<String> = (1..=8).chain(11..=12).map(|i| format!("test/{i}")).collect();
+    assert_eq!(ids, want);
 }
 
 /// Whether the engine (stage "all" or "engine") saved a checkpoint, in its directory or
