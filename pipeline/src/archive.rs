@@ -372,7 +372,7 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
                     out: ParquetOut::named(output, chunk_name(short, partition, offset)),
                     opened: Instant::now(),
                 });
-                chunk.out.add(&record)?;
+                chunk.out.add(record)?;
                 *stats.records.entry(short.to_string()).or_default() += 1;
                 part.counts.records.increment(1);
                 if chunk.out.buffered() >= cfg.parquet_rows {

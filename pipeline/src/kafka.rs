@@ -749,8 +749,12 @@ fn consumer_thread(
         .expect("spawn consumer")
 }
 
-/// Sets `stop` on SIGINT or SIGTERM.
-pub fn stop_on_signals(stop: Arc<AtomicBool>) {
+/// What a pipeline process does on SIGINT or SIGTERM.
+pub const PIPELINE_STOPPING: &str = "draining, checkpointing, exiting";
+
+/// Sets `stop` on SIGINT or SIGTERM, saying on stderr what the process does then (`doing`:
+/// "draining, checkpointing, exiting" for a pipeline).
+pub fn stop_on_signals(stop: Arc<AtomicBool>, doing: &'static str) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         rt.block_on(async {
@@ -762,7 +766,7 @@ pub fn stop_on_signals(stop: Arc<AtomicBool>) {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
             }
-            eprintln!("cbec: signal received: draining, checkpointing, exiting");
+            eprintln!("cbec: signal received: {doing}");
             stop.store(true, Ordering::Relaxed);
         });
     });
@@ -830,7 +834,7 @@ pub fn run(
     progress: Option<crate::runner::Progress>,
 ) -> anyhow::Result<RunStats> {
     let stop = Arc::new(AtomicBool::new(false));
-    stop_on_signals(stop.clone());
+    stop_on_signals(stop.clone(), PIPELINE_STOPPING);
     if !wait_for_brokers(&cfg.brokers, &stop, Duration::from_secs(30)) {
         eprintln!("cbec: stopped while waiting for the brokers");
         return Ok(RunStats::default());

@@ -210,7 +210,7 @@ fn archive(a: ArchiveArgs) -> anyhow::Result<()> {
         eprintln!("warning: metrics endpoint {} not started: {e}", a.metrics_addr);
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    kafka::stop_on_signals(stop.clone());
+    kafka::stop_on_signals(stop.clone(), "writing the chunks read so far, exiting");
     let stats = cbec_pipeline::archive::run(&cfg, &a.output, a.exit_when_idle, stop)?;
     print!("{}", cbec_pipeline::archive::render(&stats));
     Ok(())

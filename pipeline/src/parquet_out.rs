@@ -35,10 +35,11 @@ pub struct ParquetOut {
     pub files: u64,
 }
 
-fn by<T: Clone>(v: &[T], part: impl Fn(&T) -> String) -> BTreeMap<String, Vec<T>> {
+/// The rows of `v` by partition (moved, not copied).
+fn by<T>(v: Vec<T>, part: impl Fn(&T) -> String) -> BTreeMap<String, Vec<T>> {
     let mut m: BTreeMap<String, Vec<T>> = BTreeMap::new();
     for x in v {
-        m.entry(part(x)).or_default().push(x.clone());
+        m.entry(part(&x)).or_default().push(x);
     }
     m
 }
@@ -82,31 +83,32 @@ impl ParquetOut {
             + self.summaries.len()
     }
 
-    /// Buffers a record; writes when a table is full.
-    pub fn add(&mut self, r: &Record) -> std::io::Result<()> {
+    /// Buffers a record (taken: a caller that keeps it passes a copy); writes when a table
+    /// is full.
+    pub fn add(&mut self, r: Record) -> std::io::Result<()> {
         let n = match r {
             Record::Declared(x) => {
-                self.declared.push(x.clone());
+                self.declared.push(x);
                 self.declared.len()
             }
             Record::Channel(x) => {
-                self.channels.push(x.clone());
+                self.channels.push(x);
                 self.channels.len()
             }
             Record::Sorting(x) => {
-                self.sorting.push(x.clone());
+                self.sorting.push(x);
                 self.sorting.len()
             }
             Record::Return(x) => {
-                self.returns.push((**x).clone());
+                self.returns.push(*x);
                 self.returns.len()
             }
             Record::Receipt(x) => {
-                self.receipts.push(x.clone());
+                self.receipts.push(x);
                 self.receipts.len()
             }
             Record::Summary(x) => {
-                self.summaries.push(x.clone());
+                self.summaries.push(x);
                 self.summaries.len()
             }
             Record::Release(_) | Record::Dead(_) | Record::Stage(..) => 0,
@@ -140,28 +142,28 @@ impl ParquetOut {
     /// Writes everything buffered.
     pub fn flush(&mut self) -> std::io::Result<()> {
         let declared = std::mem::take(&mut self.declared);
-        for (p, v) in by(&declared, |d| day(d.decl_time)) {
+        for (p, v) in by(declared, |d| day(d.decl_time)) {
             self.write("declared", &p, tables::declared_batch(&v))?;
             self.write("declared_items", &p, tables::declared_items_batch(&v))?;
         }
         let channels = std::mem::take(&mut self.channels);
-        for (p, v) in by(&channels, |d| day(d.time)) {
+        for (p, v) in by(channels, |d| day(d.time)) {
             self.write("channels", &p, tables::channels_batch(&v))?;
         }
         let sorting = std::mem::take(&mut self.sorting);
-        for (p, v) in by(&sorting, |d| day(d.scan_time)) {
+        for (p, v) in by(sorting, |d| day(d.scan_time)) {
             self.write("sorting", &p, tables::sorting_batch(&v))?;
         }
         let returns = std::mem::take(&mut self.returns);
-        for (p, v) in by(&returns, |d| day(d.time)) {
+        for (p, v) in by(returns, |d| day(d.time)) {
             self.write("returns", &p, tables::returns_batch(&v))?;
         }
         let receipts = std::mem::take(&mut self.receipts);
-        for (p, v) in by(&receipts, |d| day(d.return_time)) {
+        for (p, v) in by(receipts, |d| day(d.return_time)) {
             self.write("receipts", &p, tables::receipts_batch(&v))?;
         }
         let summaries = std::mem::take(&mut self.summaries);
-        for (p, v) in by(&summaries, |d| format!("period={}", d.period)) {
+        for (p, v) in by(summaries, |d| format!("period={}", d.period)) {
             self.write("summaries", &p, tables::summaries_batch(&v))?;
             self.write("summary_items", &p, tables::summary_items_batch(&v))?;
         }

@@ -49,7 +49,7 @@ impl Sink for FileSink {
         w.write_all(&r.to_json())?;
         w.write_all(b"\n")?;
         if let Some(p) = &mut self.parquet {
-            p.add(r)?;
+            p.add(r.clone())?;
         }
         Ok(())
     }

@@ -633,7 +633,7 @@ impl ConsumerContext for Rebalancing {
 /// (`lease_session_ms`); the others take them from their last checkpoints.
 pub fn run_summarize(cfg: &Config, exit_when_idle: bool, mut progress: Option<Progress>) -> anyhow::Result<RunStats> {
     let stop = Arc::new(AtomicBool::new(false));
-    crate::kafka::stop_on_signals(stop.clone());
+    crate::kafka::stop_on_signals(stop.clone(), crate::kafka::PIPELINE_STOPPING);
     if !crate::kafka::wait_for_brokers(&cfg.brokers, &stop, Duration::from_secs(30)) {
         eprintln!("cbec: stopped while waiting for the brokers");
         return Ok(RunStats { summarize_instance: true, ..RunStats::default() });
