@@ -921,6 +921,31 @@ fn produce_receipts(c: &Config, partition: i32, ids: std::ops::RangeInclusive<u3
     rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
 }
 
+/// A configuration with chunks of 4 rows and `partitions` partitions per topic (the topics
+/// created), after receipts 1–10 went to partition 0 of its receipts topic and were archived
+/// into `<dir>/archive` (in chunks from offsets 0, 4 and 8).
+fn archived_receipts(tag: &str, partitions: usize) -> (Config, tempfile::TempDir, std::path::PathBuf) {
+    let b = brokers().expect("a broker");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&b, &unique_prefix(tag), dir.path());
+    c.parquet_rows = 4;
+    c.partitions = partitions;
+    cbec_pipeline::kafka::ensure_topics(&c).unwrap();
+    let out = dir.path().join("archive");
+    produce_receipts(&c, 0, 1..=10);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let first = cbec_pipeline::archive::run(&c, &out, true, stop).unwrap();
+    assert_eq!((first.records.get("receipts"), first.files, first.duplicates), (Some(&10), 3, 0), "{first:?}");
+    (c, dir, out)
+}
+
+/// The ids of the rows of the receipts table under `out`, each once, and the row count.
+fn receipt_ids(out: &Path) -> (BTreeSet<String>, usize) {
+    let rows = &table_rows(out)["receipts"];
+    let id = |r: &String| serde_json::from_str::<serde_json::Value>(r).unwrap()["id"].as_str().unwrap().to_string();
+    (rows.iter().map(id).collect(), rows.len())
+}
+
 /// The archiver across its own restarts and a topic's growth. Receipts 1–10 are archived in
 /// chunks of 4 rows; then the pipeline "replays" 5–10 (as after a crash before its
 /// checkpoint) and goes on with 11 and 12. The archiver, started again, writes its last
@@ -935,15 +960,7 @@ fn the_archiver_writes_a_replay_once_across_its_restarts_and_reads_added_partiti
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let Some(b) = brokers() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(&b, &unique_prefix("ar"), dir.path());
-    c.parquet_rows = 4;
-    c.partitions = 2;
-    cbec_pipeline::kafka::ensure_topics(&c).unwrap();
-    let out = dir.path().join("archive");
-    produce_receipts(&c, 0, 1..=10);
-    let first = cbec_pipeline::archive::run(&c, &out, true, Arc::new(AtomicBool::new(false))).unwrap();
-    assert_eq!((first.records.get("receipts"), first.files, first.duplicates), (Some(&10), 3, 0), "{first:?}");
+    let (c, _dir, out) = archived_receipts("ar", 2);
     produce_receipts(&c, 0, 5..=12);
     let stop = Arc::new(AtomicBool::new(false));
     let recorder = cbec_pipeline::metrics::recorder().unwrap();
@@ -979,14 +996,8 @@ fn the_archiver_writes_a_replay_once_across_its_restarts_and_reads_added_partiti
     eprintln!("{}", cbec_pipeline::archive::render(&second));
     // 9 and 10 again (their chunk redone), 11, 12, and 13–15 from the added partition.
     assert_eq!((second.records.get("receipts"), second.duplicates, second.redone), (Some(&7), 6, 1), "{second:?}");
-    let rows = &table_rows(&out)["receipts"];
-    let mut ids: Vec<String> = rows
-        .iter()
-        .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap()["id"].as_str().unwrap().to_string())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!((rows.len(), ids.len()), (15, 15), "each receipt once: {rows:#?}");
+    let want: BTreeSet<String> = (1..=15).map(|i| format!("test/{i}")).collect();
+    assert_eq!(receipt_ids(&out), (want, 15), "each receipt once");
     let text = exposition.render();
     let sample = |name: &str| sample(&text, name);
     assert_eq!(sample(records), Some(7.0), "{text}");
@@ -1007,15 +1018,7 @@ fn the_archiver_says_which_rows_retention_deleted_before_it_read_them_again() {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
     let Some(b) = brokers() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(&b, &unique_prefix("ag"), dir.path());
-    c.parquet_rows = 4;
-    c.partitions = 1;
-    cbec_pipeline::kafka::ensure_topics(&c).unwrap();
-    let out = dir.path().join("archive");
-    produce_receipts(&c, 0, 1..=10);
-    let first = cbec_pipeline::archive::run(&c, &out, true, Arc::new(AtomicBool::new(false))).unwrap();
-    assert_eq!((first.records.get("receipts"), first.files), (Some(&10), 3), "{first:?}");
+    let (c, _dir, out) = archived_receipts("ag", 1);
     let topic = c.output_topic("receipts");
     delete_before(&b, &topic, 0, 10);
     produce_receipts(&c, 0, 11..=12);
@@ -1025,12 +1028,8 @@ fn the_archiver_says_which_rows_retention_deleted_before_it_read_them_again() {
     assert_eq!((second.records.get("receipts"), second.redone), (Some(&2), 1), "{second:?}");
     assert_eq!(second.gaps, BTreeMap::from([((topic.clone(), 0), (8, 10))]), "{second:?}");
     assert!(report.contains(&format!("{topic} partition 0 offsets 8..10 deleted by retention")), "{report}");
-    let ids: BTreeSet<String> = table_rows(&out)["receipts"]
-        .iter()
-        .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap()["id"].as_str().unwrap().to_string())
-        .collect();
     let want: BTreeSet<String> = (1..=8).chain(11..=12).map(|i| format!("test/{i}")).collect();
-    assert_eq!(ids, want);
+    assert_eq!(receipt_ids(&out), (want, 10));
 }
 
 /// Whether the engine (stage "all" or "engine") saved a checkpoint, in its directory or
