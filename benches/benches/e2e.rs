@@ -6,7 +6,8 @@
 //! state bytes per pending list.
 //!
 //! Run: `cargo bench -p cbec-benches --bench e2e`
-//! Only some phases: `CBEC_BENCH_ONLY=throughput,latency,close,engine,state,checkpoint,kafka,kafka-latency` (default: all).
+//! Only some phases: `CBEC_BENCH_ONLY=throughput,latency,close,engine,state,checkpoint,kafka,archive,kafka-latency` (default: all;
+//! `archive`, `cbec archive` of the Kafka phase's output topics, runs that phase first).
 //! Kafka phase with summarize in separate instances: `CBEC_BENCH_STAGES=N`.
 //! Size: `CBEC_BENCH_ORDERS` (default 820000 orders ≈ 5.1 million messages).
 //! Kafka phases need `CBEC_BENCH_BROKERS`; `CBEC_BENCH_KPARTS` sets the partitions of the
@@ -361,7 +362,7 @@ fn main() {
     // 5. Kafka mode, through a co-located broker.
     let brokers = std::env::var("CBEC_BENCH_BROKERS").ok();
     let korders = (orders / 7).max(20_000);
-    if let Some(b) = brokers.as_ref().filter(|_| phase("kafka")) {
+    if let Some(b) = brokers.as_ref().filter(|_| phase("kafka") || phase("archive")) {
         let g = generate(&GenConfig { orders: korders, seed: 11, ..GenConfig::default() }, &rules, &h);
         let prefix = format!("bench{}.", std::process::id());
         let mut c = Config {
@@ -462,6 +463,24 @@ fn main() {
             "  the embedded run of the same story: {} output records (the Kafka run must match)",
             e.output.values().sum::<u64>()
         );
+        // The analysts' tables from those output topics: can the archiver keep up?
+        if phase("archive") {
+            let out = std::env::temp_dir().join(format!("{prefix}archive"));
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let t = Instant::now();
+            let a = cbec_pipeline::archive::run(&c, &out, true, stop).expect("archive");
+            let secs = t.elapsed().as_secs_f64();
+            let n: u64 = a.records.values().sum::<u64>() + a.duplicates;
+            println!(
+                "archive: cbec archive of the output topics ({} partitions each, chunks of {} rows): {n} records read, {} written into {} Parquet files in {secs:.2} s incl. 1 s idle detection = {:.0} records/s",
+                c.partitions,
+                c.parquet_rows,
+                a.records.values().sum::<u64>(),
+                a.files,
+                n as f64 / (secs - 1.0).max(0.1)
+            );
+            let _ = std::fs::remove_dir_all(&out);
+        }
     }
 
     // 6. Scan → decision latency through the broker at fixed offered loads.
