@@ -714,8 +714,10 @@ pub fn run_summarize(cfg: &Config, exit_when_idle: bool, mut progress: Option<Pr
             {
                 eprintln!("warning: consumer-group commit failed: {e}");
             }
+            // The high watermarks of the latest fetch responses: asked of the broker, each
+            // would wait behind the consumer's fetch (up to 500 ms when nothing is new).
             for (p, next) in positions {
-                if let Ok((_, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(1)) {
+                if let Some(high) = crate::kafka::cached_watermarks(&consumer, &ctopic, p).1 {
                     m::ConsumerLag { topic: &topic, partition: p, lag: (high - next).max(0) }.emit();
                 }
             }
