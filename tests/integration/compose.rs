@@ -286,10 +286,14 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
         let body = scrape();
         if body.contains("cbec_messages_in_total{topic=\"scans\"}")
             && body.contains("cbec_controls_held{scope=\"aimed\"}")
+            && body.contains("cbec_consumer_lag{topic=\"cbec.scans\",partition=\"0\"}")
         {
             break;
         }
-        assert!(Instant::now() < deadline, "no scans or controls counted at the metrics endpoint:\n{body}");
+        assert!(
+            Instant::now() < deadline,
+            "no scans, controls or the scans topic's lag at the metrics endpoint:\n{body}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // The archive service: the tables from the topics the cbec service writes, in the
