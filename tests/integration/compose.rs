@@ -273,14 +273,7 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
     let port = decision.get("port").and_then(|p| p.as_str()).unwrap_or_default();
     assert!(["release", "inspect", "certificate", "hold"].contains(&port), "{decision}");
     // What Prometheus scrapes (the message counts are set once a second).
-    let scrape_at = |addr: &str| {
-        let mut body = String::new();
-        let mut s = std::net::TcpStream::connect(addr).expect("the metrics endpoint");
-        std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.0\r\nHost: cbec\r\n\r\n").unwrap();
-        std::io::Read::read_to_string(&mut s, &mut body).unwrap();
-        body
-    };
-    let scrape = || scrape_at(&metrics);
+    let scrape = || crate::support::scrape(&metrics);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let body = scrape();
@@ -314,7 +307,7 @@ fn the_compose_broker_settings_run_on_apache_kafka() {
         std::thread::sleep(Duration::from_millis(500));
     }
     // Its metrics endpoint, at the address its command gives.
-    let body = scrape_at(&archive_metrics);
+    let body = crate::support::scrape(&archive_metrics);
     assert!(body.contains("cbec_archive_records_total{topic=\"sorting\"}"), "{body}");
 }
 

@@ -59,7 +59,12 @@ fn write_config(c: &Config, dir: &Path) -> std::path::PathBuf {
 /// `cbec run` with this configuration, its standard output discarded.
 fn command(cfg_path: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(cbec_bin());
-    c.args(["run", "--metrics-addr", "", "--config"])
+    c.arg("run");
+    // No metrics endpoint unless `extra` asks for one.
+    if !extra.contains(&"--metrics-addr") {
+        c.args(["--metrics-addr", ""]);
+    }
+    c.arg("--config")
         .arg(cfg_path)
         .args(extra)
         .env("CBEC_HS_FILE", shared().join("data/hs/harmonized-system.csv"))
@@ -1373,7 +1378,8 @@ fn stages_in_separate_processes_match_the_embedded_run_through_kills() {
     let st = Stages::new(dir.path(), &c, &["c"]);
     let (logged, said) = (|n: &str, x: &[&str], l: &str| st.logged(n, x, l), |n: &str, l: &str| st.said(n, l));
     let mut a = logged("a", &["--exit-when-idle"], "a.log");
-    let mut b_ = logged("b", &[], "b.log");
+    let b_metrics = format!("127.0.0.1:{}", free_port());
+    let mut b_ = logged("b", &["--metrics-addr", &b_metrics], "b.log");
     st.wait_shared();
     let mut engine = logged("engine", &[], "first.log");
     // Once the engine stage saved a checkpoint and B took exits in (its progress line counts
@@ -1393,6 +1399,9 @@ fn stages_in_separate_processes_match_the_embedded_run_through_kills() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // B's metrics endpoint gives its lag on the partitions of the exits topic it holds.
+    let lag = format!("cbec_consumer_lag{{topic=\"{}\",partition=", c.exited_topic());
+    wait_for(Duration::from_secs(10), "B's consumer lag", || scrape(&b_metrics), || scrape(&b_metrics).contains(&lag));
     std::thread::sleep(Duration::from_millis(900));
     assert!(engine.try_wait().unwrap().is_none() && b_.try_wait().unwrap().is_none(), "both run until stopped");
     engine.kill().unwrap();

@@ -98,6 +98,15 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// What the Prometheus endpoint at `addr` serves (`GET /metrics`), headers included.
+pub fn scrape(addr: &str) -> String {
+    let mut body = String::new();
+    let mut s = std::net::TcpStream::connect(addr).expect("the metrics endpoint");
+    std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.0\r\nHost: cbec\r\n\r\n").unwrap();
+    std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+    body
+}
+
 /// Where `scripts/kafka.sh` keeps the broker's jars, if it has resolved them.
 pub fn kafka_libs() -> Option<PathBuf> {
     let pom = std::fs::read_to_string(repo_root().join("scripts/kafka-pom.xml")).unwrap();
