@@ -122,8 +122,8 @@ struct ArchiveArgs {
     /// Stop once every partition was read to its end (nothing new for a second).
     #[arg(long)]
     exit_when_idle: bool,
-    /// Prometheus endpoint (empty: none); not `metrics_addr`, which `cbec run` on the same
-    /// host takes.
+    /// Prometheus endpoint (empty: none). Not the configuration's `metrics_addr`: that is
+    /// the port of `cbec run`, which may share the host and the configuration file.
     #[arg(long, default_value = "127.0.0.1:9899")]
     metrics_addr: String,
 }
