@@ -180,23 +180,26 @@ fn chunk_files(tables: &Path) -> anyhow::Result<Vec<(PathBuf, ChunkStart)>> {
     Ok(files)
 }
 
-/// Where each partition goes on from: the start of its last chunk, whose files are deleted
-/// (a crash may have cut it short). Returns the offsets and the number of files deleted.
-pub fn resume_points(output: &Path) -> anyhow::Result<(ResumePoints, u64)> {
+/// Where each partition goes on from: the start of its last chunk, which a crash may have
+/// cut short; and that chunk's files, to delete before it is read again.
+pub fn resume_points(output: &Path) -> anyhow::Result<(ResumePoints, Vec<PathBuf>)> {
     let files = chunk_files(&output.join("tables"))?;
     let mut last = ResumePoints::new();
     for (_, (short, p, o)) in &files {
         let e = last.entry((short.clone(), *p)).or_insert(*o);
         *e = (*e).max(*o);
     }
-    let mut deleted = 0;
-    for (path, (short, p, o)) in &files {
-        if last.get(&(short.clone(), *p)) == Some(o) {
-            std::fs::remove_file(path).with_context(|| format!("deleting {}", path.display()))?;
-            deleted += 1;
-        }
+    let redo: Vec<PathBuf> =
+        files.into_iter().filter(|(_, (s, p, o))| last.get(&(s.clone(), *p)) == Some(o)).map(|(f, _)| f).collect();
+    Ok((last, redo))
+}
+
+/// Deletes `files`; returns how many.
+fn delete(files: &[PathBuf]) -> anyhow::Result<u64> {
+    for f in files {
+        std::fs::remove_file(f).with_context(|| format!("deleting {}", f.display()))?;
     }
-    Ok((last, deleted))
+    Ok(files.len() as u64)
 }
 
 /// Decodes a record of output topic `short`.
@@ -223,7 +226,16 @@ fn open_part(
     resume: Option<i64>,
     stats: &mut ArchiveStats,
 ) -> anyhow::Result<Part> {
-    let (low, _) = crate::kafka::patiently(|| meta.fetch_watermarks(topic, p, Duration::from_secs(10)))?;
+    let (low, high) = crate::kafka::patiently(|| meta.fetch_watermarks(topic, p, Duration::from_secs(10)))?;
+    // Its last chunk started at a record the partition never had: these are not the
+    // records the folder holds (the topic was deleted and made again, or another prefix's
+    // or cluster's). Read on, the new records would be taken for the window, or written
+    // over the old chunks' files.
+    if let Some(from) = resume.filter(|f| *f >= high) {
+        anyhow::bail!(
+            "{topic} partition {p} ends at offset {high}, but the archive has a chunk of it from offset {from}: the topic is not the one archived there (made again, or another prefix's or cluster's); archive it into a new folder"
+        );
+    }
     if let Some(from) = resume.filter(|f| *f < low) {
         eprintln!(
             "cbec: archive: {topic} partition {p} no longer holds offsets {from}..{low} (retention): their rows are not in the tables"
@@ -286,9 +298,8 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
     if !crate::kafka::wait_for_brokers(&cfg.brokers, &stop, Duration::from_secs(30)) {
         return Ok(ArchiveStats::default());
     }
-    let (resume, redone) = resume_points(output)?;
-    counter!("cbec_archive_redone_files_total").increment(redone);
-    let mut stats = ArchiveStats { redone, ..ArchiveStats::default() };
+    let (resume, redo) = resume_points(output)?;
+    let mut stats = ArchiveStats::default();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
         .set("group.id", format!("{}.archive", cfg.group_id))
@@ -320,6 +331,11 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
             parts.insert((topic.clone(), p), part);
         }
     }
+    // Every partition checked against where the folder's chunks say it is: the last chunks
+    // go now, to be written again.
+    let redone = delete(&redo)?;
+    stats.redone = redone;
+    counter!("cbec_archive_redone_files_total").increment(redone);
     consumer.assign(&tpl).context("assigning the output topics' partitions")?;
     eprintln!(
         "cbec: archiving {} partitions of {} topics into {} ({} files of last chunks written again)",
@@ -500,11 +516,12 @@ mod tests {
             touch("declared", "day=2026-11-12", f("declared", 1, 70, 1)),
             touch("declared", "day=2026-11-12", ".part-k-declared-p1-o00000000000000000090-000001.parquet.tmp".into()),
         ];
-        let (at, deleted) = resume_points(dir.path()).unwrap();
+        let (at, redo) = resume_points(dir.path()).unwrap();
         assert_eq!(at, BTreeMap::from([(("declared".into(), 0), 500), (("declared".into(), 1), 70)]));
-        assert_eq!(deleted, 3, "the temporary file is not a chunk's file");
+        assert!(redo.iter().all(|p| p.exists()) && !gone[3].exists(), "a temporary file goes at once");
+        assert_eq!(delete(&redo).unwrap(), 3, "the temporary file is not a chunk's file");
         assert!(keep.iter().all(|p| p.exists()) && gone.iter().all(|p| !p.exists()));
-        assert_eq!(resume_points(&dir.path().join("nothing")).unwrap(), (BTreeMap::new(), 0));
+        assert_eq!(resume_points(&dir.path().join("nothing")).unwrap(), (BTreeMap::new(), Vec::new()));
     }
 
     #[test]

@@ -1017,13 +1017,16 @@ fn the_archiver_writes_a_replay_once_across_its_restarts_and_reads_added_partiti
 /// offsets whose rows are missing. Receipts 1–10 are archived in chunks of 4 (the last one,
 /// 9 and 10, from offset 8); the partition's records before offset 10 are deleted; 11 and
 /// 12 come. Started again, the archiver writes 11 and 12, says that offsets 8..10 are gone,
-/// and the table holds 1–8, 11 and 12.
+/// and the table holds 1–8, 11 and 12. Then topics of the same names that do not hold
+/// what was archived (another prefix's, as a topic deleted and made again) are refused,
+/// the folder untouched: read on, their records would have been taken for the window of
+/// records already written and skipped.
 #[test]
 fn the_archiver_says_which_rows_retention_deleted_before_it_read_them_again() {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
     let Some(b) = brokers() else { return };
-    let (c, _dir, out) = archived_receipts("ag", 1);
+    let (c, dir, out) = archived_receipts("ag", 1);
     let topic = c.output_topic("receipts");
     delete_before(&b, &topic, 0, 10);
     produce_receipts(&c, 0, 11..=12);
@@ -1034,6 +1037,16 @@ fn the_archiver_says_which_rows_retention_deleted_before_it_read_them_again() {
     assert_eq!(second.gaps, BTreeMap::from([((topic.clone(), 0), (8, 10))]), "{second:?}");
     assert!(report.contains(&format!("{topic} partition 0 offsets 8..10 deleted by retention")), "{report}");
     let want: BTreeSet<String> = (1..=8).chain(11..=12).map(|i| format!("test/{i}")).collect();
+    assert_eq!(receipt_ids(&out), (want.clone(), 10));
+    // Other topics of the same names (another prefix: as a topic deleted and made again)
+    // into the same folder: refused, the tables left as they are.
+    let mut other = config(&c.brokers, &unique_prefix("ag2"), dir.path());
+    other.partitions = 1;
+    cbec_pipeline::kafka::ensure_topics(&other).unwrap();
+    produce_receipts(&other, 0, 100..=101);
+    let refused = cbec_pipeline::archive::run(&other, &out, true, Arc::new(AtomicBool::new(false)));
+    let e = format!("{:#}", refused.expect_err("another topic's records into this archive"));
+    assert!(e.contains("ends at offset 2, but the archive has a chunk of it from offset 10"), "{e}");
     assert_eq!(receipt_ids(&out), (want, 10));
 }
 
