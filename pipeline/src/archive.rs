@@ -180,26 +180,36 @@ fn chunk_files(tables: &Path) -> anyhow::Result<Vec<(PathBuf, ChunkStart)>> {
     Ok(files)
 }
 
+/// The files of each partition's last chunk, to delete before it is read again.
+pub type Redo = BTreeMap<(String, i32), Vec<PathBuf>>;
+
 /// Where each partition goes on from: the start of its last chunk, which a crash may have
-/// cut short; and that chunk's files, to delete before it is read again.
-pub fn resume_points(output: &Path) -> anyhow::Result<(ResumePoints, Vec<PathBuf>)> {
+/// cut short; and that chunk's files.
+pub fn resume_points(output: &Path) -> anyhow::Result<(ResumePoints, Redo)> {
     let files = chunk_files(&output.join("tables"))?;
     let mut last = ResumePoints::new();
     for (_, (short, p, o)) in &files {
         let e = last.entry((short.clone(), *p)).or_insert(*o);
         *e = (*e).max(*o);
     }
-    let redo: Vec<PathBuf> =
-        files.into_iter().filter(|(_, (s, p, o))| last.get(&(s.clone(), *p)) == Some(o)).map(|(f, _)| f).collect();
+    let mut redo = Redo::new();
+    for (f, (short, p, o)) in files {
+        if last.get(&(short.clone(), p)) == Some(&o) {
+            redo.entry((short, p)).or_default().push(f);
+        }
+    }
     Ok((last, redo))
 }
 
-/// Deletes `files`; returns how many.
-fn delete(files: &[PathBuf]) -> anyhow::Result<u64> {
-    for f in files {
-        std::fs::remove_file(f).with_context(|| format!("deleting {}", f.display()))?;
+/// Deletes the files of the last chunk of `short`'s partition `p` (once the partition was
+/// checked against it, in [`open_part`]), counting them in `stats`.
+fn redo_chunk(redo: &mut Redo, (short, p): (&str, i32), stats: &mut ArchiveStats) -> anyhow::Result<()> {
+    for f in redo.remove(&(short.to_string(), p)).unwrap_or_default() {
+        std::fs::remove_file(&f).with_context(|| format!("deleting {}", f.display()))?;
+        stats.redone += 1;
+        counter!("cbec_archive_redone_files_total").increment(1);
     }
-    Ok(files.len() as u64)
+    Ok(())
 }
 
 /// Decodes a record of output topic `short`.
@@ -259,12 +269,13 @@ fn open_part(
 }
 
 /// Partitions of the output topics that `parts` does not hold yet (added since they were
-/// looked up), opened from their beginning and added to the consumer's assignment. A topic
+/// looked up), opened from their beginning (or where `resume` says) and added to the
+/// consumer's assignment. A topic
 /// whose metadata does not come within a second is looked at next time.
 fn open_added_parts(
     cfg: &Config,
     (consumer, meta): (&BaseConsumer, &BaseConsumer),
-    parts: &mut BTreeMap<(String, i32), Part>,
+    (parts, resume, redo): (&mut BTreeMap<(String, i32), Part>, &ResumePoints, &mut Redo),
     stats: &mut ArchiveStats,
 ) -> anyhow::Result<()> {
     let mut tpl = TopicPartitionList::new();
@@ -280,7 +291,11 @@ fn open_added_parts(
         }
         grown.push(format!("{topic} {held} → {}", held + added.len()));
         for p in added {
-            let part = open_part(meta, &mut tpl, (short, &topic, p), None, stats)?;
+            // Chunks of it in the folder (archived before the archiver last started) are
+            // checked against it as at the start.
+            let from = resume.get(&(short.to_string(), p)).copied();
+            let part = open_part(meta, &mut tpl, (short, &topic, p), from, stats)?;
+            redo_chunk(redo, (short, p), stats)?;
             parts.insert((topic.clone(), p), part);
         }
     }
@@ -298,7 +313,7 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
     if !crate::kafka::wait_for_brokers(&cfg.brokers, &stop, Duration::from_secs(30)) {
         return Ok(ArchiveStats::default());
     }
-    let (resume, redo) = resume_points(output)?;
+    let (resume, mut redo) = resume_points(output)?;
     let mut stats = ArchiveStats::default();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
@@ -331,25 +346,25 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
             parts.insert((topic.clone(), p), part);
         }
     }
-    // Every partition checked against where the folder's chunks say it is: the last chunks
-    // go now, to be written again.
-    let redone = delete(&redo)?;
-    stats.redone = redone;
-    counter!("cbec_archive_redone_files_total").increment(redone);
+    // Every partition checked against where the folder's chunks say it is: their last
+    // chunks go now, to be written again.
+    for part in parts.values() {
+        redo_chunk(&mut redo, (part.short, part.partition), &mut stats)?;
+    }
     consumer.assign(&tpl).context("assigning the output topics' partitions")?;
     eprintln!(
         "cbec: archiving {} partitions of {} topics into {} ({} files of last chunks written again)",
         parts.len(),
         ARCHIVED.len(),
         output.join("tables").display(),
-        redone
+        stats.redone
     );
     let mut quiet_since: Option<Instant> = None;
     let mut last_error: Option<String> = None;
     let (mut checked, mut lags_at) = (Instant::now(), Instant::now());
     while !stop.load(Ordering::Relaxed) {
         if checked.elapsed() >= crate::kafka::PARTITION_CHECK {
-            open_added_parts(cfg, (&consumer, &meta), &mut parts, &mut stats)?;
+            open_added_parts(cfg, (&consumer, &meta), (&mut parts, &resume, &mut redo), &mut stats)?;
             checked = Instant::now();
         }
         if lags_at.elapsed() >= Duration::from_secs(1) {
@@ -516,12 +531,17 @@ mod tests {
             touch("declared", "day=2026-11-12", f("declared", 1, 70, 1)),
             touch("declared", "day=2026-11-12", ".part-k-declared-p1-o00000000000000000090-000001.parquet.tmp".into()),
         ];
-        let (at, redo) = resume_points(dir.path()).unwrap();
+        let (at, mut redo) = resume_points(dir.path()).unwrap();
         assert_eq!(at, BTreeMap::from([(("declared".into(), 0), 500), (("declared".into(), 1), 70)]));
-        assert!(redo.iter().all(|p| p.exists()) && !gone[3].exists(), "a temporary file goes at once");
-        assert_eq!(delete(&redo).unwrap(), 3, "the temporary file is not a chunk's file");
+        assert!(redo.values().flatten().all(|p| p.exists()) && !gone[3].exists(), "a temporary file goes at once");
+        let mut stats = ArchiveStats::default();
+        redo_chunk(&mut redo, ("declared", 0), &mut stats).unwrap();
+        assert_eq!(stats.redone, 2);
+        assert!(!gone[0].exists() && !gone[1].exists() && gone[2].exists(), "only that partition's chunk");
+        redo_chunk(&mut redo, ("declared", 1), &mut stats).unwrap();
+        assert_eq!(stats.redone, 3, "the temporary file is not a chunk's file");
         assert!(keep.iter().all(|p| p.exists()) && gone.iter().all(|p| !p.exists()));
-        assert_eq!(resume_points(&dir.path().join("nothing")).unwrap(), (BTreeMap::new(), Vec::new()));
+        assert_eq!(resume_points(&dir.path().join("nothing")).unwrap(), (BTreeMap::new(), Redo::new()));
     }
 
     #[test]
