@@ -69,6 +69,10 @@ pub struct ArchiveStats {
     pub gaps: BTreeMap<(String, i32), (i64, i64)>,
 }
 
+/// The partitions read: topic → partition → its state (looked up by the topic name a
+/// message carries, without a copy of it).
+type Parts = BTreeMap<String, BTreeMap<i32, Part>>;
+
 /// One partition's chunk being read, and the identities seen last.
 struct Part {
     short: &'static str,
@@ -202,7 +206,8 @@ pub fn resume_points(output: &Path) -> anyhow::Result<(ResumePoints, Redo)> {
 }
 
 /// Deletes the files of the last chunk of `short`'s partition `p` (once the partition was
-/// checked against it, in [`open_part`]), counting them in `stats`.
+/// checked against it, in [`open_part`]), counting them in `stats`. Deleting it loses
+/// nothing even if the run stops right after: the next one goes on from the chunk before.
 fn redo_chunk(redo: &mut Redo, (short, p): (&str, i32), stats: &mut ArchiveStats) -> anyhow::Result<()> {
     for f in redo.remove(&(short.to_string(), p)).unwrap_or_default() {
         std::fs::remove_file(&f).with_context(|| format!("deleting {}", f.display()))?;
@@ -226,16 +231,18 @@ fn decode(short: &str, payload: &[u8]) -> Result<Record, String> {
     })
 }
 
-/// Opens partition `p` of output topic `short` (`topic`) for reading into `tpl`: from
-/// `resume` (the start of its last chunk, written again) or its beginning; before a resumed
-/// chunk, the [`DEDUP_WINDOW`] offsets that fill the de-duplication window.
+/// Opens partition `p` of output topic `short` (`topic`) for reading into `tpl`: from the
+/// start of its last chunk in the folder (`resume`), whose files it deletes once the
+/// partition was checked against it, or from its beginning; before a resumed chunk, the
+/// [`DEDUP_WINDOW`] offsets that fill the de-duplication window.
 fn open_part(
     meta: &BaseConsumer,
     tpl: &mut TopicPartitionList,
     (short, topic, p): (&'static str, &str, i32),
-    resume: Option<i64>,
+    (resume, redo): (&ResumePoints, &mut Redo),
     stats: &mut ArchiveStats,
 ) -> anyhow::Result<Part> {
+    let resume = resume.get(&(short.to_string(), p)).copied();
     let (low, high) = crate::kafka::patiently(|| meta.fetch_watermarks(topic, p, Duration::from_secs(10)))?;
     // Its last chunk started at a record the partition never had: these are not the
     // records the folder holds (the topic was deleted and made again, or another prefix's
@@ -252,6 +259,7 @@ fn open_part(
         );
         stats.gaps.insert((topic.to_string(), p), (from, low));
     }
+    redo_chunk(redo, (short, p), stats)?;
     let write_from = resume.map_or(low, |f| f.max(low));
     let read_from = if resume.is_some() { write_from.saturating_sub(DEDUP_WINDOW as i64).max(low) } else { write_from };
     tpl.add_partition_offset(topic, p, Offset::Offset(read_from))?;
@@ -269,13 +277,12 @@ fn open_part(
 }
 
 /// Partitions of the output topics that `parts` does not hold yet (added since they were
-/// looked up), opened from their beginning (or where `resume` says) and added to the
-/// consumer's assignment. A topic
-/// whose metadata does not come within a second is looked at next time.
+/// looked up), opened as at the start ([`open_part`]) and added to the consumer's
+/// assignment. A topic whose metadata does not come within a second is looked at next time.
 fn open_added_parts(
     cfg: &Config,
     (consumer, meta): (&BaseConsumer, &BaseConsumer),
-    (parts, resume, redo): (&mut BTreeMap<(String, i32), Part>, &ResumePoints, &mut Redo),
+    (parts, resume, redo): (&mut Parts, &ResumePoints, &mut Redo),
     stats: &mut ArchiveStats,
 ) -> anyhow::Result<()> {
     let mut tpl = TopicPartitionList::new();
@@ -283,25 +290,22 @@ fn open_added_parts(
     for short in ARCHIVED {
         let topic = cfg.output_topic(short);
         let Ok(md) = meta.fetch_metadata(Some(&topic), Duration::from_secs(1)) else { continue };
-        let ids: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
-        let held = parts.range((topic.clone(), i32::MIN)..=(topic.clone(), i32::MAX)).count();
-        let added: Vec<i32> = ids.into_iter().filter(|p| !parts.contains_key(&(topic.clone(), *p))).collect();
+        let held = parts.entry(topic.clone()).or_default();
+        let added: Vec<i32> = partition_ids(&md).into_iter().filter(|p| !held.contains_key(p)).collect();
         if added.is_empty() {
             continue;
         }
-        grown.push(format!("{topic} {held} → {}", held + added.len()));
+        grown.push(format!("{topic} {} → {}", held.len(), held.len() + added.len()));
         for p in added {
-            // Chunks of it in the folder (archived before the archiver last started) are
-            // checked against it as at the start.
-            let from = resume.get(&(short.to_string(), p)).copied();
-            let part = open_part(meta, &mut tpl, (short, &topic, p), from, stats)?;
-            redo_chunk(redo, (short, p), stats)?;
-            parts.insert((topic.clone(), p), part);
+            held.insert(p, open_part(meta, &mut tpl, (short, &topic, p), (resume, redo), stats)?);
         }
     }
     if !grown.is_empty() {
         consumer.incremental_assign(&tpl).context("assigning the added partitions")?;
-        eprintln!("cbec: archive: partitions added ({}), read from their beginning", grown.join(", "));
+        eprintln!(
+            "cbec: archive: partitions added ({}), read from their beginning or their last chunk here",
+            grown.join(", ")
+        );
     }
     Ok(())
 }
@@ -335,26 +339,20 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
         .set("bootstrap.servers", &cfg.brokers)
         .create()
         .context("creating the archive's metadata client")?;
-    let mut parts: BTreeMap<(String, i32), Part> = BTreeMap::new();
+    let mut parts = Parts::new();
     let mut tpl = TopicPartitionList::new();
     for short in ARCHIVED {
         let topic = cfg.output_topic(short);
         let Some(partitions) = topic_partitions(&meta, &topic, &stop)? else { return Ok(stats) };
+        let held = parts.entry(topic.clone()).or_default();
         for p in partitions {
-            let from = resume.get(&(short.to_string(), p)).copied();
-            let part = open_part(&meta, &mut tpl, (short, &topic, p), from, &mut stats)?;
-            parts.insert((topic.clone(), p), part);
+            held.insert(p, open_part(&meta, &mut tpl, (short, &topic, p), (&resume, &mut redo), &mut stats)?);
         }
-    }
-    // Every partition checked against where the folder's chunks say it is: their last
-    // chunks go now, to be written again.
-    for part in parts.values() {
-        redo_chunk(&mut redo, (part.short, part.partition), &mut stats)?;
     }
     consumer.assign(&tpl).context("assigning the output topics' partitions")?;
     eprintln!(
         "cbec: archiving {} partitions of {} topics into {} ({} files of last chunks written again)",
-        parts.len(),
+        parts.values().map(BTreeMap::len).sum::<usize>(),
         ARCHIVED.len(),
         output.join("tables").display(),
         stats.redone
@@ -368,10 +366,12 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
             checked = Instant::now();
         }
         if lags_at.elapsed() >= Duration::from_secs(1) {
-            for ((topic, p), part) in &parts {
-                if let Some(high) = crate::kafka::cached_watermarks(&consumer, &part.cname, *p).1 {
-                    let lag = (high - part.next).max(0);
-                    crate::metrics::ConsumerLag { topic, partition: *p, lag }.emit();
+            for (topic, held) in &parts {
+                for (p, part) in held {
+                    if let Some(high) = crate::kafka::cached_watermarks(&consumer, &part.cname, *p).1 {
+                        let lag = (high - part.next).max(0);
+                        crate::metrics::ConsumerLag { topic, partition: *p, lag }.emit();
+                    }
                 }
             }
             lags_at = Instant::now();
@@ -379,7 +379,7 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 quiet_since = None;
-                let Some(part) = parts.get_mut(&(m.topic().to_string(), m.partition())) else { continue };
+                let Some(part) = parts.get_mut(m.topic()).and_then(|h| h.get_mut(&m.partition())) else { continue };
                 part.next = m.offset() + 1;
                 let Some(payload) = m.payload() else { continue };
                 let record = match decode(part.short, payload) {
@@ -429,7 +429,7 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
                 }
             }
             None => {
-                for part in parts.values_mut() {
+                for part in parts.values_mut().flat_map(BTreeMap::values_mut) {
                     if part.chunk.as_ref().is_some_and(|c| c.opened.elapsed() >= CHUNK_AGE) {
                         part.write(&mut stats)?;
                     }
@@ -441,10 +441,15 @@ pub fn run(cfg: &Config, output: &Path, exit_when_idle: bool, stop: Arc<AtomicBo
             }
         }
     }
-    for part in parts.values_mut() {
+    for part in parts.values_mut().flat_map(BTreeMap::values_mut) {
         part.write(&mut stats)?;
     }
     Ok(stats)
+}
+
+/// The partition ids of the topics in `md`.
+fn partition_ids(md: &rdkafka::metadata::Metadata) -> Vec<i32> {
+    md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect()
 }
 
 /// The partitions of `topic`, once it exists (the pipeline creates its output topics, with
@@ -454,7 +459,7 @@ fn topic_partitions(meta: &BaseConsumer, topic: &str, stop: &AtomicBool) -> anyh
     let mut said = false;
     while !stop.load(Ordering::Relaxed) {
         let md = crate::kafka::patiently(|| meta.fetch_metadata(Some(topic), Duration::from_secs(10)))?;
-        let parts: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+        let parts = partition_ids(&md);
         if !parts.is_empty() {
             return Ok(Some(parts));
         }
@@ -468,11 +473,13 @@ fn topic_partitions(meta: &BaseConsumer, topic: &str, stop: &AtomicBool) -> anyh
 }
 
 /// Whether every partition was read to its high watermark.
-fn caught_up(meta: &BaseConsumer, parts: &BTreeMap<(String, i32), Part>) -> anyhow::Result<bool> {
-    for ((topic, p), part) in parts {
-        let (_, high) = crate::kafka::patiently(|| meta.fetch_watermarks(topic, *p, Duration::from_secs(10)))?;
-        if part.next < high {
-            return Ok(false);
+fn caught_up(meta: &BaseConsumer, parts: &Parts) -> anyhow::Result<bool> {
+    for (topic, held) in parts {
+        for (p, part) in held {
+            let (_, high) = crate::kafka::patiently(|| meta.fetch_watermarks(topic, *p, Duration::from_secs(10)))?;
+            if part.next < high {
+                return Ok(false);
+            }
         }
     }
     Ok(true)
