@@ -226,6 +226,19 @@ fn receipt(
     tag: &str,
     controls: Vec<Text>,
 ) {
+    out.collect(Out::Receipt(receipt_of(p, logistics_no, st, info, time, tag, controls)));
+}
+
+/// The receipt [`receipt`] emits.
+fn receipt_of(
+    p: &Parcel,
+    logistics_no: &str,
+    st: i32,
+    info: Text,
+    time: EventTime,
+    tag: &str,
+    controls: Vec<Text>,
+) -> Receipt {
     let invt = p.decl.as_ref().map(|d| d.invt_no.clone());
     let order_no = p.list.as_ref().map(|l| Text::from(l.order_no()));
     let key = invt.as_deref().unwrap_or(logistics_no);
@@ -238,7 +251,7 @@ fn receipt(
     }
     ids::push_padded(&mut id, st.unsigned_abs() as u64, 1);
     id.push_str(tag);
-    out.collect(Out::Receipt(Receipt {
+    Receipt {
         id,
         invt_no: invt,
         order_no,
@@ -247,7 +260,8 @@ fn receipt(
         return_info: info,
         return_time: time,
         control_ids: controls,
-    }));
+        pay_code: None,
+    }
 }
 
 impl Clear {
@@ -604,6 +618,22 @@ impl Operator for Clear {
                 let was = p.comparison.replace(s.comparison);
                 if let Some(c) = &s.pay_code {
                     p.pay_code = Some(codes.id(c));
+                }
+                if s.comparison == Comparison::Consistent && was != Some(Comparison::Consistent) && p.decl.is_some() {
+                    // Declared before the comparison could conclude (its payment came later,
+                    // or a correction cleared a return): the receipt names the payment firm
+                    // the declared list could not.
+                    let mut r = receipt_of(
+                        p,
+                        &s.logistics_no,
+                        status::ACCEPTED,
+                        Text::const_new("order-number comparison consistent after declaration"),
+                        s.time,
+                        &format!("/{}", s.time.0),
+                        vec![],
+                    );
+                    r.pay_code = s.pay_code.as_deref().map(Text::from);
+                    out.collect(Out::Receipt(r));
                 }
                 if let Comparison::Returned { reasons } = &s.comparison
                     && (p.decl.is_some() || p.list.is_some())

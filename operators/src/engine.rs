@@ -239,6 +239,7 @@ impl Engine {
             return_info: format!("{key}: {info}").into(),
             return_time: g.app_time,
             control_ids: Vec::new(),
+            pay_code: None,
         }));
     }
 

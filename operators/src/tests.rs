@@ -442,6 +442,71 @@ fn order_number_comparison_returns_every_failing_reason() {
     assert!(out.iter().any(|o| matches!(o, Out::Return(r) if r.cleared && r.reasons.is_empty())));
 }
 
+/// The receipts that say a declared list's comparison became consistent after its
+/// declaration, as (`id`, `payCode`).
+fn consistent_after(out: &[Out]) -> Vec<(String, Option<String>)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Out::Receipt(r)
+                if r.return_status == status::ACCEPTED && r.return_info.contains("comparison consistent") =>
+            {
+                Some((r.id.to_string(), r.pay_code.as_deref().map(String::from)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_comparison_concluded_after_declaration_names_the_payment_firm() {
+    let declared = |out: &[Out]| -> Vec<(String, String, Option<String>)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Out::Declared(d) => {
+                    Some((d.invt_no.to_string(), d.comparison.to_string(), d.pay_code.as_deref().map(String::from)))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    // Paid before collection: the declared list names the firm; no second word on it.
+    let s = Story::new(11);
+    let mut e = Engine::new(rules(), hs(), 1);
+    let out = run(&mut e, s.happy());
+    let d = declared(&out);
+    assert_eq!((d.len(), d[0].1.as_str(), d[0].2.as_deref()), (1, "consistent", Some("PAY1")));
+    assert!(consistent_after(&out).is_empty(), "{out:?}");
+    // Paid after collection: declared pending with no firm; the payment's arrival says
+    // consistent, with the firm, under an identity of its own.
+    let s = Story::new(12);
+    let mut e = Engine::new(rules(), hs(), 1);
+    let out = run(&mut e, vec![s.order(), s.list(), s.waybill()]);
+    let d = declared(&out);
+    assert_eq!((d.len(), d[0].1.as_str(), d[0].2.as_deref()), (1, "pending", None));
+    assert!(consistent_after(&out).is_empty());
+    let out = run(&mut e, vec![s.payment("P1")]);
+    let paid_at = EventTime::parse_ceb(&s.t(2)).unwrap().0;
+    assert_eq!(consistent_after(&out), vec![(format!("{}/120/{paid_at}", d[0].0), Some("PAY1".to_string()))]);
+    // The same payment again changes nothing.
+    assert!(consistent_after(&run(&mut e, vec![s.payment("P1")])).is_empty());
+    // Returned for a missing payment after the wait, then cleared by one: said again.
+    let s = Story::new(13);
+    let mut e = Engine::new(rules(), hs(), 1);
+    let mut out = run(&mut e, vec![s.order(), s.list(), s.waybill()]);
+    e.advance(EventTime::parse_ceb(&s.t(1)).unwrap().plus_ms(24 * 3_600_000), &mut out);
+    assert!(out.iter().any(|o| matches!(o, Out::Return(r) if r.reasons == ["payment_missing"])));
+    let out = run(&mut e, vec![s.payment("P9")]);
+    assert!(out.iter().any(|o| matches!(o, Out::Return(r) if r.cleared)));
+    assert_eq!(consistent_after(&out).iter().map(|x| x.1.as_deref()).collect::<Vec<_>>(), [Some("PAY1")]);
+    // Consistent before collection but not yet declared: the declaration says it all.
+    let s = Story::new(14);
+    let mut e = Engine::new(rules(), hs(), 1);
+    let mut out = run(&mut e, vec![s.order(), s.list(), s.payment("P1")]);
+    out.extend(run(&mut e, vec![s.waybill()]));
+    assert_eq!(declared(&out)[0].2.as_deref(), Some("PAY1"));
+    assert!(consistent_after(&out).is_empty());
+}
+
 #[test]
 fn red_channel_reasons_and_sorting_ports() {
     // Certificate-related goods: certificate port until verified, then release.

@@ -239,13 +239,19 @@ pub const EXAMPLES: [(&str, &str, &str); 7] = [
     ),
     (
         "inconsistent_payment_rate_by_firm",
-        "Inconsistent-payment rate by payment firm (lists returned for a payment reason / lists declared with a payment of that firm)",
-        "SELECT d.payCode, count(*) AS lists, count(r.orderNo) AS inconsistent, \
+        "Inconsistent-payment rate by payment firm (lists returned for a payment reason / declared lists paid through that firm: \
+         the firm as known at declaration, else as named later by the receipt of a comparison concluded after it, else by a return)",
+        "SELECT f.payCode, count(*) AS lists, count(r.orderNo) AS inconsistent, \
          round(CAST(count(r.orderNo) AS DOUBLE) / count(*), 4) AS rate \
-         FROM declared d LEFT JOIN (SELECT DISTINCT orderNo FROM returns WHERE NOT cleared AND \
+         FROM (SELECT d.orderNo, COALESCE(d.payCode, c.payCode, x.payCode) AS payCode FROM declared d \
+          LEFT JOIN (SELECT orderNo, max(payCode) AS payCode FROM receipts WHERE payCode IS NOT NULL GROUP BY orderNo) c \
+          ON c.orderNo = d.orderNo \
+          LEFT JOIN (SELECT orderNo, max(payCode) AS payCode FROM returns WHERE payCode IS NOT NULL GROUP BY orderNo) x \
+          ON x.orderNo = d.orderNo) f \
+         LEFT JOIN (SELECT DISTINCT orderNo FROM returns WHERE NOT cleared AND \
          (reasons LIKE '%amount_mismatch%' OR reasons LIKE '%currency_mismatch%' OR reasons LIKE '%duplicate_payment%' \
-          OR reasons LIKE '%ebc_mismatch%')) r ON r.orderNo = d.orderNo \
-         WHERE d.payCode IS NOT NULL GROUP BY d.payCode ORDER BY rate DESC, d.payCode",
+          OR reasons LIKE '%ebc_mismatch%')) r ON r.orderNo = f.orderNo \
+         WHERE f.payCode IS NOT NULL GROUP BY f.payCode ORDER BY rate DESC, f.payCode",
     ),
     (
         "sorting_ports_by_line_hour",
@@ -277,3 +283,52 @@ pub const EXAMPLES: [(&str, &str, &str); 7] = [
          ORDER BY d.declTime, d.invtNo",
     ),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cbec_schemas::Receipt;
+
+    fn receipt(i: i64, pay_code: Option<&str>) -> Receipt {
+        Receipt {
+            id: format!("r/{i}").into(),
+            invt_no: None,
+            order_no: Some(format!("O{i}").into()),
+            logistics_no: None,
+            return_status: 120,
+            return_info: "test".into(),
+            return_time: cbec_schemas::EventTime(1_794_355_200_000 + i),
+            control_ids: Vec::new(),
+            pay_code: pay_code.map(Into::into),
+        }
+    }
+
+    fn write(path: &Path, b: &RecordBatch) {
+        let f = std::fs::File::create(path).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, b.schema(), None).unwrap();
+        w.write(b).unwrap();
+        w.close().unwrap();
+    }
+
+    /// Receipts written before they had a `payCode` column (archives of earlier versions)
+    /// are read with the column null, beside files that have it.
+    #[test]
+    fn receipts_written_without_the_pay_code_column_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("tables").join("receipts");
+        std::fs::create_dir_all(&t).unwrap();
+        let old = cbec_schemas::arrow_schema::receipts_batch(&[receipt(1, None), receipt(2, None)]).unwrap();
+        let pay = old.schema().index_of("payCode").unwrap();
+        let keep: Vec<usize> = (0..old.num_columns()).filter(|i| *i != pay).collect();
+        write(&t.join("old.parquet"), &old.project(&keep).unwrap());
+        let new = cbec_schemas::arrow_schema::receipts_batch(&[receipt(3, Some("PAY1"))]).unwrap();
+        write(&t.join("new.parquet"), &new);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let out = rt.block_on(async {
+            let ctx = context(dir.path(), Arc::new(Nomenclature::structural())).await.unwrap();
+            let b = query(&ctx, "SELECT orderNo, payCode FROM receipts ORDER BY orderNo").await.unwrap();
+            render(&b, "csv").unwrap()
+        });
+        assert_eq!(out.trim(), "orderNo,payCode\nO1,\nO2,\nO3,PAY1");
+    }
+}

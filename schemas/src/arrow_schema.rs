@@ -246,6 +246,7 @@ pub fn receipts_batch(v: &[Receipt]) -> Result<RecordBatch, ArrowError> {
         ("returnInfo", s(v.iter().map(|r| r.return_info.as_str()))),
         ("controlIds", s(ctl.iter().map(String::as_str))),
         ("returnTime", ts(v.iter().map(|r| r.return_time))),
+        ("payCode", os(v.iter().map(|r| r.pay_code.as_deref()))),
     ])
 }
 

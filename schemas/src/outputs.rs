@@ -83,6 +83,11 @@ pub struct Receipt {
     /// Controls that caused this status.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub control_ids: Vec<Text>,
+    /// Payment firm of the order's payment, on the receipt that says a declared list's
+    /// order-number comparison became consistent after its declaration (the firm the
+    /// declared list could not name: its payment came later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay_code: Option<Text>,
 }
 
 impl Receipt {

@@ -912,6 +912,7 @@ fn produce_receipts(c: &Config, partition: i32, ids: std::ops::RangeInclusive<u3
             return_info: "declared".into(),
             return_time: cbec_schemas::EventTime(1_794_355_200_000 + i64::from(i)),
             control_ids: Vec::new(),
+            pay_code: None,
         };
         let topic = c.output_topic("receipts");
         cbec_pipeline::kafka::send_to(
