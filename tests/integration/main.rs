@@ -6,5 +6,6 @@
 mod compose;
 mod embedded;
 mod kafka;
+mod scenario;
 mod sql;
 mod support;
