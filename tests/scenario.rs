@@ -51,8 +51,9 @@ impl Bytes<'_> {
 /// One step of a story: an input message, or event time moving on.
 #[derive(Clone)]
 pub enum Step {
-    /// A message as it would arrive on its topic.
-    Message(Topic, Vec<u8>),
+    /// A message as it would arrive on its topic, and when it was sent (Unix ms: the story's
+    /// clock at that step).
+    Message(Topic, Vec<u8>, i64),
     /// The watermark moves to this time.
     Advance(EventTime),
 }
@@ -60,7 +61,7 @@ pub enum Step {
 impl std::fmt::Debug for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Step::Message(t, payload) => write!(f, "{}: {}", t.short(), String::from_utf8_lossy(payload)),
+            Step::Message(t, payload, _) => write!(f, "{}: {}", t.short(), String::from_utf8_lossy(payload)),
             Step::Advance(t) => write!(f, "advance to {}", t.to_rfc3339()),
         }
     }
@@ -152,7 +153,7 @@ pub fn story(data: &[u8]) -> Vec<Step> {
                 ]
             };
             now += 5;
-            steps.extend(bundle.into_iter().map(|(t, v)| Step::Message(t, serde_json::to_vec(&v).expect("json"))));
+            steps.extend(bundle.into_iter().map(|(t, v)| Step::Message(t, serde_json::to_vec(&v).expect("json"), now)));
             continue;
         }
         let (topic, v): (Topic, Value) = match op {
@@ -243,7 +244,7 @@ pub fn story(data: &[u8]) -> Vec<Step> {
                 continue;
             }
         };
-        steps.push(Step::Message(topic, serde_json::to_vec(&v).expect("json")));
+        steps.push(Step::Message(topic, serde_json::to_vec(&v).expect("json"), now));
     }
     steps
 }
@@ -256,7 +257,7 @@ fn entities(steps: &[Step]) -> Vec<Result<Entity, EventTime>> {
     steps
         .iter()
         .filter_map(|s| match s {
-            Step::Message(topic, payload) => match d.decode(*topic, payload) {
+            Step::Message(topic, payload, _) => match d.decode(*topic, payload) {
                 Decoded::One(Ok(e)) => Some(Ok(e)),
                 _ => None,
             },
