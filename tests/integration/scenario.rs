@@ -45,8 +45,7 @@ fn pipeline_records(steps: &[Step], partitions: usize) -> Vec<String> {
     let sink = MemorySink::default();
     let records = sink.records.clone();
     embedded::run(&cfg, hs(), inputs, Box::new(sink), None).expect("embedded run");
-    let r = records.lock().unwrap().iter().map(|r| format!("{r:?}")).collect();
-    r
+    records.lock().unwrap().iter().map(|r| format!("{r:?}")).collect()
 }
 
 /// The same stories through the whole in-process pipeline (decoding, the sequencer's
