@@ -226,19 +226,6 @@ fn receipt(
     tag: &str,
     controls: Vec<Text>,
 ) {
-    out.collect(Out::Receipt(receipt_of(p, logistics_no, st, info, time, tag, controls)));
-}
-
-/// The receipt [`receipt`] emits.
-fn receipt_of(
-    p: &Parcel,
-    logistics_no: &str,
-    st: i32,
-    info: Text,
-    time: EventTime,
-    tag: &str,
-    controls: Vec<Text>,
-) -> Receipt {
     let invt = p.decl.as_ref().map(|d| d.invt_no.clone());
     let order_no = p.list.as_ref().map(|l| Text::from(l.order_no()));
     let key = invt.as_deref().unwrap_or(logistics_no);
@@ -251,7 +238,7 @@ fn receipt_of(
     }
     ids::push_padded(&mut id, st.unsigned_abs() as u64, 1);
     id.push_str(tag);
-    Receipt {
+    out.collect(Out::Receipt(Receipt {
         id,
         invt_no: invt,
         order_no,
@@ -261,7 +248,7 @@ fn receipt_of(
         return_time: time,
         control_ids: controls,
         pay_code: None,
-    }
+    }));
 }
 
 impl Clear {
@@ -623,7 +610,9 @@ impl Operator for Clear {
                     // Declared before the comparison could conclude (its payment came later,
                     // or a correction cleared a return): the receipt names the payment firm
                     // the declared list could not.
-                    let mut r = receipt_of(
+                    let mut one = Vec::with_capacity(1);
+                    receipt(
+                        &mut one,
                         p,
                         &s.logistics_no,
                         status::ACCEPTED,
@@ -632,8 +621,12 @@ impl Operator for Clear {
                         &format!("/{}", s.time.0),
                         vec![],
                     );
-                    r.pay_code = s.pay_code.as_deref().map(Text::from);
-                    out.collect(Out::Receipt(r));
+                    for mut r in one {
+                        if let Out::Receipt(r) = &mut r {
+                            r.pay_code = s.pay_code.as_deref().map(Text::from);
+                        }
+                        out.collect(r);
+                    }
                 }
                 if let Comparison::Returned { reasons } = &s.comparison
                     && (p.decl.is_some() || p.list.is_some())
