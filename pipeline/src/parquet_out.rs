@@ -11,6 +11,7 @@ use cbec_schemas::{ChannelDecision, DeclaredList, EventTime, Receipt, Return, So
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,11 @@ fn day(t: EventTime) -> String {
     let s = t.to_rfc3339();
     format!("day={}", s.get(..10).unwrap_or("unknown"))
 }
+
+/// Columns whose values are (nearly) all different: identities and keys. A dictionary for
+/// them is built value by value (a hash and a comparison each) and then given up when it
+/// outgrows its page; they are written plain.
+const UNIQUE: &[&str] = &["id", "invtNo", "logisticsNo", "orderNo", "scanId", "contentHash", "copNo", "summaryId"];
 
 /// Buffers records per table and writes Parquet files.
 pub struct ParquetOut {
@@ -35,9 +41,15 @@ pub struct ParquetOut {
     pub files: u64,
 }
 
-/// The rows of `v` by partition (moved, not copied).
-fn by<T>(v: Vec<T>, part: impl Fn(&T) -> String) -> BTreeMap<String, Vec<T>> {
-    let mut m: BTreeMap<String, Vec<T>> = BTreeMap::new();
+/// The day of `t` in China Standard Time (UTC+8), as a number: what [`day`] names.
+fn cst_day(t: EventTime) -> i64 {
+    t.0.saturating_add(8 * 3_600_000).div_euclid(86_400_000)
+}
+
+/// The rows of `v` by partition key (moved, not copied); the caller names each partition
+/// from its rows (a key per row is a number, not a formatted name).
+fn by<T, K: Ord>(v: Vec<T>, part: impl Fn(&T) -> K) -> BTreeMap<K, Vec<T>> {
+    let mut m: BTreeMap<K, Vec<T>> = BTreeMap::new();
     for x in v {
         m.entry(part(&x)).or_default().push(x);
     }
@@ -130,7 +142,11 @@ impl ParquetOut {
         let name = format!("part-{}-{:06}.parquet", self.writer, self.seq);
         let tmp = dir.join(format!(".{name}.tmp"));
         let file = std::fs::File::create(&tmp)?;
-        let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+        let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default()));
+        for c in UNIQUE {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(*c), false);
+        }
+        let props = props.build();
         let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(std::io::Error::other)?;
         w.write(&batch).map_err(std::io::Error::other)?;
         w.close().map_err(std::io::Error::other)?;
@@ -142,31 +158,54 @@ impl ParquetOut {
     /// Writes everything buffered.
     pub fn flush(&mut self) -> std::io::Result<()> {
         let declared = std::mem::take(&mut self.declared);
-        for (p, v) in by(declared, |d| day(d.decl_time)) {
+        for (_, v) in by(declared, |d| cst_day(d.decl_time)) {
+            let p = day(v[0].decl_time);
             self.write("declared", &p, tables::declared_batch(&v))?;
             self.write("declared_items", &p, tables::declared_items_batch(&v))?;
         }
         let channels = std::mem::take(&mut self.channels);
-        for (p, v) in by(channels, |d| day(d.time)) {
-            self.write("channels", &p, tables::channels_batch(&v))?;
+        for (_, v) in by(channels, |d| cst_day(d.time)) {
+            self.write("channels", &day(v[0].time), tables::channels_batch(&v))?;
         }
         let sorting = std::mem::take(&mut self.sorting);
-        for (p, v) in by(sorting, |d| day(d.scan_time)) {
-            self.write("sorting", &p, tables::sorting_batch(&v))?;
+        for (_, v) in by(sorting, |d| cst_day(d.scan_time)) {
+            self.write("sorting", &day(v[0].scan_time), tables::sorting_batch(&v))?;
         }
         let returns = std::mem::take(&mut self.returns);
-        for (p, v) in by(returns, |d| day(d.time)) {
-            self.write("returns", &p, tables::returns_batch(&v))?;
+        for (_, v) in by(returns, |d| cst_day(d.time)) {
+            self.write("returns", &day(v[0].time), tables::returns_batch(&v))?;
         }
         let receipts = std::mem::take(&mut self.receipts);
-        for (p, v) in by(receipts, |d| day(d.return_time)) {
-            self.write("receipts", &p, tables::receipts_batch(&v))?;
+        for (_, v) in by(receipts, |d| cst_day(d.return_time)) {
+            self.write("receipts", &day(v[0].return_time), tables::receipts_batch(&v))?;
         }
         let summaries = std::mem::take(&mut self.summaries);
-        for (p, v) in by(summaries, |d| format!("period={}", d.period)) {
+        for (period, v) in by(summaries, |d| d.period) {
+            let p = format!("period={period}");
             self.write("summaries", &p, tables::summaries_batch(&v))?;
             self.write("summary_items", &p, tables::summary_items_batch(&v))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows are grouped by a day number and the partition is named from a row's time: the
+    /// two must agree, around midnight in China (UTC+8) and before 1970 too.
+    #[test]
+    fn the_day_number_and_the_partition_name_agree() {
+        let midnight = EventTime::parse_rfc3339("2026-11-11T00:00:00+08:00").unwrap().0;
+        let times = [midnight - 1, midnight, midnight + 86_399_999, midnight + 86_400_000, -1, 0, -86_400_001];
+        for a in times {
+            for b in times {
+                let (a, b) = (EventTime(a), EventTime(b));
+                assert_eq!(cst_day(a) == cst_day(b), day(a) == day(b), "{a:?} {b:?}: {} {}", day(a), day(b));
+            }
+        }
+        assert_eq!(day(EventTime(midnight - 1)), "day=2026-11-10");
+        assert_eq!(day(EventTime(midnight)), "day=2026-11-11");
     }
 }
