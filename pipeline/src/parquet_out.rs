@@ -208,4 +208,45 @@ mod tests {
         assert_eq!(day(EventTime(midnight - 1)), "day=2026-11-10");
         assert_eq!(day(EventTime(midnight)), "day=2026-11-11");
     }
+
+    /// Identities and keys are written without a dictionary; the other text columns keep
+    /// theirs.
+    #[test]
+    fn keys_are_written_plain_and_repeated_texts_with_a_dictionary() {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = ParquetOut::new(dir.path(), 1_000);
+        for i in 0..500i64 {
+            out.add(Record::Receipt(Receipt {
+                id: format!("5141{i:012}/120").into(),
+                invt_no: Some(format!("51412026E{i:010}").into()),
+                order_no: Some(format!("ORDER{i}").into()),
+                logistics_no: Some(format!("LP{i:010}").into()),
+                return_status: 120,
+                return_info: "declared: list activated by logistics collection".into(),
+                return_time: EventTime(1_794_355_200_000 + i),
+                control_ids: Vec::new(),
+                pay_code: None,
+            }))
+            .unwrap();
+        }
+        out.flush().unwrap();
+        let part = dir.path().join("tables/receipts/day=2026-11-11");
+        let file = std::fs::read_dir(&part)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .unwrap();
+        let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
+        let rg = reader.metadata().row_group(0);
+        let dictionary = |name: &str| {
+            let c = rg.columns().iter().find(|c| c.column_path().string() == name).unwrap_or_else(|| panic!("{name}"));
+            c.dictionary_page_offset().is_some()
+        };
+        for key in ["id", "invtNo", "orderNo", "logisticsNo"] {
+            assert!(!dictionary(key), "{key} is written plain");
+        }
+        assert!(dictionary("returnInfo"), "a repeated text keeps its dictionary");
+    }
 }
