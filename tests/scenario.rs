@@ -5,6 +5,7 @@
 //! input:
 //!
 //! * nothing panics (bad input is refused with a receipt or a dead letter, never a crash);
+//! * no two different records share an identity (consumers de-duplicate by it);
 //! * the records are the same at 1 and at 3 partitions (outputs do not depend on how the
 //!   keyed state is split);
 //! * a snapshot restored at a point the bytes choose goes on with the same records as the
@@ -298,7 +299,7 @@ fn run(
     partitions: usize,
     restart: Restart,
     hs: &Nomenclature,
-) -> Vec<String> {
+) -> (Vec<String>, Vec<Out>) {
     let mut e = Engine::new(rules.clone(), hs.clone(), partitions);
     let mut copy: Option<Engine> = None;
     let mut out = Vec::new();
@@ -330,7 +331,30 @@ fn run(
         }
     }
     e.advance(EventTime::MAX, &mut out);
-    out.iter().map(|o: &Out| format!("{o:?}")).collect()
+    (out.iter().map(|o: &Out| format!("{o:?}")).collect(), out)
+}
+
+/// Asserts that no two different records share an identity (a consumer de-duplicating by
+/// identity after a restart would drop one of them); the same record twice is allowed.
+fn identities_are_unique(out: &[Out], steps: &[Step]) {
+    let mut seen: std::collections::HashMap<(&str, String), String> = std::collections::HashMap::new();
+    for o in out {
+        let key = match o {
+            Out::Declared(d) => ("declared", d.invt_no.to_string()),
+            Out::Receipt(r) => ("receipts", r.id.to_string()),
+            Out::Return(r) => ("returns", r.id.clone()),
+            Out::Channel(c) => ("channels", c.id.to_string()),
+            Out::Sorting(x) => ("sorting", x.id.to_string()),
+            Out::Release(r) => ("releases", r.id.clone()),
+            Out::Exited(x) => ("exited", x.seq.to_string()),
+        };
+        let text = format!("{o:?}");
+        if let Some(before) = seen.get(&key) {
+            assert_eq!(before, &text, "two different records with identity {key:?} for {steps:?}");
+        } else {
+            seen.insert(key, text);
+        }
+    }
 }
 
 /// Runs the story `data` tells and asserts the properties in the module's documentation
@@ -342,14 +366,16 @@ pub fn check(data: &[u8], hs: &Nomenclature) -> Vec<String> {
     let byte = |i: usize| usize::from(data.get(i).copied().unwrap_or(0));
     let rules = Rules { state_retention_days: if byte(1) % 2 == 0 { 30 } else { 1 }, ..Rules::default() };
     let one = run(&input, &rules, 1, Restart::No, hs);
-    let three = run(&input, &rules, 3, Restart::No, hs);
+    identities_are_unique(&one.1, &steps);
+    let one = one.0;
+    let three = run(&input, &rules, 3, Restart::No, hs).0;
     assert_eq!(one, three, "records differ at 1 and 3 partitions for {steps:?}");
     if !input.is_empty() {
         let at = byte(0) % input.len();
-        let whole = run(&input, &rules, 1, Restart::Whole { at }, hs);
+        let whole = run(&input, &rules, 1, Restart::Whole { at }, hs).0;
         assert_eq!(one, whole, "records differ after a restore before input {at} of {steps:?}");
         let every = 1 + byte(2) % 4;
-        let incremental = run(&input, &rules, 2, Restart::Incremental { at, every, phase: byte(3) % every }, hs);
+        let incremental = run(&input, &rules, 2, Restart::Incremental { at, every, phase: byte(3) % every }, hs).0;
         assert_eq!(
             one, incremental,
             "records differ after a restore from incremental checkpoints before input {at} of {steps:?}"

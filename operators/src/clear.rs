@@ -511,10 +511,21 @@ impl Clear {
             _ => false,
         };
         let for_receipt = first.then(|| (s.logistics_no.clone(), control_ids.clone()));
-        let mut id = Text::with_capacity(s.line_id.len() + 1 + s.scan_id.len());
+        // `{lineId}/{scanId}/{logisticsNo}/{scanTime ms}`: a line that uses a scan id again
+        // (a counter started afresh) for another parcel or another time makes another
+        // decision, which must not share the first one's identity (a consumer
+        // de-duplicating by identity would drop it); the same scan sent twice keeps one.
+        let mut id = Text::with_capacity(s.line_id.len() + s.scan_id.len() + s.logistics_no.len() + 17);
         id.push_str(&s.line_id);
         id.push('/');
         id.push_str(&s.scan_id);
+        id.push('/');
+        id.push_str(&s.logistics_no);
+        id.push('/');
+        if s.scan_time.0 < 0 {
+            id.push('-');
+        }
+        ids::push_padded(&mut id, s.scan_time.0.unsigned_abs(), 1);
         out.collect(Out::Sorting(SortingDecision {
             id,
             logistics_no: s.logistics_no,
@@ -618,7 +629,9 @@ impl Operator for Clear {
                         status::ACCEPTED,
                         Text::const_new("order-number comparison consistent after declaration"),
                         s.time,
-                        &format!("/{}", s.time.0),
+                        // The order and its revision: two statuses of one event time, or
+                        // of two orders whose lists name this parcel, differ in them.
+                        &format!("/{}/{}/{}", s.time.0, s.order_no, s.revision),
                         vec![],
                     );
                     for mut r in one {
@@ -638,7 +651,9 @@ impl Operator for Clear {
                         status::RETURNED,
                         format!("returned by the order-number comparison: {}", reasons).into(),
                         s.time,
-                        &format!("/{}", s.time.0),
+                        // The order and its revision: two statuses of one event time, or
+                        // of two orders whose lists name this parcel, differ in them.
+                        &format!("/{}/{}/{}", s.time.0, s.order_no, s.revision),
                         vec![],
                     );
                 }
@@ -695,7 +710,9 @@ impl Operator for Clear {
                             -403,
                             Text::const_new("arrived at the supervised site without a declared list"),
                             time,
-                            "/arrival",
+                            // With the time: after the state retention dropped the parcel,
+                            // another arrival is another receipt.
+                            &format!("/arrival/{}", time.0),
                             vec![],
                         );
                     }

@@ -132,6 +132,10 @@ pub struct ListStatus {
     /// Payment firm of the order's latest payment, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pay_code: Option<String>,
+    /// The order's returns and clearings so far (the last one's id is
+    /// `{orderNo}/{revision}`): two statuses at one event time differ in it.
+    #[serde(default)]
+    pub revision: u32,
     /// Event time of the change.
     #[serde(with = "cbec_schemas::time::rfc3339_format")]
     pub time: EventTime,
@@ -420,7 +424,9 @@ impl Declare {
         if !reasons.is_empty() || cleared {
             e.revision += 1;
             out.collect(DeclareOut::Return(Return {
-                id: format!("{order_no}/{}", e.revision),
+                // With the time: after the state retention dropped the order, its revisions
+                // count from 1 again.
+                id: format!("{order_no}/{}/{}", e.revision, time.0),
                 order_no: order_no.to_string(),
                 logistics_no: logistics_no.clone(),
                 reasons,
@@ -435,6 +441,7 @@ impl Declare {
             logistics_no,
             comparison: new,
             pay_code,
+            revision: e.revision,
             time,
         }));
     }

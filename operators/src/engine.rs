@@ -231,7 +231,14 @@ impl Engine {
             }
         };
         out.push(Out::Receipt(Receipt {
-            id: format!("goods/{key}/{}/{}", g.app_time.0, st).into(),
+            // A deletion and a registration at one time differ in their kind.
+            id: format!(
+                "goods/{key}/{}/{}{}",
+                g.app_time.0,
+                st,
+                if g.app_type == AppType::Delete { "/deleted" } else { "" }
+            )
+            .into(),
             invt_no: None,
             order_no: None,
             logistics_no: None,

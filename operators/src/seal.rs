@@ -24,6 +24,10 @@ struct SealState {
     /// Day of the last event about the seal ([`crate::retention`]).
     #[serde(default)]
     touched: i32,
+    /// How many times this seal number was sealed (while its state was kept): part of its
+    /// verdicts' identities, so a seal sealed again gets verdicts of its own.
+    #[serde(default)]
+    sealings: u32,
 }
 
 /// The parcels of a master bill (`totalPackageNo`).
@@ -124,6 +128,8 @@ impl SealOp {
     ) -> Vec<PortRelease> {
         match ev {
             SealEvent::Sealed { seal_no, vehicle_no, total_package_nos, logistics_nos, time } => {
+                let sealings =
+                    1 + self.seals.get(&seal_no).filter(|s| s.touched >= self.cutoff).map_or(0, |s| s.sealings);
                 let mut parcels: BTreeSet<Text> = logistics_nos.into_iter().collect();
                 for b in &total_package_nos {
                     if let Some(bill) = self.bills.get(b).filter(|b| b.touched >= self.cutoff) {
@@ -153,7 +159,10 @@ impl SealOp {
                     reasons.push("all parcels released at the site; vehicle filed".to_string());
                 }
                 out.collect(Out::Release(SealVerdict {
-                    id: format!("{seal_no}/sealed"),
+                    // With the time and the count: a seal held and sealed again (its parcels
+                    // put right, or another vehicle) gets a second verdict, not the first
+                    // one's identity.
+                    id: format!("{seal_no}/sealed/{}/{sealings}", time.0),
                     seal_no: seal_no.clone(),
                     vehicle_no: vehicle_no.clone(),
                     stage: "sealed".into(),
@@ -165,38 +174,45 @@ impl SealOp {
                     time,
                 }));
                 let touched = day_of(time);
-                self.seals
-                    .insert(seal_no, SealState { vehicle_no, parcels, accepted, verdict_at_port: false, touched });
+                self.seals.insert(
+                    seal_no,
+                    SealState { vehicle_no, parcels, accepted, verdict_at_port: false, touched, sealings },
+                );
                 Vec::new()
             }
             SealEvent::Verified { seal_no, vehicle_no, port_code, intact, time } => {
                 let cutoff = self.cutoff;
-                let (verdict, reasons, parcels) = match self.seals.get_mut(&seal_no).filter(|s| s.touched >= cutoff) {
-                    None => ("held", vec!["unknown seal".to_string()], Vec::new()),
-                    Some(s) if s.verdict_at_port => return Vec::new(),
-                    Some(s) => {
-                        s.verdict_at_port = true;
-                        s.touched = s.touched.max(day_of(time));
-                        let mut r = Vec::new();
-                        if !intact {
-                            r.push("seal broken".to_string());
+                let (verdict, reasons, parcels, which) =
+                    match self.seals.get_mut(&seal_no).filter(|s| s.touched >= cutoff) {
+                        // An unknown seal verified twice at one time: told apart by where and on what.
+                        None => {
+                            ("held", vec!["unknown seal".to_string()], Vec::new(), format!("{vehicle_no}/{port_code}"))
                         }
-                        if !s.accepted {
-                            r.push("seal was held at the site".to_string());
+                        Some(s) if s.verdict_at_port => return Vec::new(),
+                        Some(s) => {
+                            s.verdict_at_port = true;
+                            s.touched = s.touched.max(day_of(time));
+                            let mut r = Vec::new();
+                            if !intact {
+                                r.push("seal broken".to_string());
+                            }
+                            if !s.accepted {
+                                r.push("seal was held at the site".to_string());
+                            }
+                            if s.vehicle_no != vehicle_no {
+                                r.push(format!("vehicle {vehicle_no} differs from sealed vehicle {}", s.vehicle_no));
+                            }
+                            let which = s.sealings.to_string();
+                            if r.is_empty() {
+                                r.push("seal intact".to_string());
+                                ("released", r, s.parcels.clone(), which)
+                            } else {
+                                ("held", r, s.parcels.clone(), which)
+                            }
                         }
-                        if s.vehicle_no != vehicle_no {
-                            r.push(format!("vehicle {vehicle_no} differs from sealed vehicle {}", s.vehicle_no));
-                        }
-                        if r.is_empty() {
-                            r.push("seal intact".to_string());
-                            ("released", r, s.parcels.clone())
-                        } else {
-                            ("held", r, s.parcels.clone())
-                        }
-                    }
-                };
+                    };
                 out.collect(Out::Release(SealVerdict {
-                    id: format!("{seal_no}/port"),
+                    id: format!("{seal_no}/port/{}/{which}", time.0),
                     seal_no: seal_no.clone(),
                     vehicle_no,
                     stage: "port".into(),

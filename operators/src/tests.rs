@@ -486,7 +486,10 @@ fn a_comparison_concluded_after_declaration_names_the_payment_firm() {
     assert!(consistent_after(&out).is_empty());
     let out = run(&mut e, vec![s.payment("P1")]);
     let paid_at = EventTime::parse_ceb(&s.t(2)).unwrap().0;
-    assert_eq!(consistent_after(&out), vec![(format!("{}/120/{paid_at}", d[0].0), Some("PAY1".to_string()))]);
+    assert_eq!(
+        consistent_after(&out),
+        vec![(format!("{}/120/{paid_at}/{}/0", d[0].0, s.order_no()), Some("PAY1".to_string()))]
+    );
     // The same payment again changes nothing.
     assert!(consistent_after(&run(&mut e, vec![s.payment("P1")])).is_empty());
     // Returned for a missing payment after the wait, then cleared by one: said again.

@@ -139,7 +139,7 @@ pub struct Compared {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Return {
-    /// Stable identity (`orderNo` + revision).
+    /// Stable identity (`orderNo/revision/time ms`).
     pub id: String,
     /// Key.
     pub order_no: String,
@@ -202,7 +202,7 @@ pub struct ChannelDecision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SortingDecision {
-    /// Stable identity: `lineId/scanId`.
+    /// Stable identity: `lineId/scanId/logisticsNo/scanTime` (ms).
     pub id: Text,
     /// Key (barcode).
     pub logistics_no: Text,
@@ -234,7 +234,7 @@ pub struct SortingDecision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SealVerdict {
-    /// Stable identity: `sealNo/stage`.
+    /// Stable identity: `sealNo/stage/time` (ms).
     pub id: String,
     /// Key.
     pub seal_no: Text,

@@ -72,3 +72,48 @@ fn adversarial_stories_through_the_pipeline_are_the_same_at_any_partition_count(
         assert!(kinds.get(k).is_some_and(|n| *n >= least), "{k}: {kinds:?}");
     }
 }
+
+/// The same stories written as files twice, once as JSON lines and once with every message
+/// that has a CEB form (orders, lists, waybills, payments, arrivals, departures) as CEB XML
+/// documents: the two decoders give the same records, whatever odd values the story holds.
+#[test]
+fn adversarial_stories_as_ceb_xml_give_the_records_of_their_json() {
+    use cbec_pipeline::generator::{Expected, Generated, write_dir, write_dir_xml};
+    use cbec_pipeline::record::Record;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1819);
+    let (mut compared, mut xml_messages) = (0usize, 0usize);
+    for _ in 0..60 {
+        let len = rng.random_range(40..200);
+        let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        let steps = story(&data);
+        let mut g = Generated { topics: BTreeMap::new(), arrival: BTreeMap::new(), expected: Expected::default() };
+        for s in &steps {
+            if let Step::Message(t, payload, sent) = s {
+                g.topics.entry(*t).or_default().push((String::new(), payload.clone()));
+                g.arrival.entry(*t).or_default().push(*sent);
+                if !matches!(t, Topic::Goods | Topic::Scans | Topic::Seals | Topic::Controls) {
+                    xml_messages += 1;
+                }
+            }
+        }
+        let (json_dir, xml_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write_dir(&g, json_dir.path()).unwrap();
+        write_dir_xml(&g, xml_dir.path()).unwrap();
+        let run = |dir: &std::path::Path| {
+            let sink = MemorySink::default();
+            let records = sink.records.clone();
+            let inputs = embedded::discover(dir).unwrap();
+            embedded::run(&Config::default(), hs(), inputs, Box::new(sink), None).unwrap();
+            let r = records.lock().unwrap().clone();
+            let dead = r.iter().filter(|x| matches!(x, Record::Dead(_))).count();
+            let rest: Vec<Record> = r.into_iter().filter(|x| !matches!(x, Record::Dead(_))).collect();
+            (crate::support::record_map(&rest), dead)
+        };
+        let (a, da) = run(json_dir.path());
+        let (b, db) = run(xml_dir.path());
+        assert!(a == b, "records from CEB XML differ from JSON lines for {steps:?}");
+        assert_eq!(da, db, "dead letters for {steps:?}");
+        compared += a.len();
+    }
+    assert!(compared > 1_000 && xml_messages > 500, "{compared} records, {xml_messages} messages as XML");
+}
