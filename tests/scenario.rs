@@ -365,9 +365,19 @@ pub fn check(data: &[u8], hs: &Nomenclature) -> Vec<String> {
     // The first bytes choose the rules (state kept 30 days or 1) and where runs restart.
     let byte = |i: usize| usize::from(data.get(i).copied().unwrap_or(0));
     let rules = Rules { state_retention_days: if byte(1) % 2 == 0 { 30 } else { 1 }, ..Rules::default() };
-    let one = run(&input, &rules, 1, Restart::No, hs);
-    identities_are_unique(&one.1, &steps);
-    let one = one.0;
+    let one = run(&input, &rules, 1, Restart::No, hs).0;
+    // Identities: over the story with each message once (a message sent twice may get a
+    // second record under the first one's identity: a duplicate for consumers to drop).
+    let mut seen = std::collections::HashSet::new();
+    let once: Vec<Step> = steps
+        .iter()
+        .filter(|s| match s {
+            Step::Message(t, payload, _) => seen.insert((t.short(), payload.clone())),
+            Step::Advance(_) => true,
+        })
+        .cloned()
+        .collect();
+    identities_are_unique(&run(&entities(&once), &rules, 1, Restart::No, hs).1, &once);
     let three = run(&input, &rules, 3, Restart::No, hs).0;
     assert_eq!(one, three, "records differ at 1 and 3 partitions for {steps:?}");
     if !input.is_empty() {

@@ -526,6 +526,14 @@ impl Clear {
             id.push('-');
         }
         ids::push_padded(&mut id, s.scan_time.0.unsigned_abs(), 1);
+        // The X-ray result too: the same scan sent again with another result is another
+        // decision (the same scan sent twice keeps one identity: its second decision is a
+        // duplicate to drop, whatever the state made of it).
+        match s.xray {
+            Some(Xray::Clear) => id.push_str("/clear"),
+            Some(Xray::Suspect) => id.push_str("/suspect"),
+            None => {}
+        }
         out.collect(Out::Sorting(SortingDecision {
             id,
             logistics_no: s.logistics_no,

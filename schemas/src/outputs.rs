@@ -202,7 +202,8 @@ pub struct ChannelDecision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SortingDecision {
-    /// Stable identity: `lineId/scanId/logisticsNo/scanTime` (ms).
+    /// Stable identity: `lineId/scanId/logisticsNo/scanTime` (ms), then `/clear` or
+    /// `/suspect` when the scan carries an X-ray result.
     pub id: Text,
     /// Key (barcode).
     pub logistics_no: Text,
