@@ -762,7 +762,12 @@ impl Operator for Clear {
                         status::ERR_EXIT_NOT_RELEASED,
                         Text::const_new("exit of a parcel whose list was not released at the port"),
                         time,
-                        &format!("/{}", time.0),
+                        // With the order when there is a list: a list arriving between two
+                        // departures of one millisecond makes the second receipt name it.
+                        &match &p.list {
+                            Some(l) => format!("/{}/{}", time.0, l.order_no()),
+                            None => format!("/{}", time.0),
+                        },
                         vec![],
                     );
                 }
