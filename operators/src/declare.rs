@@ -133,7 +133,7 @@ pub struct ListStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pay_code: Option<String>,
     /// The order's returns and clearings so far (the last one's id is
-    /// `{orderNo}/{revision}`): two statuses at one event time differ in it.
+    /// `{orderNo}/{revision}/{time ms}`): two statuses at one event time differ in it.
     #[serde(default)]
     pub revision: u32,
     /// Event time of the change.

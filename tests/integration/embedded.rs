@@ -224,30 +224,13 @@ fn the_embedded_default_runs_with_no_arguments() {
 #[test]
 fn the_same_story_as_ceb_xml_gives_the_same_records() {
     use cbec_pipeline::generator::write_dir_xml;
-    use cbec_pipeline::sink::MemorySink;
     let g = story(1200, 13);
     let (json_dir, xml_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     write_dir(&g, json_dir.path()).unwrap();
     write_dir_xml(&g, xml_dir.path()).unwrap();
     assert!(xml_dir.path().join("orders/000000.xml").exists());
-    let run = |dir: &std::path::Path| {
-        let sink = MemorySink::default();
-        let records = sink.records.clone();
-        cbec_pipeline::embedded::run(
-            &cbec_pipeline::config::Config::default(),
-            hs(),
-            cbec_pipeline::embedded::discover(dir).unwrap(),
-            Box::new(sink),
-            None,
-        )
-        .unwrap();
-        let r = records.lock().unwrap().clone();
-        let dead = r.iter().filter(|x| matches!(x, Record::Dead(_))).count();
-        let rest: Vec<Record> = r.into_iter().filter(|x| !matches!(x, Record::Dead(_))).collect();
-        (record_map(&rest), dead)
-    };
-    let (a, da) = run(json_dir.path());
-    let (b, db) = run(xml_dir.path());
+    let (a, da) = run_dir(json_dir.path());
+    let (b, db) = run_dir(xml_dir.path());
     assert_eq!(a.len(), b.len());
     assert!(a == b, "records from CEB XML differ from JSON lines");
     assert_eq!((da, db), (g.expected.malformed as usize, g.expected.malformed as usize));

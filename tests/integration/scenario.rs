@@ -1,10 +1,8 @@
 //! Adversarial stories (`cbec_tests::scenario`) on seeded random bytes: the properties the
 //! fuzz target checks, on a fixed sample every run.
 
-use crate::support::hs;
-use cbec_pipeline::config::Config;
-use cbec_pipeline::embedded::{self, TopicInput};
-use cbec_pipeline::sink::MemorySink;
+use crate::support::{hs, run_dir, run_embedded};
+use cbec_pipeline::generator::{Expected, Generated};
 use cbec_schemas::Topic;
 use cbec_tests::scenario::{Step, check, story};
 use rand::{RngExt, SeedableRng};
@@ -31,21 +29,22 @@ fn adversarial_stories_keep_partition_and_restore_invariance() {
     assert!(messages > 15_000 && records > 10_000, "{messages} messages, {records} records");
 }
 
-/// The records of an embedded run of `steps`' messages (each topic's in story order, sent
-/// at the story's clock) at `partitions`.
-fn pipeline_records(steps: &[Step], partitions: usize) -> Vec<String> {
-    let mut by_topic: BTreeMap<Topic, Vec<(i64, Vec<u8>)>> = BTreeMap::new();
+/// `steps`' messages as a generated story: each topic's in story order, sent at the story's
+/// clock (nothing expected of it).
+fn generated(steps: &[Step]) -> Generated {
+    let mut g = Generated { topics: BTreeMap::new(), arrival: BTreeMap::new(), expected: Expected::default() };
     for s in steps {
         if let Step::Message(t, payload, sent) = s {
-            by_topic.entry(*t).or_default().push((*sent, payload.clone()));
+            g.topics.entry(*t).or_default().push((String::new(), payload.clone()));
+            g.arrival.entry(*t).or_default().push(*sent);
         }
     }
-    let inputs = by_topic.into_iter().map(|(t, m)| (t, TopicInput::Messages(m))).collect();
-    let cfg = Config { partitions, ..Config::default() };
-    let sink = MemorySink::default();
-    let records = sink.records.clone();
-    embedded::run(&cfg, hs(), inputs, Box::new(sink), None).expect("embedded run");
-    records.lock().unwrap().iter().map(|r| format!("{r:?}")).collect()
+    g
+}
+
+/// The records of an embedded run of `steps`' messages at `partitions`.
+fn pipeline_records(steps: &[Step], partitions: usize) -> Vec<String> {
+    run_embedded(&generated(steps), partitions).0.iter().map(|r| format!("{r:?}")).collect()
 }
 
 /// The same stories through the whole in-process pipeline (decoding, the sequencer's
@@ -78,39 +77,23 @@ fn adversarial_stories_through_the_pipeline_are_the_same_at_any_partition_count(
 /// documents: the two decoders give the same records, whatever odd values the story holds.
 #[test]
 fn adversarial_stories_as_ceb_xml_give_the_records_of_their_json() {
-    use cbec_pipeline::generator::{Expected, Generated, write_dir, write_dir_xml};
-    use cbec_pipeline::record::Record;
+    use cbec_pipeline::generator::{write_dir, write_dir_xml};
     let mut rng = rand::rngs::StdRng::seed_from_u64(1819);
     let (mut compared, mut xml_messages) = (0usize, 0usize);
     for _ in 0..60 {
         let len = rng.random_range(40..200);
         let data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
         let steps = story(&data);
-        let mut g = Generated { topics: BTreeMap::new(), arrival: BTreeMap::new(), expected: Expected::default() };
-        for s in &steps {
-            if let Step::Message(t, payload, sent) = s {
-                g.topics.entry(*t).or_default().push((String::new(), payload.clone()));
-                g.arrival.entry(*t).or_default().push(*sent);
-                if !matches!(t, Topic::Goods | Topic::Scans | Topic::Seals | Topic::Controls) {
-                    xml_messages += 1;
-                }
-            }
-        }
+        let g = generated(&steps);
+        xml_messages += steps
+            .iter()
+            .filter(|s| matches!(s, Step::Message(t, ..) if !matches!(t, Topic::Goods | Topic::Scans | Topic::Seals | Topic::Controls)))
+            .count();
         let (json_dir, xml_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         write_dir(&g, json_dir.path()).unwrap();
         write_dir_xml(&g, xml_dir.path()).unwrap();
-        let run = |dir: &std::path::Path| {
-            let sink = MemorySink::default();
-            let records = sink.records.clone();
-            let inputs = embedded::discover(dir).unwrap();
-            embedded::run(&Config::default(), hs(), inputs, Box::new(sink), None).unwrap();
-            let r = records.lock().unwrap().clone();
-            let dead = r.iter().filter(|x| matches!(x, Record::Dead(_))).count();
-            let rest: Vec<Record> = r.into_iter().filter(|x| !matches!(x, Record::Dead(_))).collect();
-            (crate::support::record_map(&rest), dead)
-        };
-        let (a, da) = run(json_dir.path());
-        let (b, db) = run(xml_dir.path());
+        let (a, da) = run_dir(json_dir.path());
+        let (b, db) = run_dir(xml_dir.path());
         assert!(a == b, "records from CEB XML differ from JSON lines for {steps:?}");
         assert_eq!(da, db, "dead letters for {steps:?}");
         compared += a.len();

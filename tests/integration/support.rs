@@ -9,7 +9,7 @@ use cbec_pipeline::runner::RunStats;
 use cbec_pipeline::sink::MemorySink;
 use cbec_schemas::hs::Nomenclature;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `$CBEC_SHARED` or `../shared` beside the repository.
 pub fn shared() -> PathBuf {
@@ -32,6 +32,18 @@ pub fn run_embedded(g: &Generated, partitions: usize) -> (Vec<Record>, RunStats)
     let stats = embedded::run(&cfg, hs(), g.inputs(), Box::new(sink), None).expect("embedded run");
     let r = records.lock().unwrap().clone();
     (r, stats)
+}
+
+/// The records of an embedded run of the input files in `dir` (`cbec run --input`) by
+/// identity, dead letters left out, and how many dead letters there were.
+pub fn run_dir(dir: &Path) -> (BTreeMap<(String, String), String>, usize) {
+    let sink = MemorySink::default();
+    let records = sink.records.clone();
+    embedded::run(&Config::default(), hs(), embedded::discover(dir).unwrap(), Box::new(sink), None).unwrap();
+    let r = records.lock().unwrap().clone();
+    let dead = r.iter().filter(|x| matches!(x, Record::Dead(_))).count();
+    let rest: Vec<Record> = r.into_iter().filter(|x| !matches!(x, Record::Dead(_))).collect();
+    (record_map(&rest), dead)
 }
 
 /// (topic, id) → JSON, asserting that a repeated identity always carries the same record.
