@@ -1057,11 +1057,16 @@ fn the_archiver_says_which_rows_retention_deleted_before_it_read_them_again() {
 /// Whether the engine (stage "all" or "engine") saved a checkpoint, in its directory or
 /// its topic.
 fn saved(c: &Config) -> bool {
+    use cbec_pipeline::checkpoint::CheckpointStore;
+    use cbec_pipeline::kafka_store::{KafkaTopicStore, topic};
     match c.checkpoint_store {
+        // Every chunk of one, not just the first: a checkpoint of several chunks is sent
+        // chunk by chunk, and a crash between two leaves none to restore from.
         StoreKind::Kafka => {
             let reader: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &c.brokers).create().unwrap();
-            let topic = cbec_pipeline::kafka_store::topic(c);
+            let topic = topic(c);
             reader.fetch_watermarks(&topic, 1, Duration::from_secs(10)).is_ok_and(|(_, high)| high > 0)
+                && KafkaTopicStore::reader(&c.brokers, &topic).is_ok_and(|s| s.load().is_ok_and(|cp| cp.is_some()))
         }
         StoreKind::Dir => checkpoint_files(c) > 0,
     }
@@ -1325,9 +1330,7 @@ impl Stages {
 
     /// Whether the engine stage saved a checkpoint (in the topic).
     fn engine_saved(&self) -> bool {
-        let reader: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &self.c.brokers).create().unwrap();
-        let topic = cbec_pipeline::kafka_store::topic(&self.c);
-        reader.fetch_watermarks(&topic, 1, Duration::from_secs(10)).is_ok_and(|(_, high)| high > 0)
+        saved(&self.c)
     }
 }
 
