@@ -20,7 +20,8 @@
 //!   the state it checkpointed. Splitting the partitions between processes is not done.
 //! * Explicitly assigned, input partitions added while running would go unread until a
 //!   restart: a watcher looks up the partition counts every [`PARTITION_CHECK`], and when
-//!   one grew the run checkpoints and starts again from that checkpoint with every partition.
+//!   one grew the consumer takes the new partitions in from their first offset while the
+//!   run goes on (its state stays where it is: no checkpoint reloaded, no pause).
 
 use crate::checkpoint::{CheckpointStore, LocalDirStore};
 use crate::config::{Config, Stage, StoreKind};
@@ -545,7 +546,60 @@ type Position = (i64, u8, i32);
 /// cannot stall the pipeline for ever.
 const STALL: Duration = Duration::from_secs(5);
 
+/// Input partitions added to a topic while running, found by the watcher
+/// ([`watch_partitions`]): read from `low`, `high` their high watermark when found.
+struct Added {
+    topic: Topic,
+    name: String,
+    partition: i32,
+    low: i64,
+    high: i64,
+}
+
 impl Parts {
+    /// Takes partitions added while running in: each gets its own queue (split before it is
+    /// assigned, so that no message of it reaches the consumer's main queue) and is assigned
+    /// at its first offset; the engine's sequencer learns of it at once (active, not seen:
+    /// the watermark waits for its first message or its end).
+    fn add(
+        &mut self,
+        consumer: &Arc<BaseConsumer>,
+        added: Vec<Added>,
+        wake: &Sender<()>,
+        max_lead_ms: u64,
+        batcher: &mut Batcher,
+    ) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for a in added {
+            let mut q = consumer
+                .split_partition_queue(&a.name, a.partition)
+                .with_context(|| format!("partition queue of {} {}", a.name, a.partition))?;
+            let w = wake.clone();
+            q.set_nonempty_callback(move || {
+                let _ = w.try_send(());
+            });
+            tpl.add_partition_offset(&a.name, a.partition, Offset::Offset(a.low))?;
+            batcher.push(EngineMsg::Idle((a.topic, a.partition), false));
+            self.queues.push(q);
+            self.state.push(PartState {
+                topic: a.topic,
+                cname: CString::new(a.name.as_str()).context("topic name")?,
+                name: a.name,
+                partition: a.partition,
+                next: a.low,
+                high: a.high,
+                idle: false,
+                time: i64::MIN,
+                stalled_since: None,
+                eof: None,
+                max_lead_ms,
+                deleted: None,
+            });
+        }
+        consumer.incremental_assign(&tpl).context("assigning the added partitions")?;
+        Ok(())
+    }
+
     fn order(&self, i: usize) -> Position {
         (self.state[i].time, rank(self.state[i].topic), self.state[i].partition)
     }
@@ -685,15 +739,25 @@ fn commit(consumer: &BaseConsumer, offsets: BTreeMap<String, BTreeMap<i32, i64>>
     Ok(())
 }
 
+/// The consumer thread's inputs besides its partitions: wake-ups from the partition queues
+/// (and the sender, for partitions added later), partitions added while running, the
+/// checkpoints' offsets to commit.
+struct ConsumerIn {
+    wake: (Sender<()>, Receiver<()>),
+    added: Receiver<Vec<Added>>,
+    commits: Receiver<BTreeMap<String, BTreeMap<i32, i64>>>,
+    max_lead_ms: u64,
+}
+
 fn consumer_thread(
     consumer: Arc<BaseConsumer>,
     mut parts: Parts,
-    wake: Receiver<()>,
+    input: ConsumerIn,
     tx: Sender<Batch>,
-    commits: Receiver<BTreeMap<String, BTreeMap<i32, i64>>>,
     stop: Arc<AtomicBool>,
     exit_when_idle: bool,
 ) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    let ConsumerIn { wake: (wake_tx, wake), added, commits, max_lead_ms } = input;
     std::thread::Builder::new()
         .name("cbec-consumer".into())
         .spawn(move || {
@@ -714,6 +778,9 @@ fn consumer_thread(
                 }
                 while let Ok(offsets) = commits.try_recv() {
                     commit(&consumer, offsets)?;
+                }
+                while let Ok(a) = added.try_recv() {
+                    parts.add(&consumer, a, &wake_tx, max_lead_ms, &mut batcher)?;
                 }
                 // Serves librdkafka's callbacks and errors (messages come on the partition
                 // queues), not on every message.
@@ -863,7 +930,7 @@ pub fn run(
         cp.map(|cp| Restored::from_checkpoint(&cp, hs.clone())).transpose()
     };
     // Catch up with what was saved last, or (when following failed) read it all.
-    let mut restored = match standby.follow() {
+    let restored = match standby.follow() {
         Ok(()) => standby.state.map(|(r, _)| r),
         Err(e) => {
             eprintln!("cbec: could not catch up with the checkpoints ({e:#}); reading the last one whole");
@@ -876,42 +943,23 @@ pub fn run(
             standby.applied
         );
     }
-    let progress = progress.map(|p| Arc::new(std::sync::Mutex::new(p)));
-    let mut total: Option<RunStats> = None;
-    loop {
-        // The progress callback goes on across the runs below.
-        let forward = progress.clone().map(|p| -> crate::runner::Progress {
-            Box::new(move |s: &RunStats| (p.lock().unwrap_or_else(|e| e.into_inner()))(s))
-        });
-        let (stats, grown) =
-            run_partitions(cfg, &hs, restored.take(), store.clone(), &place, &stop, exit_when_idle, forward)?;
-        total = Some(match total {
-            Some(t) => t.then(stats),
-            None => stats,
-        });
-        match grown {
-            Some(what) if !stop.load(Ordering::Relaxed) => {
-                eprintln!("cbec: {what}: checkpointed, reading on with every partition");
-                restored = load_last()?;
-            }
-            _ => return Ok(total.unwrap_or_default()),
-        }
-    }
+    run_partitions(cfg, &hs, restored, store, &place, &stop, exit_when_idle, progress)
 }
 
 /// How often the input topics' partition counts are looked up while running.
 pub const PARTITION_CHECK: Duration = Duration::from_secs(2);
 
-/// Ends a run (sets `run_stop`) when `stop` is set (a signal), or when an input topic has
-/// more partitions than `counts` (looked up every [`PARTITION_CHECK`]): explicitly assigned,
-/// a partition added while running would otherwise not be read until a restart. Returns
-/// what grew.
+/// Ends a run (sets `run_stop`) when `stop` is set (a signal), and hands the consumer
+/// (`added`) the partitions an input topic gained since `counts` (its topic and partition
+/// count; looked up every [`PARTITION_CHECK`]): explicitly assigned, a partition added
+/// while running would otherwise not be read until a restart.
 fn watch_partitions(
     brokers: String,
-    counts: BTreeMap<String, usize>,
+    mut counts: BTreeMap<String, (Topic, usize)>,
     stop: Arc<AtomicBool>,
     run_stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Option<String>> {
+    added: Sender<Vec<Added>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("cbec-partitions".into())
         .spawn(move || {
@@ -919,11 +967,11 @@ fn watch_partitions(
             let mut checked = Instant::now();
             loop {
                 if run_stop.load(Ordering::Relaxed) {
-                    return None;
+                    return;
                 }
                 if stop.load(Ordering::Relaxed) {
                     run_stop.store(true, Ordering::Relaxed);
-                    return None;
+                    return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
                 if checked.elapsed() < PARTITION_CHECK {
@@ -933,28 +981,48 @@ fn watch_partitions(
                 let Some(meta) = &meta else { continue };
                 // A short timeout per topic, and a signal looked at between them: a broker
                 // that does not answer must not hold up a stop.
-                let grown: Vec<String> = counts
-                    .iter()
-                    .take_while(|_| !stop.load(Ordering::Relaxed))
-                    .filter_map(|(name, n)| {
-                        let md = meta.fetch_metadata(Some(name), Duration::from_secs(1)).ok()?;
-                        let now = md.topics().iter().find(|t| t.name() == name)?.partitions().len();
-                        (now > *n).then(|| format!("{name} {n} → {now}"))
-                    })
-                    .collect();
-                // Unless the run has ended meanwhile (then the next start sees them).
-                if !grown.is_empty() {
-                    let ends = run_stop.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_ok();
-                    return ends.then(|| format!("input partitions added ({})", grown.join(", ")));
+                let mut grown = Vec::new();
+                let mut new = Vec::new();
+                for (name, (topic, n)) in counts.iter_mut() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(md) = meta.fetch_metadata(Some(name), Duration::from_secs(1)) else { continue };
+                    let Some(now) = md.topics().iter().find(|t| t.name() == name).map(|t| t.partitions().len()) else {
+                        continue;
+                    };
+                    if now <= *n {
+                        continue;
+                    }
+                    // Where each new partition starts and ends now (the consumer's cached
+                    // high watermark of a partition not fetched yet could be stale, and make
+                    // it look caught up before its first message); a partition not answering
+                    // yet is tried again at the next look.
+                    let ends: Option<Vec<(i64, i64)>> =
+                        (*n..now).map(|p| meta.fetch_watermarks(name, p as i32, Duration::from_secs(2)).ok()).collect();
+                    let Some(ends) = ends else { continue };
+                    grown.push(format!("{name} {n} → {now}"));
+                    for (p, (low, high)) in (*n..now).zip(ends) {
+                        new.push(Added { topic: *topic, name: name.clone(), partition: p as i32, low, high });
+                    }
+                    *n = now;
+                }
+                if !new.is_empty() {
+                    eprintln!(
+                        "cbec: input partitions added ({}): read from their first offset while the run goes on",
+                        grown.join(", ")
+                    );
+                    if added.send(new).is_err() {
+                        return; // the consumer has ended
+                    }
                 }
             }
         })
         .expect("spawn partition watcher")
 }
 
-/// One run over the input partitions there are now, from `restored`: until the input ends
-/// (`exit_when_idle`), a signal, or an input topic gains partitions (then `Some(what)`,
-/// after the final checkpoint).
+/// The run over the input partitions, from `restored`, until the input ends
+/// (`exit_when_idle`) or a signal; partitions added meanwhile are taken in as they come.
 #[allow(clippy::too_many_arguments)]
 fn run_partitions(
     cfg: &Config,
@@ -965,7 +1033,7 @@ fn run_partitions(
     stop: &Arc<AtomicBool>,
     exit_when_idle: bool,
     progress: Option<crate::runner::Progress>,
-) -> anyhow::Result<(RunStats, Option<String>)> {
+) -> anyhow::Result<RunStats> {
     // The input partitions and where to start, read with a short-lived client: the
     // consumer's prefetch is sized by their number.
     let mut tpl = TopicPartitionList::new();
@@ -1026,12 +1094,13 @@ fn run_partitions(
             .create()?,
     );
     let sources: Vec<SourceId> = state.iter().map(|p| (p.topic, p.partition)).collect();
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut counts: BTreeMap<String, (Topic, usize)> = BTreeMap::new();
     for p in &state {
-        *counts.entry(p.name.clone()).or_default() += 1;
+        counts.entry(p.name.clone()).or_insert((p.topic, 0)).1 += 1;
     }
     let run_stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_partitions(cfg.brokers.clone(), counts, stop.clone(), run_stop.clone());
+    let (added_tx, added) = bounded(16);
+    let watcher = watch_partitions(cfg.brokers.clone(), counts, stop.clone(), run_stop.clone(), added_tx);
     consumer.assign(&tpl)?;
     // One queue per partition (after `assign`, before the first poll), each waking the
     // consumer thread when it receives messages.
@@ -1052,7 +1121,8 @@ fn run_partitions(
     }
     let (tx, rx) = bounded(batches_for(cfg.queue_capacity, 256));
     let (ctx, crx) = bounded(4);
-    let h = consumer_thread(consumer, Parts { queues, state }, wake, tx, crx, run_stop.clone(), exit_when_idle);
+    let input = ConsumerIn { wake: (wake_tx, wake), added, commits: crx, max_lead_ms: cfg.max_lead_ms };
+    let h = consumer_thread(consumer, Parts { queues, state }, input, tx, run_stop.clone(), exit_when_idle);
     let (sink_tx, sink_h) = spawn_sink(Box::new(KafkaSink::new(cfg)?), cfg.queue_capacity);
     // Stages in separate processes: exits go to the summarize instances' topic.
     let exited_partitions = match cfg.stage {
@@ -1070,10 +1140,10 @@ fn run_partitions(
     };
     let stats = run_engine(run, restored);
     run_stop.store(true, Ordering::Relaxed);
-    let grown = watcher.join().map_err(|_| anyhow::anyhow!("partition watcher panicked"))?;
+    watcher.join().map_err(|_| anyhow::anyhow!("partition watcher panicked"))?;
     h.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
     sink_h.join().map_err(|_| anyhow::anyhow!("sink panicked"))??;
-    Ok((stats?, grown))
+    stats
 }
 
 #[cfg(test)]

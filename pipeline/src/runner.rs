@@ -370,40 +370,6 @@ impl RunStats {
         keep_sampled(&mut self.latencies_us, &mut self.latency_stride, &mut self.decisions_timed, LATENCIES_KEPT, us);
     }
 
-    /// The figures of this run followed by `next` (the same process reading on after a
-    /// restart from its checkpoint): counts add up, the state is `next`'s, the latencies
-    /// are both runs' (`next`'s sample taken as if every value of it were a decision).
-    pub fn then(mut self, next: RunStats) -> RunStats {
-        fn add<K: Ord>(a: &mut BTreeMap<K, u64>, b: BTreeMap<K, u64>) {
-            for (k, v) in b {
-                *a.entry(k).or_default() += v;
-            }
-        }
-        add(&mut self.input, next.input);
-        add(&mut self.output, next.output);
-        add(&mut self.dead, next.dead);
-        add(&mut self.ports, next.ports);
-        self.red = (self.red.0 + next.red.0, self.red.1 + next.red.1);
-        let unsampled = next.decisions_timed.saturating_sub(next.latencies_us.len() as u64);
-        for x in next.latencies_us {
-            self.record_latency(x);
-        }
-        self.decisions_timed += unsampled;
-        self.read_ahead |= next.read_ahead;
-        self.summarize_instance = next.summarize_instance;
-        self.forced += next.forced;
-        self.state_bytes = next.state_bytes;
-        self.keys = next.keys;
-        self.expired = next.expired;
-        self.controls = next.controls;
-        self.checkpoints += next.checkpoints;
-        self.withdrawals += next.withdrawals;
-        self.checkpoint_pause = self.checkpoint_pause.max(next.checkpoint_pause);
-        self.elapsed += next.elapsed;
-        self.input_elapsed += next.input_elapsed;
-        self
-    }
-
     /// Latency percentile in microseconds (over the sample once it is one).
     pub fn latency_pct(&self, p: f64) -> Option<u32> {
         let mut v = self.latencies_us.clone();
@@ -1229,29 +1195,6 @@ mod tests {
             decode(Topic::Payments, doc.as_bytes(), hour),
             ["event 2026-11-11T20:00:00.000+08:00", "dead future_time Some(1)"]
         );
-    }
-
-    /// A run and the run after it (the same process reading on from its checkpoint) report
-    /// as one: counts add up, the state is the later run's, every latency is kept.
-    #[test]
-    fn two_runs_of_one_process_report_as_one() {
-        let run = |n: u64, lat: &[u32]| {
-            let mut s = RunStats::default();
-            s.input.insert("scans", n);
-            s.dead.insert("future_time".into(), 1);
-            s.red = (n / 10, n);
-            s.keys = (n as usize, 0);
-            s.checkpoints = 2;
-            s.elapsed = Duration::from_secs(n);
-            for x in lat {
-                s.record_latency(*x);
-            }
-            s
-        };
-        let both = run(10, &[5, 7]).then(run(30, &[1]));
-        assert_eq!((both.input["scans"], both.dead["future_time"], both.red), (40, 2, (4, 40)));
-        assert_eq!((both.keys, both.checkpoints, both.elapsed), ((30, 0), 4, Duration::from_secs(40)));
-        assert_eq!((both.latencies_us.clone(), both.decisions_timed), (vec![5, 7, 1], 3));
     }
 
     /// Under the bound every latency is kept in order; past it the held values are those at
