@@ -339,6 +339,31 @@ mod tests {
         assert_eq!(pops(&mut s), ["p40"], "payments reads again and bounds the release at its 40");
     }
 
+    /// A partition added while running (Kafka mode) is announced active before it shows
+    /// anything: the release stops until its first item (placed in order with what waits)
+    /// or its end.
+    #[test]
+    fn a_source_added_while_running_holds_the_release_until_it_shows_or_ends() {
+        let a = (Topic::Scans, 0);
+        let (added, empty) = ((Topic::Scans, 4), (Topic::Scans, 5));
+        let mut s: Sequencer<&str> = Sequencer::new([a], 0);
+        s.push(a, 0, EventTime(10), "a10");
+        s.push(a, 1, EventTime(20), "a20");
+        assert_eq!(pops(&mut s), ["a10", "a20"], "nothing the only source can still send sorts before");
+        s.set_idle(added, false);
+        s.set_idle(empty, false);
+        s.push(a, 2, EventTime(30), "a30");
+        assert!(s.pop().is_none(), "the added partitions have shown nothing yet");
+        assert_eq!(s.watermark(), None);
+        s.push(added, 0, EventTime(15), "new15");
+        s.push(added, 1, EventTime(40), "new40");
+        assert!(s.pop().is_none(), "the empty one has not said it is at its end");
+        s.set_idle(empty, true);
+        // new15 is dated before what was released (late: processed where it arrives).
+        assert_eq!(pops(&mut s), ["new15", "a30"], "in order once all three bound the release");
+        assert_eq!(s.watermark(), Some(EventTime(30)));
+    }
+
     #[test]
     fn many_items_at_one_time_from_one_source_do_not_wait() {
         // A burst at a single timestamp (registrations, a scan line's batch) is released as
