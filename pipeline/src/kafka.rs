@@ -787,7 +787,16 @@ fn consumer_thread(
                 steps += 1;
                 if steps.is_multiple_of(256) {
                     match consumer.poll(Duration::ZERO) {
-                        Some(Err(KafkaError::PartitionEOF(_))) | None | Some(Ok(_)) => {}
+                        Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+                        // Every partition's messages come on its own queue (split off before
+                        // its first fetch): one here would be lost, so it is said, never
+                        // dropped silently.
+                        Some(Ok(m)) => eprintln!(
+                            "warning: consumer: a message of {} partition {} at offset {} came on the main queue, not its partition's: not processed (please report)",
+                            m.topic(),
+                            m.partition(),
+                            m.offset()
+                        ),
                         Some(Err(e)) => eprintln!("warning: consumer: {e}"),
                     }
                 }

@@ -613,6 +613,7 @@ fn input_partitions_added_while_running_are_read_by_the_running_process() {
     });
     assert!(child.try_wait().unwrap().is_none(), "the process reads on: {}", said());
     assert!(!said().contains("restored checkpoint"), "taken in without a reload: {}", said());
+    assert!(!said().contains("came on the main queue"), "each partition's messages on its queue: {}", said());
     // SIGTERM: drain, checkpoint, exit 0; then a run to the end of the story (end of time).
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     assert!(wait_at_most(&mut child, Duration::from_secs(60)).success(), "{}", said());
