@@ -546,6 +546,24 @@ type Position = (i64, u8, i32);
 /// cannot stall the pipeline for ever.
 const STALL: Duration = Duration::from_secs(5);
 
+/// Partition `partition` of `topic` on a queue of its own, waking the consumer thread
+/// (`wake`) when it receives messages.
+fn partition_queue(
+    consumer: &Arc<BaseConsumer>,
+    topic: &str,
+    partition: i32,
+    wake: &Sender<()>,
+) -> anyhow::Result<PartitionQueue<DefaultConsumerContext>> {
+    let mut q = consumer
+        .split_partition_queue(topic, partition)
+        .with_context(|| format!("partition queue of {topic} {partition}"))?;
+    let w = wake.clone();
+    q.set_nonempty_callback(move || {
+        let _ = w.try_send(());
+    });
+    Ok(q)
+}
+
 /// Input partitions added to a topic while running, found by the watcher
 /// ([`watch_partitions`]): read from `low`, `high` their high watermark when found.
 struct Added {
@@ -571,13 +589,7 @@ impl Parts {
     ) -> anyhow::Result<()> {
         let mut tpl = TopicPartitionList::new();
         for a in added {
-            let mut q = consumer
-                .split_partition_queue(&a.name, a.partition)
-                .with_context(|| format!("partition queue of {} {}", a.name, a.partition))?;
-            let w = wake.clone();
-            q.set_nonempty_callback(move || {
-                let _ = w.try_send(());
-            });
+            let q = partition_queue(consumer, &a.name, a.partition, wake)?;
             tpl.add_partition_offset(&a.name, a.partition, Offset::Offset(a.low))?;
             batcher.push(EngineMsg::Idle((a.topic, a.partition), false));
             self.queues.push(q);
@@ -1116,14 +1128,7 @@ fn run_partitions(
     let (wake_tx, wake) = bounded::<()>(1);
     let mut queues = Vec::new();
     for p in &state {
-        let mut q = consumer
-            .split_partition_queue(&p.name, p.partition)
-            .with_context(|| format!("partition queue of {} {}", p.name, p.partition))?;
-        let w = wake_tx.clone();
-        q.set_nonempty_callback(move || {
-            let _ = w.try_send(());
-        });
-        queues.push(q);
+        queues.push(partition_queue(&consumer, &p.name, p.partition, &wake_tx)?);
     }
     if restored.is_some() {
         eprintln!("cbec: restored checkpoint from {place}");
