@@ -627,7 +627,7 @@ fn input_partitions_added_while_running_are_read_by_the_running_process() {
 }
 
 /// The story arrives in three parts; after each the pipeline is killed (SIGKILL) while it
-/// runs, and the next run restores the last checkpoint — built from incremental changes —
+/// runs (0–500 ms after its first checkpoint), and the next run restores the last checkpoint — built from incremental changes —
 /// and goes on with orders whose lists, waybills and scans span the parts. A checkpoint
 /// that missed a change would show as different outputs.
 #[test]
@@ -642,9 +642,15 @@ fn sigkill_at_several_points_then_restart_gives_the_same_outputs() {
     let g = story(4000, 77);
     let cfg = write_config(&c, dir.path());
     let mut kills = 0;
-    for (k, wait_ms) in [1500u64, 1200, 1800].into_iter().enumerate() {
+    for (k, wait_ms) in [200u64, 0, 500].into_iter().enumerate() {
         produce_story(&b, &c, &part(&g, k, 3), 0, false).unwrap();
+        let before = checkpoint_names(&c);
         let mut child = spawn(&cfg, &[]);
+        // Killed once this run saved a checkpoint of its own (however slow its start), and
+        // some time after that.
+        wait_for(Duration::from_secs(60), "a checkpoint of this run", String::new, || {
+            !checkpoint_names(&c).is_subset(&before)
+        });
         std::thread::sleep(Duration::from_millis(wait_ms));
         assert!(child.try_wait().unwrap().is_none(), "without --exit-when-idle the pipeline runs until stopped");
         child.kill().unwrap(); // SIGKILL
@@ -1077,9 +1083,16 @@ fn saved(c: &Config) -> bool {
 
 /// The checkpoint files in the configured directory.
 fn checkpoint_files(c: &Config) -> usize {
+    checkpoint_names(c).len()
+}
+
+/// The names of the checkpoint files in the configured directory.
+fn checkpoint_names(c: &Config) -> BTreeSet<String> {
     std::fs::read_dir(&c.checkpoint_dir)
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".bin")).count())
-        .unwrap_or(0)
+        .map(|d| {
+            d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".bin")).collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Waits for `child` to exit, at most `limit`.
