@@ -74,6 +74,10 @@ pub struct Engine {
     /// no parcel it applies to was touched later).
     #[serde(default = "no_time")]
     latest: EventTime,
+    /// The partitions of `<group_id>.exited` an engine stage routes its exits over, pinned
+    /// by its first run ([`Engine::pin_handover`]); none before.
+    #[serde(default)]
+    handover: Option<u32>,
     /// Recording changes for [`Incremental::cut`] (`Some`); a copy does not.
     #[serde(skip)]
     tracking: Unshared<()>,
@@ -119,6 +123,8 @@ pub struct EngineChanges {
     exits: u64,
     #[serde(default = "no_time")]
     latest: EventTime,
+    #[serde(default)]
+    handover: Option<u32>,
 }
 
 /// True when copying the whole state is cheaper than copying `changed` of `held` keys:
@@ -143,8 +149,22 @@ impl Engine {
             expired: (0, 0),
             exits: 0,
             latest: EventTime::MIN,
+            handover: None,
             tracking: Unshared(None),
         }
+    }
+
+    /// The partitions of `<group_id>.exited` this engine's exits are routed over, once
+    /// pinned.
+    pub fn handover(&self) -> Option<u32> {
+        self.handover
+    }
+
+    /// Pins the partitions exits are routed over (an engine stage's first run: each
+    /// company's exits must go on to the partition they went to); kept through checkpoints,
+    /// never changed once set. Returns the pinned count.
+    pub fn pin_handover(&mut self, partitions: u32) -> u32 {
+        *self.handover.get_or_insert(partitions)
     }
 
     /// Orders and parcels changed since the last [`Incremental::cut`], and held.
@@ -451,6 +471,7 @@ impl Incremental for Engine {
             expired: self.expired,
             exits: self.exits,
             latest: self.latest,
+            handover: self.handover,
         })
     }
 
@@ -494,6 +515,7 @@ impl Incremental for Engine {
         self.expired = c.expired;
         self.exits = c.exits;
         self.latest = c.latest;
+        self.handover = c.handover.or(self.handover);
         Ok(())
     }
 

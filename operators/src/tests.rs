@@ -1351,6 +1351,24 @@ fn changes_written_by_earlier_sessions_still_apply() {
     assert_eq!((old.len(), old.aimed_len()), (2, 0));
 }
 
+/// The partitions an engine stage routes its exits over are pinned once: a second pin
+/// changes nothing, and the count goes through a whole checkpoint (and the snapshot), and
+/// through changes to a copy made before it was pinned.
+#[test]
+fn the_handover_partitions_are_pinned_once_and_kept_by_checkpoints() {
+    let mut e = Engine::new(rules(), hs(), 2);
+    let mut copy = None;
+    through_file(e.cut(), &mut copy);
+    assert_eq!(e.handover(), None);
+    assert_eq!(e.pin_handover(4), 4);
+    assert_eq!(e.pin_handover(6), 4, "pinned by the first");
+    through_file(e.cut(), &mut copy);
+    assert_eq!(copy.as_ref().and_then(Engine::handover), Some(4), "through changes");
+    let restored = Engine::restore(&e.snapshot(), hs()).unwrap();
+    assert_eq!(restored.handover(), Some(4), "through the snapshot");
+    assert!(state_value(copy.as_ref().unwrap()) == state_value(&e));
+}
+
 /// Incremental checkpoints: a copy kept up to date with the engine's cuts
 /// ([`Incremental::cut`], serialized and read back, as a checkpoint file holds them) equals
 /// the engine at every checkpoint — through orders, lists, payments, parcels, seals, goods

@@ -1141,7 +1141,7 @@ fn run_partitions(
     // Stages in separate processes: exits go to the summarize instances' topic.
     let exited_partitions = match cfg.stage {
         Stage::All => None,
-        _ => Some(crate::stage::exited_partitions(cfg)?.len()),
+        _ => Some((cfg.exited_topic(), crate::stage::exited_partitions(cfg)?.len())),
     };
     let run = EngineRun {
         exited_partitions,

@@ -480,8 +480,8 @@ pub struct EngineRun {
     /// Topic names for checkpoints.
     pub topic_names: HashMap<Topic, String>,
     /// Summarize in other processes: exits and event time go to the sink for the topic
-    /// `<group_id>.exited` with this many partitions ([`crate::stage`]).
-    pub exited_partitions: Option<usize>,
+    /// `<group_id>.exited` (named here) with this many partitions ([`crate::stage`]).
+    pub exited_partitions: Option<(String, usize)>,
     /// Pin the engine thread to a CPU of its own ([`crate::affinity`]).
     pub pin_engine: bool,
 }
@@ -737,12 +737,13 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
     }
     let cap = batches_for(run.max_buffered / 8, 256);
     let (summarize, summarize_h) = match run.exited_partitions {
-        Some(n) => {
+        Some((ref topic, n)) => {
             anyhow::ensure!(
                 differing_fields(&summarize_state, &Summarize::default()).is_empty(),
                 "the checkpoint holds summarize state (saved by a process of stage \"all\"): an engine stage would lose it; finish with stage \"all\" or start a new group"
             );
-            crate::stage::spawn_forwarder(n, engine.watermark(), engine.rules(), run.sink.clone(), cap)
+            let route = crate::stage::handover_route(&mut engine, topic, n)?;
+            crate::stage::spawn_forwarder((n, route), engine.watermark(), engine.rules(), run.sink.clone(), cap)
         }
         // The engine's rules: after a restore, the checkpoint's (a replay summarizes as the
         // first run did, whatever the configuration says now).

@@ -103,6 +103,29 @@ pub fn partition_of(x: &Exited, partitions: usize) -> i32 {
     cbec_operators::partition_of(&x.list.ebc_code, partitions) as i32
 }
 
+/// The partitions of `<group_id>.exited` (which has `topic_has` now) exits are routed over:
+/// those the engine pinned in its first run as an engine stage (kept in its checkpoints),
+/// else all of them, pinned now. Each company's forms are built whole in one partition, so
+/// the routing never changes within a group: partitions added to the topic since get event
+/// time but no exits (said); fewer than pinned is an error.
+pub fn handover_route(
+    engine: &mut cbec_operators::engine::Engine,
+    topic: &str,
+    topic_has: usize,
+) -> anyhow::Result<usize> {
+    let route = engine.handover().map_or(topic_has, |n| n as usize);
+    anyhow::ensure!(
+        route <= topic_has,
+        "topic {topic} has {topic_has} partitions, fewer than the {route} this group's exits go to (each company's forms are built whole in one partition): give it {route} again, or start a new group"
+    );
+    if topic_has > route {
+        eprintln!(
+            "cbec: topic {topic} has {topic_has} partitions; exits go to the first {route}, as since this group started (each company's forms are built whole in one partition), the others get event time only: more summarize instances need a new group with exited_partitions = {topic_has}"
+        );
+    }
+    Ok(engine.pin_handover(route as u32) as usize)
+}
+
 /// Event time is sent to every partition at least this often while it moves.
 const WATERMARK_EVERY: Duration = Duration::from_secs(1);
 
@@ -141,15 +164,18 @@ impl Forward {
 /// In place of the summarize stage ([`crate::summary_stage::spawn`], same messages): hands
 /// exits and event time over to `<group_id>.exited` with `partitions` partitions, through
 /// `sink`, the engine's event time being `from` and its rules `rules` (restored) at the
-/// start. Its checkpoint state is an empty summarize state.
+/// start. Exits go by `ebcCode` to the first `route` partitions (the count the group's
+/// first run found: [`handover_route`]); rules and event time go to every partition. Its
+/// checkpoint state is an empty summarize state.
 pub fn spawn_forwarder(
-    partitions: usize,
+    (partitions, route): (usize, usize),
     from: EventTime,
     rules: &Rules,
     sink: Sender<SinkMsg>,
     cap: usize,
 ) -> (Sender<Vec<SumMsg>>, JoinHandle<anyhow::Result<StageEnd>>) {
     let n = partitions.max(1);
+    let route = route.clamp(1, n);
     let (summary_grace_hours, summary_flag) = (rules.summary_grace_hours, rules.summary_flag);
     let first =
         (0..n).map(|p| Record::Stage(p as i32, Box::new(StageMsg::Rules { summary_grace_hours, summary_flag })));
@@ -164,7 +190,7 @@ pub fn spawn_forwarder(
             for msg in batch {
                 match msg {
                     SumMsg::Exited(x) => {
-                        let p = partition_of(&x, n);
+                        let p = partition_of(&x, route);
                         f.watermark_to(p as usize);
                         f.out.push(Record::Stage(p, Box::new(StageMsg::Exited(x))));
                         end.handed += 1;
@@ -768,7 +794,7 @@ mod tests {
     fn the_forwarder_sends_exits_behind_their_event_time_and_every_partition_the_cut_time() {
         let (sink, got) = bounded(64);
         let restored = EventTime::parse_rfc3339("2026-11-11T00:00:00+08:00").unwrap();
-        let (tx, h) = spawn_forwarder(3, restored, &Rules::default(), sink, 4);
+        let (tx, h) = spawn_forwarder((3, 3), restored, &Rules::default(), sink, 4);
         let (a, b) = (exited(1, "EBC1", 1, true), exited(2, "EBC2", 2, true));
         let (pa, pb) = (partition_of(&a, 3), partition_of(&b, 3));
         let later = EventTime::parse_rfc3339("2026-11-12T00:00:00+08:00").unwrap();
@@ -807,6 +833,48 @@ mod tests {
         }
         want.push("cut".into());
         assert_eq!(seen, want);
+    }
+
+    /// Exits go to the partitions the group's first run found, pinned in the engine; the
+    /// topic grown since gets event time and rules everywhere, exits only where they went
+    /// before; a topic with fewer partitions than pinned is refused.
+    #[test]
+    fn exits_keep_the_partitions_they_were_routed_over_when_the_topic_grows() {
+        use cbec_operators::engine::Engine;
+        let mut engine = Engine::new(Rules::default(), cbec_schemas::hs::Nomenclature::structural(), 1);
+        assert_eq!(handover_route(&mut engine, "g.exited", 2).unwrap(), 2, "the first run pins what it finds");
+        assert_eq!(handover_route(&mut engine, "g.exited", 3).unwrap(), 2, "grown: still 2");
+        let e = handover_route(&mut engine, "g.exited", 1).unwrap_err().to_string();
+        assert!(e.contains("g.exited has 1 partitions, fewer than the 2"), "{e}");
+        let (sink, got) = bounded(64);
+        let (tx, h) = spawn_forwarder((3, 2), EventTime::MIN, &Rules::default(), sink, 4);
+        let exits: Vec<Exited> = (1..=40).map(|i| exited(i, &format!("EBC{i}"), i, true)).collect();
+        assert!(exits.iter().any(|x| partition_of(x, 3) == 2), "some would go to partition 2 over 3");
+        let mut msgs: Vec<SumMsg> = exits.iter().cloned().map(SumMsg::Exited).collect();
+        msgs.push(SumMsg::Watermark(EventTime::MAX));
+        tx.send(msgs).unwrap();
+        drop(tx);
+        assert_eq!(h.join().unwrap().unwrap().handed, 40);
+        let mut by_part: BTreeMap<i32, (usize, usize, bool)> = BTreeMap::new();
+        for m in got.iter() {
+            if let SinkMsg::Records(rs) = m {
+                for r in rs {
+                    let Record::Stage(p, m) = r else { panic!("not a hand-over record") };
+                    let e = by_part.entry(p).or_default();
+                    match *m {
+                        StageMsg::Exited(x) => {
+                            assert_eq!(p, partition_of(&x, 2), "routed over 2");
+                            e.0 += 1;
+                        }
+                        StageMsg::Watermark { time } => e.2 |= time == EventTime::MAX,
+                        StageMsg::Rules { .. } => e.1 += 1,
+                    }
+                }
+            }
+        }
+        assert_eq!(by_part.values().map(|v| v.0).sum::<usize>(), 40);
+        assert_eq!(by_part[&2], (0, 1, true), "partition 2: rules and the end of time, no exit");
+        assert!(by_part[&0].0 > 0 && by_part[&1].0 > 0, "{by_part:?}");
     }
 
     /// What a partition's summarize state makes of the records an engine stage sends when it
