@@ -23,7 +23,7 @@
 //!   one grew the consumer takes the new partitions in from their first offset while the
 //!   run goes on (its state stays where it is: no checkpoint reloaded, no pause).
 
-use crate::checkpoint::{CheckpointStore, LocalDirStore};
+use crate::checkpoint::{CheckpointStore, LocalDirStore, Offsets};
 use crate::config::{Config, Stage, StoreKind};
 use crate::generator::Generated;
 use crate::kafka_store::KafkaTopicStore;
@@ -738,14 +738,14 @@ fn prefetch_per_partition(mb: usize, partitions: usize) -> (usize, usize) {
 
 /// Commits a checkpoint's offsets to the consumer group (for lag monitoring; the pipeline
 /// restarts from its checkpoint, not from these).
-fn commit(consumer: &BaseConsumer, offsets: BTreeMap<String, BTreeMap<i32, i64>>) -> anyhow::Result<()> {
+fn commit(consumer: &BaseConsumer, offsets: Offsets, mode: CommitMode) -> anyhow::Result<()> {
     let mut tpl = TopicPartitionList::new();
     for (t, ps) in offsets {
         for (p, o) in ps {
             tpl.add_partition_offset(&t, p, Offset::Offset(o))?;
         }
     }
-    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+    if let Err(e) = consumer.commit(&tpl, mode) {
         eprintln!("warning: consumer-group commit failed: {e}");
     }
     Ok(())
@@ -757,7 +757,7 @@ fn commit(consumer: &BaseConsumer, offsets: BTreeMap<String, BTreeMap<i32, i64>>
 struct ConsumerIn {
     wake: (Sender<()>, Receiver<()>),
     added: Receiver<Vec<Added>>,
-    commits: Receiver<BTreeMap<String, BTreeMap<i32, i64>>>,
+    commits: Arc<std::sync::Mutex<Option<Offsets>>>,
     max_lead_ms: u64,
 }
 
@@ -788,8 +788,8 @@ fn consumer_thread(
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                while let Ok(offsets) = commits.try_recv() {
-                    commit(&consumer, offsets)?;
+                if let Some(offsets) = commits.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    commit(&consumer, offsets, CommitMode::Async)?;
                 }
                 while let Ok(a) = added.try_recv() {
                     parts.add(&consumer, a, &wake_tx, max_lead_ms, &mut batcher)?;
@@ -1042,6 +1042,22 @@ fn watch_partitions(
         .expect("spawn partition watcher")
 }
 
+/// Says that the run starts with no checkpoint, every input partition from its first
+/// offset; with a warning when the consumer group has committed offsets (commits follow
+/// checkpoints: its checkpoints are elsewhere, another `checkpoint_store` or
+/// `checkpoint_dir`, or were deleted), since everything is then read and sent again.
+fn say_no_checkpoint(consumer: &BaseConsumer, tpl: &TopicPartitionList, group: &str, place: &str) {
+    let committed = consumer
+        .committed_offsets(tpl.clone(), Duration::from_secs(10))
+        .map(|c| c.elements().iter().filter(|e| matches!(e.offset(), Offset::Offset(o) if o > 0)).count());
+    match committed {
+        Ok(n) if n > 0 => eprintln!(
+            "warning: no checkpoint in {place}, but the consumer group {group} has committed offsets on {n} input partitions: its checkpoints are elsewhere (another checkpoint_store or checkpoint_dir?) or were deleted. Reading every input partition from its first offset: outputs sent before are sent again (with the same identities), and input the topics deleted meanwhile is dead-lettered"
+        ),
+        _ => eprintln!("cbec: no checkpoint in {place}: every input partition from its first offset"),
+    }
+}
+
 /// The run over the input partitions, from `restored`, until the input ends
 /// (`exit_when_idle`) or a signal; partitions added meanwhile are taken in as they come.
 #[allow(clippy::too_many_arguments)]
@@ -1132,10 +1148,13 @@ fn run_partitions(
     }
     if restored.is_some() {
         eprintln!("cbec: restored checkpoint from {place}");
+    } else {
+        say_no_checkpoint(&consumer, &tpl, &cfg.group_id, place);
     }
     let (tx, rx) = bounded(batches_for(cfg.queue_capacity, 256));
-    let (ctx, crx) = bounded(4);
-    let input = ConsumerIn { wake: (wake_tx, wake), added, commits: crx, max_lead_ms: cfg.max_lead_ms };
+    let commits = Arc::new(std::sync::Mutex::new(None));
+    let committer = consumer.clone();
+    let input = ConsumerIn { wake: (wake_tx, wake), added, commits: commits.clone(), max_lead_ms: cfg.max_lead_ms };
     let h = consumer_thread(consumer, Parts { queues, state }, input, tx, run_stop.clone(), exit_when_idle);
     let (sink_tx, sink_h) = spawn_sink(Box::new(KafkaSink::new(cfg)?), cfg.queue_capacity);
     // Stages in separate processes: exits go to the summarize instances' topic.
@@ -1147,7 +1166,7 @@ fn run_partitions(
         exited_partitions,
         end_of_time_when_done: exit_when_idle,
         checkpoint: Some((store, Duration::from_millis(cfg.checkpoint_interval_ms))),
-        commits: Some(ctx),
+        commits: Some(commits.clone()),
         stop: run_stop.clone(),
         progress,
         ..EngineRun::new(cfg, hs.clone(), vec![(sources, rx)], sink_tx)
@@ -1157,7 +1176,27 @@ fn run_partitions(
     watcher.join().map_err(|_| anyhow::anyhow!("partition watcher panicked"))?;
     h.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
     sink_h.join().map_err(|_| anyhow::anyhow!("sink panicked"))??;
+    // The final checkpoint comes after the consumer thread ended: its offsets are
+    // committed here, before the process exits.
+    if let Some(offsets) = commits.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        commit_final(committer, offsets);
+    }
     stats
+}
+
+/// Commits the final checkpoint's offsets, waiting for the group coordinator at most 10 s
+/// (librdkafka's synchronous commit has no timeout of its own: a broker that went away
+/// must not hold up the exit; the checkpoint holds the offsets anyway).
+fn commit_final(consumer: Arc<BaseConsumer>, offsets: Offsets) {
+    let (tx, rx) = bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(commit(&consumer, offsets, CommitMode::Sync));
+    });
+    if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+        eprintln!(
+            "warning: the final checkpoint's offsets were not committed to the consumer group within 10 s (its lag shows the previous checkpoint's; the checkpoint itself is saved)"
+        );
+    }
 }
 
 #[cfg(test)]

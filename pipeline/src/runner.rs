@@ -471,8 +471,9 @@ pub struct EngineRun {
     pub end_of_time_when_done: bool,
     /// Checkpointing, with its interval.
     pub checkpoint: Option<(Arc<dyn CheckpointStore>, Duration)>,
-    /// Offsets to commit to the consumer group after each checkpoint.
-    pub commits: Option<Sender<BTreeMap<String, BTreeMap<i32, i64>>>>,
+    /// Where each checkpoint leaves its offsets, to commit to the consumer group: the
+    /// latest only (an older one not committed yet is replaced).
+    pub commits: Option<Arc<Mutex<Option<Offsets>>>>,
     /// Stop request (SIGINT/SIGTERM): drain, checkpoint, return.
     pub stop: Arc<AtomicBool>,
     /// Progress callback, about once a second.
@@ -1130,8 +1131,8 @@ fn checkpoint(
             let bytes = copy.save(changes, summarize, &*store, &offsets)?;
             drop(copy);
             m::CheckpointDone { seconds: t.elapsed().as_secs_f64(), bytes }.emit();
-            if let Some(tx) = commits {
-                let _ = tx.try_send(offsets);
+            if let Some(latest) = commits {
+                *latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(offsets);
             }
             Ok(())
         }))

@@ -1291,6 +1291,34 @@ fn transactional_inputs_are_read_to_their_end_and_match_the_embedded_run() {
     assert_equals_embedded(&c, &g, "with transactional inputs");
 }
 
+/// A process that finds no checkpoint says so; once it exits, its group's commits are those
+/// of its final checkpoint. When a consumer group has committed offsets (commits follow
+/// checkpoints) and the process finds no checkpoint, its checkpoints are elsewhere — here a
+/// `checkpoint_dir` changed between two runs — and it warns that everything is read and
+/// sent again.
+#[test]
+fn a_process_without_the_checkpoints_its_group_committed_after_warns() {
+    let Some(b) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // No checkpoint but the final one: the commits are its.
+    let c = Config { checkpoint_interval_ms: 600_000, ..config(&b, &unique_prefix("lost"), dir.path()) };
+    produce_story(&b, &c, &story(300, 47), 0, false).unwrap();
+    let run = |c: &Config| {
+        let out = command(&write_config(c, dir.path()), &["--exit-when-idle"]).stderr(Stdio::piped()).output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{said}");
+        said
+    };
+    let first = run(&c);
+    assert!(first.contains("no checkpoint in") && !first.contains("has committed offsets"), "{first}");
+    // The final checkpoint's offsets are committed before the process exits.
+    assert!(committed_to_the_end(&c), "the first run's commits reach the end of every partition");
+    let moved = Config { checkpoint_dir: dir.path().join("elsewhere").display().to_string(), ..c.clone() };
+    let second = run(&moved);
+    assert!(second.contains(&format!("the consumer group {} has committed offsets on", c.group_id)), "{second}");
+    assert!(run(&c).contains("restored checkpoint"), "back at its own checkpoints");
+}
+
 /// Stages in separate processes, each with its own directory (nothing shared but the
 /// brokers): an engine stage (`engine`) and summarize instances (`a`, `b` and `more`), the
 /// checkpoints in the topic, `<group_id>.exited` with 4 partitions.
