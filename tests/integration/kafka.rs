@@ -300,7 +300,11 @@ fn part(g: &Generated, k: usize, n: usize) -> Generated {
     let times = || g.arrival.values().flatten().copied();
     let (lo, hi) = (times().min().unwrap(), times().max().unwrap() + 1);
     let span = |k: usize| lo + (hi - lo) * k as i64 / n as i64;
-    let (from, to) = (span(k), span(k + 1));
+    arriving(g, span(k), span(k + 1))
+}
+
+/// The messages of `g` arriving in `from..to` (ms).
+fn arriving(g: &Generated, from: i64, to: i64) -> Generated {
     let mut p = Generated { topics: BTreeMap::new(), arrival: BTreeMap::new(), expected: Default::default() };
     for (t, msgs) in &g.topics {
         let at = &g.arrival[t];
@@ -491,6 +495,53 @@ fn event_times_are_bounded_by_the_brokers_clock_not_the_producers() {
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["code"], "future_time");
     assert!(dead[0]["payload"].as_str().unwrap().contains("S-AHEAD"), "{}", dead[0]);
+}
+
+/// `<group_id>.exited` grown from 2 to 3 partitions between two runs of the engine stage:
+/// the second run says so and keeps routing each company's exits over the 2 its first run
+/// found (pinned in its checkpoint), so a summarize instance builds every declaration form
+/// whole, and the outputs equal the embedded run. (Routed over 3, a company's later exits
+/// would land in another partition than its open form: two forms, not one.)
+#[test]
+fn exits_keep_their_partitions_when_the_exits_topic_grows() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let Some(b) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = Config { exited_partitions: 2, ..config(&b, &unique_prefix("eg"), dir.path()) };
+    let g = story(1200, 71);
+    let stage = |name: &str, stage: Stage| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        write_config(&Config { stage, checkpoint_dir: d.join("checkpoints").display().to_string(), ..c.clone() }, &d)
+    };
+    let engine = stage("engine", Stage::Engine);
+    // Split where half the departures (the exits) have arrived: exits in both runs.
+    let mut departures = g.arrival[&Topic::Departures].clone();
+    departures.sort();
+    let cut = departures[departures.len() / 2];
+    produce_story(&b, &c, &arriving(&g, i64::MIN, cut), 0, false).unwrap();
+    let log = dir.path().join("engine.log");
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut first = command(&engine, &[]).stderr(std::fs::File::create(&log).unwrap()).spawn().expect("spawn cbec");
+    wait_for(Duration::from_secs(60), "the first half read", said, || committed_to_the_end(&c));
+    assert!(Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap().success());
+    assert!(wait_at_most(&mut first, Duration::from_secs(60)).success(), "{}", said());
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let topic = c.exited_topic();
+    let grown = rt.block_on(admin.create_partitions(&[NewPartitions::new(&topic, 3)], &AdminOptions::new())).unwrap();
+    assert!(grown.iter().all(Result::is_ok), "{grown:?}");
+    produce_story(&b, &c, &arriving(&g, cut, i64::MAX), 0, false).unwrap();
+    let out = command(&engine, &["--exit-when-idle"]).stderr(Stdio::piped()).output().unwrap();
+    let second = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{second}");
+    assert!(second.contains(&format!("topic {topic} has 3 partitions; exits go to the first 2")), "{second}");
+    let summarize = stage("summarize", Stage::Summarize);
+    let out = command(&summarize, &["--exit-when-idle"]).stderr(Stdio::piped()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = assert_equals_embedded(&c, &g, "with the exits topic grown between two engine-stage runs");
+    assert!(got.0.keys().any(|(t, _)| t == "summaries"), "summary declarations built");
 }
 
 /// Hand-over records of `<group_id>.exited` the topic deleted before any summarize
