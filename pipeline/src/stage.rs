@@ -11,7 +11,9 @@
 //!
 //! Same outputs as one process, on every run and replay:
 //! * an exited list goes to the partition of its `ebcCode`, and a declaration form holds
-//!   lists of one `ebcCode`, so every form is built whole in one partition; supplementary
+//!   lists of one `ebcCode`, so every form is built whole in one partition (over the
+//!   partition count the group's first engine-stage run found, pinned in the engine's
+//!   checkpoints: [`handover_route`]); supplementary
 //!   declarations are numbered per form ([`cbec_operators::summarize`]);
 //! * each partition carries event time too: before an exit, the engine's watermark at that
 //!   exit (when it moved), and the watermark to every partition at least once a second, at
