@@ -1064,7 +1064,7 @@ fn say_no_checkpoint(consumer: &BaseConsumer, tpl: &TopicPartitionList, group: &
 fn run_partitions(
     cfg: &Config,
     hs: &Nomenclature,
-    restored: Option<Restored>,
+    mut restored: Option<Restored>,
     store: Arc<dyn CheckpointStore>,
     place: &str,
     stop: &Arc<AtomicBool>,
@@ -1075,6 +1075,7 @@ fn run_partitions(
     // consumer's prefetch is sized by their number.
     let mut tpl = TopicPartitionList::new();
     let mut state = Vec::new();
+    let mut rewound = Vec::new();
     {
         let meta: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &cfg.brokers).create()?;
         for t in Topic::ALL {
@@ -1085,7 +1086,19 @@ fn run_partitions(
                     let from =
                         restored.as_ref().and_then(|c| c.offsets.get(&name)).and_then(|m| m.get(&p.id())).copied();
                     let (low, high) = patiently(|| meta.fetch_watermarks(&name, p.id(), Duration::from_secs(10)))?;
-                    let start = from.unwrap_or(low).max(low);
+                    // A checkpoint's offset past the partition's end: the topic was recreated
+                    // (or the broker lost what it had acknowledged). Read from its first
+                    // offset, said: what it holds is new input (or, if lost and resent,
+                    // outputs again with the same identities), never skipped.
+                    let past_end = from.filter(|f| *f > high);
+                    if let Some(f) = past_end {
+                        eprintln!(
+                            "warning: {name} partition {}: the checkpoint's offset {f} is past the partition's end ({high}): the topic was recreated, or the broker lost messages it had acknowledged; reading it from its first offset ({low})",
+                            p.id()
+                        );
+                        rewound.push((name.clone(), p.id(), low));
+                    }
+                    let start = if past_end.is_some() { low } else { from.unwrap_or(low).max(low) };
                     let deleted = from.filter(|f| *f < low).map(|f| (f, low));
                     tpl.add_partition_offset(&name, p.id(), Offset::Offset(start))?;
                     state.push(PartState {
@@ -1104,6 +1117,12 @@ fn run_partitions(
                     });
                 }
             }
+        }
+    }
+    // The next checkpoints record where those partitions are read from now, not the old offset.
+    if let Some(r) = restored.as_mut() {
+        for (name, p, low) in rewound {
+            r.offsets.entry(name).or_default().insert(p, low);
         }
     }
     let (queue_kb, fetch_bytes) = prefetch_per_partition(cfg.input_prefetch_mb, state.len());

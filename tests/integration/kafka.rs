@@ -497,6 +497,74 @@ fn event_times_are_bounded_by_the_brokers_clock_not_the_producers() {
     assert!(dead[0]["payload"].as_str().unwrap().contains("S-AHEAD"), "{}", dead[0]);
 }
 
+/// An input topic recreated while cbec was stopped (or a broker that lost what it had
+/// acknowledged) leaves the checkpoint's offsets past its partitions' ends: the next run
+/// says so and reads those partitions from their first offset, and its checkpoints (and
+/// the group's commits) follow what it reads there, not the old offsets — which a restart
+/// would otherwise take up again, reading the new messages again each time.
+#[test]
+fn an_input_topic_recreated_while_stopped_is_read_from_its_start_and_said() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let Some(b) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&b, &unique_prefix("rec"), dir.path());
+    let g = story(600, 83);
+    let cfg = write_config(&c, dir.path());
+    produce_story(&b, &c, &g, 0, false).unwrap();
+    let log = dir.path().join("first.log");
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut first = command(&cfg, &[]).stderr(std::fs::File::create(&log).unwrap()).spawn().expect("spawn cbec");
+    wait_for(Duration::from_secs(60), "the story read", said, || committed_to_the_end(&c));
+    assert!(Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap().success());
+    assert!(wait_at_most(&mut first, Duration::from_secs(60)).success(), "{}", said());
+    // The scans topic deleted and made again (same partitions), with ten scans in it.
+    let scans = c.input_topic(Topic::Scans);
+    let reader: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+    let parts = reader.fetch_metadata(Some(&scans), Duration::from_secs(10)).unwrap().topics()[0].partitions().len();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(admin.delete_topics(&[&scans], &AdminOptions::new())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let made = rt
+            .block_on(admin.create_topics(
+                &[NewTopic::new(&scans, parts as i32, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            ))
+            .unwrap();
+        if made.iter().all(Result::is_ok) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{scans} not made again: {made:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let few = Generated {
+        topics: [(Topic::Scans, g.topics[&Topic::Scans][..10].to_vec())].into(),
+        arrival: [(Topic::Scans, g.arrival[&Topic::Scans][..10].to_vec())].into(),
+        expected: Default::default(),
+    };
+    produce_story(&b, &c, &few, 0, false).unwrap();
+    let out = command(&cfg, &["--exit-when-idle"]).stderr(Stdio::piped()).output().unwrap();
+    let second = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{second}");
+    assert!(
+        second.contains(&format!("warning: {scans} partition ")) && second.contains("is past the partition's end"),
+        "{second}"
+    );
+    // The group's commits (the final checkpoint's offsets) are the new ends.
+    let group: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &b).set("group.id", &c.group_id).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts as i32 {
+        tpl.add_partition(&scans, p);
+    }
+    for e in group.committed_offsets(tpl, Duration::from_secs(10)).unwrap().elements() {
+        let (_, high) = reader.fetch_watermarks(&scans, e.partition(), Duration::from_secs(10)).unwrap();
+        assert_eq!(e.offset(), Offset::Offset(high), "{scans} partition {}: committed at its new end", e.partition());
+    }
+}
+
 /// `<group_id>.exited` grown from 2 to 3 partitions between two runs of the engine stage:
 /// the second run says so and keeps routing each company's exits over the 2 its first run
 /// found (pinned in its checkpoint), so a summarize instance builds every declaration form
