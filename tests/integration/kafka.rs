@@ -497,6 +497,17 @@ fn event_times_are_bounded_by_the_brokers_clock_not_the_producers() {
     assert!(dead[0]["payload"].as_str().unwrap().contains("S-AHEAD"), "{}", dead[0]);
 }
 
+/// Runs `cbec run` with the configuration file `cfg` (of `c`; stderr in `log`) until its
+/// commits reach the end of every input partition, then stops it with SIGTERM (drain,
+/// checkpoint, exit 0): what is on the topics is read, and event time is not ended.
+fn read_then_stop(cfg: &Path, c: &Config, log: &Path) {
+    let said = || std::fs::read_to_string(log).unwrap_or_default();
+    let mut child = command(cfg, &[]).stderr(std::fs::File::create(log).unwrap()).spawn().expect("spawn cbec");
+    wait_for(Duration::from_secs(60), "the input read", said, || committed_to_the_end(c));
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(wait_at_most(&mut child, Duration::from_secs(60)).success(), "{}", said());
+}
+
 /// An input topic recreated while cbec was stopped (or a broker that lost what it had
 /// acknowledged) leaves the checkpoint's offsets past its partitions' ends: the next run
 /// says so and reads those partitions from their first offset, and its checkpoints (and
@@ -512,12 +523,7 @@ fn an_input_topic_recreated_while_stopped_is_read_from_its_start_and_said() {
     let g = story(600, 83);
     let cfg = write_config(&c, dir.path());
     produce_story(&b, &c, &g, 0, false).unwrap();
-    let log = dir.path().join("first.log");
-    let said = || std::fs::read_to_string(&log).unwrap_or_default();
-    let mut first = command(&cfg, &[]).stderr(std::fs::File::create(&log).unwrap()).spawn().expect("spawn cbec");
-    wait_for(Duration::from_secs(60), "the story read", said, || committed_to_the_end(&c));
-    assert!(Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap().success());
-    assert!(wait_at_most(&mut first, Duration::from_secs(60)).success(), "{}", said());
+    read_then_stop(&cfg, &c, &dir.path().join("first.log"));
     // The scans topic deleted and made again (same partitions), with ten scans in it.
     let scans = c.input_topic(Topic::Scans);
     let reader: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
@@ -589,12 +595,7 @@ fn exits_keep_their_partitions_when_the_exits_topic_grows() {
     departures.sort();
     let cut = departures[departures.len() / 2];
     produce_story(&b, &c, &arriving(&g, i64::MIN, cut), 0, false).unwrap();
-    let log = dir.path().join("engine.log");
-    let said = || std::fs::read_to_string(&log).unwrap_or_default();
-    let mut first = command(&engine, &[]).stderr(std::fs::File::create(&log).unwrap()).spawn().expect("spawn cbec");
-    wait_for(Duration::from_secs(60), "the first half read", said, || committed_to_the_end(&c));
-    assert!(Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap().success());
-    assert!(wait_at_most(&mut first, Duration::from_secs(60)).success(), "{}", said());
+    read_then_stop(&engine, &c, &dir.path().join("engine.log"));
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let topic = c.exited_topic();
