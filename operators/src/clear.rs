@@ -214,10 +214,8 @@ fn keep_controls(controls: &mut ControlTable, logistics_no: &str, p: &Parcel) {
     }
 }
 
-/// Emits a receipt for a parcel (identity: list or parcel key + status + `tag`).
-#[allow(clippy::too_many_arguments)]
+/// A receipt for a parcel (identity: list or parcel key + status + `tag`).
 fn receipt(
-    out: &mut dyn Collector<Out>,
     p: &Parcel,
     logistics_no: &str,
     st: i32,
@@ -225,7 +223,7 @@ fn receipt(
     time: EventTime,
     tag: &str,
     controls: Vec<Text>,
-) {
+) -> Receipt {
     let invt = p.decl.as_ref().map(|d| d.invt_no.clone());
     let order_no = p.list.as_ref().map(|l| Text::from(l.order_no()));
     let key = invt.as_deref().unwrap_or(logistics_no);
@@ -238,7 +236,7 @@ fn receipt(
     }
     ids::push_padded(&mut id, st.unsigned_abs() as u64, 1);
     id.push_str(tag);
-    out.collect(Out::Receipt(Receipt {
+    Receipt {
         id,
         invt_no: invt,
         order_no,
@@ -248,7 +246,7 @@ fn receipt(
         return_time: time,
         control_ids: controls,
         pay_code: None,
-    }));
+    }
 }
 
 impl Clear {
@@ -389,8 +387,7 @@ impl Clear {
             list: l.clone(),
         }));
         p.decl = Some(Box::new(Decl { invt_no: invt_no.clone(), hash, red, certificate, tax }));
-        receipt(
-            out,
+        out.collect(Out::Receipt(receipt(
             p,
             logistics_no,
             status::ACCEPTED,
@@ -398,7 +395,7 @@ impl Clear {
             t,
             "",
             vec![],
-        );
+        )));
         let control_ids: Vec<Text> = reasons.iter().filter_map(|r| r.control_id.clone()).collect();
         out.collect(Out::Channel(ChannelDecision {
             id: compact_str::format_compact!("{invt_no}/channel"),
@@ -413,8 +410,7 @@ impl Clear {
             time: t,
         }));
         if red {
-            receipt(
-                out,
+            out.collect(Out::Receipt(receipt(
                 p,
                 logistics_no,
                 status::MANUAL_REVIEW,
@@ -422,7 +418,7 @@ impl Clear {
                 t,
                 "",
                 control_ids,
-            );
+            )));
         }
     }
 
@@ -456,8 +452,7 @@ impl Clear {
                     reasons.push(Text::const_new("verified"));
                     if !p.verified_receipt {
                         p.verified_receipt = true;
-                        receipt(
-                            out,
+                        out.collect(Out::Receipt(receipt(
                             p,
                             &s.logistics_no,
                             status::REVIEW_CONCLUDED,
@@ -465,7 +460,7 @@ impl Clear {
                             s.scan_time,
                             "",
                             control_ids.clone(),
-                        );
+                        )));
                     }
                 }
                 if d.certificate && verified.is_empty() {
@@ -554,7 +549,7 @@ impl Clear {
                 p.site_released = true;
                 (status::RELEASED, "released at the supervised site")
             };
-            receipt(out, p, &lno, st, info.into(), s.scan_time, "", controls);
+            out.collect(Out::Receipt(receipt(p, &lno, st, info.into(), s.scan_time, "", controls)));
         }
     }
 
@@ -595,8 +590,7 @@ impl Operator for Clear {
                     let hash = ids::content_digest(&l);
                     if hash != d.hash {
                         let hash = ids::hex128(hash);
-                        receipt(
-                            out,
+                        out.collect(Out::Receipt(receipt(
                             p,
                             key,
                             status::ERR_IMMUTABLE,
@@ -604,7 +598,7 @@ impl Operator for Clear {
                             l.app_time,
                             &format!("/{hash}"),
                             vec![],
-                        );
+                        )));
                     }
                     return;
                 }
@@ -629,9 +623,7 @@ impl Operator for Clear {
                     // Declared before the comparison could conclude (its payment came later,
                     // or a correction cleared a return): the receipt names the payment firm
                     // the declared list could not.
-                    let mut one = Vec::with_capacity(1);
-                    receipt(
-                        &mut one,
+                    let mut r = receipt(
                         p,
                         &s.logistics_no,
                         status::ACCEPTED,
@@ -642,18 +634,13 @@ impl Operator for Clear {
                         &format!("/{}/{}/{}", s.time.0, s.order_no, s.revision),
                         vec![],
                     );
-                    for mut r in one {
-                        if let Out::Receipt(r) = &mut r {
-                            r.pay_code = s.pay_code.as_deref().map(Text::from);
-                        }
-                        out.collect(r);
-                    }
+                    r.pay_code = s.pay_code.as_deref().map(Text::from);
+                    out.collect(Out::Receipt(r));
                 }
                 if let Comparison::Returned { reasons } = &s.comparison
                     && (p.decl.is_some() || p.list.is_some())
                 {
-                    receipt(
-                        out,
+                    out.collect(Out::Receipt(receipt(
                         p,
                         &s.logistics_no,
                         status::RETURNED,
@@ -663,7 +650,7 @@ impl Operator for Clear {
                         // of two orders whose lists name this parcel, differ in them.
                         &format!("/{}/{}/{}", s.time.0, s.order_no, s.revision),
                         vec![],
-                    );
+                    )));
                 }
                 if p.exited
                     && was != p.comparison
@@ -682,8 +669,7 @@ impl Operator for Clear {
                     (Some(t), Some(d)) if t != w.app_time => {
                         let info: Text =
                             format!("declared list {} already activated: second activation refused", d.invt_no).into();
-                        receipt(
-                            out,
+                        out.collect(Out::Receipt(receipt(
                             p,
                             key,
                             status::ERR_IMMUTABLE,
@@ -691,7 +677,7 @@ impl Operator for Clear {
                             w.app_time,
                             &format!("/w{}", w.app_time.0),
                             vec![],
-                        );
+                        )));
                     }
                     (Some(_), _) => {}
                     (None, _) => {
@@ -711,8 +697,7 @@ impl Operator for Clear {
                 if !p.arrived {
                     p.arrived = true;
                     if p.decl.is_none() {
-                        receipt(
-                            out,
+                        out.collect(Out::Receipt(receipt(
                             p,
                             &logistics_no,
                             -403,
@@ -722,7 +707,7 @@ impl Operator for Clear {
                             // another arrival is another receipt.
                             &format!("/arrival/{}", time.0),
                             vec![],
-                        );
+                        )));
                     }
                 }
             }
@@ -750,13 +735,20 @@ impl Operator for Clear {
                 }
                 if p.port_released.is_some() && p.decl.is_some() {
                     p.exited = true;
-                    receipt(out, p, &logistics_no, status::CLOSED, Text::const_new("exit confirmed"), time, "", vec![]);
+                    out.collect(Out::Receipt(receipt(
+                        p,
+                        &logistics_no,
+                        status::CLOSED,
+                        Text::const_new("exit confirmed"),
+                        time,
+                        "",
+                        vec![],
+                    )));
                     if let Some(e) = Clear::exited(p, &logistics_no, codes, None) {
                         out.collect(Out::Exited(e));
                     }
                 } else {
-                    receipt(
-                        out,
+                    out.collect(Out::Receipt(receipt(
                         p,
                         &logistics_no,
                         status::ERR_EXIT_NOT_RELEASED,
@@ -769,7 +761,7 @@ impl Operator for Clear {
                             None => format!("/{}", time.0),
                         },
                         vec![],
-                    );
+                    )));
                 }
             }
         }
