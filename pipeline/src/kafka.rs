@@ -435,6 +435,31 @@ fn caught_up(next: i64, high: i64, eof: Option<(i64, i64)>) -> bool {
 }
 
 impl PartState {
+    /// Partition `partition` of input topic `name` (of `topic`), read from `next`, its high
+    /// watermark `high` when looked up; `deleted`: offsets the topic deleted before they
+    /// were read, found at the start.
+    fn new(
+        (topic, name, partition): (Topic, String, i32),
+        (next, high): (i64, i64),
+        max_lead_ms: u64,
+        deleted: Option<(i64, i64)>,
+    ) -> anyhow::Result<PartState> {
+        Ok(PartState {
+            topic,
+            cname: CString::new(name.as_str()).context("topic name")?,
+            name,
+            partition,
+            next,
+            high,
+            idle: false,
+            time: i64::MIN,
+            stalled_since: None,
+            eof: None,
+            max_lead_ms,
+            deleted,
+        })
+    }
+
     /// The dead letter of offsets `from..to` deleted before they were read.
     fn deleted_unread(&self, from: i64, to: i64) -> EngineMsg {
         let d = deleted_unread(&self.name, self.partition, from, to);
@@ -593,20 +618,7 @@ impl Parts {
             tpl.add_partition_offset(&a.name, a.partition, Offset::Offset(a.low))?;
             batcher.push(EngineMsg::Idle((a.topic, a.partition), false));
             self.queues.push(q);
-            self.state.push(PartState {
-                topic: a.topic,
-                cname: CString::new(a.name.as_str()).context("topic name")?,
-                name: a.name,
-                partition: a.partition,
-                next: a.low,
-                high: a.high,
-                idle: false,
-                time: i64::MIN,
-                stalled_since: None,
-                eof: None,
-                max_lead_ms,
-                deleted: None,
-            });
+            self.state.push(PartState::new((a.topic, a.name, a.partition), (a.low, a.high), max_lead_ms, None)?);
         }
         consumer.incremental_assign(&tpl).context("assigning the added partitions")?;
         Ok(())
@@ -1101,20 +1113,7 @@ fn run_partitions(
                     let start = if past_end.is_some() { low } else { from.unwrap_or(low).max(low) };
                     let deleted = from.filter(|f| *f < low).map(|f| (f, low));
                     tpl.add_partition_offset(&name, p.id(), Offset::Offset(start))?;
-                    state.push(PartState {
-                        topic: t,
-                        name: name.clone(),
-                        cname: CString::new(name.as_str()).context("topic name")?,
-                        partition: p.id(),
-                        next: start,
-                        high,
-                        idle: false,
-                        time: i64::MIN,
-                        stalled_since: None,
-                        eof: None,
-                        max_lead_ms: cfg.max_lead_ms,
-                        deleted,
-                    });
+                    state.push(PartState::new((t, name.clone(), p.id()), (start, high), cfg.max_lead_ms, deleted)?);
                 }
             }
         }
