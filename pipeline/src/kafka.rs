@@ -1087,7 +1087,6 @@ fn run_partitions(
     // consumer's prefetch is sized by their number.
     let mut tpl = TopicPartitionList::new();
     let mut state = Vec::new();
-    let mut rewound = Vec::new();
     {
         let meta: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &cfg.brokers).create()?;
         for t in Topic::ALL {
@@ -1095,33 +1094,31 @@ fn run_partitions(
             let md = patiently(|| meta.fetch_metadata(Some(&name), Duration::from_secs(10)))?;
             for mt in md.topics() {
                 for p in mt.partitions() {
-                    let from =
-                        restored.as_ref().and_then(|c| c.offsets.get(&name)).and_then(|m| m.get(&p.id())).copied();
                     let (low, high) = patiently(|| meta.fetch_watermarks(&name, p.id(), Duration::from_secs(10)))?;
-                    // A checkpoint's offset past the partition's end: the topic was recreated
-                    // (or the broker lost what it had acknowledged). Read from its first
-                    // offset, said: what it holds is new input (or, if lost and resent,
-                    // outputs again with the same identities), never skipped.
-                    let past_end = from.filter(|f| *f > high);
-                    if let Some(f) = past_end {
-                        eprintln!(
-                            "warning: {name} partition {}: the checkpoint's offset {f} is past the partition's end ({high}): the topic was recreated, or the broker lost messages it had acknowledged; reading it from its first offset ({low})",
-                            p.id()
-                        );
-                        rewound.push((name.clone(), p.id(), low));
-                    }
-                    let start = if past_end.is_some() { low } else { from.unwrap_or(low).max(low) };
+                    let restored_at =
+                        restored.as_mut().and_then(|c| c.offsets.get_mut(&name)).and_then(|m| m.get_mut(&p.id()));
+                    let from = match restored_at {
+                        // A checkpoint's offset past the partition's end: the topic was
+                        // recreated (or the broker lost what it had acknowledged). Read from
+                        // its first offset, said: what it holds is new input (or, if lost and
+                        // resent, outputs again with the same identities), never skipped; and
+                        // the next checkpoints record where it is read now, not the old offset.
+                        Some(f) if *f > high => {
+                            eprintln!(
+                                "warning: {name} partition {}: the checkpoint's offset {f} is past the partition's end ({high}): the topic was recreated, or the broker lost messages it had acknowledged; reading it from its first offset ({low})",
+                                p.id()
+                            );
+                            *f = low;
+                            Some(low)
+                        }
+                        f => f.map(|f| *f),
+                    };
+                    let start = from.unwrap_or(low).max(low);
                     let deleted = from.filter(|f| *f < low).map(|f| (f, low));
                     tpl.add_partition_offset(&name, p.id(), Offset::Offset(start))?;
                     state.push(PartState::new((t, name.clone(), p.id()), (start, high), cfg.max_lead_ms, deleted)?);
                 }
             }
-        }
-    }
-    // The next checkpoints record where those partitions are read from now, not the old offset.
-    if let Some(r) = restored.as_mut() {
-        for (name, p, low) in rewound {
-            r.offsets.entry(name).or_default().insert(p, low);
         }
     }
     let (queue_kb, fetch_bytes) = prefetch_per_partition(cfg.input_prefetch_mb, state.len());
