@@ -497,6 +497,17 @@ fn event_times_are_bounded_by_the_brokers_clock_not_the_producers() {
     assert!(dead[0]["payload"].as_str().unwrap().contains("S-AHEAD"), "{}", dead[0]);
 }
 
+/// Gives `topic` `partitions` partitions (more than it has).
+fn grow(brokers: &str, topic: &str, partitions: usize) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let grown = rt.block_on(admin.create_partitions(&[NewPartitions::new(topic, partitions)], &AdminOptions::new()));
+    assert!(grown.unwrap().iter().all(Result::is_ok), "{topic} given {partitions} partitions");
+}
+
 /// Runs `cbec run` with the configuration file `cfg` (of `c`; stderr in `log`) until its
 /// commits reach the end of every input partition, then stops it with SIGTERM (drain,
 /// checkpoint, exit 0): what is on the topics is read, and event time is not ended.
@@ -578,8 +589,6 @@ fn an_input_topic_recreated_while_stopped_is_read_from_its_start_and_said() {
 /// would land in another partition than its open form: two forms, not one.)
 #[test]
 fn exits_keep_their_partitions_when_the_exits_topic_grows() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
-    use rdkafka::client::DefaultClientContext;
     let Some(b) = brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let c = Config { exited_partitions: 2, ..config(&b, &unique_prefix("eg"), dir.path()) };
@@ -596,11 +605,8 @@ fn exits_keep_their_partitions_when_the_exits_topic_grows() {
     let cut = departures[departures.len() / 2];
     produce_story(&b, &c, &arriving(&g, i64::MIN, cut), 0, false).unwrap();
     read_then_stop(&engine, &c, &dir.path().join("engine.log"));
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let topic = c.exited_topic();
-    let grown = rt.block_on(admin.create_partitions(&[NewPartitions::new(&topic, 3)], &AdminOptions::new())).unwrap();
-    assert!(grown.iter().all(Result::is_ok), "{grown:?}");
+    grow(&b, &topic, 3);
     produce_story(&b, &c, &arriving(&g, cut, i64::MAX), 0, false).unwrap();
     let out = command(&engine, &["--exit-when-idle"]).stderr(Stdio::piped()).output().unwrap();
     let second = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -701,8 +707,6 @@ fn wait_for(limit: Duration, what: &str, context: impl Fn() -> String, mut done:
 /// decisions themselves may differ from the embedded run's; README, idle partitions.)
 #[test]
 fn input_partitions_added_while_running_are_read_by_the_running_process() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
-    use rdkafka::client::DefaultClientContext;
     let Some(b) = brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let c = config(&b, &unique_prefix("grow"), dir.path());
@@ -715,10 +719,7 @@ fn input_partitions_added_while_running_are_read_by_the_running_process() {
     let scans = c.input_topic(Topic::Scans);
     let said = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_for(Duration::from_secs(60), "the first half read", said, || committed_to_the_end(&c));
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let grown = rt.block_on(admin.create_partitions(&[NewPartitions::new(&scans, 6)], &AdminOptions::new())).unwrap();
-    assert!(grown.iter().all(Result::is_ok), "{grown:?}");
+    grow(&b, &scans, 6);
     wait_for(Duration::from_secs(30), "the process to take the new partitions", said, || {
         said().contains(&format!("input partitions added ({scans} 4 → 6)"))
     });
@@ -1093,8 +1094,6 @@ fn receipt_ids(out: &Path) -> (BTreeSet<String>, usize) {
 /// each receipt once, and the metrics endpoint's counters say what the report says.
 #[test]
 fn the_archiver_writes_a_replay_once_across_its_restarts_and_reads_added_partitions() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
-    use rdkafka::client::DefaultClientContext;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let Some(b) = brokers() else { return };
@@ -1118,10 +1117,7 @@ fn the_archiver_writes_a_replay_once_across_its_restarts_and_reads_added_partiti
         sample(&exposition.render(), records).is_some_and(|n| n >= 2.0)
     });
     let topic = c.output_topic("receipts");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let grown = rt.block_on(admin.create_partitions(&[NewPartitions::new(&topic, 3)], &AdminOptions::new())).unwrap();
-    assert!(grown.iter().all(Result::is_ok), "{grown:?}");
+    grow(&b, &topic, 3);
     produce_receipts(&c, 2, 13..=15);
     let chunk_of_p2 = || {
         let days = std::fs::read_dir(out.join("tables/receipts")).into_iter().flatten().flatten();
