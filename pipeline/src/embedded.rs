@@ -191,8 +191,8 @@ pub fn run_replay(
     let run = EngineRun::new(cfg, hs, vec![(vec![replay], rx)], sink_tx);
     let stats = run_engine(run, None)?;
     h.join().map_err(|_| anyhow::anyhow!("replay thread panicked"))??;
-    sink_h.join().map_err(|_| anyhow::anyhow!("sink thread panicked"))??;
-    Ok(stats)
+    let timed = sink_h.join().map_err(|_| anyhow::anyhow!("sink thread panicked"))??;
+    Ok(stats.timed(timed))
 }
 
 /// Runs the embedded pipeline over `inputs` into `sink`; a finite input ends with event
@@ -219,8 +219,8 @@ pub fn run(
     for h in handles {
         h.join().map_err(|_| anyhow::anyhow!("source thread panicked"))??;
     }
-    sink_h.join().map_err(|_| anyhow::anyhow!("sink thread panicked"))??;
-    Ok(stats)
+    let timed = sink_h.join().map_err(|_| anyhow::anyhow!("sink thread panicked"))??;
+    Ok(stats.timed(timed))
 }
 
 #[cfg(test)]

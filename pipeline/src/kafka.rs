@@ -1190,13 +1190,13 @@ fn run_partitions(
     run_stop.store(true, Ordering::Relaxed);
     watcher.join().map_err(|_| anyhow::anyhow!("partition watcher panicked"))?;
     h.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
-    sink_h.join().map_err(|_| anyhow::anyhow!("sink panicked"))??;
+    let timed = sink_h.join().map_err(|_| anyhow::anyhow!("sink panicked"))??;
     // The final checkpoint comes after the consumer thread ended: its offsets are
     // committed here, before the process exits.
     if let Some(offsets) = commits.lock().unwrap_or_else(|e| e.into_inner()).take() {
         commit_final(committer, offsets);
     }
-    stats
+    stats.map(|s| s.timed(timed))
 }
 
 /// Commits the final checkpoint's offsets, waiting for the group coordinator at most 10 s

@@ -49,15 +49,19 @@ impl DeadLetterEvent<'_> {
     }
 }
 
-/// `cbec_decision_latency_seconds`: scan read → sorting decision handed to the sink.
-pub struct DecisionLatency {
-    /// Seconds.
-    pub seconds: f64,
-}
+/// `cbec_decision_latency_seconds`: scan read → sorting decision written by the sink
+/// thread (handed to the producer or the file). A handle registered on the thread that
+/// starts the sink (the recorder in effect there, a test's local one included) and recorded
+/// on the sink thread.
+pub struct DecisionLatency(metrics::Histogram);
 impl DecisionLatency {
-    /// Records it.
-    pub fn emit(&self) {
-        histogram!("cbec_decision_latency_seconds").record(self.seconds);
+    /// Registers it with the calling thread's recorder.
+    pub fn register() -> DecisionLatency {
+        DecisionLatency(histogram!("cbec_decision_latency_seconds"))
+    }
+    /// Records one decision's latency.
+    pub fn record(&self, seconds: f64) {
+        self.0.record(seconds);
     }
 }
 
@@ -239,8 +243,10 @@ mod tests {
     }
 
     /// What the endpoint would serve after an embedded run equals the run's own counts:
-    /// messages in and out per topic, dead letters by code, one latency sample per decision.
-    /// (The engine thread is the caller's, so a thread-local recorder sees its metrics.)
+    /// messages in and out per topic, dead letters by code, one latency sample per decision,
+    /// taken by the sink thread once it wrote the decision. (The engine thread is the
+    /// caller's, so a thread-local recorder sees its metrics; the sink's latency histogram is
+    /// registered on it too.)
     #[test]
     fn the_exposition_counts_what_the_run_counted() {
         let cfg = Config::default();
@@ -278,6 +284,9 @@ mod tests {
                 "dlq {code}\n{text}"
             );
         }
+        // Every sorting decision was timed, once: each ends the batch it goes to the sink in.
+        let decided: u64 = stats.ports.values().sum();
+        assert_eq!((stats.decisions_timed, stats.latencies_us.len() as u64), (decided, decided));
         let decisions = stats.latencies_us.len() as f64;
         assert_eq!(sample(&text, "cbec_decision_latency_seconds_count"), Some(decisions), "{text}");
         assert_eq!(sample(&text, "cbec_decision_latency_seconds_bucket{le=\"+Inf\"}"), Some(decisions), "{text}");

@@ -13,7 +13,7 @@ pub fn progress_line(s: &RunStats) -> String {
         "cbec: {n} in ({rate:.0}/s), {} out, {} dead letters, {} decisions",
         s.output.values().sum::<u64>(),
         s.dead.values().sum::<u64>(),
-        s.decisions_timed
+        s.ports.values().sum::<u64>()
     )
 }
 

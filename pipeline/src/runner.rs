@@ -107,6 +107,10 @@ pub enum SinkMsg {
     /// Records to write, in order (one channel operation and at most one wake-up of the
     /// sink thread per batch; a sorting decision ends its batch at once).
     Records(Vec<Record>),
+    /// Records ending with a sorting decision, and when its scan was read: the decision's
+    /// latency is taken once the sink has written it (handed it to the producer or the
+    /// file), not when the engine made it.
+    Decided(Vec<Record>, Instant),
     /// Flush, then acknowledge (after any pending [`SinkMsg::AfterDurable`] work is done).
     Flush(Sender<anyhow::Result<()>>),
     /// Work to run once every record sent before this message is durable (a checkpoint
@@ -306,6 +310,22 @@ fn keep_sampled(kept: &mut Vec<u32>, stride: &mut u32, seen: &mut u64, cap: usiz
     }
 }
 
+/// Scan → decision latencies as the sink thread takes them (see [`RunStats::latencies_us`]).
+#[derive(Debug, Default)]
+pub struct Latencies {
+    us: Vec<u32>,
+    stride: u32,
+    timed: u64,
+}
+
+impl Latencies {
+    /// Records one decision's latency (µs): every one until [`LATENCIES_KEPT`], then a
+    /// uniform sample.
+    pub fn record(&mut self, us: u32) {
+        keep_sampled(&mut self.us, &mut self.stride, &mut self.timed, LATENCIES_KEPT, us);
+    }
+}
+
 /// Counts and latencies of a run.
 #[derive(Debug, Default, Clone)]
 pub struct RunStats {
@@ -321,7 +341,7 @@ pub struct RunStats {
     pub red: (u64, u64),
     /// Scan → decision latencies in microseconds, in decision order: every decision's until
     /// [`LATENCIES_KEPT`] are held, then every `latency_stride`-th (see
-    /// [`RunStats::record_latency`]), so a process that runs for days holds a bounded sample.
+    /// [`Latencies::record`]), so a process that runs for days holds a bounded sample.
     pub latencies_us: Vec<u32>,
     /// 1 while every decision's latency is in `latencies_us`; 2, 4, … once it holds every
     /// 2nd, 4th, … (a uniform sample in order).
@@ -365,9 +385,9 @@ impl RunStats {
         self.input.values().sum::<u64>() + self.dead.values().sum::<u64>()
     }
 
-    /// Records one decision's latency (µs); see [`RunStats::latencies_us`].
-    pub fn record_latency(&mut self, us: u32) {
-        keep_sampled(&mut self.latencies_us, &mut self.latency_stride, &mut self.decisions_timed, LATENCIES_KEPT, us);
+    /// The run's stats with the decision latencies its sink thread took.
+    pub fn timed(self, l: Latencies) -> RunStats {
+        RunStats { latencies_us: l.us, latency_stride: l.stride, decisions_timed: l.timed, ..self }
     }
 
     /// Latency percentile in microseconds (over the sample once it is one).
@@ -385,9 +405,11 @@ fn sink_loop(
     sink: &mut dyn Sink,
     jobs: &Sender<WriterJob>,
     errors: &Receiver<anyhow::Error>,
+    (timed, histogram): (&mut Latencies, &m::DecisionLatency),
 ) -> anyhow::Result<()> {
     let writer_failed = || errors.try_recv().ok().map(|e| e.context("checkpoint writer"));
-    for msg in rx {
+    let mut poll = Poll::new();
+    while let Some(msg) = poll.next(&rx) {
         if let Some(e) = writer_failed() {
             // A flush waiting here is answered with the failure (not with a hang-up, which
             // its caller could only report as "sink stopped").
@@ -401,6 +423,14 @@ fn sink_loop(
                 for r in &rs {
                     sink.write(r)?;
                 }
+            }
+            SinkMsg::Decided(rs, read_at) => {
+                for r in &rs {
+                    sink.write(r)?;
+                }
+                let us = read_at.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                timed.record(us);
+                histogram.record(us as f64 / 1e6);
             }
             SinkMsg::AfterDurable(f) => {
                 sink.flush()?;
@@ -426,23 +456,67 @@ fn sink_loop(
     sink.flush()
 }
 
-/// Starts the sink thread (and the checkpoint writer thread behind it).
+/// How the sink thread waits for records: while they come, it looks every
+/// [`Poll::NAP`] without being woken; after [`Poll::IDLE`] without any, it blocks until
+/// the engine's next send wakes it. A thread blocked in a channel's receive is woken by
+/// every send, a system call on the engine thread (and on a virtual machine an
+/// inter-processor interrupt): at 50,000 sorting decisions a second, each shipped alone,
+/// that was ≈ 18 % of the engine thread's time (`BENCHMARKS.md`, eighteenth session).
+struct Poll {
+    idle_since: Option<Instant>,
+}
+
+impl Poll {
+    const NAP: Duration = Duration::from_micros(20);
+    const IDLE: Duration = Duration::from_millis(2);
+
+    fn new() -> Poll {
+        Poll { idle_since: None }
+    }
+
+    /// The next message; `None` once every sender is gone.
+    fn next<T>(&mut self, rx: &Receiver<T>) -> Option<T> {
+        loop {
+            match rx.try_recv() {
+                Ok(m) => {
+                    self.idle_since = None;
+                    return Some(m);
+                }
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
+                Err(crossbeam_channel::TryRecvError::Empty) => {}
+            }
+            let since = *self.idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < Self::IDLE {
+                std::thread::sleep(Self::NAP);
+            } else {
+                let m = rx.recv().ok();
+                self.idle_since = None;
+                return m;
+            }
+        }
+    }
+}
+
+/// Starts the sink thread (and the checkpoint writer thread behind it). It ends with the
+/// latencies of the decisions it wrote ([`RunStats::timed`]).
 pub fn spawn_sink(
     mut sink: Box<dyn Sink>,
     cap: usize,
-) -> (Sender<SinkMsg>, std::thread::JoinHandle<anyhow::Result<()>>) {
+) -> (Sender<SinkMsg>, std::thread::JoinHandle<anyhow::Result<Latencies>>) {
     let (tx, rx) = bounded::<SinkMsg>(cap);
+    let histogram = m::DecisionLatency::register();
     let h = std::thread::Builder::new()
         .name("cbec-sink".into())
         .spawn(move || {
             let (jobs, errors, writer) = spawn_writer();
-            let res = sink_loop(rx, sink.as_mut(), &jobs, &errors);
+            let mut timed = Latencies::default();
+            let res = sink_loop(rx, sink.as_mut(), &jobs, &errors, (&mut timed, &histogram));
             drop(jobs);
             let _ = writer.join();
             match (res, errors.try_recv()) {
                 (Err(e), _) => Err(e),
                 (Ok(()), Ok(e)) => Err(e.context("checkpoint writer")),
-                (Ok(()), Err(_)) => Ok(()),
+                (Ok(()), Err(_)) => Ok(timed),
             }
         })
         .expect("spawn sink thread");
@@ -528,6 +602,8 @@ struct State {
     consumed: HashMap<SourceId, i64>,
     /// Records not yet handed to the sink thread (see [`State::ship`]).
     outbox: Vec<Record>,
+    /// When the scan of the sorting decision ending `outbox` was read.
+    decided: Option<Instant>,
     /// Input topic names (for dead letters).
     topic_names: HashMap<Topic, String>,
     /// The checkpoint writer's copy of the engine state, kept up to date with the changes
@@ -575,11 +651,7 @@ impl State {
                         self.stats.ports.insert(s.port.to_string(), 1);
                     }
                 }
-                if let Some(t) = read_at {
-                    let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                    self.stats.record_latency(us);
-                    m::DecisionLatency { seconds: us as f64 / 1e6 }.emit();
-                }
+                self.decided = read_at;
             }
             Record::Channel(c) => {
                 self.stats.red.1 += 1;
@@ -610,7 +682,11 @@ impl State {
             // more than the decision).
             let next = self.outbox.len().next_power_of_two().clamp(8, OUT_BATCH);
             let batch = std::mem::replace(&mut self.outbox, Vec::with_capacity(next));
-            sink.send(SinkMsg::Records(batch)).map_err(|_| anyhow::anyhow!("sink stopped"))?;
+            let msg = match self.decided.take() {
+                Some(read_at) => SinkMsg::Decided(batch, read_at),
+                None => SinkMsg::Records(batch),
+            };
+            sink.send(msg).map_err(|_| anyhow::anyhow!("sink stopped"))?;
         }
         if !self.to_summarize.is_empty()
             && (self.to_summarize.len() >= SUMMARIZE_BATCH || self.summarized_at.elapsed() >= SUMMARIZE_EVERY)
@@ -774,6 +850,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
         // nothing new before it must not lose its offset (and be replayed from the start).
         consumed: offsets.as_ref().map(|o| restored_positions(o, &run.topic_names)).unwrap_or_default(),
         outbox: Vec::new(),
+        decided: None,
         topic_names: run.topic_names.clone(),
         copy: Arc::new(Mutex::new(copy)),
     };
@@ -1217,11 +1294,13 @@ mod tests {
         assert_eq!(stride, 256, "1,000 values held in fewer than 8");
         let want: Vec<u32> = (0..1000).filter(|x| x % stride == 0).collect();
         assert_eq!(kept, want);
-        // Through `RunStats`: the count, the stride and the percentiles of the sample.
-        let mut st = RunStats::default();
+        // Through `Latencies` into `RunStats`: the count, the stride and the percentiles of
+        // the sample.
+        let mut l = Latencies::default();
         for x in 0..100u32 {
-            st.record_latency(x);
+            l.record(x);
         }
+        let st = RunStats::default().timed(l);
         assert_eq!((st.decisions_timed, st.latency_stride, st.latencies_us.len()), (100, 1, 100));
         assert_eq!(st.latency_pct(0.5), Some(50));
     }
@@ -1415,6 +1494,7 @@ mod tests {
             stats: RunStats::default(),
             consumed: HashMap::new(),
             outbox: Vec::new(),
+            decided: None,
             topic_names: Topic::ALL.iter().map(|t| (*t, cfg.input_topic(*t))).collect(),
             copy: Arc::default(),
         };
@@ -1451,7 +1531,7 @@ mod tests {
         let dead: Vec<DeadLetter> = rx
             .iter()
             .flat_map(|m| match m {
-                SinkMsg::Records(rs) => rs,
+                SinkMsg::Records(rs) | SinkMsg::Decided(rs, _) => rs,
                 _ => Vec::new(),
             })
             .filter_map(|r| if let Record::Dead(d) = r { Some(d) } else { None })
@@ -1465,6 +1545,27 @@ mod tests {
         assert_eq!(st.stats.input.get("orders"), Some(&1));
         assert_eq!(st.stats.input.get("goods"), Some(&1));
         assert_eq!(st.stats.dead.get("expired"), Some(&1));
+    }
+
+    /// The sink's receive: messages in order while they come, the ones sent after it went
+    /// idle (blocked in the channel's receive) too, and the end once every sender is gone.
+    #[test]
+    fn the_sink_poll_receives_in_order_across_idleness_and_ends_with_its_senders() {
+        let (tx, rx) = bounded::<u32>(4);
+        let sender = std::thread::spawn(move || {
+            for i in 0..3 {
+                tx.send(i).unwrap();
+            }
+            // Past the idle bound: the receiver blocks until this send wakes it.
+            std::thread::sleep(Poll::IDLE * 5);
+            for i in 3..6 {
+                tx.send(i).unwrap();
+            }
+        });
+        let mut poll = Poll::new();
+        let got: Vec<u32> = std::iter::from_fn(|| poll.next(&rx)).collect();
+        sender.join().unwrap();
+        assert_eq!(got, (0..6).collect::<Vec<u32>>());
     }
 
     #[test]

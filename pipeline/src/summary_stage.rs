@@ -148,7 +148,7 @@ mod tests {
         let order: Vec<String> = from_stage
             .iter()
             .map(|m| match m {
-                SinkMsg::Records(rs) => format!("{} records", rs.len()),
+                SinkMsg::Records(rs) | SinkMsg::Decided(rs, _) => format!("{} records", rs.len()),
                 SinkMsg::AfterDurable(_) => "cut".into(),
                 SinkMsg::Flush(_) => "flush".into(),
             })
