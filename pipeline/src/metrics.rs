@@ -287,6 +287,7 @@ mod tests {
         // Every sorting decision was timed, once: each ends the batch it goes to the sink in.
         let decided: u64 = stats.ports.values().sum();
         assert_eq!((stats.decisions_timed, stats.latencies_us.len() as u64), (decided, decided));
+        assert_eq!((stats.made.timed, stats.made.us.len() as u64), (decided, decided));
         let decisions = stats.latencies_us.len() as f64;
         assert_eq!(sample(&text, "cbec_decision_latency_seconds_count"), Some(decisions), "{text}");
         assert_eq!(sample(&text, "cbec_decision_latency_seconds_bucket{le=\"+Inf\"}"), Some(decisions), "{text}");

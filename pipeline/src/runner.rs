@@ -310,12 +310,15 @@ fn keep_sampled(kept: &mut Vec<u32>, stride: &mut u32, seen: &mut u64, cap: usiz
     }
 }
 
-/// Scan → decision latencies as the sink thread takes them (see [`RunStats::latencies_us`]).
-#[derive(Debug, Default)]
+/// Scan → decision latencies in microseconds, held as [`RunStats::latencies_us`] is.
+#[derive(Debug, Default, Clone)]
 pub struct Latencies {
-    us: Vec<u32>,
-    stride: u32,
-    timed: u64,
+    /// In decision order: all, or a uniform sample of every `stride`-th.
+    pub us: Vec<u32>,
+    /// 1, 2, 4, …: see [`RunStats::latency_stride`].
+    pub stride: u32,
+    /// Decisions timed.
+    pub timed: u64,
 }
 
 impl Latencies {
@@ -323,6 +326,13 @@ impl Latencies {
     /// uniform sample.
     pub fn record(&mut self, us: u32) {
         keep_sampled(&mut self.us, &mut self.stride, &mut self.timed, LATENCIES_KEPT, us);
+    }
+
+    /// Percentile (over the sample once it is one).
+    pub fn pct(&self, p: f64) -> Option<u32> {
+        let mut v = self.us.clone();
+        v.sort_unstable();
+        percentile(&v, p)
     }
 }
 
@@ -348,6 +358,9 @@ pub struct RunStats {
     pub latency_stride: u32,
     /// Decisions whose latency was measured (all of them, sampled or not).
     pub decisions_timed: u64,
+    /// The same decisions' latencies up to when the engine thread made them, before the
+    /// hand-over to the sink thread: where a decision's time went.
+    pub made: Latencies,
     /// The input was read as fast as it decoded (embedded files or generated messages, not
     /// paced): a scan's latency includes its wait behind the input read before it.
     pub read_ahead: bool,
@@ -650,6 +663,9 @@ impl State {
                     None => {
                         self.stats.ports.insert(s.port.to_string(), 1);
                     }
+                }
+                if let Some(t) = read_at {
+                    self.stats.made.record(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 }
                 self.decided = read_at;
             }
