@@ -1173,12 +1173,12 @@ fn run_partitions(
     let h = consumer_thread(consumer, Parts { queues, state }, input, tx, run_stop.clone(), exit_when_idle);
     let (sink_tx, sink_h) = spawn_sink(Box::new(KafkaSink::new(cfg)?), cfg.queue_capacity);
     // Stages in separate processes: exits go to the summarize instances' topic.
-    let exited_partitions = match cfg.stage {
+    let exits_to = match cfg.stage {
         Stage::All => None,
         _ => Some((cfg.exited_topic(), crate::stage::exited_partitions(cfg)?.len())),
     };
     let run = EngineRun {
-        exited_partitions,
+        exits_to,
         end_of_time_when_done: exit_when_idle,
         checkpoint: Some((store, Duration::from_millis(cfg.checkpoint_interval_ms))),
         commits: Some(commits.clone()),

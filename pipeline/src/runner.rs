@@ -569,7 +569,7 @@ pub struct EngineRun {
     pub topic_names: HashMap<Topic, String>,
     /// Summarize in other processes: exits and event time go to the sink for the topic
     /// `<group_id>.exited` (named here) with this many partitions ([`crate::stage`]).
-    pub exited_partitions: Option<(String, usize)>,
+    pub exits_to: Option<(String, usize)>,
     /// Pin the engine thread to a CPU of its own ([`crate::affinity`]).
     pub pin_engine: bool,
 }
@@ -599,7 +599,7 @@ impl EngineRun {
             stop: Arc::new(AtomicBool::new(false)),
             progress: None,
             topic_names: Topic::ALL.iter().map(|t| (*t, cfg.input_topic(*t))).collect(),
-            exited_partitions: None,
+            exits_to: None,
         }
     }
 }
@@ -829,7 +829,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
         summarize_state.track();
     }
     let cap = batches_for(run.max_buffered / 8, 256);
-    let (summarize, summarize_h) = match run.exited_partitions {
+    let (summarize, summarize_h) = match run.exits_to {
         Some((ref topic, n)) => {
             anyhow::ensure!(
                 differing_fields(&summarize_state, &Summarize::default()).is_empty(),
