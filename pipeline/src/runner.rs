@@ -104,8 +104,8 @@ pub fn batches_for(messages: usize, batch: usize) -> usize {
 
 /// What the engine thread sends to the sink thread.
 pub enum SinkMsg {
-    /// Records to write, in order (one channel operation and at most one wake-up of the
-    /// sink thread per batch; a sorting decision ends its batch at once).
+    /// Records to write, in order (one channel operation per batch; a sorting decision
+    /// ends its batch at once, as [`SinkMsg::Decided`]).
     Records(Vec<Record>),
     /// Records ending with a sorting decision, and when its scan was read: the decision's
     /// latency is taken once the sink has written it (handed it to the producer or the
@@ -286,6 +286,13 @@ pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
     Some(sorted[((last as f64 * p.clamp(0.0, 1.0)).round() as usize).min(last)])
 }
 
+/// [`percentile`] of values not sorted yet (sorts a copy).
+fn unsorted_percentile(values: &[u32], p: f64) -> Option<u32> {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    percentile(&v, p)
+}
+
 /// Latencies held per run at most (16 MiB): a run's first 4,194,304 decisions exactly, after
 /// that a uniform sample of them. Held whole, they grew by 4 bytes a decision for as long as
 /// a Kafka-mode process ran.
@@ -330,9 +337,7 @@ impl Latencies {
 
     /// Percentile (over the sample once it is one).
     pub fn pct(&self, p: f64) -> Option<u32> {
-        let mut v = self.us.clone();
-        v.sort_unstable();
-        percentile(&v, p)
+        unsorted_percentile(&self.us, p)
     }
 }
 
@@ -405,9 +410,7 @@ impl RunStats {
 
     /// Latency percentile in microseconds (over the sample once it is one).
     pub fn latency_pct(&self, p: f64) -> Option<u32> {
-        let mut v = self.latencies_us.clone();
-        v.sort_unstable();
-        percentile(&v, p)
+        unsorted_percentile(&self.latencies_us, p)
     }
 }
 
