@@ -49,8 +49,8 @@ fn us(v: Option<impl std::fmt::Display>) -> String {
 /// decision order (where in the run the stalls are).
 fn diag(s: &cbec_pipeline::runner::RunStats) {
     if std::env::var("CBEC_BENCH_DIAG").is_ok() {
-        let ch = (s.latencies_us.len() / 40).max(1);
-        let v: Vec<String> = s.latencies_us.chunks(ch).map(|c| format!("{}", c.iter().max().unwrap())).collect();
+        let ch = (s.latencies.us.len() / 40).max(1);
+        let v: Vec<String> = s.latencies.us.chunks(ch).map(|c| format!("{}", c.iter().max().unwrap())).collect();
         println!("max per 2.5% chunk: {}", v.join(" "));
     }
 }
@@ -161,11 +161,11 @@ fn main() {
             let part = feed[..steady_end].to_vec();
             let mut s = embedded::run_replay(&sized, h.clone(), part, pacing, Box::new(NullSink)).expect("run");
             // The warm-up's decisions are dropped by position: every latency must be held.
-            assert_eq!(s.latency_stride, 1, "{} decisions: latencies sampled", s.decisions_timed);
-            let all = s.latencies_us.len();
-            s.latencies_us.drain(..before.min(all));
-            s.made.us.drain(..before.min(s.made.us.len()));
-            let p = |q| us(s.latency_pct(q));
+            assert_eq!(s.latencies.stride, 1, "{} decisions: latencies sampled", s.latencies.timed);
+            for l in [&mut s.latencies, &mut s.made] {
+                l.us.drain(..before.min(l.us.len()));
+            }
+            let p = |q| us(s.latencies.pct(q));
             let made = |q| us(s.made.pct(q));
             println!(
                 "latency at {scan_rate:.0} scans/s, steady ({per_sec:.0} msg/s offered in all for {:.1} s, {n} messages and {k} scans after a warm-up of {start}, state_capacity {lat_orders}): scan→decision p50 {} p99 {} p99.9 {} max {} over the window's {} decisions (made on the engine thread, before the sink wrote them: p50 {} p99 {} p99.9 {})",
@@ -174,7 +174,7 @@ fn main() {
                 p(0.99),
                 p(0.999),
                 p(1.0),
-                s.latencies_us.len(),
+                s.latencies.us.len(),
                 made(0.5),
                 made(0.99),
                 made(0.999),
@@ -189,14 +189,14 @@ fn main() {
                 // the tenth session the leading ones were left out here: most items were unregistered).
                 let pacing = behind_warm_up(prefix, per_sec);
                 let s = embedded::run_replay(&sized, h.clone(), feed.clone(), pacing, Box::new(NullSink)).expect("run");
-                let p = |q| us(s.latency_pct(q));
+                let p = |q| us(s.latencies.pct(q));
                 println!(
                     "latency at {scan_rate:.0} scans/s on average over the whole story, ramp-up and wind-down included ({per_sec:.0} msg/s offered in all, {n} messages): scan→decision p50 {} p99 {} p99.9 {} max {} over {} decisions; {:.0} msg/s taken in until the last input",
                     p(0.5),
                     p(0.99),
                     p(0.999),
                     p(1.0),
-                    s.latencies_us.len(),
+                    s.latencies.us.len(),
                     n as f64 / s.input_elapsed.saturating_sub(pacing.due(prefix)).as_secs_f64().max(1e-9)
                 );
                 diag(&s);
@@ -228,7 +228,7 @@ fn main() {
         let sized = Config { state_capacity: n, ..cfg.clone() };
         let s = embedded::run_replay(&sized, h.clone(), feed, embedded::Pacing::steady(per_sec), Box::new(NullSink))
             .expect("run");
-        let p = |q| us(s.latency_pct(q));
+        let p = |q| us(s.latencies.pct(q));
         println!(
             "latency across a month's close at 10000 scans/s ({per_sec:.0} msg/s offered, {n_msgs} messages, {} summary declarations): scan→decision p50 {} p99 {} p99.9 {} max {} over {} decisions",
             s.output.get("summaries").copied().unwrap_or(0),
@@ -236,7 +236,7 @@ fn main() {
             p(0.99),
             p(0.999),
             p(1.0),
-            s.latencies_us.len()
+            s.latencies.us.len()
         );
         diag(&s);
     }

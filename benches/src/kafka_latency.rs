@@ -177,7 +177,7 @@ pub fn measure(
         scans,
         offered_per_sec,
         decisions: latencies_us.len(),
-        inside_us: (stats.latency_pct(0.5), stats.latency_pct(0.99)),
+        inside_us: (stats.latencies.pct(0.5), stats.latencies.pct(0.99)),
         checkpoints: (stats.checkpoints, stats.checkpoint_pause),
         latencies_us,
     }

@@ -262,7 +262,7 @@ mod tests {
             embedded::run(&cfg, Nomenclature::default(), inputs, Box::new(crate::sink::NullSink), None).unwrap()
         });
         let text = handle.render();
-        assert!(!stats.input.is_empty() && !stats.dead.is_empty() && stats.latencies_us.len() > 100, "{stats:?}");
+        assert!(!stats.input.is_empty() && !stats.dead.is_empty() && stats.latencies.us.len() > 100, "{stats:?}");
         for (t, n) in &stats.input {
             assert_eq!(
                 sample(&text, &format!("cbec_messages_in_total{{topic=\"{t}\"}}")),
@@ -286,9 +286,9 @@ mod tests {
         }
         // Every sorting decision was timed, once: each ends the batch it goes to the sink in.
         let decided: u64 = stats.ports.values().sum();
-        assert_eq!((stats.decisions_timed, stats.latencies_us.len() as u64), (decided, decided));
+        assert_eq!((stats.latencies.timed, stats.latencies.us.len() as u64), (decided, decided));
         assert_eq!((stats.made.timed, stats.made.us.len() as u64), (decided, decided));
-        let decisions = stats.latencies_us.len() as f64;
+        let decisions = stats.latencies.us.len() as f64;
         assert_eq!(sample(&text, "cbec_decision_latency_seconds_count"), Some(decisions), "{text}");
         assert_eq!(sample(&text, "cbec_decision_latency_seconds_bucket{le=\"+Inf\"}"), Some(decisions), "{text}");
         // Set once a second and at the end: drained at the end of a finite input.

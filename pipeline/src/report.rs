@@ -72,17 +72,17 @@ pub fn render(s: &RunStats) -> String {
             let _ = writeln!(r, "  summary declarations: {summaries}");
         }
     }
-    let pct = |q: f64| s.latency_pct(q).map_or("-".to_string(), |v| format!("{v} µs"));
+    let pct = |q: f64| s.latencies.pct(q).map_or("-".to_string(), |v| format!("{v} µs"));
     let _ =
         writeln!(r, "  scan→decision latency (in-process): p50 {} p99 {} p99.9 {}", pct(0.5), pct(0.99), pct(0.999));
-    if s.latency_stride > 1 {
+    if s.latencies.stride > 1 {
         let _ = writeln!(
             r,
             "    (over one decision in {} of the {}: a uniform sample, held bounded)",
-            s.latency_stride, s.decisions_timed
+            s.latencies.stride, s.latencies.timed
         );
     }
-    if s.read_ahead && !s.latencies_us.is_empty() {
+    if s.read_ahead && !s.latencies.us.is_empty() {
         let _ = writeln!(
             r,
             "    (input read as fast as it decodes: this includes each scan's wait behind the input read before it; latency at a fixed offered load: BENCHMARKS.md)"
@@ -149,7 +149,11 @@ mod tests {
     #[test]
     fn a_read_ahead_latency_says_what_it_includes() {
         let note = "includes each scan's wait behind the input read before it";
-        let read_ahead = RunStats { latencies_us: vec![5, 7], read_ahead: true, ..RunStats::default() };
+        let read_ahead = RunStats {
+            latencies: crate::runner::Latencies { us: vec![5, 7], stride: 1, timed: 2 },
+            read_ahead: true,
+            ..RunStats::default()
+        };
         assert!(render(&read_ahead).contains(note));
         let paced = RunStats { read_ahead: false, ..read_ahead };
         assert!(!render(&paced).contains(note));

@@ -286,13 +286,6 @@ pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
     Some(sorted[((last as f64 * p.clamp(0.0, 1.0)).round() as usize).min(last)])
 }
 
-/// [`percentile`] of values not sorted yet (sorts a copy).
-fn unsorted_percentile(values: &[u32], p: f64) -> Option<u32> {
-    let mut v = values.to_vec();
-    v.sort_unstable();
-    percentile(&v, p)
-}
-
 /// Latencies held per run at most (16 MiB): a run's first 4,194,304 decisions exactly, after
 /// that a uniform sample of them. Held whole, they grew by 4 bytes a decision for as long as
 /// a Kafka-mode process ran.
@@ -317,14 +310,17 @@ fn keep_sampled(kept: &mut Vec<u32>, stride: &mut u32, seen: &mut u64, cap: usiz
     }
 }
 
-/// Scan → decision latencies in microseconds, held as [`RunStats::latencies_us`] is.
+/// Scan → decision latencies in microseconds, in decision order: every decision's until
+/// [`LATENCIES_KEPT`] are held, then every `stride`-th (see [`Latencies::record`]), so a
+/// process that runs for days holds a bounded sample.
 #[derive(Debug, Default, Clone)]
 pub struct Latencies {
-    /// In decision order: all, or a uniform sample of every `stride`-th.
+    /// The latencies held.
     pub us: Vec<u32>,
-    /// 1, 2, 4, …: see [`RunStats::latency_stride`].
+    /// 1 while every decision's latency is in `us`; 2, 4, … once it holds every 2nd, 4th, …
+    /// (a uniform sample in order).
     pub stride: u32,
-    /// Decisions timed.
+    /// Decisions whose latency was measured (all of them, sampled or not).
     pub timed: u64,
 }
 
@@ -337,7 +333,9 @@ impl Latencies {
 
     /// Percentile (over the sample once it is one).
     pub fn pct(&self, p: f64) -> Option<u32> {
-        unsorted_percentile(&self.us, p)
+        let mut v = self.us.clone();
+        v.sort_unstable();
+        percentile(&v, p)
     }
 }
 
@@ -354,15 +352,9 @@ pub struct RunStats {
     pub ports: BTreeMap<String, u64>,
     /// Channel decisions (red, total).
     pub red: (u64, u64),
-    /// Scan → decision latencies in microseconds, in decision order: every decision's until
-    /// [`LATENCIES_KEPT`] are held, then every `latency_stride`-th (see
-    /// [`Latencies::record`]), so a process that runs for days holds a bounded sample.
-    pub latencies_us: Vec<u32>,
-    /// 1 while every decision's latency is in `latencies_us`; 2, 4, … once it holds every
-    /// 2nd, 4th, … (a uniform sample in order).
-    pub latency_stride: u32,
-    /// Decisions whose latency was measured (all of them, sampled or not).
-    pub decisions_timed: u64,
+    /// Scan → decision latencies up to when the sink thread wrote the decision (handed it
+    /// to the producer or the file).
+    pub latencies: Latencies,
     /// The same decisions' latencies up to when the engine thread made them, before the
     /// hand-over to the sink thread: where a decision's time went.
     pub made: Latencies,
@@ -404,13 +396,8 @@ impl RunStats {
     }
 
     /// The run's stats with the decision latencies its sink thread took.
-    pub fn timed(self, l: Latencies) -> RunStats {
-        RunStats { latencies_us: l.us, latency_stride: l.stride, decisions_timed: l.timed, ..self }
-    }
-
-    /// Latency percentile in microseconds (over the sample once it is one).
-    pub fn latency_pct(&self, p: f64) -> Option<u32> {
-        unsorted_percentile(&self.latencies_us, p)
+    pub fn timed(self, latencies: Latencies) -> RunStats {
+        RunStats { latencies, ..self }
     }
 }
 
@@ -618,8 +605,6 @@ struct State {
     consumed: HashMap<SourceId, i64>,
     /// Records not yet handed to the sink thread (see [`State::ship`]).
     outbox: Vec<Record>,
-    /// When the scan of the sorting decision ending `outbox` was read.
-    decided: Option<Instant>,
     /// Input topic names (for dead letters).
     topic_names: HashMap<Topic, String>,
     /// The checkpoint writer's copy of the engine state, kept up to date with the changes
@@ -670,7 +655,6 @@ impl State {
                 if let Some(t) = read_at {
                     self.stats.made.record(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 }
-                self.decided = read_at;
             }
             Record::Channel(c) => {
                 self.stats.red.1 += 1;
@@ -688,20 +672,32 @@ impl State {
         let decision = matches!(r, Record::Sorting(_));
         self.outbox.push(r);
         // A sorting decision never waits for a batch; other records go together.
-        if decision || self.outbox.len() >= OUT_BATCH { self.ship(sink) } else { Ok(()) }
+        if decision {
+            self.ship_decided(sink, read_at)
+        } else if self.outbox.len() >= OUT_BATCH {
+            self.ship(sink)
+        } else {
+            Ok(())
+        }
     }
 
     /// Hands the buffered records to the sink thread (blocking while its queue is full: a
     /// slow sink slows the engine). Called when a batch is full, after a sorting decision,
     /// and before the engine waits for input, checkpoints or flushes.
     fn ship(&mut self, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
+        self.ship_decided(sink, None)
+    }
+
+    /// [`State::ship`], the outbox ending with a sorting decision whose scan was read at
+    /// `read_at` (the sink thread takes its latency once it wrote it).
+    fn ship_decided(&mut self, sink: &Sender<SinkMsg>, read_at: Option<Instant>) -> anyhow::Result<()> {
         if !self.outbox.is_empty() {
             // The next batch is sized like this one: full batches under load, a few records
             // when decisions go out one by one (a full batch's allocation per decision costs
             // more than the decision).
             let next = self.outbox.len().next_power_of_two().clamp(8, OUT_BATCH);
             let batch = std::mem::replace(&mut self.outbox, Vec::with_capacity(next));
-            let msg = match self.decided.take() {
+            let msg = match read_at {
                 Some(read_at) => SinkMsg::Decided(batch, read_at),
                 None => SinkMsg::Records(batch),
             };
@@ -869,7 +865,6 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
         // nothing new before it must not lose its offset (and be replayed from the start).
         consumed: offsets.as_ref().map(|o| restored_positions(o, &run.topic_names)).unwrap_or_default(),
         outbox: Vec::new(),
-        decided: None,
         topic_names: run.topic_names.clone(),
         copy: Arc::new(Mutex::new(copy)),
     };
@@ -1320,8 +1315,8 @@ mod tests {
             l.record(x);
         }
         let st = RunStats::default().timed(l);
-        assert_eq!((st.decisions_timed, st.latency_stride, st.latencies_us.len()), (100, 1, 100));
-        assert_eq!(st.latency_pct(0.5), Some(50));
+        assert_eq!((st.latencies.timed, st.latencies.stride, st.latencies.us.len()), (100, 1, 100));
+        assert_eq!(st.latencies.pct(0.5), Some(50));
     }
 
     /// The checkpoint files of a run — whole checkpoints and the changes between them, as
@@ -1513,7 +1508,6 @@ mod tests {
             stats: RunStats::default(),
             consumed: HashMap::new(),
             outbox: Vec::new(),
-            decided: None,
             topic_names: Topic::ALL.iter().map(|t| (*t, cfg.input_topic(*t))).collect(),
             copy: Arc::default(),
         };
