@@ -1207,10 +1207,13 @@ fn commit_final(consumer: Arc<BaseConsumer>, offsets: Offsets) {
     std::thread::spawn(move || {
         let _ = tx.send(commit(&consumer, offsets, CommitMode::Sync));
     });
-    if rx.recv_timeout(Duration::from_secs(10)).is_err() {
-        eprintln!(
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(())) => {}
+        // (A commit the broker refused was said by `commit`.)
+        Ok(Err(e)) => eprintln!("warning: the final checkpoint's offsets were not committed: {e:#}"),
+        Err(_) => eprintln!(
             "warning: the final checkpoint's offsets were not committed to the consumer group within 10 s (its lag shows the previous checkpoint's; the checkpoint itself is saved)"
-        );
+        ),
     }
 }
 

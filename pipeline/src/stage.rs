@@ -808,7 +808,8 @@ mod tests {
         let mut seen = Vec::new();
         for m in got.iter() {
             match m {
-                SinkMsg::Records(rs) | SinkMsg::Decided(rs, _) => seen.extend(rs.into_iter().map(|r| match r {
+                SinkMsg::Decided(..) => panic!("the forwarder makes no sorting decision"),
+                SinkMsg::Records(rs) => seen.extend(rs.into_iter().map(|r| match r {
                     Record::Stage(p, m) => match *m {
                         StageMsg::Exited(x) => format!("{p}: exit {}", x.seq),
                         StageMsg::Watermark { time } => {
@@ -859,7 +860,7 @@ mod tests {
         assert_eq!(h.join().unwrap().unwrap().handed, 40);
         let mut by_part: BTreeMap<i32, (usize, usize, bool)> = BTreeMap::new();
         for m in got.iter() {
-            if let SinkMsg::Records(rs) | SinkMsg::Decided(rs, _) = m {
+            if let SinkMsg::Records(rs) = m {
                 for r in rs {
                     let Record::Stage(p, m) = r else { panic!("not a hand-over record") };
                     let e = by_part.entry(p).or_default();
