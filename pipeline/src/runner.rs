@@ -459,22 +459,49 @@ fn sink_loop(
     sink.flush()
 }
 
-/// How the sink thread waits for records: while they come, it looks every
-/// [`Poll::NAP`] without being woken; after [`Poll::IDLE`] without any, it blocks until
-/// the engine's next send wakes it. A thread blocked in a channel's receive is woken by
-/// every send, a system call on the engine thread (and on a virtual machine an
-/// inter-processor interrupt): at 50,000 sorting decisions a second, each shipped alone,
-/// that was ≈ 18 % of the engine thread's time (`BENCHMARKS.md`, eighteenth session).
+/// How the sink thread waits for records. While they come fast (at least
+/// [`Poll::BUSY_RATE`] messages a second over the last [`Poll::WINDOW`]), it looks every
+/// [`Poll::NAP`] without being woken, and after [`Poll::IDLE`] without any it blocks until
+/// the engine's next send wakes it. While they come slower, it blocks at once. A thread
+/// blocked in a channel's receive is woken by every send, a system call on the engine
+/// thread (and on a virtual machine an inter-processor interrupt): at 50,000 sorting
+/// decisions a second, each shipped alone, that was ≈ 18 % of the engine thread's time
+/// (`BENCHMARKS.md`, eighteenth session). At low rates the wake-ups cost little and the
+/// nap (≈ 90 µs with Linux's default timer slack) would be most of a decision's latency.
 struct Poll {
     idle_since: Option<Instant>,
+    /// Start of the window messages are counted over.
+    window: Instant,
+    /// Messages received in it.
+    seen: u64,
+    /// The last window's rate was at least [`Poll::BUSY_RATE`]: poll, do not block.
+    busy: bool,
 }
 
 impl Poll {
     const NAP: Duration = Duration::from_micros(20);
     const IDLE: Duration = Duration::from_millis(2);
+    const WINDOW: Duration = Duration::from_millis(10);
+    /// Messages a second from which the sink polls. The engine ships what a round of input
+    /// produced after each round, so the sink receives about 35,000 messages a second at
+    /// 10,000 scans/s (55,000 input messages a second with the rest of the flow), where
+    /// blocking costs little, and 130,000–180,000 at 50,000 scans/s, where polling holds the
+    /// tail (`BENCHMARKS.md`, twenty-first session).
+    const BUSY_RATE: u64 = 100_000;
 
     fn new() -> Poll {
-        Poll { idle_since: None }
+        Poll { idle_since: None, window: Instant::now(), seen: 0, busy: false }
+    }
+
+    /// At the end of a window (`now` at least [`Poll::WINDOW`] after its start): whether
+    /// its messages came at the busy rate decides how to wait until the next one ends.
+    fn observe(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.window);
+        if elapsed >= Self::WINDOW {
+            self.busy = self.seen as u128 * 1_000_000 >= Self::BUSY_RATE as u128 * elapsed.as_micros();
+            self.window = now;
+            self.seen = 0;
+        }
     }
 
     /// The next message; `None` once every sender is gone.
@@ -483,17 +510,21 @@ impl Poll {
             match rx.try_recv() {
                 Ok(m) => {
                     self.idle_since = None;
+                    self.seen += 1;
                     return Some(m);
                 }
                 Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
                 Err(crossbeam_channel::TryRecvError::Empty) => {}
             }
-            let since = *self.idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < Self::IDLE {
+            let now = Instant::now();
+            self.observe(now);
+            let since = *self.idle_since.get_or_insert(now);
+            if self.busy && now.duration_since(since) < Self::IDLE {
                 std::thread::sleep(Self::NAP);
             } else {
                 let m = rx.recv().ok();
                 self.idle_since = None;
+                self.seen += u64::from(m.is_some());
                 return m;
             }
         }
@@ -1579,6 +1610,29 @@ mod tests {
         let got: Vec<u32> = std::iter::from_fn(|| poll.next(&rx)).collect();
         sender.join().unwrap();
         assert_eq!(got, (0..6).collect::<Vec<u32>>());
+    }
+
+    /// The sink polls after a window of messages at the busy rate and blocks again after a
+    /// slower one; a window is judged only once it has lasted [`Poll::WINDOW`].
+    #[test]
+    fn the_sink_polls_only_while_messages_come_at_the_busy_rate() {
+        let mut poll = Poll::new();
+        let t0 = poll.window;
+        assert!(!poll.busy, "a new sink blocks until it has seen a busy window");
+        let per_window = Poll::BUSY_RATE * Poll::WINDOW.as_micros() as u64 / 1_000_000;
+        poll.seen = per_window;
+        poll.observe(t0 + Poll::WINDOW / 2);
+        assert!(!poll.busy, "judged before the window ended");
+        poll.observe(t0 + Poll::WINDOW);
+        assert!(poll.busy, "{per_window} messages in a window are the busy rate");
+        assert_eq!(poll.seen, 0, "the next window counts afresh");
+        poll.seen = per_window - 1;
+        poll.observe(t0 + Poll::WINDOW * 2);
+        assert!(!poll.busy, "one message fewer is not");
+        // A long wait blocked in the receive dilutes the rate over the time it took.
+        poll.seen = per_window * 2;
+        poll.observe(t0 + Poll::WINDOW * 5);
+        assert!(!poll.busy, "twice a window's messages over three windows");
     }
 
     #[test]
