@@ -12,7 +12,8 @@
 //! Size: `CBEC_BENCH_ORDERS` (default 820000 orders ≈ 5.1 million messages).
 //! Kafka phases need `CBEC_BENCH_BROKERS`; `CBEC_BENCH_KPARTS` sets the partitions of the
 //! latency phase's topics (default 4), `CBEC_BENCH_KRATES` its offered loads in scans/s
-//! (default `50000,5000`); `CBEC_BENCH_LRATES` those of the in-process latency phase
+//! (default `50000,5000`), `CBEC_BENCH_KCP_MS` its checkpoint interval (default 5000);
+//! `CBEC_BENCH_LRATES` those of the in-process latency phase
 //! (default `50000,10000`). `CBEC_BENCH_DIAG=1` prints, for the in-process
 //! latency and close phases, the worst latency in each 2.5 % slice of the decisions (where stalls are).
 //! `CBEC_PIN_ENGINE=true` pins the engine thread of the in-process phases to a CPU of its

@@ -79,6 +79,10 @@ pub fn measure(
     if let Some(n) = std::env::var("CBEC_BENCH_KPARTS").ok().and_then(|s| s.parse().ok()) {
         cfg.partitions = n;
     }
+    // `CBEC_BENCH_KCP_MS`: the checkpoint interval (default the configuration's, 5 s).
+    if let Some(ms) = std::env::var("CBEC_BENCH_KCP_MS").ok().and_then(|s| s.parse().ok()) {
+        cfg.checkpoint_interval_ms = ms;
+    }
     cfg.checkpoint_dir = std::env::temp_dir().join(format!("{prefix}cp")).display().to_string();
     for t in Topic::ALL {
         cfg.input_topics.insert(t.short().into(), format!("{prefix}{}", t.short()));

@@ -51,7 +51,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CStr, CString};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The largest output record cbec produces, and the `max.message.bytes` it creates
@@ -68,10 +68,27 @@ fn raise_limit(topic: &str) -> String {
     )
 }
 
-/// Counts delivery failures so a flush can report them (nothing lost silently).
+/// Epochs whose records may be in flight at once ([`Deliveries::mark`] waits beyond).
+const EPOCHS: usize = 32;
+
+/// Counts delivery failures so a flush can report them (nothing lost silently), and the
+/// records in flight by epoch (the records produced between two [`Deliveries::mark`]s, a
+/// checkpoint interval), so that a checkpoint can wait for the deliveries of what was
+/// produced before it on another thread while the producing thread goes on.
 #[derive(Default, Clone)]
 pub struct Deliveries {
     failed: Arc<AtomicU64>,
+    flight: Arc<InFlight>,
+}
+
+#[derive(Default)]
+struct InFlight {
+    /// Records produced and neither delivered nor failed yet, by epoch modulo [`EPOCHS`].
+    pending: [AtomicI64; EPOCHS],
+    /// The epoch records are produced in.
+    current: AtomicU64,
+    /// Every epoch below it is delivered.
+    confirmed: AtomicU64,
 }
 
 impl Deliveries {
@@ -79,13 +96,59 @@ impl Deliveries {
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
     }
+
+    /// Counts a record about to be produced; its delivery report brings back the epoch.
+    fn open(&self) -> usize {
+        let e = self.flight.current.load(Ordering::Relaxed) as usize;
+        self.flight.pending[e % EPOCHS].fetch_add(1, Ordering::Relaxed);
+        e
+    }
+
+    /// A record of epoch `e` delivered, or failed.
+    fn close(&self, e: usize) {
+        self.flight.pending[e % EPOCHS].fetch_sub(1, Ordering::Release);
+    }
+
+    /// Ends the epoch records are produced in and returns it. Called by the one thread that
+    /// produces (its `open`s come before); waits while [`EPOCHS`] epochs are unconfirmed.
+    pub fn mark(&self) -> u64 {
+        let e = self.flight.current.load(Ordering::Relaxed);
+        while e + 1 - self.flight.confirmed.load(Ordering::Acquire) >= EPOCHS as u64 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.flight.current.store(e + 1, Ordering::Relaxed);
+        e
+    }
+
+    /// Waits until every record produced in epoch `upto` and before it was delivered or
+    /// failed, for at most `limit`; fails if any record could not be delivered.
+    pub fn wait_delivered(&self, upto: u64, limit: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut e = self.flight.confirmed.load(Ordering::Acquire);
+        while e <= upto {
+            if self.flight.pending[e as usize % EPOCHS].load(Ordering::Acquire) == 0 {
+                e += 1;
+                continue;
+            }
+            anyhow::ensure!(
+                started.elapsed() < limit,
+                "output records produced before a checkpoint were not delivered within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.flight.confirmed.fetch_max(upto + 1, Ordering::Release);
+        let failed = self.failed();
+        anyhow::ensure!(failed == 0, "{failed} output records were not delivered");
+        Ok(())
+    }
 }
 
 impl ClientContext for Deliveries {}
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, r: &DeliveryResult<'_>, epoch: usize) {
+        self.close(epoch);
         if let Err((e, m)) = r {
             if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
                 let size = m.payload().map_or(0, <[u8]>::len);
@@ -129,7 +192,8 @@ pub fn send_to(
     key: &str,
     payload: &[u8],
 ) -> anyhow::Result<()> {
-    let mut rec = BaseRecord::to(topic).key(key).payload(payload);
+    let epoch = p.context().open();
+    let mut rec = BaseRecord::with_opaque_to(topic, epoch).key(key).payload(payload);
     rec.partition = partition;
     loop {
         match p.send(rec) {
@@ -138,11 +202,16 @@ pub fn send_to(
                 rec = r;
                 std::thread::sleep(Duration::from_millis(1));
             }
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => anyhow::bail!(
-                "a record of {} bytes for {topic} is larger than cbec produces ({MAX_RECORD_BYTES} bytes)",
-                payload.len()
-            ),
-            Err((e, _)) => return Err(e.into()),
+            Err((e, _)) => {
+                p.context().close(epoch);
+                if let KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) = e {
+                    anyhow::bail!(
+                        "a record of {} bytes for {topic} is larger than cbec produces ({MAX_RECORD_BYTES} bytes)",
+                        payload.len()
+                    )
+                }
+                return Err(e.into());
+            }
         }
     }
 }
@@ -181,6 +250,15 @@ impl Sink for KafkaSink {
         let failed = self.ctx.failed.load(Ordering::Relaxed);
         anyhow::ensure!(failed == 0, "{failed} output records were not delivered");
         Ok(())
+    }
+
+    /// The deliveries of what was produced so far, waited for by the checkpoint writer:
+    /// the sink thread goes on producing (sorting decisions do not wait for the broker's
+    /// acknowledgement of everything before a checkpoint).
+    fn durable(&mut self) -> anyhow::Result<Option<crate::sink::Durable>> {
+        let upto = self.ctx.mark();
+        let ctx = self.ctx.clone();
+        Ok(Some(Box::new(move || ctx.wait_delivered(upto, Duration::from_secs(60)))))
     }
 }
 
@@ -1220,6 +1298,45 @@ fn commit_final(consumer: Arc<BaseConsumer>, offsets: Offsets) {
 #[cfg(test)]
 mod tests {
     use super::caught_up;
+
+    /// A checkpoint's wait covers the records produced before its mark, not those after;
+    /// a record of an earlier epoch still in flight holds every later mark's wait; a failed
+    /// delivery fails the wait.
+    #[test]
+    fn a_checkpoint_waits_for_the_deliveries_of_what_was_produced_before_it() {
+        use super::{Deliveries, EPOCHS};
+        use std::time::Duration;
+        let d = Deliveries::default();
+        let short = Duration::from_millis(30);
+        let (a, b) = (d.open(), d.open());
+        let first = d.mark();
+        let c = d.open();
+        let second = d.mark();
+        assert_eq!((a, b, c), (0, 0, 1), "records carry the epoch they were produced in");
+        assert_eq!((first, second), (0, 1));
+        d.close(c);
+        assert!(d.wait_delivered(second, short).is_err(), "epoch 0 is still in flight");
+        d.close(a);
+        assert!(d.wait_delivered(first, short).is_err(), "one record of epoch 0 is still in flight");
+        d.close(b);
+        d.wait_delivered(first, short).unwrap();
+        d.wait_delivered(second, short).unwrap();
+        // Records after the mark do not hold it, from any slot the epochs wrap around to.
+        for _ in 0..EPOCHS * 2 {
+            let e = d.open();
+            let m = d.mark();
+            let later = d.open();
+            d.close(e);
+            d.wait_delivered(m, short).unwrap();
+            d.close(later);
+        }
+        let lost = d.open();
+        let m = d.mark();
+        d.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        d.close(lost);
+        let err = d.wait_delivered(m, short).unwrap_err();
+        assert!(format!("{err}").contains("1 output records were not delivered"), "{err}");
+    }
 
     #[test]
     fn the_prefetch_budget_is_shared_by_the_partitions() {

@@ -114,8 +114,9 @@ pub enum SinkMsg {
     /// Flush, then acknowledge (after any pending [`SinkMsg::AfterDurable`] work is done).
     Flush(Sender<anyhow::Result<()>>),
     /// Work to run once every record sent before this message is durable (a checkpoint
-    /// save): the sink thread flushes, then hands the work to a writer thread, so neither
-    /// the engine nor the records behind it wait for the save.
+    /// save): the sink thread makes them durable or hands a wait for it ([`Sink::durable`])
+    /// with the work to a writer thread, so neither the engine nor the records behind it
+    /// wait for the save (nor, with Kafka, for the deliveries).
     AfterDurable(Box<dyn FnOnce() -> anyhow::Result<()> + Send>),
 }
 
@@ -436,8 +437,14 @@ fn sink_loop(
                 histogram.record(us as f64 / 1e6);
             }
             SinkMsg::AfterDurable(f) => {
-                sink.flush()?;
-                jobs.send(WriterJob::Run(f)).map_err(|_| anyhow::anyhow!("checkpoint writer stopped"))?;
+                let job = match sink.durable()? {
+                    None => f,
+                    Some(wait) => Box::new(move || {
+                        wait()?;
+                        f()
+                    }),
+                };
+                jobs.send(WriterJob::Run(job)).map_err(|_| anyhow::anyhow!("checkpoint writer stopped"))?;
             }
             SinkMsg::Flush(ack) => {
                 let mut res = sink.flush();
@@ -1692,6 +1699,53 @@ mod tests {
         assert!(format!("{err:#}").contains("disk full"), "{err:#}");
         drop(sink_tx);
         assert!(format!("{:#}", sink_h.join().unwrap().unwrap_err()).contains("disk full"));
+    }
+
+    /// A sink whose durability is a wait ([`crate::sink::Sink::durable`], Kafka's
+    /// deliveries): the checkpoint's save runs only after the wait, on the writer thread,
+    /// and the sink thread writes the records sent after the checkpoint meanwhile.
+    #[test]
+    fn a_checkpoint_waits_for_the_sinks_durability_while_the_sink_writes_on() {
+        type Log = Arc<Mutex<Vec<String>>>;
+        struct Gated(Log, Option<Receiver<()>>);
+        impl crate::sink::Sink for Gated {
+            fn write(&mut self, r: &Record) -> anyhow::Result<()> {
+                let Record::Dead(d) = r else { unreachable!() };
+                self.0.lock().unwrap().push(format!("write {}", d.offset));
+                Ok(())
+            }
+            fn flush(&mut self) -> anyhow::Result<()> {
+                Ok(())
+            }
+            fn durable(&mut self) -> anyhow::Result<Option<crate::sink::Durable>> {
+                let (log, gate) = (self.0.clone(), self.1.take().expect("one checkpoint"));
+                Ok(Some(Box::new(move || {
+                    gate.recv()?;
+                    log.lock().unwrap().push("durable".into());
+                    Ok(())
+                })))
+            }
+        }
+        let log: Log = Arc::default();
+        let (gate_tx, gate) = bounded::<()>(1);
+        let (sink_tx, sink_h) = spawn_sink(Box::new(Gated(log.clone(), Some(gate))), 16);
+        let record = |i: i64| Record::Dead(crate::kafka::deleted_unread("in", 0, i, i + 1));
+        sink_tx.send(SinkMsg::Records(vec![record(1)])).unwrap();
+        let saved = log.clone();
+        sink_tx.send(SinkMsg::AfterDurable(Box::new(move || Ok(saved.lock().unwrap().push("saved".into()))))).unwrap();
+        sink_tx.send(SinkMsg::Records(vec![record(2)])).unwrap();
+        let written = |n: usize| log.lock().unwrap().iter().filter(|l| l.starts_with("write")).count() == n;
+        let started = Instant::now();
+        while !written(2) {
+            assert!(started.elapsed() < Duration::from_secs(60), "the record after the checkpoint waits: {log:?}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(*log.lock().unwrap(), ["write 1", "write 2"], "nothing saved before the sink was durable");
+        gate_tx.send(()).unwrap();
+        flush(&sink_tx).unwrap();
+        assert_eq!(*log.lock().unwrap(), ["write 1", "write 2", "durable", "saved"]);
+        drop(sink_tx);
+        sink_h.join().unwrap().unwrap();
     }
 
     /// The CI deadlock: a flush's barrier queued behind a save that then fails must still be

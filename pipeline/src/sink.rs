@@ -15,7 +15,17 @@ pub trait Sink: Send {
     fn write(&mut self, r: &Record) -> anyhow::Result<()>;
     /// Makes everything written so far durable (called before a checkpoint completes).
     fn flush(&mut self) -> anyhow::Result<()>;
+    /// Before a checkpoint: makes everything written so far durable, or returns a wait for
+    /// it that the checkpoint writer thread runs before it saves the checkpoint, so that the
+    /// sink thread goes on writing meanwhile (a Kafka producer's deliveries: a flush on the
+    /// sink thread held every sorting decision behind it for the broker's round trip).
+    fn durable(&mut self) -> anyhow::Result<Option<Durable>> {
+        self.flush().map(|()| None)
+    }
 }
+
+/// A wait until what a sink wrote before a checkpoint is durable ([`Sink::durable`]).
+pub type Durable = Box<dyn FnOnce() -> anyhow::Result<()> + Send>;
 
 /// `cbec.<topic>.jsonl` files in a directory, plus Parquet tables.
 pub struct FileSink {

@@ -1033,20 +1033,25 @@ fn the_archiver_waits_for_the_output_topics() {
 }
 
 /// Receipts `ids` as the pipeline would produce them, to `partition` of `c`'s receipts topic.
+/// A receipt numbered `i` (order `ORDER<i>`).
+fn receipt(i: u32) -> cbec_schemas::Receipt {
+    cbec_schemas::Receipt {
+        id: format!("test/{i}").into(),
+        invt_no: None,
+        order_no: Some(format!("ORDER{i}").into()),
+        logistics_no: None,
+        return_status: 2,
+        return_info: "declared".into(),
+        return_time: cbec_schemas::EventTime(1_794_355_200_000 + i64::from(i)),
+        control_ids: Vec::new(),
+        pay_code: None,
+    }
+}
+
 fn produce_receipts(c: &Config, partition: i32, ids: std::ops::RangeInclusive<u32>) {
     let p = cbec_pipeline::kafka::producer(&c.brokers, 0, Default::default()).unwrap();
     for i in ids {
-        let r = cbec_schemas::Receipt {
-            id: format!("test/{i}").into(),
-            invt_no: None,
-            order_no: Some(format!("ORDER{i}").into()),
-            logistics_no: None,
-            return_status: 2,
-            return_info: "declared".into(),
-            return_time: cbec_schemas::EventTime(1_794_355_200_000 + i64::from(i)),
-            control_ids: Vec::new(),
-            pay_code: None,
-        };
+        let r = receipt(i);
         let topic = c.output_topic("receipts");
         cbec_pipeline::kafka::send_to(
             &p,
@@ -1058,6 +1063,41 @@ fn produce_receipts(c: &Config, partition: i32, ids: std::ops::RangeInclusive<u3
         .unwrap();
     }
     rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
+}
+
+/// Before a checkpoint the Kafka sink hands the checkpoint writer a wait for the
+/// deliveries instead of flushing on the sink thread: once the wait returns, every record
+/// written before the checkpoint is in its topic (acknowledged by the broker); records
+/// written after it neither hold the wait nor are lost.
+#[test]
+fn the_kafka_sinks_checkpoint_wait_returns_once_what_preceded_it_is_in_the_topic() {
+    use cbec_pipeline::record::Record;
+    use cbec_pipeline::sink::Sink;
+    let Some(b) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(&b, &unique_prefix("durable"), dir.path());
+    cbec_pipeline::kafka::ensure_topics(&c).unwrap();
+    let topic = c.output_topic("receipts");
+    let in_topic = || {
+        let reader: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &c.brokers).create().unwrap();
+        let md = reader.fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();
+        let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+        parts.iter().map(|p| reader.fetch_watermarks(&topic, *p, Duration::from_secs(10)).unwrap().1).sum::<i64>()
+    };
+    let mut sink = cbec_pipeline::kafka::KafkaSink::new(&c).unwrap();
+    let before = 2_000;
+    for i in 0..before {
+        sink.write(&Record::Receipt(receipt(i))).unwrap();
+    }
+    let wait = sink.durable().unwrap().expect("Kafka's durability is a wait");
+    for i in before..before + 100 {
+        sink.write(&Record::Receipt(receipt(i))).unwrap();
+    }
+    wait().unwrap();
+    let seen = in_topic();
+    assert!(seen >= i64::from(before), "{seen} records in {topic} once the wait returned, of {before} before it");
+    sink.flush().unwrap();
+    assert_eq!(in_topic(), i64::from(before) + 100, "the records after the checkpoint follow");
 }
 
 /// A configuration with chunks of 4 rows and `partitions` partitions per topic (the topics
