@@ -216,6 +216,28 @@ pub fn send_to(
     }
 }
 
+/// Waits until everything `p` was given is delivered (or failed), for at most `limit`,
+/// looking every millisecond. rdkafka's own `flush` waits for librdkafka's events in
+/// steps of 100 ms, and a threaded producer's polling thread takes those events, so each
+/// step lasts its full 100 ms: every flush with a record in flight took ≥ 100 ms
+/// (`BENCHMARKS.md`, twenty-first session).
+pub fn flush_promptly(p: &ThreadedProducer<Deliveries>, limit: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        // A flush that does not wait: librdkafka sends what lingers at once, and says
+        // whether anything is still in flight.
+        match p.flush(Duration::ZERO) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) if started.elapsed() < limit => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("flushing the outputs (waited {limit:?} at most)")));
+            }
+        }
+    }
+}
+
 /// Output records to Kafka topics, keyed per CONTRACT §3.
 pub struct KafkaSink {
     batched: ThreadedProducer<Deliveries>,
@@ -245,8 +267,8 @@ impl Sink for KafkaSink {
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
-        self.fast.flush(Duration::from_secs(60))?;
-        self.batched.flush(Duration::from_secs(60))?;
+        flush_promptly(&self.fast, Duration::from_secs(60))?;
+        flush_promptly(&self.batched, Duration::from_secs(60))?;
         let failed = self.ctx.failed.load(Ordering::Relaxed);
         anyhow::ensure!(failed == 0, "{failed} output records were not delivered");
         Ok(())
