@@ -1732,7 +1732,11 @@ mod tests {
         let record = |i: i64| Record::Dead(crate::kafka::deleted_unread("in", 0, i, i + 1));
         sink_tx.send(SinkMsg::Records(vec![record(1)])).unwrap();
         let saved = log.clone();
-        sink_tx.send(SinkMsg::AfterDurable(Box::new(move || Ok(saved.lock().unwrap().push("saved".into()))))).unwrap();
+        let save = move || {
+            saved.lock().unwrap().push("saved".into());
+            Ok(())
+        };
+        sink_tx.send(SinkMsg::AfterDurable(Box::new(save))).unwrap();
         sink_tx.send(SinkMsg::Records(vec![record(2)])).unwrap();
         let written = |n: usize| log.lock().unwrap().iter().filter(|l| l.starts_with("write")).count() == n;
         let started = Instant::now();
