@@ -492,8 +492,9 @@ impl Poll {
     /// Messages a second from which the sink polls. The engine ships what a round of input
     /// produced after each round, so the sink receives about 35,000 messages a second at
     /// 10,000 scans/s (55,000 input messages a second with the rest of the flow), where
-    /// blocking costs little, and 130,000–180,000 at 50,000 scans/s, where polling holds the
-    /// tail (`BENCHMARKS.md`, twenty-first session).
+    /// blocking costs little, 50,000–70,000 at 20,000 scans/s, 80,000–100,000 at 30,000,
+    /// and 110,000–130,000 and 130,000–160,000 at 40,000 and 50,000, where polling holds
+    /// the tail (`BENCHMARKS.md`, twenty-first session).
     const BUSY_RATE: u64 = 100_000;
 
     fn new() -> Poll {
