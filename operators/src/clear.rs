@@ -277,9 +277,20 @@ impl Clear {
         self.keyed().track();
     }
 
-    /// What changed since [`Clear::track`] or the last call.
-    pub(crate) fn changes(&mut self) -> ClearChanges {
-        self.keyed().changes()
+    /// What changed since [`Clear::track`] or the last changes, the entries owed: taken by
+    /// [`Clear::take_owed`], copied a few at a time meanwhile ([`Clear::copy_owed`]).
+    pub(crate) fn changes_deferred(&mut self) -> ClearChanges {
+        self.keyed().changes_deferred()
+    }
+
+    /// Copies up to `budget` owed entries; true once none is owed.
+    pub(crate) fn copy_owed(&mut self, budget: usize) -> bool {
+        self.parcels.copy_owed(budget)
+    }
+
+    /// Completes `c` (from [`Clear::changes_deferred`]) with its entries.
+    pub(crate) fn take_owed(&mut self, c: &mut ClearChanges) {
+        c.entries = self.parcels.take_owed();
     }
 
     /// Applies [`Clear::changes`] of the partition this one is a copy of.

@@ -489,11 +489,22 @@ impl Declare {
         self.keyed().track();
     }
 
-    /// What changed since [`Declare::track`] or the last call. The timers are not in it: a
-    /// timer runs exactly while its order's entry is pinned (its wait has a deadline and
-    /// has not ended), so they follow from the entries.
-    pub(crate) fn changes(&mut self) -> DeclareChanges {
-        self.keyed().changes()
+    /// What changed since [`Declare::track`] or the last changes, the entries owed: taken
+    /// by [`Declare::take_owed`], copied a few at a time meanwhile ([`Declare::copy_owed`]).
+    /// The timers are not in it: a timer runs exactly while its order's entry is pinned
+    /// (its wait has a deadline and has not ended), so they follow from the entries.
+    pub(crate) fn changes_deferred(&mut self) -> DeclareChanges {
+        self.keyed().changes_deferred()
+    }
+
+    /// Copies up to `budget` owed entries; true once none is owed.
+    pub(crate) fn copy_owed(&mut self, budget: usize) -> bool {
+        self.entries.copy_owed(budget)
+    }
+
+    /// Completes `c` (from [`Declare::changes_deferred`]) with its entries.
+    pub(crate) fn take_owed(&mut self, c: &mut DeclareChanges) {
+        c.entries = self.entries.take_owed();
     }
 
     /// Applies [`Declare::changes`] of the partition this one is a copy of; the timers

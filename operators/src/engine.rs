@@ -444,23 +444,30 @@ impl Engine {
     }
 }
 
-impl Incremental for Engine {
-    type Changes = EngineChanges;
-
-    /// A copy of all of the state the first time, afterwards only what changed since the
-    /// previous cut (again all of it when [`whole_copy_is_cheaper`]). The cost on the engine
-    /// thread is that of the copy: O(what changed) instead of O(state).
-    fn cut(&mut self) -> EngineCut {
+impl Engine {
+    /// [`Incremental::cut`] in two steps: the cut is now, and the state written since is
+    /// not in it, but the entries it copies (orders, parcels, seals, bills, goods written
+    /// since the previous cut) are copied later — a few at a time by
+    /// [`Engine::copy_owed`] between items, or before a write changes one — and put in by
+    /// [`Engine::finish_cut`]. The pause on the engine thread is a copy of the changed
+    /// keys, not of their entries. A whole cut is copied at once, as before.
+    ///
+    /// # Panics
+    /// When the previous cut was not finished.
+    pub fn begin_cut(&mut self) -> EngineCut {
         let (changed, held) = self.changed_keys();
         if self.tracking.0.is_none() || whole_copy_is_cheaper(changed, held) {
             self.track();
             return Cut::Whole(Box::new(self.clone()));
         }
         Cut::Changes(EngineChanges {
-            declare: self.declare.iter_mut().map(Declare::changes).collect(),
-            clear: self.clear.iter_mut().map(Clear::changes).collect(),
-            seals: self.seals.changes(),
-            goods: self.shared.goods.changes(),
+            declare: self.declare.iter_mut().map(Declare::changes_deferred).collect(),
+            clear: self.clear.iter_mut().map(Clear::changes_deferred).collect(),
+            seals: self.seals.changes_deferred(),
+            goods: {
+                self.shared.goods.defer_changes();
+                Vec::new()
+            },
             controls: None,
             controls_applied: Vec::new(),
             control_ops: self.shared.controls.changes(),
@@ -473,6 +480,43 @@ impl Incremental for Engine {
             latest: self.latest,
             handover: self.handover,
         })
+    }
+
+    /// Copies up to `budget` entries the cut begun by [`Engine::begin_cut`] owes; true once
+    /// none is owed (then [`Engine::finish_cut`] copies nothing more).
+    pub fn copy_owed(&mut self, budget: usize) -> bool {
+        self.declare.iter_mut().all(|d| d.copy_owed(budget))
+            && self.clear.iter_mut().all(|c| c.copy_owed(budget))
+            && self.seals.copy_owed(budget)
+            && self.shared.goods.copy_owed(budget)
+    }
+
+    /// Completes the changes of [`Engine::begin_cut`] with the entries as they were at the
+    /// cut (copying what is still owed).
+    pub fn finish_cut(&mut self, c: &mut EngineChanges) {
+        for (d, ch) in self.declare.iter_mut().zip(&mut c.declare) {
+            d.take_owed(ch);
+        }
+        for (p, ch) in self.clear.iter_mut().zip(&mut c.clear) {
+            p.take_owed(ch);
+        }
+        self.seals.take_owed(&mut c.seals);
+        c.goods = self.shared.goods.take_owed();
+    }
+}
+
+impl Incremental for Engine {
+    type Changes = EngineChanges;
+
+    /// A copy of all of the state the first time, afterwards only what changed since the
+    /// previous cut (again all of it when [`whole_copy_is_cheaper`]). The cost on the engine
+    /// thread is that of the copy: O(what changed) instead of O(state).
+    fn cut(&mut self) -> EngineCut {
+        let mut cut = self.begin_cut();
+        if let Cut::Changes(c) = &mut cut {
+            self.finish_cut(c);
+        }
+        cut
     }
 
     /// Applies the changes of the engine this one is a copy of (the checkpoint writer's

@@ -170,14 +170,19 @@ impl Retention {
     /// The state of `key` in `map`, touched at `t`: created when missing, started afresh
     /// when stale (and not pinned). Every keyed input reaches its state through this.
     #[inline]
-    pub fn state_of<'a, V: Aging>(&mut self, map: &'a mut Tracked<Text, Box<V>>, key: &str, t: EventTime) -> &'a mut V {
+    pub fn state_of<'a, V: Aging + Clone>(
+        &mut self,
+        map: &'a mut Tracked<Text, Box<V>>,
+        key: &str,
+        t: EventTime,
+    ) -> &'a mut V {
         self.state_of_moved(map, key, t).0
     }
 
     /// [`Retention::state_of`], and whether the state's day moved on (or it is new or
     /// started afresh).
     #[inline]
-    pub fn state_of_moved<'a, V: Aging>(
+    pub fn state_of_moved<'a, V: Aging + Clone>(
         &mut self,
         map: &'a mut Tracked<Text, Box<V>>,
         key: &str,
@@ -195,7 +200,7 @@ impl Retention {
 
     /// Moves the cutoff to `cutoff` and frees, within the sweep budget, the state in `map`
     /// last touched before it (not pinned). Returns how many keys were freed.
-    pub fn sweep<V: Aging>(&mut self, map: &mut Tracked<Text, Box<V>>, cutoff: i32) -> usize {
+    pub fn sweep<V: Aging + Clone>(&mut self, map: &mut Tracked<Text, Box<V>>, cutoff: i32) -> usize {
         self.expire(cutoff, |key, day| {
             let idle = map.get(key).is_some_and(|v| v.touched_day() == day && !v.pinned());
             idle && map.remove(key).is_some()

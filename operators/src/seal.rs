@@ -87,7 +87,27 @@ impl SealOp {
 
     /// The seals and bills written since [`SealOp::track`] or the last call (copied).
     pub fn changes(&mut self) -> SealChanges {
-        SealChanges { seals: self.seals.changes(), bills: self.bills.changes(), cutoff: self.cutoff }
+        let mut c = self.changes_deferred();
+        self.take_owed(&mut c);
+        c
+    }
+
+    /// [`SealOp::changes`] with the seals and bills owed ([`SealOp::take_owed`]).
+    pub fn changes_deferred(&mut self) -> SealChanges {
+        self.seals.defer_changes();
+        self.bills.defer_changes();
+        SealChanges { seals: Vec::new(), bills: Vec::new(), cutoff: self.cutoff }
+    }
+
+    /// Copies up to `budget` owed seals and bills; true once none is owed.
+    pub fn copy_owed(&mut self, budget: usize) -> bool {
+        self.seals.copy_owed(budget) && self.bills.copy_owed(budget)
+    }
+
+    /// Completes `c` (from [`SealOp::changes_deferred`]) with its seals and bills.
+    pub fn take_owed(&mut self, c: &mut SealChanges) {
+        c.seals = self.seals.take_owed();
+        c.bills = self.bills.take_owed();
     }
 
     /// Applies [`SealOp::changes`] of the operator this one is a copy of.

@@ -1369,6 +1369,76 @@ fn the_handover_partitions_are_pinned_once_and_kept_by_checkpoints() {
     assert!(state_value(copy.as_ref().unwrap()) == state_value(&e));
 }
 
+/// A cut in two steps ([`Engine::begin_cut`], the entries copied later): the engine goes on
+/// processing between the cut and its completion — writing to entries the cut still owes,
+/// removing them, firing timers, the retention dropping state — and copies a few owed
+/// entries between items; the completed changes bring the copy to the engine's state *at
+/// the cut*, not after it.
+#[test]
+fn a_cut_completed_later_holds_the_state_at_the_cut() {
+    let input = story(600, 7);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let rules = Rules { state_retention_days: 1, ..rules() };
+    let mut e = Engine::new(rules, hs(), 2);
+    let mut copy: Option<Engine> = None;
+    let mut out = Vec::new();
+    // (the changes being completed, the engine's state at their cut, items since)
+    let mut open: Option<(crate::engine::EngineChanges, serde_json::Value, usize)> = None;
+    let (mut completed, mut written_meanwhile) = (0, 0);
+    let finish = |e: &mut Engine, copy: &mut Option<Engine>, open: &mut Option<_>, at: &str| {
+        let Some((mut c, at_cut, _)) = open.take() else { return };
+        e.finish_cut(&mut c);
+        through_file(Cut::Changes(c), copy);
+        let got = state_value(copy.as_ref().unwrap());
+        assert!(got == at_cut, "the copy differs from the engine at the cut, {at}");
+    };
+    let last = input.last().unwrap().event_time();
+    let n = input.len();
+    for (i, x) in input.into_iter().enumerate() {
+        e.advance(EventTime(x.event_time().0 - 1), &mut out);
+        e.process(x, &mut out);
+        if let Some((_, _, since)) = &mut open {
+            *since += 1;
+            written_meanwhile += 1;
+            let done = e.copy_owed(rng.random_range(0..4));
+            if (done && rng.random::<f64>() < 0.3) || *since > 60 {
+                finish(&mut e, &mut copy, &mut open, &format!("after input {i}"));
+                completed += 1;
+            }
+        } else if rng.random::<f64>() < 0.02 || i + 1 == n {
+            match e.begin_cut() {
+                Cut::Changes(c) => open = Some((c, state_value(&e), 0)),
+                whole => {
+                    through_file(whole, &mut copy);
+                    assert!(state_value(copy.as_ref().unwrap()) == state_value(&e), "a whole cut, after input {i}");
+                }
+            }
+        }
+    }
+    // Days pass with a cut open across a day and more (the one begun at the last input
+    // first): timers fire and the retention drops entries — orders, parcels, seals,
+    // bills — the cut still owes.
+    for h in 1..=72 {
+        if open.is_none() {
+            match e.begin_cut() {
+                Cut::Changes(c) => open = Some((c, state_value(&e), 0)),
+                whole => through_file(whole, &mut copy),
+            }
+        }
+        e.advance(last.plus_ms(h * 3_600_000), &mut out);
+        if h % 50 == 0 {
+            finish(&mut e, &mut copy, &mut open, &format!("{h} h after the last input"));
+            completed += 1;
+        }
+    }
+    finish(&mut e, &mut copy, &mut open, "at the end");
+    assert_eq!(e.keys(), (0, 0), "the retention dropped every key");
+    assert!(
+        completed >= 20 && written_meanwhile >= 500,
+        "{completed} cuts completed later, {written_meanwhile} items meanwhile"
+    );
+}
+
 /// Incremental checkpoints: a copy kept up to date with the engine's cuts
 /// ([`Incremental::cut`], serialized and read back, as a checkpoint file holds them) equals
 /// the engine at every checkpoint — through orders, lists, payments, parcels, seals, goods

@@ -90,18 +90,30 @@ pub struct Tracked<K, V> {
     /// Keys inserted, changed or removed since the last [`Tracked::changes`]; `None` while
     /// not tracking (embedded runs without checkpoints pay nothing).
     changed: Option<crate::Set<K>>,
+    /// A copy of changed entries owed to a cut ([`Tracked::defer_changes`]).
+    owed: Option<Owed<K, V>>,
+}
+
+/// The entries a cut still owes: their keys in the order they are copied, those not
+/// copied yet, and the copies made (each entry as it was at the cut).
+#[derive(Debug)]
+struct Owed<K, V> {
+    keys: Vec<K>,
+    next: usize,
+    pending: crate::Set<K>,
+    taken: Vec<Change<K, V>>,
 }
 
 impl<K, V> Default for Tracked<K, V> {
     fn default() -> Self {
-        Tracked { map: Map::default(), changed: None }
+        Tracked { map: Map::default(), changed: None, owed: None }
     }
 }
 
 /// A copy does not track (it is someone else's state).
 impl<K: Clone, V: Clone> Clone for Tracked<K, V> {
     fn clone(&self) -> Self {
-        Tracked { map: self.map.clone(), changed: None }
+        Tracked { map: self.map.clone(), changed: None, owed: None }
     }
 }
 
@@ -113,7 +125,7 @@ impl<K: Serialize + Eq + Hash, V: Serialize> Serialize for Tracked<K, V> {
 
 impl<'de, K: Deserialize<'de> + Eq + Hash, V: Deserialize<'de>> Deserialize<'de> for Tracked<K, V> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Tracked { map: Map::deserialize(d)?, changed: None })
+        Ok(Tracked { map: Map::deserialize(d)?, changed: None, owed: None })
     }
 }
 
@@ -127,9 +139,25 @@ fn mark<K: Eq + Hash + Borrow<str> + for<'a> From<&'a str>>(changed: &mut Option
     }
 }
 
-impl<K: Eq + Hash + Clone + Borrow<str> + for<'a> From<&'a str>, V> Tracked<K, V> {
+/// Copies the entry at `key` into `owed` when a cut still owes it (before a write changes
+/// it).
+#[inline]
+fn settle<K: Eq + Hash + Borrow<str> + for<'a> From<&'a str>, V: Clone>(
+    owed: &mut Option<Owed<K, V>>,
+    map: &Map<K, V>,
+    key: &str,
+) {
+    if let Some(o) = owed
+        && o.pending.remove(key)
+    {
+        o.taken.push((K::from(key), map.get(key).cloned()));
+    }
+}
+
+impl<K: Eq + Hash + Clone + Borrow<str> + for<'a> From<&'a str>, V: Clone> Tracked<K, V> {
     #[inline]
     fn mark(&mut self, key: &str) {
+        settle(&mut self.owed, &self.map, key);
         mark(&mut self.changed, key);
     }
 
@@ -142,6 +170,8 @@ impl<K: Eq + Hash + Clone + Borrow<str> + for<'a> From<&'a str>, V> Tracked<K, V
     /// The value of `key`, to change (recorded as changed when present).
     #[inline]
     pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        // A probe of the owed keys only while a cut owes copies.
+        settle(&mut self.owed, &self.map, key);
         let v = self.map.get_mut(key)?;
         mark(&mut self.changed, key);
         Some(v)
@@ -166,17 +196,24 @@ impl<K: Eq + Hash + Clone + Borrow<str> + for<'a> From<&'a str>, V> Tracked<K, V
 
     /// Removes `key` (recorded when it was present).
     pub fn remove(&mut self, key: &str) -> Option<V> {
+        settle(&mut self.owed, &self.map, key);
         let v = self.map.remove(key);
         if v.is_some() {
-            self.mark(key);
+            mark(&mut self.changed, key);
         }
         v
     }
 
     /// Keeps the entries `keep` accepts (the others are recorded as removed).
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
-        let changed = &mut self.changed;
+        let (changed, owed) = (&mut self.changed, &mut self.owed);
         self.map.retain(|k, v| {
+            // `keep` may change the value: a cut that owes it takes it as it is.
+            if let Some(o) = owed
+                && o.pending.remove(k.borrow())
+            {
+                o.taken.push((k.clone(), Some(v.clone())));
+            }
             let kept = keep(k, v);
             if !kept && let Some(c) = changed {
                 c.insert(k.clone());
@@ -205,18 +242,46 @@ impl<K: Eq + Hash + Clone + Borrow<str> + for<'a> From<&'a str>, V> Tracked<K, V
     ///
     /// # Panics
     /// When not tracking (the caller would lose changes silently otherwise).
-    pub fn changes(&mut self) -> Vec<Change<K, V>>
-    where
-        V: Clone,
-    {
-        let changed = self.changed.replace(crate::Set::default()).expect("changes asked of a map that does not track");
-        changed
-            .into_iter()
-            .map(|k| {
-                let v = self.map.get(k.borrow()).cloned();
-                (k, v)
-            })
-            .collect()
+    pub fn changes(&mut self) -> Vec<Change<K, V>> {
+        self.defer_changes();
+        self.take_owed()
+    }
+
+    /// [`Tracked::changes`] in two steps: the cut is now, but the copies are made later, a
+    /// few at a time ([`Tracked::copy_owed`]) or when a write is about to change an entry
+    /// still owed, and taken with [`Tracked::take_owed`]. Only the keys are copied now: a
+    /// checkpoint's pause on the engine thread no longer grows with what changed.
+    ///
+    /// # Panics
+    /// When not tracking, or when the previous cut's copies were not taken.
+    pub fn defer_changes(&mut self) {
+        assert!(self.owed.is_none(), "a cut began before the previous one's copies were taken");
+        let pending = self.changed.replace(crate::Set::default()).expect("changes asked of a map that does not track");
+        let keys: Vec<K> = pending.iter().cloned().collect();
+        let taken = Vec::with_capacity(keys.len());
+        self.owed = Some(Owed { keys, next: 0, pending, taken });
+    }
+
+    /// Copies up to `budget` of the entries the cut still owes; true once it owes none.
+    pub fn copy_owed(&mut self, budget: usize) -> bool {
+        let Some(o) = &mut self.owed else { return true };
+        let mut copied = 0;
+        while copied < budget && o.next < o.keys.len() {
+            let k = &o.keys[o.next];
+            o.next += 1;
+            if o.pending.remove(k.borrow()) {
+                o.taken.push((k.clone(), self.map.get(k.borrow()).cloned()));
+                copied += 1;
+            }
+        }
+        o.next == o.keys.len()
+    }
+
+    /// The entries of the last [`Tracked::defer_changes`], as they were then (copying
+    /// what is still owed now); none when no cut was begun.
+    pub fn take_owed(&mut self) -> Vec<Change<K, V>> {
+        self.copy_owed(usize::MAX);
+        self.owed.take().map(|o| o.taken).unwrap_or_default()
     }
 
     /// Applies changes taken from another map by [`Tracked::changes`] (recorded too, when
@@ -291,9 +356,19 @@ impl<V: Clone> Keyed<'_, V> {
 
     /// What changed since [`Keyed::track`] or the last call.
     pub fn changes(self) -> KeyedChanges<V> {
+        let Keyed { map, codes, codes_sent, retention } = self;
+        let mut c = Keyed { map: &mut *map, codes, codes_sent, retention }.changes_deferred();
+        c.entries = map.take_owed();
+        c
+    }
+
+    /// [`Keyed::changes`] with the entries still owed ([`Tracked::defer_changes`]): the
+    /// codes and the retention queue's changes now, the entries by [`Tracked::take_owed`].
+    pub fn changes_deferred(self) -> KeyedChanges<V> {
         let codes = self.codes.since(*self.codes_sent);
         *self.codes_sent = self.codes.len();
-        KeyedChanges { entries: self.map.changes(), codes, retention: self.retention.changes() }
+        self.map.defer_changes();
+        KeyedChanges { entries: Vec::new(), codes, retention: self.retention.changes() }
     }
 
     /// Applies the changes of the partition this one is a copy of; an error when they do

@@ -19,7 +19,7 @@ use crate::sequencer::{Sequencer, SourceId};
 use crate::sink::Sink;
 use crate::summary_stage::{self, SumMsg};
 use anyhow::Context;
-use cbec_operators::engine::{Engine, EngineCut, Out};
+use cbec_operators::engine::{Engine, EngineChanges, EngineCut, Out};
 use cbec_operators::rules::Rules;
 use cbec_operators::summarize::{Summarize, SummarizeCut};
 use cbec_operators::tracked::{Cut, Incremental};
@@ -649,10 +649,18 @@ struct State {
     /// The checkpoint writer's copy of the engine state, kept up to date with the changes
     /// each checkpoint takes ([`Incremental::cut`]); empty until the first.
     copy: Arc<Mutex<WriterCopy>>,
+    /// The changes of the last checkpoint while the engine still owes entries to them
+    /// ([`Engine::begin_cut`]), and where they go once complete (the checkpoint writer's
+    /// job waits for them).
+    owed: Option<(EngineChanges, Sender<EngineChanges>)>,
 }
 
 /// Records handed to the sink thread at most this many at a time.
 const OUT_BATCH: usize = 256;
+
+/// Entries a checkpoint still owes that the engine copies after each round of input: a
+/// bounded delay per round (a few µs each) instead of the whole copy in one pause.
+const OWED_PER_ROUND: usize = 32;
 
 /// Messages for the summarize stage kept on the engine thread while the stage is busy,
 /// before the engine waits for it.
@@ -758,6 +766,24 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// Copies up to `budget` entries the last checkpoint's changes still owe; sends them to
+    /// the checkpoint writer once complete.
+    fn copy_owed(&mut self, budget: usize) {
+        if self.owed.is_some() && self.engine.copy_owed(budget) {
+            self.finish_owed();
+        }
+    }
+
+    /// Completes the last checkpoint's changes now and sends them to the checkpoint writer
+    /// (before the engine waits for the writer, or cuts again).
+    fn finish_owed(&mut self) {
+        if let Some((mut changes, to_writer)) = self.owed.take() {
+            self.engine.finish_cut(&mut changes);
+            // The writer's job may be gone (a failed save): the failure is reported there.
+            let _ = to_writer.send(changes);
+        }
     }
 
     /// Ships what is buffered, then `msg` through the summarize stage to the sink (behind
@@ -906,6 +932,7 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
         outbox: Vec::new(),
         topic_names: run.topic_names.clone(),
         copy: Arc::new(Mutex::new(copy)),
+        owed: None,
     };
     st.engine.reserve(run.state_capacity);
     let mut done: HashMap<usize, bool> = HashMap::new();
@@ -930,6 +957,8 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
         }
         // What this round produced goes to the sink before the engine may wait for input.
         st.ship(&run.sink)?;
+        // A few entries the last checkpoint still owes (a bounded delay for this round).
+        st.copy_owed(OWED_PER_ROUND);
         // Under load a round is one message: one clock read for the periodic work, the
         // metrics set once a second (a gauge set builds its key: an allocation each time).
         let now = Instant::now();
@@ -965,6 +994,11 @@ pub fn run_engine(mut run: EngineRun, restored: Option<Restored>) -> anyhow::Res
         let g = open().min_by_key(|i| group_time[*i]).expect("non-empty");
         let (g, res) = match run.inputs[g].1.try_recv() {
             Ok(m) => (g, Ok(m)),
+            Err(_) if st.owed.is_some() => {
+                // No input waiting: time to complete the checkpoint's copies.
+                st.finish_owed();
+                continue;
+            }
             Err(_) if seq.len() < run.max_buffered / 2 => {
                 let open: Vec<usize> = open().collect();
                 let mut sel = Select::new();
@@ -1086,6 +1120,8 @@ fn handle_one(
 /// Flushes the sink behind everything the engine and the summarize stage have sent, and
 /// waits for the checkpoint writer.
 fn flush_through(st: &mut State, sink: &Sender<SinkMsg>) -> anyhow::Result<()> {
+    // The writer may be waiting for the last checkpoint's changes.
+    st.finish_owed();
     let (tx, rx) = bounded(1);
     st.control(SumMsg::Flush(tx), sink)?;
     rx.recv().map_err(|_| anyhow::anyhow!("sink stopped"))?
@@ -1246,9 +1282,20 @@ fn checkpoint(
     // time) is the consistent cut: a copy of the changed entries, applied to the writer's
     // copy of the state on the writer thread (the summarize stage copies its own when the
     // cut reaches it). Applying and serializing happen there, not here on the decision path.
-    let changes = st.engine.cut();
+    // The changed entries are copied after the cut, a few per round of input
+    // (`OWED_PER_ROUND`) or all at once when no input waits; here only their keys.
+    st.finish_owed();
+    let changes = st.engine.begin_cut();
     let pause = t.elapsed();
     m::CheckpointSnapshot { seconds: pause.as_secs_f64(), whole: changes.is_whole() }.emit();
+    let changes = match changes {
+        Cut::Changes(c) => {
+            let (tx, rx) = bounded(1);
+            st.owed = Some((c, tx));
+            Err(rx)
+        }
+        whole => Ok(whole),
+    };
     st.stats.checkpoints += 1;
     st.stats.checkpoint_pause = st.stats.checkpoint_pause.max(pause);
     let (d, c) = st.engine.state_size();
@@ -1257,6 +1304,12 @@ fn checkpoint(
     let (store, commits, copy) = (store.clone(), run.commits.clone(), st.copy.clone());
     let cut = move |summarize: SummarizeCut| -> SinkMsg {
         SinkMsg::AfterDurable(Box::new(move || {
+            let changes = match changes {
+                Ok(whole) => whole,
+                Err(owed) => Cut::Changes(
+                    owed.recv().map_err(|_| anyhow::anyhow!("the engine stopped before completing a checkpoint"))?,
+                ),
+            };
             let mut copy = copy.lock().map_err(|_| anyhow::anyhow!("checkpoint copy poisoned"))?;
             let bytes = copy.save(changes, summarize, &*store, &offsets)?;
             drop(copy);
@@ -1549,6 +1602,7 @@ mod tests {
             outbox: Vec::new(),
             topic_names: Topic::ALL.iter().map(|t| (*t, cfg.input_topic(*t))).collect(),
             copy: Arc::default(),
+            owed: None,
         };
         let (tx, rx) = bounded(64);
         st.watermark(EventTime::parse_ceb("20261231000000").unwrap(), &tx).unwrap();
