@@ -19,7 +19,7 @@
 //! The integration tests run it on seeded random bytes (`scenario::` tests); `fuzz/` runs the
 //! same [`check`] under libFuzzer (`cargo +nightly fuzz run engine`, see the README).
 
-use cbec_operators::engine::{Engine, Out};
+use cbec_operators::engine::{Engine, EngineChanges, EngineCut, Out};
 use cbec_operators::rules::Rules;
 use cbec_operators::tracked::{Cut, Incremental};
 use cbec_schemas::hs::Nomenclature;
@@ -276,19 +276,40 @@ enum Restart {
     Whole { at: usize },
     /// Before input `at`, from a copy kept up to date by the engine's incremental
     /// checkpoints (cut before every input `i` with `i % every == phase`, and at `at`), each
-    /// cut serialized and read back as a checkpoint file holds it.
+    /// cut serialized and read back as a checkpoint file holds it; a cut's entries are
+    /// copied after it, `phase` of them before each input, the rest at the next cut.
     Incremental { at: usize, every: usize, phase: usize },
 }
 
-/// Brings `copy` up to date with the engine's next cut, through its serialized form.
-fn checkpoint(e: &mut Engine, copy: &mut Option<Engine>) {
-    let cut = match e.cut() {
+/// Brings `copy` up to date with `cut`, through its serialized form.
+fn apply_cut(cut: EngineCut, copy: &mut Option<Engine>) {
+    let cut = match cut {
         Cut::Changes(c) => Cut::Changes(
             serde_json::from_slice(&serde_json::to_vec(&c).expect("changes serialize")).expect("changes read back"),
         ),
         whole => whole,
     };
     cut.apply_to(copy).expect("the changes apply to the copy");
+}
+
+/// Completes the cut whose entries the engine still owes (as the runtime does before it
+/// cuts again or waits for the writer) and brings `copy` up to date with it.
+fn complete(e: &mut Engine, copy: &mut Option<Engine>, owed: &mut Option<EngineChanges>) {
+    if let Some(mut c) = owed.take() {
+        e.finish_cut(&mut c);
+        apply_cut(Cut::Changes(c), copy);
+    }
+}
+
+/// Completes the open cut and begins the next one: a whole one applies to `copy` at
+/// once, changes are completed later (the entries copied a few per input meanwhile, or
+/// before an input writes one).
+fn checkpoint(e: &mut Engine, copy: &mut Option<Engine>, owed: &mut Option<EngineChanges>) {
+    complete(e, copy, owed);
+    match e.begin_cut() {
+        Cut::Changes(c) => *owed = Some(c),
+        whole => apply_cut(whole, copy),
+    }
 }
 
 /// The records of `input` under `rules` at `partitions`, interrupted as `restart` says,
@@ -302,6 +323,7 @@ fn run(
 ) -> (Vec<String>, Vec<Out>) {
     let mut e = Engine::new(rules.clone(), hs.clone(), partitions);
     let mut copy: Option<Engine> = None;
+    let mut owed: Option<EngineChanges> = None;
     let mut out = Vec::new();
     for (i, x) in input.iter().enumerate() {
         match restart {
@@ -311,10 +333,12 @@ fn run(
             }
             Restart::Whole { .. } => {}
             Restart::Incremental { at, every, phase } => {
+                e.copy_owed(phase);
                 if i % every == phase || i == at {
-                    checkpoint(&mut e, &mut copy);
+                    checkpoint(&mut e, &mut copy, &mut owed);
                 }
                 if i == at {
+                    complete(&mut e, &mut copy, &mut owed);
                     let saved = copy.as_ref().expect("a checkpoint was taken").snapshot();
                     e = Engine::restore(&saved, hs.clone()).expect("the copy restores");
                     copy = Some(e.clone());
