@@ -172,7 +172,9 @@ impl KafkaTopicStore {
         mut f: impl FnMut(i64, &[u8]) -> anyhow::Result<bool>,
     ) -> anyhow::Result<(i64, i64)> {
         let c = self.consumer()?;
-        let (low, high) = c.fetch_watermarks(&self.topic, p, TIMEOUT)?;
+        // Asked again while the broker does not lead the partition yet (a topic just
+        // created, a broker just started): it said NotLeaderForPartition once in CI.
+        let (low, high) = crate::kafka::patiently(|| c.fetch_watermarks(&self.topic, p, TIMEOUT))?;
         let from = from.max(low);
         if from >= high {
             return Ok((low, high));
@@ -195,7 +197,8 @@ impl KafkaTopicStore {
 
     /// Whether an epoch newer than this store's has been claimed.
     fn superseded(&self) -> anyhow::Result<bool> {
-        let (_, high) = self.consumer()?.fetch_watermarks(&self.topic, CLAIMS, TIMEOUT)?;
+        let c = self.consumer()?;
+        let (_, high) = crate::kafka::patiently(|| c.fetch_watermarks(&self.topic, CLAIMS, TIMEOUT))?;
         Ok(high as u64 > self.epoch)
     }
 
@@ -450,7 +453,10 @@ mod tests {
         // W5 would be gone.)
         assert_eq!(loaded(&new), (b"W5".to_vec(), vec![b"C6".to_vec()], offsets(6)));
         // The new writer's second whole checkpoint deletes what is before its first.
-        let low = |s: &KafkaTopicStore| s.consumer().unwrap().fetch_watermarks(&t, CHUNKS, TIMEOUT).unwrap().0;
+        let low = |s: &KafkaTopicStore| {
+            let c = s.consumer().unwrap();
+            crate::kafka::patiently(|| c.fetch_watermarks(&t, CHUNKS, TIMEOUT)).unwrap().0
+        };
         let before = low(&new);
         new.save(&offsets(7), whole(b"W7", b"S7")).unwrap();
         assert!(low(&new) > before, "old checkpoints deleted");
