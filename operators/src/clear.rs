@@ -12,7 +12,7 @@ use crate::retention::{Aging, Retention};
 use crate::rules::{Rules, sampled};
 use crate::tracked::{Keyed, KeyedChanges, Tracked};
 
-/// What changed in a clear partition since the last [`Clear::changes`].
+/// What changed in a clear partition since the last [`Clear::changes_deferred`].
 pub(crate) type ClearChanges = KeyedChanges<Parcel>;
 use crate::{Collector, Map, Operator, Set};
 use cbec_schemas::hs::Nomenclature;
@@ -158,7 +158,7 @@ pub struct Clear {
     codes: Codes,
     /// Parcels by the day they were last touched.
     retention: Retention,
-    /// Codes already in the last [`Clear::changes`] (the table only grows).
+    /// Codes already in the last [`Clear::changes_deferred`] (the table only grows).
     #[serde(skip)]
     codes_sent: usize,
 }
@@ -293,7 +293,7 @@ impl Clear {
         c.entries = self.parcels.take_owed();
     }
 
-    /// Applies [`Clear::changes`] of the partition this one is a copy of.
+    /// Applies [`Clear::changes_deferred`] of the partition this one is a copy of.
     pub(crate) fn apply(&mut self, c: ClearChanges) -> Result<(), String> {
         self.keyed().apply(c)
     }

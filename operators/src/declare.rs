@@ -268,7 +268,7 @@ impl<'a> Facts<'a> {
     }
 }
 
-/// What changed in a declare partition since the last [`Declare::changes`].
+/// What changed in a declare partition since the last [`Declare::changes_deferred`].
 pub(crate) type DeclareChanges = KeyedChanges<Entry>;
 
 const CHECKED: &str = "order facts checked when made";
@@ -313,7 +313,7 @@ pub struct Declare {
     codes: Codes,
     /// Orders by the day they were last touched.
     retention: Retention,
-    /// Codes already in the last [`Declare::changes`] (the table only grows).
+    /// Codes already in the last [`Declare::changes_deferred`] (the table only grows).
     #[serde(skip)]
     codes_sent: usize,
 }
@@ -507,7 +507,7 @@ impl Declare {
         c.entries = self.entries.take_owed();
     }
 
-    /// Applies [`Declare::changes`] of the partition this one is a copy of; the timers
+    /// Applies [`Declare::changes_deferred`] of the partition this one is a copy of; the timers
     /// follow the entries.
     pub(crate) fn apply(&mut self, c: DeclareChanges) -> Result<(), String> {
         for (k, e) in &c.entries {

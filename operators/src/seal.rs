@@ -70,7 +70,7 @@ pub struct PortRelease {
     pub time: EventTime,
 }
 
-/// What changed in the seal operator since the last [`SealOp::changes`].
+/// What changed in the seal operator since the last [`SealOp::changes_deferred`].
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SealChanges {
     seals: Vec<Change<Text, SealState>>,
@@ -85,14 +85,8 @@ impl SealOp {
         self.bills.track();
     }
 
-    /// The seals and bills written since [`SealOp::track`] or the last call (copied).
-    pub fn changes(&mut self) -> SealChanges {
-        let mut c = self.changes_deferred();
-        self.take_owed(&mut c);
-        c
-    }
-
-    /// [`SealOp::changes`] with the seals and bills owed ([`SealOp::take_owed`]).
+    /// The seals and bills written since [`SealOp::track`] or the last call, owed: copied
+    /// a few at a time ([`SealOp::copy_owed`]) and taken by [`SealOp::take_owed`].
     pub fn changes_deferred(&mut self) -> SealChanges {
         self.seals.defer_changes();
         self.bills.defer_changes();
@@ -110,7 +104,7 @@ impl SealOp {
         c.bills = self.bills.take_owed();
     }
 
-    /// Applies [`SealOp::changes`] of the operator this one is a copy of.
+    /// Applies [`SealOp::changes_deferred`] (completed) of the operator this one is a copy of.
     pub fn apply(&mut self, c: SealChanges) {
         self.seals.apply(c.seals);
         self.bills.apply(c.bills);

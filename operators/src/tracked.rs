@@ -354,16 +354,9 @@ impl<V: Clone> Keyed<'_, V> {
         *self.codes_sent = self.codes.len();
     }
 
-    /// What changed since [`Keyed::track`] or the last call.
-    pub fn changes(self) -> KeyedChanges<V> {
-        let Keyed { map, codes, codes_sent, retention } = self;
-        let mut c = Keyed { map: &mut *map, codes, codes_sent, retention }.changes_deferred();
-        c.entries = map.take_owed();
-        c
-    }
-
-    /// [`Keyed::changes`] with the entries still owed ([`Tracked::defer_changes`]): the
-    /// codes and the retention queue's changes now, the entries by [`Tracked::take_owed`].
+    /// What changed since [`Keyed::track`] or the last call, the entries still owed
+    /// ([`Tracked::defer_changes`]): the codes and the retention queue's changes now, the
+    /// entries by [`Tracked::take_owed`].
     pub fn changes_deferred(self) -> KeyedChanges<V> {
         let codes = self.codes.since(*self.codes_sent);
         *self.codes_sent = self.codes.len();

@@ -111,7 +111,7 @@ impl Deliveries {
 
     /// Ends the epoch records are produced in and returns it. Called by the one thread that
     /// produces (its `open`s come before); waits while [`EPOCHS`] epochs are unconfirmed.
-    pub fn mark(&self) -> u64 {
+    pub(crate) fn mark(&self) -> u64 {
         let e = self.flight.current.load(Ordering::Relaxed);
         while e + 1 - self.flight.confirmed.load(Ordering::Acquire) >= EPOCHS as u64 {
             std::thread::sleep(Duration::from_millis(1));
@@ -122,7 +122,7 @@ impl Deliveries {
 
     /// Waits until every record produced in epoch `upto` and before it was delivered or
     /// failed, for at most `limit`; fails if any record could not be delivered.
-    pub fn wait_delivered(&self, upto: u64, limit: Duration) -> anyhow::Result<()> {
+    pub(crate) fn wait_delivered(&self, upto: u64, limit: Duration) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut e = self.flight.confirmed.load(Ordering::Acquire);
         while e <= upto {
@@ -221,7 +221,7 @@ pub fn send_to(
 /// steps of 100 ms, and a threaded producer's polling thread takes those events, so each
 /// step lasts its full 100 ms: every flush with a record in flight took ≥ 100 ms
 /// (`BENCHMARKS.md`, twenty-first session).
-pub fn flush_promptly(p: &ThreadedProducer<Deliveries>, limit: Duration) -> anyhow::Result<()> {
+fn flush_promptly(p: &ThreadedProducer<Deliveries>, limit: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         // A flush that does not wait: librdkafka sends what lingers at once, and says

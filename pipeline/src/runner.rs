@@ -1259,6 +1259,13 @@ impl WriterCopy {
     }
 }
 
+/// The engine's part of a checkpoint as the writer gets it: ready at the cut (a whole
+/// copy), or changes the engine completes after it ([`State::finish_owed`]).
+enum ForWriter {
+    Ready(EngineCut),
+    Owed(Receiver<EngineChanges>),
+}
+
 /// Takes a checkpoint: the state is copied here, on the engine thread (a consistent cut);
 /// the sink thread flushes the outputs that precede it, and the writer thread serializes
 /// and saves the copy and then lets the consumer group commit its offsets. When `wait`,
@@ -1292,9 +1299,9 @@ fn checkpoint(
         Cut::Changes(c) => {
             let (tx, rx) = bounded(1);
             st.owed = Some((c, tx));
-            Err(rx)
+            ForWriter::Owed(rx)
         }
-        whole => Ok(whole),
+        whole => ForWriter::Ready(whole),
     };
     st.stats.checkpoints += 1;
     st.stats.checkpoint_pause = st.stats.checkpoint_pause.max(pause);
@@ -1305,8 +1312,8 @@ fn checkpoint(
     let cut = move |summarize: SummarizeCut| -> SinkMsg {
         SinkMsg::AfterDurable(Box::new(move || {
             let changes = match changes {
-                Ok(whole) => whole,
-                Err(owed) => Cut::Changes(
+                ForWriter::Ready(cut) => cut,
+                ForWriter::Owed(owed) => Cut::Changes(
                     owed.recv().map_err(|_| anyhow::anyhow!("the engine stopped before completing a checkpoint"))?,
                 ),
             };
@@ -1668,7 +1675,8 @@ mod tests {
                 tx.send(i).unwrap();
             }
         });
-        let mut poll = Poll::new();
+        // Polling from the start (as after a busy window), so the naps are on the way too.
+        let mut poll = Poll { busy: true, ..Poll::new() };
         let got: Vec<u32> = std::iter::from_fn(|| poll.next(&rx)).collect();
         sender.join().unwrap();
         assert_eq!(got, (0..6).collect::<Vec<u32>>());
